@@ -1,0 +1,60 @@
+//! Strata's wire formats: the Enkrypted Chat PDU catalog, its limits and the
+//! chunking of large messages.
+//!
+//! This crate is pure data: no cryptography, no I/O, no clocks (time is passed
+//! in). It must never panic on remote input and never allocate more than a
+//! field's cap while parsing it.
+//!
+//! # The catalog (normative for Strata)
+//!
+//! Every PDU is one UTF-8 JSON object with a string `type` and camelCase
+//! fields, carried as one transport frame. The public P4 field schemas of
+//! Enkrypted Chat could not be retrieved, so the fields below are *ours*; the
+//! `type` strings and the P5 `cascadedPayload` shape are the public ones.
+//! Each struct's docs give its fields' meaning.
+//!
+//! | step | `type` | struct | carries |
+//! |---|---|---|---|
+//! | 1 | `mls-key-package-request` | [`KeyPackageRequest`] | session id, installation id, identity key, profile |
+//! | 2 | `mls-key-package` | [`KeyPackage`] | an MLS KeyPackage bound to the identity key |
+//! | 3 | `mls-encryption-sync-request` | [`EncryptionSyncRequest`] | profile and layer list, or a resume probe |
+//! | 4 | `mls-encryption-sync-response` | [`EncryptionSyncResponse`] | agreed layers, or the resume answer |
+//! | 5 | `signal-key-exchange-request` | [`SignalKeyExchangeRequest`] | asks for a Signal pre-key bundle |
+//! | 6 | `signal-key-exchange-response` | [`SignalKeyExchangeResponse`] | the PQXDH bundle (Kyber pre-key mandatory) |
+//! | 7 | `signal-session-complete` | [`SignalSessionComplete`] | the first `PreKeySignalMessage` |
+//! | 8 | `mlkem-key-exchange` | [`MlKemKeyExchange`] | a signed ML-KEM-768 encapsulation key |
+//! | 9 | `mlkem-key-exchange-response` | [`MlKemKeyExchangeResponse`] | the signed KEM ciphertext |
+//! | 10 | `mls-commit` | [`MlsCommit`] | an MLS commit |
+//! | 10 | `mls-welcome` | [`MlsWelcome`] | an MLS welcome |
+//! | 11 | `mls-welcome-ack` | [`MlsWelcomeAck`] | the joined epoch |
+//! | – | `message` | [`Message`] | `encryptedMessage` with the P5.3 `cascadedPayload` |
+//! | – | `__mls_chunk__` | [`Chunk`] | one ≤ 8192-byte piece of a `finalCiphertext` |
+//! | – | `protocol-error` | [`ProtocolError`] | why a PDU was refused |
+//! | – | `rotation-timestamp-broadcast` | [`RotationTimestampBroadcast`] | a new ML-KEM/AES epoch's key |
+//! | – | `group-member-joined` | [`GroupMemberJoined`] | a member added to a group |
+//! | – | `group-member-left` | [`GroupMemberLeft`] | a member removed from a group |
+//! | – | `group-message` | [`GroupMessage`] | one MLS message to a whole group |
+//!
+//! Encoding rules:
+//! - Byte fields are standard padded base64 strings. Decoders also accept the
+//!   P5 form, a JSON array of integers 0–255.
+//! - Integers are unsigned JSON numbers; times are Unix milliseconds.
+//! - Unknown fields are ignored (forward compatibility); unknown `type`s are
+//!   refused with [`DecodeError::UnknownType`] and dropped (P8.2).
+//! - Optional fields are omitted when absent.
+//!
+//! Limits ([`limits`]): a PDU over 16 MiB is refused before parsing; JSON
+//! nested deeper than 32 levels is refused before parsing; every string, byte
+//! string and array has a cap checked while it is read. Chunking: see
+//! [`chunk`].
+
+pub mod chunk;
+pub mod codec;
+pub mod error;
+pub mod limits;
+pub mod pdu;
+
+pub use chunk::{Reassembler, ReassemblyLimits, split};
+pub use codec::{Blob, BoundedVec, FixedBytes, LayerParameters, ParamValue, Text};
+pub use error::{ChunkError, DecodeError, LimitError};
+pub use pdu::*;
