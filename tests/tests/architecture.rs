@@ -42,7 +42,8 @@ struct Graph {
     deps: BTreeMap<String, Vec<(String, Option<String>)>>,
 }
 
-fn graph() -> Graph {
+/// The workspace's packages and their direct dependencies.
+fn metadata() -> serde_json::Value {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
@@ -54,7 +55,11 @@ fn graph() -> Graph {
         "cargo metadata: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn graph() -> Graph {
+    let meta = metadata();
     let packages = meta["packages"].as_array().unwrap();
     let members: BTreeSet<String> = packages
         .iter()
@@ -139,4 +144,45 @@ fn no_transport_depends_on_another_transport() {
             assert!(!TRANSPORTS.contains(&dep.as_str()), "{t} depends on {dep} ({kind:?})");
         }
     }
+}
+
+/// Crates that implement cryptographic primitives: only the cascade may use
+/// them. `sha2` is also allowed where a protocol fixes it for naming rather
+/// than security (gossipsub message ids, Waku topics).
+const PRIMITIVES: &[&str] = &[
+    "aes-gcm",
+    "ml-kem",
+    "hkdf",
+    "argon2",
+    "chacha20poly1305",
+    "openmls",
+    "openmls_rust_crypto",
+    "libsignal-protocol-syft",
+    "signal-crypto-syft",
+    "sha2",
+];
+const NAMING_HASH_ALLOWED: &[&str] = &["strata-transport-libp2p"];
+
+#[test]
+fn only_the_cascade_touches_primitives() {
+    let meta = metadata();
+    let mut violations = Vec::new();
+    for p in meta["packages"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        if name == "strata-cascade" {
+            continue;
+        }
+        for d in p["dependencies"].as_array().unwrap() {
+            let dep = d["name"].as_str().unwrap();
+            let dev = d["kind"].as_str() == Some("dev");
+            let allowed = dep == "sha2" && NAMING_HASH_ALLOWED.contains(&name);
+            if PRIMITIVES.contains(&dep) && !dev && !allowed {
+                violations.push(format!("{name} → {dep}"));
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "primitive crates outside strata-cascade: {violations:?}"
+    );
 }

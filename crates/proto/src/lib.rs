@@ -22,15 +22,15 @@
 //! | 5 | `signal-key-exchange-request` | [`SignalKeyExchangeRequest`] | asks for a Signal pre-key bundle |
 //! | 6 | `signal-key-exchange-response` | [`SignalKeyExchangeResponse`] | the PQXDH bundle (Kyber pre-key mandatory) |
 //! | 7 | `signal-session-complete` | [`SignalSessionComplete`] | the first `PreKeySignalMessage` |
-//! | 8 | `mlkem-key-exchange` | [`MlKemKeyExchange`] | a signed ML-KEM-768 encapsulation key |
-//! | 9 | `mlkem-key-exchange-response` | [`MlKemKeyExchangeResponse`] | the signed KEM ciphertext |
+//! | 8 | `mlkem-key-exchange` | [`MlKemKeyExchange`] | the sender's signed ML-KEM-768 encapsulation key |
+//! | 9 | `mlkem-key-exchange-response` | [`MlKemKeyExchangeResponse`] | the responder's signed encapsulation key |
 //! | 10 | `mls-commit` | [`MlsCommit`] | an MLS commit |
 //! | 10 | `mls-welcome` | [`MlsWelcome`] | an MLS welcome |
 //! | 11 | `mls-welcome-ack` | [`MlsWelcomeAck`] | the joined epoch |
 //! | – | `message` | [`Message`] | `encryptedMessage` with the P5.3 `cascadedPayload` |
 //! | – | `__mls_chunk__` | [`Chunk`] | one ≤ 8192-byte piece of a `finalCiphertext` |
 //! | – | `protocol-error` | [`ProtocolError`] | why a PDU was refused |
-//! | – | `rotation-timestamp-broadcast` | [`RotationTimestampBroadcast`] | a new ML-KEM/AES epoch's key |
+//! | – | `rotation-timestamp-broadcast` | [`RotationTimestampBroadcast`] | a new signed key opening an ML-KEM/AES epoch |
 //! | – | `group-member-joined` | [`GroupMemberJoined`] | a member added to a group |
 //! | – | `group-member-left` | [`GroupMemberLeft`] | a member removed from a group |
 //! | – | `group-message` | [`GroupMessage`] | one MLS message to a whole group |
@@ -53,6 +53,7 @@ pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod pdu;
+pub mod waku;
 
 pub use chunk::{Reassembler, ReassemblyLimits, split};
 pub use codec::{Blob, BoundedVec, FixedBytes, LayerParameters, ParamValue, Text};

@@ -214,36 +214,40 @@ pub struct SignalSessionComplete {
     pub message: Blob<MAX_SIGNAL_MESSAGE>,
 }
 
-/// Step 8, `mlkem-key-exchange`: an ML-KEM-768 encapsulation key for one
-/// epoch of the ML-KEM and AES layers.
+/// Step 8, `mlkem-key-exchange`: the sender's ML-KEM-768 encapsulation key,
+/// bound to its installation by the identity key. The peer encapsulates to
+/// it; the KEM ciphertext then travels in the ML-KEM layer's parameters of
+/// the peer's messages until the sender acknowledges the epoch (one KEM
+/// exchange per epoch, never per message).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "camelCase")]
 pub struct MlKemKeyExchange {
     /// The session id.
     pub session_id: SessionId,
-    /// The epoch this key opens (0 for the handshake).
-    pub epoch: u64,
+    /// The key's id within the sender's installation (signed with it).
+    pub key_id: u32,
     /// The ML-KEM-768 encapsulation key (1184 bytes).
     pub encapsulation_key: KeyBytes,
-    /// The sender's identity-key signature binding the key to the session
-    /// and epoch; verified before the key is used.
+    /// The sender's identity-key signature over its installation id, the
+    /// key id and the key; verified before the key is used.
     pub signature: KeyBytes,
 }
 
-/// Step 9, `mlkem-key-exchange-response`: the encapsulation to the key of
-/// step 8 (or of a rotation).
+/// Step 9, `mlkem-key-exchange-response`: the responder's own signed
+/// encapsulation key, in the same form as step 8, so each side can
+/// encapsulate to the other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "camelCase")]
 pub struct MlKemKeyExchangeResponse {
     /// The session id.
     pub session_id: SessionId,
-    /// The epoch of the key encapsulated to.
-    pub epoch: u64,
-    /// The ML-KEM-768 ciphertext (1088 bytes).
-    pub ciphertext: KeyBytes,
-    /// The sender's identity-key signature over the ciphertext, session and epoch.
+    /// The key's id within the responder's installation.
+    pub key_id: u32,
+    /// The ML-KEM-768 encapsulation key (1184 bytes).
+    pub encapsulation_key: KeyBytes,
+    /// The responder's identity-key signature, as in step 8.
     pub signature: KeyBytes,
 }
 
@@ -444,20 +448,23 @@ pub struct ProtocolError {
 }
 
 /// `rotation-timestamp-broadcast`: starts a new epoch of the ML-KEM and AES
-/// layers. The peer answers with `mlkem-key-exchange-response` for `epoch`.
+/// layers with a fresh signed encapsulation key. The peer installs it, and
+/// its next messages open the new epoch (the KEM ciphertext travels in
+/// their ML-KEM layer parameters); in-flight messages of older epochs still
+/// decrypt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "camelCase")]
 pub struct RotationTimestampBroadcast {
     /// The session id.
     pub session_id: SessionId,
-    /// The new epoch, one more than the current one.
-    pub epoch: u64,
     /// When the sender rotated, Unix milliseconds.
     pub timestamp: u64,
-    /// The sender's fresh ML-KEM-768 encapsulation key for `epoch`.
+    /// The new key's id, greater than any earlier one of the sender.
+    pub key_id: u32,
+    /// The sender's fresh ML-KEM-768 encapsulation key.
     pub encapsulation_key: KeyBytes,
-    /// The sender's identity-key signature over the key, session and epoch.
+    /// The sender's identity-key signature, as in `mlkem-key-exchange`.
     pub signature: KeyBytes,
 }
 

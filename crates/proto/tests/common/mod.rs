@@ -135,15 +135,15 @@ pub fn samples() -> Vec<Pdu> {
         .into(),
         MlKemKeyExchange {
             session_id: session(),
-            epoch: 0,
+            key_id: 1,
             encapsulation_key: blob(50, 24),
             signature: blob(51, 64),
         }
         .into(),
         MlKemKeyExchangeResponse {
             session_id: session(),
-            epoch: 0,
-            ciphertext: blob(52, 24),
+            key_id: 1,
+            encapsulation_key: blob(52, 24),
             signature: blob(53, 64),
         }
         .into(),
@@ -184,8 +184,8 @@ pub fn samples() -> Vec<Pdu> {
         .into(),
         RotationTimestampBroadcast {
             session_id: session(),
-            epoch: 1,
             timestamp: 1_717_000_360_000,
+            key_id: 2,
             encapsulation_key: blob(80, 24),
             signature: blob(81, 64),
         }
