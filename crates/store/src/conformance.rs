@@ -1,0 +1,392 @@
+//! One suite for every [`Backend`]: what a store must do, whatever holds the
+//! bytes. Run it with [`store_conformance!`](crate::store_conformance).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use strata_cascade::at_rest::KdfParams;
+
+use crate::kv::Backend;
+use crate::records::{Accepted, IdentityCheck, IncomingMessage, OutgoingMessage};
+use crate::{KeySource, Store, StoreError};
+
+/// Makes backends for the suite.
+pub trait Harness {
+    /// The backend under test.
+    type B: Backend;
+    /// A new, empty backend.
+    fn fresh(&mut self) -> Self::B;
+    /// The same data after a process restart (drop and reopen).
+    fn reopen(&mut self, backend: Self::B) -> Self::B;
+}
+
+const PASS: &[u8] = b"correct horse battery staple";
+
+fn key() -> KeySource<'static> {
+    KeySource::Passphrase {
+        passphrase: PASS,
+        params: KdfParams::INSECURE_FAST,
+    }
+}
+
+fn outgoing(id: &str, created_ms: u64) -> OutgoingMessage {
+    OutgoingMessage {
+        message_id: id.into(),
+        peer: "bob".into(),
+        created_ms,
+        body: format!("body of {id}").into_bytes(),
+        frames: Vec::new(),
+        attempts: 0,
+    }
+}
+
+fn incoming(id: &str) -> IncomingMessage {
+    IncomingMessage {
+        peer: "alice".into(),
+        message_id: id.into(),
+        received_ms: 7,
+        body: b"hi bob".to_vec(),
+    }
+}
+
+pub fn reopen_keeps_everything<H: Harness>(h: &mut H) {
+    let b = h.fresh();
+    let store = Store::open(b, key()).unwrap();
+    store
+        .write(|w| {
+            w.set_identity(b"identity-bytes")?;
+            w.set_layer_state("bob", b"layers")?;
+            w.set_handshake("carol", b"step-3")?;
+            w.observe_identity("bob", b"bob-key", 1)?;
+            w.queue_outgoing(&outgoing("m1", 1))?;
+            w.accept_incoming(&incoming("a1"), b"layers-after-a1").map(|_| ())
+        })
+        .unwrap();
+    let store = Store::open(h.reopen(store.into_backend()), key()).unwrap();
+    store
+        .read(|r| {
+            assert_eq!(r.identity()?.unwrap().as_slice(), b"identity-bytes");
+            assert_eq!(r.layer_state("bob")?.unwrap().as_slice(), b"layers");
+            assert_eq!(r.layer_state("alice")?.unwrap().as_slice(), b"layers-after-a1");
+            assert_eq!(r.handshake("carol")?.unwrap().as_slice(), b"step-3");
+            assert_eq!(r.contact("bob")?.unwrap().identity_key, b"bob-key");
+            assert_eq!(r.outbox("bob")?, vec![outgoing("m1", 1)]);
+            assert_eq!(r.inbox("alice")?, vec![incoming("a1")]);
+            assert!(r.is_processed("alice", "a1")?);
+            Ok(())
+        })
+        .unwrap();
+}
+
+pub fn wrong_passphrase_is_refused_and_changes_nothing<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    store.write(|w| w.set_identity(b"id")).unwrap();
+    let wrong = KeySource::Passphrase {
+        passphrase: b"wrong",
+        params: KdfParams::INSECURE_FAST,
+    };
+    let backend = h.reopen(store.into_backend());
+    let err = Store::open(backend.clone(), wrong)
+        .err()
+        .expect("wrong passphrase refused");
+    assert!(matches!(err, StoreError::WrongKey), "{err}");
+    let store = Store::open(backend, key()).unwrap();
+    assert_eq!(store.read(|r| r.identity()).unwrap().unwrap().as_slice(), b"id");
+}
+
+pub fn outbox_rules<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    store.write(|w| w.queue_outgoing(&outgoing("m2", 20))).unwrap();
+    store.write(|w| w.queue_outgoing(&outgoing("m1", 10))).unwrap();
+    // The same id twice is refused.
+    assert!(matches!(
+        store.write(|w| w.queue_outgoing(&outgoing("m1", 10))),
+        Err(StoreError::Misuse(_))
+    ));
+    // Encrypting a message that is not queued is refused: outbox first.
+    let err = store
+        .write(|w| w.record_encrypted("bob", "ghost", vec![b"f".to_vec()], b"state"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Misuse(_)));
+    assert!(
+        store.read(|r| r.layer_state("bob")).unwrap().is_none(),
+        "no ratchet state without its ciphertext"
+    );
+    // Ratchet state and ciphertext commit together.
+    store
+        .write(|w| w.record_encrypted("bob", "m1", vec![b"frame-1".to_vec(), b"frame-2".to_vec()], b"s1"))
+        .unwrap();
+    assert_eq!(store.write(|w| w.record_attempt("bob", "m1")).unwrap(), 1);
+    store
+        .read(|r| {
+            let out = r.outbox("bob")?;
+            assert_eq!(
+                out.iter().map(|m| m.message_id.as_str()).collect::<Vec<_>>(),
+                ["m1", "m2"],
+                "oldest first"
+            );
+            assert_eq!(out[0].frames, [b"frame-1".to_vec(), b"frame-2".to_vec()]);
+            assert_eq!(out[0].attempts, 1);
+            assert_eq!(r.layer_state("bob")?.unwrap().as_slice(), b"s1");
+            Ok(())
+        })
+        .unwrap();
+    // Only an ack removes it; a repeated ack is harmless.
+    assert!(store.write(|w| w.ack_outgoing("bob", "m1")).unwrap());
+    assert!(!store.write(|w| w.ack_outgoing("bob", "m1")).unwrap());
+    assert_eq!(store.read(|r| r.outbox("bob")).unwrap().len(), 1);
+}
+
+pub fn incoming_is_stored_once<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    assert_eq!(
+        store.write(|w| w.accept_incoming(&incoming("a1"), b"s1")).unwrap(),
+        Accepted::New
+    );
+    // A replay writes nothing: not the body, not the state.
+    let mut replay = incoming("a1");
+    replay.body = b"forged".to_vec();
+    assert_eq!(
+        store.write(|w| w.accept_incoming(&replay, b"s2")).unwrap(),
+        Accepted::Duplicate
+    );
+    store
+        .read(|r| {
+            assert_eq!(r.inbox("alice")?, vec![incoming("a1")]);
+            assert_eq!(r.layer_state("alice")?.unwrap().as_slice(), b"s1");
+            Ok(())
+        })
+        .unwrap();
+    // Delivered messages may leave the inbox; their id stays processed.
+    assert!(store.write(|w| w.remove_incoming("alice", "a1")).unwrap());
+    assert_eq!(
+        store.write(|w| w.accept_incoming(&incoming("a1"), b"s3")).unwrap(),
+        Accepted::Duplicate
+    );
+}
+
+pub fn failed_transactions_leave_nothing<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let err = store
+        .write(|w| {
+            w.queue_outgoing(&outgoing("m1", 1))?;
+            w.set_layer_state("bob", b"half")?;
+            Err::<(), _>(StoreError::Misuse("abort".into()))
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Misuse(_)));
+    store
+        .read(|r| {
+            assert!(r.outbox("bob")?.is_empty());
+            assert!(r.layer_state("bob")?.is_none());
+            Ok(())
+        })
+        .unwrap();
+    // Reads inside a transaction see its own writes.
+    store
+        .write(|w| {
+            w.queue_outgoing(&outgoing("m1", 1))?;
+            assert_eq!(w.outbox("bob")?.len(), 1);
+            assert!(w.ack_outgoing("bob", "m1")?);
+            assert!(w.outbox("bob")?.is_empty());
+            Ok(())
+        })
+        .unwrap();
+}
+
+pub fn trust_on_first_use<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    assert_eq!(
+        store.write(|w| w.observe_identity("bob", b"k1", 1)).unwrap(),
+        IdentityCheck::Pinned
+    );
+    assert_eq!(
+        store.write(|w| w.observe_identity("bob", b"k1", 2)).unwrap(),
+        IdentityCheck::Same
+    );
+    assert!(!store.read(|r| r.contact("bob")).unwrap().unwrap().is_blocked());
+    store.write(|w| w.mark_verified("bob").map(|_| ())).unwrap();
+    // A changed key blocks the contact and keeps the pinned key.
+    assert_eq!(
+        store.write(|w| w.observe_identity("bob", b"k2", 3)).unwrap(),
+        IdentityCheck::Changed
+    );
+    let c = store.read(|r| r.contact("bob")).unwrap().unwrap();
+    assert!(c.is_blocked());
+    assert_eq!(
+        (c.identity_key.as_slice(), c.offered_key.as_deref()),
+        (&b"k1"[..], Some(&b"k2"[..]))
+    );
+    // Accepting pins the new key, unverified, with the change in the history.
+    let c = store.write(|w| w.accept_identity_change("bob", 4)).unwrap();
+    assert!(!c.is_blocked() && !c.verified);
+    assert_eq!(c.identity_key, b"k2");
+    assert_eq!(
+        (c.key_history.len(), c.key_history[0].old_key.as_slice()),
+        (1, &b"k1"[..])
+    );
+    assert!(matches!(
+        store.write(|w| w.accept_identity_change("bob", 5)),
+        Err(StoreError::Misuse(_))
+    ));
+    assert_eq!(
+        store.write(|w| w.observe_identity("bob", b"k2", 6)).unwrap(),
+        IdentityCheck::Same
+    );
+}
+
+pub fn peers_do_not_see_each_others_rows<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    // "bo" is a prefix of "bob": length-prefixed keys keep them apart.
+    let mut m = outgoing("x", 1);
+    m.peer = "bo".into();
+    store.write(|w| w.queue_outgoing(&m)).unwrap();
+    store.write(|w| w.queue_outgoing(&outgoing("y", 1))).unwrap();
+    assert_eq!(store.read(|r| r.outbox("bo")).unwrap(), vec![m]);
+    assert_eq!(store.read(|r| r.outbox("bob")).unwrap().len(), 1);
+}
+
+fn package(n: u8, last_resort: bool, not_after_s: u64) -> crate::PooledKeyPackage {
+    crate::PooledKeyPackage {
+        key_ref: vec![n; 32],
+        init_key: vec![n ^ 0x55; 32],
+        not_after_s,
+        last_resort,
+        bytes: vec![n; 100],
+    }
+}
+
+pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let mut stock: Vec<_> = (1..=4).map(|n| package(n, false, 1000)).collect();
+    stock.push(package(99, true, 1000));
+    store.write(|w| w.add_key_packages(&stock)).unwrap();
+    // init_key is unique: a batch repeating one is refused whole.
+    let dup = crate::PooledKeyPackage {
+        key_ref: vec![7; 32],
+        ..package(1, false, 1000)
+    };
+    let err = store
+        .write(|w| w.add_key_packages(&[package(5, false, 1000), dup]))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Misuse(_)));
+    assert_eq!(
+        store.write(|w| w.key_package_status(0)).unwrap().available,
+        4,
+        "nothing of the batch was added"
+    );
+
+    // Each one-time package once; below the threshold the claim says so.
+    let mut seen = Vec::new();
+    for i in 0..4u64 {
+        let claim = store.write(|w| w.claim_key_package(10, 3)).unwrap();
+        assert!(!claim.package.last_resort);
+        seen.push(claim.package.key_ref.clone());
+        let left = 3 - i;
+        assert_eq!(claim.low.map(|l| l.available), (left < 3).then_some(left), "claim {i}");
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "no package handed out twice");
+    // Then the last-resort package, as often as needed, flagged for replacement.
+    for _ in 0..3 {
+        let claim = store.write(|w| w.claim_key_package(10, 3)).unwrap();
+        assert!(claim.package.last_resort);
+        let low = claim.low.unwrap();
+        assert_eq!((low.available, low.threshold, low.last_resort_used), (0, 3, true));
+    }
+    store
+        .write(|w| w.replace_last_resort(&package(98, true, 1000)))
+        .unwrap();
+    let status = store.write(|w| w.key_package_status(10)).unwrap();
+    assert!(status.has_last_resort && !status.last_resort_used);
+    // The old last-resort init_key left the pool with it.
+    store
+        .write(|w| {
+            w.add_key_packages(&[crate::PooledKeyPackage {
+                key_ref: vec![1; 32],
+                ..package(99, false, 1000)
+            }])
+        })
+        .unwrap();
+
+    // Expired packages are deleted and never handed out.
+    store
+        .write(|w| w.add_key_packages(&[package(20, false, 50), package(21, false, 5000)]))
+        .unwrap();
+    assert_eq!(store.write(|w| w.expire_key_packages(100)).unwrap(), 1);
+    let claim = store.write(|w| w.claim_key_package(2000, 0)).unwrap();
+    assert_eq!(claim.package.key_ref, vec![21; 32], "the unexpired package");
+
+    // Rotation replaces everything at once and needs a last-resort package.
+    assert!(store.write(|w| w.replace_pool(&[package(30, false, 9000)])).is_err());
+    store
+        .write(|w| w.replace_pool(&[package(30, false, 9000), package(31, true, 9000)]))
+        .unwrap();
+    let status = store.write(|w| w.key_package_status(2000)).unwrap();
+    assert_eq!(
+        (status.available, status.has_last_resort, status.last_resort_used),
+        (1, true, false)
+    );
+}
+
+pub fn concurrent_claims_never_share_a_package<H: Harness>(h: &mut H)
+where
+    H::B: 'static,
+{
+    let store = std::sync::Arc::new(Store::open(h.fresh(), key()).unwrap());
+    let mut stock: Vec<_> = (1..=16).map(|n| package(n, false, 1000)).collect();
+    stock.push(package(200, true, 1000));
+    store.write(|w| w.add_key_packages(&stock)).unwrap();
+    let claims: Vec<_> = (0..100)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || store.write(|w| w.claim_key_package(10, 4)).unwrap().package)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let mut one_time: Vec<_> = claims
+        .iter()
+        .filter(|p| !p.last_resort)
+        .map(|p| p.key_ref.clone())
+        .collect();
+    assert_eq!(one_time.len(), 16);
+    one_time.sort();
+    one_time.dedup();
+    assert_eq!(one_time.len(), 16, "each one-time package handed out once");
+    assert_eq!(claims.iter().filter(|p| p.last_resort).count(), 84);
+}
+
+/// Runs the whole store suite against the harness `$make`, one `#[test]`
+/// per case.
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        $crate::store_conformance!(@cases $make;
+            reopen_keeps_everything,
+            wrong_passphrase_is_refused_and_changes_nothing,
+            outbox_rules,
+            incoming_is_stored_once,
+            failed_transactions_leave_nothing,
+            trust_on_first_use,
+            peers_do_not_see_each_others_rows,
+            key_package_pool_rules,
+            concurrent_claims_never_share_a_package,
+        );
+    };
+    (@cases $make:expr; $($case:ident,)*) => {
+        $(
+            #[test]
+            fn $case() {
+                let mut harness = $make;
+                $crate::conformance::$case(&mut harness);
+            }
+        )*
+    };
+}

@@ -1,0 +1,44 @@
+//! The store's errors, split into the classes callers act on.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The passphrase or key file does not open this database. Nothing was
+    /// changed.
+    #[error("wrong passphrase or key file for this database")]
+    WrongKey,
+    /// The database was written by a newer Strata (schema `found`, this build
+    /// understands up to `supported`). Nothing was changed.
+    #[error("database schema {found} is newer than this build supports ({supported}); upgrade Strata")]
+    NewerSchema {
+        /// The database's schema version.
+        found: u32,
+        /// The newest this build knows.
+        supported: u32,
+    },
+    /// A stored value failed to authenticate or decode: the file was
+    /// tampered with or damaged.
+    #[error("corrupt record in {table}: {reason}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The caller asked for something that cannot be done (e.g. a record
+    /// that does not exist where one must).
+    #[error("invalid request: {0}")]
+    Misuse(String),
+    /// The backend (file system, redb) failed.
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A key file could not be read or created safely.
+    #[error("key file: {0}")]
+    KeyFile(String),
+}
+
+impl StoreError {
+    pub(crate) fn backend(e: impl std::fmt::Display) -> Self {
+        Self::Backend(e.to_string())
+    }
+}

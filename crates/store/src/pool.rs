@@ -1,0 +1,227 @@
+//! This installation's KeyPackage pool, with polyproto-mls rules:
+//!
+//! - N one-time KeyPackages plus one reusable last-resort package;
+//! - a claim hands out each one-time package at most once (the claim is one
+//!   write transaction, and writers are serialised), and falls back to the
+//!   last-resort package only when no one-time package is left;
+//! - `init_key` is unique across the pool;
+//! - expired packages are deleted and never handed out;
+//! - when the one-time stock falls below a threshold the claim reports
+//!   [`LowKeyPackages`] (its payload is ours: polyproto never defined one),
+//!   and the owner refills with [`Writer::add_key_packages`];
+//! - once the last-resort package has been served it is flagged for
+//!   replacement, which [`Writer::replace_last_resort`] performs;
+//! - identity rotation replaces the whole pool in one transaction
+//!   ([`Writer::replace_pool`]).
+//!
+//! The store keeps the packages' public bytes and metadata; their private
+//! keys live in the MLS state of the layer that made them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::kv::Table;
+use crate::records::b64;
+use crate::store::Writer;
+
+/// Row prefixes inside [`Table::KeyPackages`].
+const PACKAGE: u8 = b'p';
+const INIT_KEY: u8 = b'i';
+const LAST_RESORT: &[u8] = b"r";
+const LAST_RESORT_USED: &[u8] = b"u";
+
+/// A KeyPackage of ours, with what the pool needs to know of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PooledKeyPackage {
+    /// The KeyPackage's hash reference (RFC 9420 `KeyPackageRef`).
+    #[serde(with = "b64")]
+    pub key_ref: Vec<u8>,
+    /// Its HPKE `init_key`, unique across the pool.
+    #[serde(with = "b64")]
+    pub init_key: Vec<u8>,
+    /// End of its lifetime, Unix seconds.
+    pub not_after_s: u64,
+    /// Whether it is the reusable last-resort package.
+    pub last_resort: bool,
+    /// The TLS-serialized KeyPackage, as handed out.
+    #[serde(with = "b64")]
+    pub bytes: Vec<u8>,
+}
+
+/// Raised when a claim leaves fewer one-time packages than the threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LowKeyPackages {
+    /// One-time packages left.
+    pub available: u64,
+    /// The threshold that was crossed.
+    pub threshold: u64,
+    /// Whether the last-resort package has been served since it was made.
+    pub last_resort_used: bool,
+}
+
+/// What a claim handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The package.
+    pub package: PooledKeyPackage,
+    /// Set when the pool needs refilling.
+    pub low: Option<LowKeyPackages>,
+}
+
+/// The pool's stock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Unexpired one-time packages.
+    pub available: u64,
+    /// Whether an unexpired last-resort package is present.
+    pub has_last_resort: bool,
+    /// Whether it has been served and awaits replacement.
+    pub last_resort_used: bool,
+}
+
+fn row(prefix: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(prefix);
+    key.extend_from_slice(id);
+    key
+}
+
+impl Writer<'_> {
+    /// Adds one-time packages and/or a last-resort package (replacing the
+    /// current last-resort one). Refuses the whole batch if any `init_key`
+    /// is already in the pool or repeated in the batch, or if it holds more
+    /// than one last-resort package.
+    pub fn add_key_packages(&mut self, packages: &[PooledKeyPackage]) -> Result<(), StoreError> {
+        if packages.iter().filter(|p| p.last_resort).count() > 1 {
+            return Err(StoreError::Misuse("more than one last-resort KeyPackage".into()));
+        }
+        for package in packages {
+            let index = row(INIT_KEY, &package.init_key);
+            if self.raw().get(Table::KeyPackages, &index)?.is_some() {
+                return Err(StoreError::Misuse("KeyPackage init_key already in the pool".into()));
+            }
+            if package.last_resort {
+                self.drop_last_resort()?;
+                self.put_pool_record(LAST_RESORT, package)?;
+                self.raw_mut().delete(Table::KeyPackages, LAST_RESORT_USED)?;
+            } else {
+                self.put_pool_record(&row(PACKAGE, &package.key_ref), package)?;
+            }
+            self.raw_mut().put(Table::KeyPackages, &index, &package.key_ref)?;
+        }
+        Ok(())
+    }
+
+    /// Hands out one package: an unexpired one-time package (deleted as it
+    /// is handed out), or the last-resort package when none is left.
+    /// Expired packages met on the way are deleted.
+    pub fn claim_key_package(&mut self, now_s: u64, threshold: u64) -> Result<Claim, StoreError> {
+        self.expire_key_packages(now_s)?;
+        let next = self.raw().scan(Table::KeyPackages, &[PACKAGE], 1)?.into_iter().next();
+        let package = match next {
+            Some((key, _)) => {
+                let package: PooledKeyPackage = self.pool_record(&key)?;
+                self.raw_mut().delete(Table::KeyPackages, &key)?;
+                self.raw_mut()
+                    .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
+                package
+            }
+            None => {
+                let package: PooledKeyPackage = self.pool_record(LAST_RESORT).map_err(|_| {
+                    StoreError::Misuse("the KeyPackage pool is empty and has no last-resort package".into())
+                })?;
+                self.raw_mut().put(Table::KeyPackages, LAST_RESORT_USED, &[1])?;
+                package
+            }
+        };
+        let status = self.key_package_status(now_s)?;
+        let low = (status.available < threshold).then_some(LowKeyPackages {
+            available: status.available,
+            threshold,
+            last_resort_used: status.last_resort_used,
+        });
+        Ok(Claim { package, low })
+    }
+
+    /// Deletes every package whose lifetime ended before `now_s`; returns
+    /// how many.
+    pub fn expire_key_packages(&mut self, now_s: u64) -> Result<usize, StoreError> {
+        let mut expired = 0;
+        for (key, _) in self.raw().scan(Table::KeyPackages, &[PACKAGE], usize::MAX)? {
+            let package: PooledKeyPackage = self.pool_record(&key)?;
+            if package.not_after_s < now_s {
+                self.raw_mut().delete(Table::KeyPackages, &key)?;
+                self.raw_mut()
+                    .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
+                expired += 1;
+            }
+        }
+        if let Ok(package) = self.pool_record::<PooledKeyPackage>(LAST_RESORT)
+            && package.not_after_s < now_s
+        {
+            self.drop_last_resort()?;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Installs a fresh last-resort package after the old one was served.
+    pub fn replace_last_resort(&mut self, package: &PooledKeyPackage) -> Result<(), StoreError> {
+        if !package.last_resort {
+            return Err(StoreError::Misuse("not a last-resort KeyPackage".into()));
+        }
+        self.add_key_packages(std::slice::from_ref(package))
+    }
+
+    /// Identity rotation: drops every package and installs `packages` (which
+    /// must include a last-resort one), all in this transaction.
+    pub fn replace_pool(&mut self, packages: &[PooledKeyPackage]) -> Result<(), StoreError> {
+        if !packages.iter().any(|p| p.last_resort) {
+            return Err(StoreError::Misuse(
+                "a rotated pool needs a last-resort KeyPackage".into(),
+            ));
+        }
+        for (key, _) in self.raw().scan(Table::KeyPackages, &[], usize::MAX)? {
+            self.raw_mut().delete(Table::KeyPackages, &key)?;
+        }
+        self.add_key_packages(packages)
+    }
+
+    /// The pool's stock at `now_s` (expired packages do not count).
+    pub fn key_package_status(&self, now_s: u64) -> Result<PoolStatus, StoreError> {
+        let mut available = 0;
+        for (key, _) in self.raw().scan(Table::KeyPackages, &[PACKAGE], usize::MAX)? {
+            if self.pool_record::<PooledKeyPackage>(&key)?.not_after_s >= now_s {
+                available += 1;
+            }
+        }
+        let has_last_resort = self
+            .pool_record::<PooledKeyPackage>(LAST_RESORT)
+            .is_ok_and(|p| p.not_after_s >= now_s);
+        let last_resort_used = self.raw().get(Table::KeyPackages, LAST_RESORT_USED)?.is_some();
+        Ok(PoolStatus {
+            available,
+            has_last_resort,
+            last_resort_used,
+        })
+    }
+
+    fn drop_last_resort(&mut self) -> Result<(), StoreError> {
+        if let Ok(old) = self.pool_record::<PooledKeyPackage>(LAST_RESORT) {
+            self.raw_mut()
+                .delete(Table::KeyPackages, &row(INIT_KEY, &old.init_key))?;
+        }
+        self.raw_mut().delete(Table::KeyPackages, LAST_RESORT)?;
+        Ok(())
+    }
+
+    fn pool_record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<T, StoreError> {
+        self.record(Table::KeyPackages, key)?
+            .ok_or_else(|| StoreError::Misuse("no such KeyPackage".into()))
+    }
+
+    fn put_pool_record(&mut self, key: &[u8], package: &PooledKeyPackage) -> Result<(), StoreError> {
+        self.put_record(Table::KeyPackages, key, package)
+    }
+}

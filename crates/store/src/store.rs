@@ -1,0 +1,438 @@
+//! [`Store`]: sealed, typed records over a [`Backend`], and the atomicity
+//! rules as single methods (one method, one transaction).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata_cascade::at_rest::{KdfParams, StorageKey};
+
+use crate::error::StoreError;
+use crate::kv::{Backend, ReadTx, Table, WriteTx};
+use crate::records::{Accepted, Contact, IdentityCheck, IncomingMessage, KeyChange, OutgoingMessage};
+use crate::schema::{self, SCHEMA_VERSION};
+
+/// How the storage key is obtained.
+pub enum KeySource<'a> {
+    /// Derive it from a passphrase with Argon2id. The salt and the cost are
+    /// stored in the database when it is created.
+    Passphrase {
+        /// The passphrase.
+        passphrase: &'a [u8],
+        /// Argon2id cost for a new database (an existing one keeps its own).
+        params: KdfParams,
+    },
+    /// Use this key (e.g. from [`load_or_create_key_file`]).
+    Key(StorageKey),
+}
+
+/// Reads the 32-byte storage key from `path`, or creates the file with a
+/// fresh key and mode 0600. Refuses a key file that others can read.
+pub fn load_or_create_key_file(path: &Path) -> Result<StorageKey, StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+
+    match fs::metadata(path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(StoreError::KeyFile(format!(
+                    "{} is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                )));
+            }
+            let bytes = zeroize::Zeroizing::new(fs::read(path).map_err(|e| StoreError::KeyFile(e.to_string()))?);
+            StorageKey::from_bytes(&bytes).map_err(|e| StoreError::KeyFile(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = StorageKey::generate(&mut rand::rng());
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::KeyFile(e.to_string()))?;
+            file.write_all(key.expose_bytes())
+                .map_err(|e| StoreError::KeyFile(e.to_string()))?;
+            file.sync_all().map_err(|e| StoreError::KeyFile(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(StoreError::KeyFile(e.to_string())),
+    }
+}
+
+/// Durable, sealed state of one installation.
+pub struct Store<B: Backend> {
+    backend: B,
+    key: StorageKey,
+}
+
+impl<B: Backend> Store<B> {
+    /// Opens (or initialises) the store on `backend`: checks the schema
+    /// version, derives or takes the storage key and proves it opens this
+    /// database. A wrong key or a newer schema changes nothing.
+    pub fn open(backend: B, key: KeySource<'_>) -> Result<Self, StoreError> {
+        let key = schema::open(&backend, key)?;
+        Ok(Self { backend, key })
+    }
+
+    /// Gives the backend back (to reopen it, as after a restart).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// The schema version this build writes.
+    pub const fn schema_version() -> u32 {
+        SCHEMA_VERSION
+    }
+
+    /// Runs `f` on a consistent snapshot.
+    pub fn read<R>(&self, f: impl FnOnce(&Reader<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.backend.read(|tx| f(&Reader { tx, key: &self.key }))
+    }
+
+    /// Runs `f` as one atomic transaction: all of its writes commit together
+    /// or none does.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        self.backend.write(|tx| f(&mut Writer { tx, key: &self.key }))
+    }
+}
+
+/// Composite keys: a length-prefixed peer id, then the rest. Unambiguous for
+/// any peer id, and a prefix scan by peer finds exactly that peer's rows.
+fn peer_key(peer: &str, rest: &str) -> Result<Vec<u8>, StoreError> {
+    let len = u16::try_from(peer.len()).map_err(|_| StoreError::Misuse("peer id longer than 65535 bytes".into()))?;
+    let mut key = Vec::with_capacity(2 + peer.len() + rest.len());
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(peer.as_bytes());
+    key.extend_from_slice(rest.as_bytes());
+    Ok(key)
+}
+
+/// The slot a sealed value belongs to: sealing binds it, so a value copied
+/// into another row fails to open.
+fn slot(table: Table, key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(table.name().len() + 1 + key.len());
+    aad.extend_from_slice(table.name().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(key);
+    aad
+}
+
+pub(crate) fn open_sealed(
+    tx: &dyn ReadTx,
+    key: &StorageKey,
+    table: Table,
+    k: &[u8],
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+    let Some(sealed) = tx.get(table, k)? else {
+        return Ok(None);
+    };
+    key.open(&slot(table, k), &sealed)
+        .map(Some)
+        .map_err(|_| StoreError::Corrupt {
+            table: table.name(),
+            reason: "value failed to authenticate".into(),
+        })
+}
+
+pub(crate) fn put_sealed(
+    tx: &mut dyn WriteTx,
+    key: &StorageKey,
+    table: Table,
+    k: &[u8],
+    plaintext: &[u8],
+) -> Result<(), StoreError> {
+    let sealed = key
+        .seal(&slot(table, k), plaintext, &mut rand::rng())
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+    tx.put(table, k, &sealed)
+}
+
+fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: table.name(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreError> {
+    serde_json::to_vec(value)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| StoreError::Misuse(e.to_string()))
+}
+
+const IDENTITY_KEY: &[u8] = b"identity";
+
+/// Reads within one snapshot.
+pub struct Reader<'a> {
+    tx: &'a dyn ReadTx,
+    key: &'a StorageKey,
+}
+
+/// Reads and writes within one transaction.
+pub struct Writer<'a> {
+    tx: &'a mut dyn WriteTx,
+    key: &'a StorageKey,
+}
+
+/// Typed reads, shared by [`Reader`] and [`Writer`].
+macro_rules! reads {
+    ($ty:ident) => {
+        impl $ty<'_> {
+            pub(crate) fn record<T: DeserializeOwned>(&self, table: Table, k: &[u8]) -> Result<Option<T>, StoreError> {
+                match open_sealed(&*self.tx, self.key, table, k)? {
+                    Some(bytes) => decode(table, &bytes).map(Some),
+                    None => Ok(None),
+                }
+            }
+
+            fn get_blob(&self, table: Table, k: &[u8]) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                open_sealed(&*self.tx, self.key, table, k)
+            }
+
+            /// The serialized identity (opaque to the store).
+            pub fn identity(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Identity, IDENTITY_KEY)
+            }
+
+            /// The contact record of installation `peer`.
+            pub fn contact(&self, peer: &str) -> Result<Option<Contact>, StoreError> {
+                self.record(Table::Contacts, peer.as_bytes())
+            }
+
+            /// Every contact, in installation-id order.
+            pub fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+                self.scan_records(Table::Contacts, &[])
+            }
+
+            /// The pair cascade state for `peer` (opaque to the store).
+            pub fn layer_state(&self, peer: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Layers, peer.as_bytes())
+            }
+
+            /// Handshake progress with `peer` (opaque to the store).
+            pub fn handshake(&self, peer: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Handshakes, peer.as_bytes())
+            }
+
+            /// The outgoing message `message_id` to `peer`.
+            pub fn outgoing(&self, peer: &str, message_id: &str) -> Result<Option<OutgoingMessage>, StoreError> {
+                self.record(Table::Outbox, &peer_key(peer, message_id)?)
+            }
+
+            /// Every unacknowledged message to `peer`, oldest first.
+            pub fn outbox(&self, peer: &str) -> Result<Vec<OutgoingMessage>, StoreError> {
+                let mut out: Vec<OutgoingMessage> = self.scan_records(Table::Outbox, &peer_key(peer, "")?)?;
+                out.sort_by(|a, b| (a.created_ms, &a.message_id).cmp(&(b.created_ms, &b.message_id)));
+                Ok(out)
+            }
+
+            /// Every received message from `peer`, oldest first.
+            pub fn inbox(&self, peer: &str) -> Result<Vec<IncomingMessage>, StoreError> {
+                let mut out: Vec<IncomingMessage> = self.scan_records(Table::Inbox, &peer_key(peer, "")?)?;
+                out.sort_by(|a, b| (a.received_ms, &a.message_id).cmp(&(b.received_ms, &b.message_id)));
+                Ok(out)
+            }
+
+            /// Whether message `message_id` from `peer` was already processed.
+            pub fn is_processed(&self, peer: &str, message_id: &str) -> Result<bool, StoreError> {
+                Ok(self
+                    .tx
+                    .get(Table::Processed, &peer_key(peer, message_id)?)?
+                    .is_some())
+            }
+
+            fn scan_records<T: DeserializeOwned>(&self, table: Table, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+                let mut out = Vec::new();
+                for (k, sealed) in self.tx.scan(table, prefix, usize::MAX)? {
+                    let bytes = self
+                        .key
+                        .open(&slot(table, &k), &sealed)
+                        .map_err(|_| StoreError::Corrupt {
+                            table: table.name(),
+                            reason: "value failed to authenticate".into(),
+                        })?;
+                    out.push(decode(table, &bytes)?);
+                }
+                Ok(out)
+            }
+        }
+    };
+}
+
+reads!(Reader);
+reads!(Writer);
+
+impl Writer<'_> {
+    pub(crate) fn raw(&self) -> &dyn ReadTx {
+        &*self.tx
+    }
+
+    pub(crate) fn raw_mut(&mut self) -> &mut dyn WriteTx {
+        &mut *self.tx
+    }
+
+    pub(crate) fn put_record<T: Serialize>(&mut self, table: Table, k: &[u8], value: &T) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, table, k, &encode(value)?)
+    }
+
+    /// Stores the serialized identity.
+    pub fn set_identity(&mut self, identity: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Identity, IDENTITY_KEY, identity)
+    }
+
+    /// Stores the pair cascade state for `peer`.
+    pub fn set_layer_state(&mut self, peer: &str, state: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Layers, peer.as_bytes(), state)
+    }
+
+    /// Forgets the pair cascade state for `peer` (it will handshake again).
+    pub fn clear_layer_state(&mut self, peer: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::Layers, peer.as_bytes())
+    }
+
+    /// Stores handshake progress with `peer`.
+    pub fn set_handshake(&mut self, peer: &str, progress: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Handshakes, peer.as_bytes(), progress)
+    }
+
+    /// Forgets handshake progress with `peer`.
+    pub fn clear_handshake(&mut self, peer: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::Handshakes, peer.as_bytes())
+    }
+
+    /// Trust on first use: pins `identity_key` for a new contact, confirms
+    /// the pinned one, or records a different one as offered and blocks the
+    /// contact until the user decides.
+    pub fn observe_identity(
+        &mut self,
+        peer: &str,
+        identity_key: &[u8],
+        now_ms: u64,
+    ) -> Result<IdentityCheck, StoreError> {
+        let Some(mut contact) = self.contact(peer)? else {
+            let contact = Contact {
+                installation_id: peer.to_owned(),
+                identity_key: identity_key.to_vec(),
+                first_seen_ms: now_ms,
+                verified: false,
+                offered_key: None,
+                key_history: Vec::new(),
+            };
+            self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
+            return Ok(IdentityCheck::Pinned);
+        };
+        if contact.identity_key == identity_key {
+            return Ok(IdentityCheck::Same);
+        }
+        if contact.offered_key.as_deref() != Some(identity_key) {
+            contact.offered_key = Some(identity_key.to_vec());
+            self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
+        }
+        Ok(IdentityCheck::Changed)
+    }
+
+    /// The user accepts the offered identity key of `peer`: it becomes the
+    /// pinned key (unverified), the change is kept in the history, and the
+    /// contact is unblocked.
+    pub fn accept_identity_change(&mut self, peer: &str, now_ms: u64) -> Result<Contact, StoreError> {
+        let mut contact = self
+            .contact(peer)?
+            .ok_or_else(|| StoreError::Misuse(format!("no contact {peer}")))?;
+        let new_key = contact
+            .offered_key
+            .take()
+            .ok_or_else(|| StoreError::Misuse(format!("{peer} has no identity change to accept")))?;
+        let old_key = std::mem::replace(&mut contact.identity_key, new_key.clone());
+        contact.key_history.push(KeyChange {
+            old_key,
+            new_key,
+            accepted_ms: now_ms,
+        });
+        contact.verified = false;
+        self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
+        Ok(contact)
+    }
+
+    /// Records that the user verified the pinned key of `peer` (safety
+    /// numbers compared).
+    pub fn mark_verified(&mut self, peer: &str) -> Result<Contact, StoreError> {
+        let mut contact = self
+            .contact(peer)?
+            .ok_or_else(|| StoreError::Misuse(format!("no contact {peer}")))?;
+        contact.verified = true;
+        self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
+        Ok(contact)
+    }
+
+    /// Rule: an outgoing message is in the outbox *before* it is encrypted.
+    /// Refuses a message id already queued to that peer.
+    pub fn queue_outgoing(&mut self, message: &OutgoingMessage) -> Result<(), StoreError> {
+        let k = peer_key(&message.peer, &message.message_id)?;
+        if self.tx.get(Table::Outbox, &k)?.is_some() {
+            return Err(StoreError::Misuse(format!(
+                "message {} already queued",
+                message.message_id
+            )));
+        }
+        self.put_record(Table::Outbox, &k, message)
+    }
+
+    /// Rule: a ratchet step and the ciphertext it produced commit together.
+    /// Stores the frames of a queued message with the cascade state that
+    /// produced them.
+    pub fn record_encrypted(
+        &mut self,
+        peer: &str,
+        message_id: &str,
+        frames: Vec<Vec<u8>>,
+        layer_state: &[u8],
+    ) -> Result<(), StoreError> {
+        let k = peer_key(peer, message_id)?;
+        let mut message: OutgoingMessage = self
+            .record(Table::Outbox, &k)?
+            .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
+        message.frames = frames;
+        self.put_record(Table::Outbox, &k, &message)?;
+        self.set_layer_state(peer, layer_state)
+    }
+
+    /// Counts one more transmission of a queued message.
+    pub fn record_attempt(&mut self, peer: &str, message_id: &str) -> Result<u32, StoreError> {
+        let k = peer_key(peer, message_id)?;
+        let mut message: OutgoingMessage = self
+            .record(Table::Outbox, &k)?
+            .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
+        message.attempts = message.attempts.saturating_add(1);
+        self.put_record(Table::Outbox, &k, &message)?;
+        Ok(message.attempts)
+    }
+
+    /// Rule: a message leaves the outbox only when the peer acknowledges it.
+    /// Returns whether it was still there (a repeated ack is harmless).
+    pub fn ack_outgoing(&mut self, peer: &str, message_id: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::Outbox, &peer_key(peer, message_id)?)
+    }
+
+    /// Rule: an incoming message is acknowledged only after this commits.
+    /// Stores the message, marks its id processed and stores the cascade
+    /// state that decrypted it — or, for an id already processed, writes
+    /// nothing.
+    pub fn accept_incoming(&mut self, message: &IncomingMessage, layer_state: &[u8]) -> Result<Accepted, StoreError> {
+        let k = peer_key(&message.peer, &message.message_id)?;
+        if self.tx.get(Table::Processed, &k)?.is_some() {
+            return Ok(Accepted::Duplicate);
+        }
+        self.put_record(Table::Inbox, &k, message)?;
+        self.tx.put(Table::Processed, &k, &message.received_ms.to_be_bytes())?;
+        self.set_layer_state(&message.peer, layer_state)?;
+        Ok(Accepted::New)
+    }
+
+    /// Removes a delivered message from the inbox; its id stays processed.
+    pub fn remove_incoming(&mut self, peer: &str, message_id: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::Inbox, &peer_key(peer, message_id)?)
+    }
+}
