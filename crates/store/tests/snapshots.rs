@@ -58,3 +58,20 @@ fn contact_encoding() {
     );
     assert_eq!(serde_json::from_str::<Contact>(&json).unwrap(), c);
 }
+
+#[test]
+fn pooled_key_package_encoding() {
+    let p = strata_store::PooledKeyPackage {
+        key_ref: vec![1, 2],
+        init_key: vec![3, 4],
+        not_after_s: 1_800_000_000,
+        last_resort: true,
+        bytes: vec![5],
+    };
+    let json = serde_json::to_string(&p).unwrap();
+    assert_eq!(
+        json,
+        r#"{"keyRef":"AQI=","initKey":"AwQ=","notAfterS":1800000000,"lastResort":true,"bytes":"BQ=="}"#
+    );
+    assert_eq!(serde_json::from_str::<strata_store::PooledKeyPackage>(&json).unwrap(), p);
+}
