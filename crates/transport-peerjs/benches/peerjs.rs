@@ -1,0 +1,188 @@
+//! Transport-level figures against the PeerJS JS↔JS baseline, in one run:
+//!
+//! - connect → open: `connect()` until the local data channel is open
+//!   (PeerJS: `a.connect(b)` → A-side `open`), fresh peer connection each time;
+//! - 64 MiB A → B over one link, in 1 MiB frames and in 8 KiB frames (the
+//!   session layer's chunk size), until the last byte is delivered.
+//!
+//! The JS side runs `../shared/tools/peerjs-baseline.cjs` from `tests/interop`
+//! (its node_modules). The end-to-end targets (connect →
+//! `encryptionReady`, 64 MiB through the full cascade) need the session
+//! layer; these are the transport's share of them.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_transport::{EventStream, PeerAddr, Transport, TransportEvent};
+use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsConfig, PeerJsTransport, RtcConfig, SignalingConfig};
+
+const CONNECTS: usize = 20;
+const TRANSFER: usize = 64 << 20;
+const REPS: usize = 3;
+
+async fn node(id: &str, port: u16) -> (PeerJsTransport, EventStream) {
+    let mut config = PeerJsConfig::new(id, SignalingConfig::new("127.0.0.1", port));
+    config.rtc = RtcConfig::loopback();
+    if let Some(chunk) = std::env::var("PEERJS_BENCH_CHUNK").ok().and_then(|c| c.parse().ok()) {
+        config.chunk_size = chunk;
+    }
+    PeerJsTransport::start(config).await.unwrap()
+}
+
+async fn wait_for(events: &mut EventStream, mut f: impl FnMut(&TransportEvent) -> bool) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let event = events.next().await.expect("transport stopped");
+            if f(&event) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("bench event timed out");
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[m]
+    } else {
+        (xs[m - 1] + xs[m]) / 2.0
+    }
+}
+
+async fn strata_connect(
+    a: &PeerJsTransport,
+    ae: &mut EventStream,
+    b: &PeerJsTransport,
+    be: &mut EventStream,
+) -> Vec<f64> {
+    let b_addr = b.local_addr();
+    let mut samples = Vec::new();
+    for _ in 0..CONNECTS {
+        let t0 = Instant::now();
+        a.connect(&b_addr).await.unwrap();
+        samples.push(t0.elapsed().as_secs_f64() * 1e3);
+        wait_for(be, |e| matches!(e, TransportEvent::Connected { .. })).await;
+        a.disconnect(&b_addr).await.unwrap();
+        wait_for(ae, |e| matches!(e, TransportEvent::Disconnected { .. })).await;
+        wait_for(be, |e| matches!(e, TransportEvent::Disconnected { .. })).await;
+    }
+    samples
+}
+
+async fn strata_transfer(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut EventStream, frame: usize) -> f64 {
+    let (from, to) = (a.local_addr(), b.local_addr());
+    let frames = TRANSFER / frame;
+    let payload: Bytes = (0..frame).map(|i| (i % 251) as u8).collect();
+    let t0 = Instant::now();
+    let sender = {
+        let (a, to, payload) = (a.clone(), to.clone(), payload.clone());
+        tokio::spawn(async move {
+            for _ in 0..frames {
+                a.send(&to, payload.clone()).await.unwrap();
+            }
+        })
+    };
+    let mut received = 0;
+    while received < TRANSFER {
+        let event = tokio::time::timeout(Duration::from_secs(120), be.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if let TransportEvent::Frame { from: f, bytes } = event {
+            assert_eq!(f, from);
+            assert!(bytes == payload, "frame corrupted");
+            received += bytes.len();
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    sender.await.unwrap();
+    TRANSFER as f64 / 1e6 / secs
+}
+
+/// Runs the JS baseline; `None` (with the reason) where it cannot run.
+fn js_baseline() -> Option<serde_json::Value> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tool = root.join("../shared/tools/peerjs-baseline.cjs");
+    let interop = root.join("tests/interop");
+    if !tool.exists() || !interop.join("node_modules/peerjs").exists() {
+        eprintln!(
+            "JS baseline unavailable: need {} and npm ci in tests/interop",
+            tool.display()
+        );
+        return None;
+    }
+    let output = Command::new("node")
+        .arg(&tool)
+        .current_dir(&interop)
+        .env("PJB_CONNECT_N", CONNECTS.to_string())
+        .env("PJB_MODES", "raw64k")
+        .env("PJB_REPS", REPS.to_string())
+        .output()
+        .ok()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last()?).ok()
+}
+
+#[tokio::main]
+async fn main() {
+    strata_transport_peerjs::install_crypto_provider();
+    let broker = Broker::bind(SocketAddr::from(([127, 0, 0, 1], 0)), BrokerConfig::default())
+        .await
+        .unwrap();
+    let port = broker.local_addr().port();
+    let (a, mut ae) = node("bench-a", port).await;
+    let (b, mut be) = node("bench-b", port).await;
+
+    let connect = strata_connect(&a, &mut ae, &b, &mut be).await;
+    let connect_median = median(connect.clone());
+    a.connect(&PeerAddr::from("bench-b")).await.unwrap();
+    wait_for(&mut be, |e| matches!(e, TransportEvent::Connected { .. })).await;
+    let mut big = Vec::new();
+    let mut small = Vec::new();
+    for _ in 0..REPS {
+        big.push(strata_transfer(&a, &b, &mut be, 1 << 20).await);
+        small.push(strata_transfer(&a, &b, &mut be, 8 << 10).await);
+    }
+    let (big_median, small_median) = (median(big.clone()), median(small.clone()));
+    println!("strata connect->open ms: median {connect_median:.1} samples {connect:.1?}");
+    println!("strata 64 MiB in 1 MiB frames MB/s: median {big_median:.1} runs {big:.1?}");
+    println!("strata 64 MiB in 8 KiB frames MB/s: median {small_median:.1} runs {small:.1?}");
+    drop((a, b));
+    broker.shutdown().await;
+
+    if std::env::var_os("PEERJS_BENCH_SKIP_JS").is_some() {
+        return;
+    }
+    let Some(js) = js_baseline() else { return };
+    let js_connect = js["summary"]["connectMsMedian"].as_f64();
+    let js_raw = js["summary"]["raw64kMBpsMedian"].as_f64();
+    println!("peerjs JS<->JS connect->open ms: median {js_connect:?}; raw 64 KiB MB/s: median {js_raw:?}");
+    if let (Some(js_connect), Some(js_raw)) = (js_connect, js_raw) {
+        println!(
+            "ratio connect (strata / peerjs, lower is better): {:.2}",
+            connect_median / js_connect
+        );
+        println!(
+            "ratio throughput 1 MiB frames (strata / peerjs raw): {:.2}",
+            big_median / js_raw
+        );
+        println!(
+            "ratio throughput 8 KiB frames (strata / peerjs raw): {:.2}",
+            small_median / js_raw
+        );
+    }
+}
