@@ -1,0 +1,374 @@
+//! The commands that run and return: `init`, `id`, `verify`, `config`, and
+//! the session commands (`connect`, `send`, `inbox`, `peers`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cli::{ConfigCommand, IdArgs, InboxArgs, InitArgs, PeerArgs, SendArgs, VerifyArgs};
+use crate::config::{Config, DEFAULT_FILE, FileRule};
+use crate::control::client::ControlClient;
+use crate::error::{AppError, ErrorKind, Result};
+use crate::identity::{Local, PeerRef, group_digits};
+use crate::ops::{self, IdInfo, Marked, VerifyParams, VerifyReport};
+use crate::paths::{DataDir, write_atomic};
+use crate::sessions::{NoSessionLayer, SendBody, SessionCall, Sessions as _};
+use crate::storage::{self, Unlock};
+use crate::{output, qr};
+
+/// What every command knows.
+pub(crate) struct Ctx {
+    /// The data directory.
+    pub(crate) dir: DataDir,
+    /// The config file.
+    pub(crate) config_file: PathBuf,
+    /// Whether the config file must exist (it must when the user named it).
+    pub(crate) config_rule: FileRule,
+    /// `--json`.
+    pub(crate) json: bool,
+}
+
+impl Ctx {
+    /// Loads the configuration in effect.
+    pub(crate) fn config(&self) -> Result<Config> {
+        Config::load(&self.config_file, self.config_rule, &env_vars())
+    }
+
+    /// Loads the configuration, with defaults when the file does not exist
+    /// even if it was named (for `init`, which writes it).
+    fn config_or_defaults(&self) -> Result<Config> {
+        Config::load(&self.config_file, FileRule::MayBeAbsent, &env_vars())
+    }
+}
+
+fn env_vars() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Opens the store in a blocking task: a passphrase costs an Argon2id run.
+async fn open_store(ctx: &Ctx) -> Result<(storage::NodeStore, Local)> {
+    let dir = ctx.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let unlock = Unlock::from_env()?;
+        let store = storage::open(&dir, &unlock)?;
+        let local = Local::load(&store, &dir.store_file())?;
+        Ok((store, local))
+    })
+    .await
+    .map_err(|e| AppError::internal(format!("store task failed: {e}")))?
+}
+
+/// What `init` reports.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InitReport {
+    data_dir: String,
+    #[serde(flatten)]
+    id: IdInfo,
+    /// How the store is sealed.
+    store_key: String,
+    config_file: String,
+    config_written: bool,
+}
+
+/// `strata init`.
+pub(crate) async fn init(ctx: &Ctx, args: InitArgs) -> Result<()> {
+    ctx.dir.create()?;
+    if let Some(daemon) = ControlClient::discover(&ctx.dir).await? {
+        return Err(AppError::new(
+            ErrorKind::Busy,
+            format!(
+                "a strata daemon (pid {}) is running on {}",
+                daemon.pid(),
+                ctx.dir.root().display()
+            ),
+        )
+        .hint("stop it before running `strata init`"));
+    }
+    let config = ctx.config_or_defaults()?;
+    let dir = ctx.dir.clone();
+    let force = args.force;
+    let (local, unlock_text) = tokio::task::spawn_blocking(move || -> Result<(Local, String)> {
+        let store_path = dir.store_file();
+        if store_path.exists() {
+            if !force {
+                return Err(AppError::new(
+                    ErrorKind::AlreadyInitialized,
+                    format!("{} already has an identity", dir.root().display()),
+                )
+                .hint(
+                    "`strata id` shows it; `strata init --force` replaces it, deleting its sessions, \
+                     contacts and messages (peers will see a new safety number)",
+                ));
+            }
+            // Opening takes redb's lock: a process still using the store
+            // makes this fail instead of losing the file under it.
+            drop(strata_store::RedbBackend::open(&store_path).map_err(|e| AppError::store(e, &store_path))?);
+            remove_if_present(&store_path)?;
+            remove_if_present(&dir.key_file())?;
+        }
+        let unlock = Unlock::from_env()?;
+        let store = storage::create(&dir, &unlock)?;
+        let local = Local::generate()?;
+        local.save(&store, &store_path)?;
+        Ok((local, unlock.describe(&dir)))
+    })
+    .await
+    .map_err(|e| AppError::internal(format!("init task failed: {e}")))??;
+
+    let config_file = &ctx.config_file;
+    let config_written = !config_file.exists();
+    if config_written {
+        write_atomic(config_file, DEFAULT_FILE.as_bytes(), 0o600)?;
+    }
+    let id = ops::id_info(&local, &config)?;
+    let report = InitReport {
+        data_dir: ctx.dir.root().display().to_string(),
+        id,
+        store_key: unlock_text,
+        config_file: config_file.display().to_string(),
+        config_written,
+    };
+    if ctx.json {
+        return output::json(&report);
+    }
+    output::line(format!("Created a new identity in {}", report.data_dir))?;
+    let half = format!("{}  (your half)", group_digits(&report.id.safety_number_half));
+    let config_line = format!(
+        "{} ({})",
+        report.config_file,
+        if config_written { "written" } else { "kept" }
+    );
+    output::fields(&[
+        ("peer id", &report.id.peer_id),
+        ("installation id", &report.id.installation_id),
+        ("safety number", &half),
+        ("store sealed by", &report.store_key),
+        ("config", &config_line),
+    ])?;
+    output::note("Share your contact URI (`strata id`); compare safety numbers with `strata verify <peer>`.");
+    Ok(())
+}
+
+fn remove_if_present(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(crate::paths::io_error("remove", path, &e)),
+    }
+}
+
+/// `strata id`.
+pub(crate) async fn id(ctx: &Ctx, args: IdArgs) -> Result<()> {
+    let info: IdInfo = match ControlClient::discover(&ctx.dir).await? {
+        Some(daemon) => daemon.call("id", serde_json::json!({})).await?,
+        None => {
+            let config = ctx.config()?;
+            let (_store, local) = open_store(ctx).await?;
+            ops::id_info(&local, &config)?
+        }
+    };
+    if ctx.json {
+        return output::json(&info);
+    }
+    let half = format!("{}  (your half)", group_digits(&info.safety_number_half));
+    output::fields(&[
+        ("peer id", &info.peer_id),
+        ("installation id", &info.installation_id),
+        ("identity key", &info.identity_key),
+        ("safety number", &half),
+        ("contact", &info.contact_uri),
+    ])?;
+    if args.qr {
+        output::line(qr::render(info.contact_uri.as_bytes())?)?;
+    }
+    Ok(())
+}
+
+/// `strata verify`.
+pub(crate) async fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<()> {
+    let params = VerifyParams {
+        peer: args.peer.clone(),
+        mark_verified: args.mark_verified.clone(),
+    };
+    let report: VerifyReport = match ControlClient::discover(&ctx.dir).await? {
+        Some(daemon) => {
+            let params = serde_json::to_value(&params).map_err(|e| AppError::internal(e.to_string()))?;
+            daemon.call("verify", params).await?
+        }
+        None => {
+            let (store, local) = open_store(ctx).await?;
+            let store_path = ctx.dir.store_file();
+            tokio::task::spawn_blocking(move || ops::verify(&store, &store_path, &local, &params, ops::now_ms()))
+                .await
+                .map_err(|e| AppError::internal(format!("verify task failed: {e}")))??
+        }
+    };
+    if ctx.json {
+        return output::json(&report);
+    }
+    print_verify(&report, &args)
+}
+
+fn print_verify(report: &VerifyReport, args: &VerifyArgs) -> Result<()> {
+    output::line(format!("Safety number with {}:", report.peer_id))?;
+    let grouped = group_digits(&report.safety_number);
+    let groups: Vec<&str> = grouped.split(' ').collect();
+    for row in groups.chunks(4) {
+        output::line(format!("    {}", row.join(" ")))?;
+    }
+    if let Some(installation) = &report.installation_id {
+        output::line(format!("installation {installation}"))?;
+    }
+    match &report.contact {
+        None => output::line("not a contact yet")?,
+        Some(contact) => {
+            if contact.pinned_peer_id != report.peer_id {
+                output::line(format!(
+                    "WARNING: this installation is pinned to another account, {}",
+                    contact.pinned_peer_id
+                ))?;
+            }
+            output::line(if contact.verified {
+                "contact: verified"
+            } else {
+                "contact: not verified (trusted on first use)"
+            })?;
+            if let Some(offered) = &contact.offered_safety_number {
+                output::line(
+                    "IDENTITY CHANGED: this installation presented a new identity key; nothing is sent to it \
+                     until you verify the new safety number:",
+                )?;
+                output::line(format!("    {}", group_digits(offered)))?;
+            }
+            for change in &contact.identity_changes {
+                output::line(format!(
+                    "identity changed at {} ms: {} -> {}",
+                    change.accepted_ms, change.old_peer_id, change.new_peer_id
+                ))?;
+            }
+        }
+    }
+    match report.marked {
+        Some(Marked::Verified) => output::line("Marked verified.")?,
+        Some(Marked::PinnedVerified) => output::line("Added as a contact and marked verified.")?,
+        Some(Marked::ChangeAcceptedVerified) => {
+            output::line("Accepted the new identity key and marked it verified.")?;
+        }
+        None => {
+            let verified = report.contact.as_ref().is_some_and(|c| c.verified);
+            if !verified {
+                output::note(format!(
+                    "Compare these digits with the ones the peer sees, over a channel you trust (in person, \
+                     a call). To record a match, type the digits the peer reads to you:\n  \
+                     strata verify '{}' --mark-verified '<60 digits>'",
+                    args.peer
+                ));
+            }
+        }
+    }
+    if args.qr {
+        use base64::Engine as _;
+        let scannable = base64::engine::general_purpose::STANDARD
+            .decode(&report.scannable)
+            .map_err(|e| AppError::internal(format!("the scannable form is not base64: {e}")))?;
+        output::line(qr::render(&scannable)?)?;
+    }
+    Ok(())
+}
+
+/// `strata config`.
+pub(crate) fn config(ctx: &Ctx, command: ConfigCommand) -> Result<()> {
+    match command {
+        ConfigCommand::Path => {
+            if ctx.json {
+                output::json(&serde_json::json!({
+                    "configFile": ctx.config_file.display().to_string(),
+                    "exists": ctx.config_file.exists(),
+                }))
+            } else {
+                output::line(ctx.config_file.display())
+            }
+        }
+        ConfigCommand::Show => {
+            let config = ctx.config()?;
+            if ctx.json {
+                output::json(&config)
+            } else {
+                output::line(config.to_toml()?.trim_end())
+            }
+        }
+    }
+}
+
+/// `strata connect`.
+pub(crate) async fn connect(ctx: &Ctx, args: PeerArgs) -> Result<()> {
+    let peer = PeerRef::parse(&args.peer)?;
+    session_call(ctx, SessionCall::Connect { peer: peer.to_string() }).await
+}
+
+/// `strata send`.
+pub(crate) async fn send(ctx: &Ctx, args: SendArgs) -> Result<()> {
+    let peer = PeerRef::parse(&args.peer)?;
+    let body = match (args.text, args.file) {
+        (Some(text), None) => SendBody::Text(text),
+        (None, Some(file)) => {
+            let path = std::fs::canonicalize(&file).map_err(|e| {
+                AppError::new(ErrorKind::NotFound, format!("cannot send {}: {e}", file.display()))
+                    .hint("check the path")
+            })?;
+            if !path.is_file() {
+                return Err(
+                    AppError::new(ErrorKind::Usage, format!("{} is not a file", path.display()))
+                        .hint("send one regular file at a time"),
+                );
+            }
+            SendBody::File(path)
+        }
+        _ => {
+            return Err(AppError::new(ErrorKind::Usage, "give a text or --file PATH, not both")
+                .hint("see `strata send --help`"));
+        }
+    };
+    let call = SessionCall::Send {
+        peer: peer.to_string(),
+        body,
+        wait_ack: args.wait_ack,
+    };
+    session_call(ctx, call).await
+}
+
+/// `strata inbox`.
+pub(crate) async fn inbox(ctx: &Ctx, args: InboxArgs) -> Result<()> {
+    session_call(ctx, SessionCall::Inbox { follow: args.follow }).await
+}
+
+/// `strata peers`.
+pub(crate) async fn peers(ctx: &Ctx) -> Result<()> {
+    session_call(ctx, SessionCall::Peers).await
+}
+
+/// Hands a session command to the daemon, or to this process's session
+/// layer when no daemon runs.
+async fn session_call(ctx: &Ctx, call: SessionCall) -> Result<()> {
+    let result = match ControlClient::discover(&ctx.dir).await? {
+        Some(daemon) => {
+            let method = call.method();
+            let params = serde_json::to_value(&call)
+                .map_err(|e| AppError::internal(e.to_string()))?
+                .get("params")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            daemon.call::<serde_json::Value>(method, params).await?
+        }
+        None => NoSessionLayer.call(call).await?,
+    };
+    if ctx.json {
+        output::json(&result)
+    } else {
+        output::line(serde_json::to_string_pretty(&result).map_err(|e| AppError::internal(e.to_string()))?)
+    }
+}

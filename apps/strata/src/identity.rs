@@ -1,0 +1,462 @@
+//! This node's identity as the CLI shows it: peer id, installation id,
+//! identity key, the own half of the safety number, and the contact URI.
+//!
+//! # Peer id
+//!
+//! The **peer id** names an account: the lowercase, unpadded RFC 4648
+//! base32 of its serialized Signal identity key (33 bytes: `0x05` and the
+//! Curve25519 key), 53 characters. Like a libp2p peer id it is
+//! self-certifying — whoever holds a peer id holds the key it names, so a
+//! peer id received out of band pins the identity without trust on first
+//! use. It is also the *stable identifier* of safety numbers
+//! ([`strata_cascade::SafetyNumber::new`] with the peer ids' UTF-8 bytes),
+//! so every installation of an account shows the same number.
+//!
+//! The **installation id** (32 hex digits) names one device of the account.
+//! Sessions are keyed by it, and it is the node's address on both
+//! transports: its PeerJS id on the broker and its libp2p link address.
+//!
+//! # Contact URI
+//!
+//! ```text
+//! strata:<peer id>/<installation id>[?broker=<ws(s) URL>][&addr=<multiaddr>]...
+//! ```
+//!
+//! Query values are percent-encoded. `broker` is the PeerJS broker the node
+//! registers with (present when it is not the embedded one), `addr` a libp2p
+//! address it can be reached at (repeatable). Unknown query keys are
+//! ignored, so later versions can add some.
+
+use std::fmt;
+
+use data_encoding::BASE32_NOPAD;
+use strata_cascade::{AccountIdentity, IdentityKey, InstallationId, InstallationIdentity, SafetyNumber};
+use strata_store::{Backend, Store};
+
+use crate::error::{AppError, ErrorKind, Result};
+
+/// Length of a peer id: 33 bytes in base32 without padding.
+const PEER_ID_LEN: usize = 53;
+/// Length of the serialized identity key.
+const IDENTITY_KEY_LEN: usize = 33;
+/// The contact URI scheme.
+pub(crate) const URI_SCHEME: &str = "strata";
+
+/// An account's peer id, and the identity key it encodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerId {
+    key: IdentityKey,
+}
+
+impl PeerId {
+    /// The peer id of `key`.
+    pub(crate) fn from_key(key: IdentityKey) -> Self {
+        Self { key }
+    }
+
+    /// Parses a peer id, rejecting anything but the canonical encoding of a
+    /// valid identity key.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Self, String> {
+        if text.len() != PEER_ID_LEN {
+            return Err(format!("a peer id is {PEER_ID_LEN} characters, not {}", text.len()));
+        }
+        if text.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err("a peer id is lowercase".to_owned());
+        }
+        let bytes = BASE32_NOPAD
+            .decode(text.to_ascii_uppercase().as_bytes())
+            .map_err(|e| format!("not base32: {e}"))?;
+        Self::from_key_bytes(&bytes)
+    }
+
+    /// The identity key from its serialized form.
+    pub(crate) fn from_key_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.len() != IDENTITY_KEY_LEN {
+            return Err(format!(
+                "an identity key is {IDENTITY_KEY_LEN} bytes, not {}",
+                bytes.len()
+            ));
+        }
+        let key = IdentityKey::decode(bytes).map_err(|e| format!("not an identity key: {e}"))?;
+        // Only the canonical encoding: one key, one peer id.
+        if *key.serialize() != *bytes {
+            return Err("not the canonical encoding of an identity key".to_owned());
+        }
+        Ok(Self { key })
+    }
+
+    /// The identity key.
+    pub(crate) fn identity_key(&self) -> &IdentityKey {
+        &self.key
+    }
+
+    /// The identity key in hex.
+    pub(crate) fn identity_key_hex(&self) -> String {
+        hex::encode(self.key.serialize())
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&BASE32_NOPAD.encode(&self.key.serialize()).to_ascii_lowercase())
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({self})")
+    }
+}
+
+/// Parses the hex form of an installation id.
+pub(crate) fn parse_installation(text: &str) -> std::result::Result<InstallationId, String> {
+    let bytes = hex::decode(text).map_err(|_| "an installation id is 32 hex digits".to_owned())?;
+    let bytes: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| "an installation id is 32 hex digits".to_owned())?;
+    Ok(InstallationId::from_bytes(bytes))
+}
+
+/// This installation's keys and the names derived from them.
+pub(crate) struct Local {
+    installation: InstallationIdentity,
+    peer_id: PeerId,
+}
+
+impl Local {
+    /// A new account with its first installation.
+    pub(crate) fn generate() -> Result<Self> {
+        let mut rng = rand::rng();
+        let account = AccountIdentity::generate(&mut rng);
+        let installation = InstallationIdentity::generate(account, &mut rng)
+            .map_err(|e| AppError::internal(format!("cannot generate the installation keys: {e}")))?;
+        Ok(Self::from_installation(installation))
+    }
+
+    fn from_installation(installation: InstallationIdentity) -> Self {
+        let peer_id = PeerId::from_key(*installation.account().identity_key());
+        Self { installation, peer_id }
+    }
+
+    /// Reads the identity from `store`.
+    pub(crate) fn load<B: Backend>(store: &Store<B>, store_path: &std::path::Path) -> Result<Self> {
+        let bytes = store
+            .read(|r| r.identity())
+            .map_err(|e| AppError::store(e, store_path))?
+            .ok_or_else(|| {
+                AppError::new(
+                    ErrorKind::NotInitialized,
+                    format!("the store {} holds no identity", store_path.display()),
+                )
+                .hint("run `strata init` to create one")
+            })?;
+        let installation = InstallationIdentity::import(&bytes).map_err(|e| {
+            AppError::new(
+                ErrorKind::Storage,
+                format!("the identity in {} cannot be read: {e}", store_path.display()),
+            )
+            .hint("restore the data directory from a backup, or start over with `strata init --force`")
+        })?;
+        Ok(Self::from_installation(installation))
+    }
+
+    /// Writes the identity to `store` (one transaction).
+    pub(crate) fn save<B: Backend>(&self, store: &Store<B>, store_path: &std::path::Path) -> Result<()> {
+        let exported = self
+            .installation
+            .export()
+            .map_err(|e| AppError::internal(format!("cannot export the identity: {e}")))?;
+        store
+            .write(|w| w.set_identity(exported.as_bytes()))
+            .map_err(|e| AppError::store(e, store_path))
+    }
+
+    /// The account's peer id.
+    pub(crate) fn peer_id(&self) -> &PeerId {
+        &self.peer_id
+    }
+
+    /// The installation id.
+    pub(crate) fn installation_id(&self) -> InstallationId {
+        self.installation.installation_id()
+    }
+
+    /// The safety number between this account and `remote`.
+    pub(crate) fn safety_number(&self, remote: &PeerId) -> Result<SafetyNumber> {
+        let local = self.peer_id.to_string();
+        let remote_id = remote.to_string();
+        SafetyNumber::new(
+            local.as_bytes(),
+            self.peer_id.identity_key(),
+            remote_id.as_bytes(),
+            remote.identity_key(),
+        )
+        .map_err(|e| AppError::internal(format!("cannot compute the safety number: {e}")))
+    }
+
+    /// This account's half of every safety number it is part of: 30 digits.
+    ///
+    /// Each party's 30 digits depend only on its own stable id and key (the
+    /// number is the two halves, smaller first), so the number of the
+    /// account with itself is this half twice.
+    pub(crate) fn own_half(&self) -> Result<String> {
+        let digits = self
+            .safety_number(&self.peer_id)?
+            .digits()
+            .map_err(|e| AppError::internal(format!("cannot compute the safety number: {e}")))?;
+        digits
+            .get(..digits.len() / 2)
+            .map(str::to_owned)
+            .ok_or_else(|| AppError::internal("the safety number is empty"))
+    }
+}
+
+/// Groups digits by five, as safety numbers are shown.
+pub(crate) fn group_digits(digits: &str) -> String {
+    digits
+        .as_bytes()
+        .chunks(5)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A parsed contact URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ContactUri {
+    /// The account.
+    pub(crate) peer_id: PeerId,
+    /// The installation to dial.
+    pub(crate) installation: InstallationId,
+    /// Its PeerJS broker, when not the embedded one.
+    pub(crate) broker: Option<url::Url>,
+    /// libp2p addresses it can be reached at.
+    pub(crate) addrs: Vec<libp2p::Multiaddr>,
+}
+
+impl ContactUri {
+    /// Parses `strata:<peer id>/<installation id>?…`.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("not a URI: {e}"))?;
+        if url.scheme() != URI_SCHEME {
+            return Err(format!("a contact URI starts with `{URI_SCHEME}:`"));
+        }
+        let (peer, installation) = url
+            .path()
+            .split_once('/')
+            .ok_or("a contact URI is strata:<peer id>/<installation id>")?;
+        let peer_id = PeerId::parse(peer).map_err(|e| format!("bad peer id: {e}"))?;
+        let installation = parse_installation(installation)?;
+        let mut broker = None;
+        let mut addrs = Vec::new();
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "broker" => {
+                    broker = Some(crate::config::parse_broker_url(&value)?);
+                }
+                "addr" => addrs.push(
+                    value
+                        .parse()
+                        .map_err(|e| format!("bad libp2p address {value:?}: {e}"))?,
+                ),
+                _ => {}
+            }
+        }
+        Ok(Self {
+            peer_id,
+            installation,
+            broker,
+            addrs,
+        })
+    }
+}
+
+impl fmt::Display for ContactUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{URI_SCHEME}:{}/{}", self.peer_id, self.installation)?;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(broker) = &self.broker {
+            query.append_pair("broker", broker.as_str());
+        }
+        for addr in &self.addrs {
+            query.append_pair("addr", &addr.to_string());
+        }
+        let query = query.finish();
+        if !query.is_empty() {
+            write!(f, "?{query}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a `<peer>` argument names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PeerRef {
+    /// A contact URI: account, installation and where to reach it.
+    Contact(ContactUri),
+    /// An account.
+    PeerId(PeerId),
+    /// An installation (a contact of the store, or a PeerJS/libp2p address).
+    Installation(InstallationId),
+    /// A libp2p multiaddr.
+    Multiaddr(libp2p::Multiaddr),
+    /// Any other PeerJS id.
+    PeerJsId(String),
+}
+
+impl PeerRef {
+    /// Parses a `<peer>` argument.
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        let bad = |reason: String| {
+            AppError::new(ErrorKind::Usage, format!("{text:?} does not name a peer: {reason}")).hint(
+                "give a contact URI (strata:…), a peer id, an installation id, a libp2p multiaddr, or a PeerJS id",
+            )
+        };
+        if text.starts_with(&format!("{URI_SCHEME}:")) {
+            return ContactUri::parse(text).map(Self::Contact).map_err(bad);
+        }
+        if text.starts_with('/') {
+            return text
+                .parse()
+                .map(Self::Multiaddr)
+                .map_err(|e| bad(format!("bad multiaddr: {e}")));
+        }
+        if text.len() == PEER_ID_LEN
+            && let Ok(peer) = PeerId::parse(text)
+        {
+            return Ok(Self::PeerId(peer));
+        }
+        if let Ok(installation) = parse_installation(text) {
+            return Ok(Self::Installation(installation));
+        }
+        if strata_transport_peerjs::protocol::is_valid_peer_id(text) {
+            return Ok(Self::PeerJsId(text.to_owned()));
+        }
+        Err(bad(
+            "not a contact URI, peer id, installation id, multiaddr or PeerJS id".to_owned(),
+        ))
+    }
+}
+
+impl fmt::Display for PeerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Contact(uri) => uri.fmt(f),
+            Self::PeerId(peer) => peer.fmt(f),
+            Self::Installation(id) => id.fmt(f),
+            Self::Multiaddr(addr) => addr.fmt(f),
+            Self::PeerJsId(id) => f.write_str(id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids_round_trip_and_reject_non_canonical_forms() {
+        let local = Local::generate().unwrap();
+        let text = local.peer_id().to_string();
+        assert_eq!(text.len(), PEER_ID_LEN);
+        assert_eq!(PeerId::parse(&text).unwrap(), *local.peer_id());
+        assert!(PeerId::parse(&text.to_ascii_uppercase()).is_err());
+        assert!(PeerId::parse(&text[1..]).is_err());
+        // The last character carries padding bits: changing them is another
+        // encoding of the same bytes, which is refused.
+        const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz234567";
+        let mut last_changed = text.clone();
+        let last = last_changed.pop().unwrap();
+        let value = ALPHABET.find(last).unwrap();
+        last_changed.push(ALPHABET.as_bytes()[value ^ 1] as char);
+        assert!(PeerId::parse(&last_changed).is_err());
+        // A wrong key type byte is not an identity key.
+        let mut bytes = local.peer_id().identity_key().serialize().to_vec();
+        bytes[0] = 0x07;
+        assert!(PeerId::from_key_bytes(&bytes).is_err());
+    }
+
+    #[test]
+    fn the_own_half_is_one_half_of_every_safety_number() {
+        let alice = Local::generate().unwrap();
+        let bob = Local::generate().unwrap();
+        let (a, b) = (alice.own_half().unwrap(), bob.own_half().unwrap());
+        assert_eq!(a.len(), 30);
+        assert!(a.bytes().all(|c| c.is_ascii_digit()));
+        assert_ne!(a, b);
+        let from_alice = alice.safety_number(bob.peer_id()).unwrap().digits().unwrap();
+        let from_bob = bob.safety_number(alice.peer_id()).unwrap().digits().unwrap();
+        assert_eq!(from_alice, from_bob);
+        let expected = if a < b { format!("{a}{b}") } else { format!("{b}{a}") };
+        assert_eq!(from_alice, expected);
+        assert_eq!(group_digits("1234567890123"), "12345 67890 123");
+    }
+
+    #[test]
+    fn the_identity_survives_the_store() {
+        let store = Store::open(
+            strata_store::MemoryBackend::default(),
+            strata_store::KeySource::Key(strata_cascade::at_rest::StorageKey::generate(&mut rand::rng())),
+        )
+        .unwrap();
+        let path = std::path::Path::new("mem");
+        let err = Local::load(&store, path).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::NotInitialized);
+        let local = Local::generate().unwrap();
+        local.save(&store, path).unwrap();
+        let back = Local::load(&store, path).unwrap();
+        assert_eq!(back.peer_id(), local.peer_id());
+        assert_eq!(back.installation_id(), local.installation_id());
+        assert_eq!(back.own_half().unwrap(), local.own_half().unwrap());
+    }
+
+    #[test]
+    fn contact_uris_round_trip() {
+        let local = Local::generate().unwrap();
+        let mut uri = ContactUri {
+            peer_id: *local.peer_id(),
+            installation: local.installation_id(),
+            broker: None,
+            addrs: Vec::new(),
+        };
+        let plain = uri.to_string();
+        assert_eq!(plain, format!("strata:{}/{}", local.peer_id(), local.installation_id()));
+        assert_eq!(ContactUri::parse(&plain).unwrap(), uri);
+
+        uri.broker = Some(url::Url::parse("wss://broker.example.org:8443/app/").unwrap());
+        uri.addrs = vec![
+            "/ip4/192.0.2.1/tcp/4001".parse().unwrap(),
+            "/ip6/::1/udp/4001/quic-v1".parse().unwrap(),
+        ];
+        let full = uri.to_string();
+        assert!(full.contains("?broker=wss%3A%2F%2Fbroker.example.org"), "{full}");
+        assert_eq!(ContactUri::parse(&full).unwrap(), uri);
+        // Unknown query keys are ignored; bad values are not.
+        assert_eq!(ContactUri::parse(&format!("{plain}?future=1")).unwrap().broker, None);
+        assert!(ContactUri::parse(&format!("{plain}?broker=http%3A%2F%2Fx")).is_err());
+        assert!(ContactUri::parse(&format!("other:{}/{}", local.peer_id(), local.installation_id())).is_err());
+        assert!(ContactUri::parse(&format!("strata:{}", local.peer_id())).is_err());
+    }
+
+    #[test]
+    fn peer_arguments_are_told_apart() {
+        let local = Local::generate().unwrap();
+        let peer = local.peer_id().to_string();
+        let inst = local.installation_id().to_string();
+        assert!(matches!(PeerRef::parse(&peer).unwrap(), PeerRef::PeerId(_)));
+        assert!(matches!(PeerRef::parse(&inst).unwrap(), PeerRef::Installation(_)));
+        assert!(matches!(
+            PeerRef::parse(&format!("strata:{peer}/{inst}")).unwrap(),
+            PeerRef::Contact(_)
+        ));
+        assert!(matches!(
+            PeerRef::parse("/ip4/127.0.0.1/tcp/1").unwrap(),
+            PeerRef::Multiaddr(_)
+        ));
+        assert!(matches!(PeerRef::parse("alice-laptop").unwrap(), PeerRef::PeerJsId(_)));
+        for bad in ["", "strata:nope", "/not/a/multiaddr", "has space!"] {
+            let err = PeerRef::parse(bad).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::Usage, "{bad}");
+        }
+    }
+}

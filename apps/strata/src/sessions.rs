@@ -1,0 +1,131 @@
+//! The boundary to the session layer: everything `connect`, `send`,
+//! `inbox` and `peers` need, and nothing else.
+//!
+//! The CLI turns those commands into a [`SessionCall`]; with a daemon up it
+//! sends the call over the control API (method = the call's name, params =
+//! its JSON), and the daemon hands it to its [`Sessions`]. This build links
+//! no session layer, so the one implementation, [`NoSessionLayer`], answers
+//! every call with a `not-available` error. When `strata_session`'s `Node`
+//! lands, an implementation over it replaces [`NoSessionLayer`] in `run`
+//! (and a read-only one over the store serves `inbox`/`peers` offline);
+//! nothing else changes.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AppError, Result};
+
+/// A request for the session layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "method",
+    content = "params",
+    rename_all = "kebab-case",
+    rename_all_fields = "camelCase"
+)]
+pub(crate) enum SessionCall {
+    /// Open a session with a peer (contact URI, peer id, installation id,
+    /// PeerJS id or multiaddr) and report handshake progress.
+    Connect {
+        /// The peer, as the user gave it (validated by the CLI).
+        peer: String,
+    },
+    /// Send a text or a file; returns the message id.
+    Send {
+        /// The peer.
+        peer: String,
+        /// What to send.
+        body: SendBody,
+        /// Return only when the peer acknowledged it.
+        wait_ack: bool,
+    },
+    /// Received messages and node events.
+    Inbox {
+        /// Keep streaming new ones.
+        follow: bool,
+    },
+    /// Sessions and their state.
+    Peers,
+}
+
+/// What `send` sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SendBody {
+    /// A UTF-8 text message.
+    Text(String),
+    /// A file, by absolute path on the daemon's machine (the same machine:
+    /// the API is loopback only).
+    File(PathBuf),
+}
+
+impl SessionCall {
+    /// The control API method name, which is the CLI command's name.
+    pub(crate) fn method(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } => "connect",
+            Self::Send { .. } => "send",
+            Self::Inbox { .. } => "inbox",
+            Self::Peers => "peers",
+        }
+    }
+}
+
+/// What the CLI and the control API need from the session layer. Results
+/// are JSON because the session layer defines their shape.
+#[async_trait]
+pub(crate) trait Sessions: Send + Sync {
+    /// Carries out `call`.
+    async fn call(&self, call: SessionCall) -> Result<serde_json::Value>;
+}
+
+/// This build's session layer: none. Every call fails with
+/// [`crate::error::ErrorKind::NotAvailable`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NoSessionLayer;
+
+#[async_trait]
+impl Sessions for NoSessionLayer {
+    async fn call(&self, call: SessionCall) -> Result<serde_json::Value> {
+        Err(AppError::not_available(&format!("`strata {}`", call.method())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn calls_travel_as_method_and_params() {
+        let call = SessionCall::Send {
+            peer: "abc".into(),
+            body: SendBody::Text("hi".into()),
+            wait_ack: true,
+        };
+        let json = serde_json::to_value(&call).unwrap();
+        assert_eq!(json["method"], "send");
+        assert_eq!(json["params"]["body"]["text"], "hi");
+        assert_eq!(json["params"]["waitAck"], true);
+        let back: SessionCall = serde_json::from_value(json).unwrap();
+        assert_eq!(back, call);
+        let peers: SessionCall = serde_json::from_value(serde_json::json!({"method": "peers"})).unwrap();
+        assert_eq!(peers, SessionCall::Peers);
+    }
+
+    #[tokio::test]
+    async fn this_build_has_no_session_layer() {
+        for call in [
+            SessionCall::Connect { peer: "x".into() },
+            SessionCall::Inbox { follow: false },
+            SessionCall::Peers,
+        ] {
+            let method = call.method();
+            let err = NoSessionLayer.call(call).await.unwrap_err();
+            assert_eq!(err.kind, ErrorKind::NotAvailable);
+            assert!(err.message.contains(method), "{err}");
+        }
+    }
+}

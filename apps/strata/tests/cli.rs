@@ -1,0 +1,887 @@
+//! End-to-end tests of the `strata` binary: every test runs the built
+//! executable in temporary data directories and checks what a user sees
+//! (stdout, stderr, exit codes, files) and what the control API answers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::print_stderr,
+    missing_docs
+)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Exit codes of the error kinds (src/error.rs, README).
+mod exit {
+    pub(super) const USAGE: i32 = 2;
+    pub(super) const CONFIG: i32 = 3;
+    pub(super) const NOT_INITIALIZED: i32 = 4;
+    pub(super) const ALREADY_INITIALIZED: i32 = 5;
+    pub(super) const LOCKED: i32 = 6;
+    pub(super) const BUSY: i32 = 8;
+    pub(super) const NOT_FOUND: i32 = 11;
+    pub(super) const VERIFICATION_FAILED: i32 = 12;
+    pub(super) const NOT_AVAILABLE: i32 = 14;
+}
+
+/// A data directory, and the binary pointed at it.
+struct Node {
+    tmp: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("node")
+    }
+
+    /// `strata --data-dir <dir>` with a clean environment.
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("STRATA_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .env("HOME", self.tmp.path())
+            .arg("--data-dir")
+            .arg(self.dir())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        ok(self.cmd().args(args))
+    }
+
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        fails(self.cmd().args(args), code)
+    }
+
+    /// `strata init --json`.
+    fn init(&self) -> Value {
+        serde_json::from_str(&self.ok(&["init", "--json"])).unwrap()
+    }
+
+    fn id(&self) -> Value {
+        serde_json::from_str(&self.ok(&["id", "--json"])).unwrap()
+    }
+
+    /// Starts `strata run` on free ports and waits for its `api.json`.
+    fn daemon(&self) -> Daemon {
+        let log = self.tmp.path().join("daemon.log");
+        let child = self
+            .cmd()
+            .arg("run")
+            .env("STRATA_API__PORT", "0")
+            .env("STRATA_BROKER__PORT", "0")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child, log };
+        let api_file = self.dir().join("api.json");
+        let pid = daemon.child.id();
+        // A file left by a killed daemon may be there first: wait for ours.
+        let api = daemon.wait_for(|| {
+            let text = std::fs::read_to_string(&api_file).ok()?;
+            serde_json::from_str::<Value>(&text)
+                .ok()
+                .filter(|api| api["pid"] == pid)
+        });
+        daemon_addr(&api);
+        daemon
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.dir().join("api.token")).unwrap()
+    }
+
+    fn api_addr(&self) -> SocketAddr {
+        let api: Value = serde_json::from_str(&std::fs::read_to_string(self.dir().join("api.json")).unwrap()).unwrap();
+        daemon_addr(&api)
+    }
+}
+
+fn daemon_addr(api: &Value) -> SocketAddr {
+    let addr: SocketAddr = api["address"].as_str().unwrap().parse().unwrap();
+    assert!(addr.ip().is_loopback(), "control API on {addr}");
+    assert_eq!(api["url"], format!("http://{addr}"));
+    addr
+}
+
+/// A running `strata run` (killed if the test ends early).
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Polls `probe` until it yields, failing fast if the daemon exits.
+    fn wait_for<T>(&mut self, mut probe: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("daemon exited with {status}:\n{}", self.log_text());
+            }
+            assert!(start.elapsed() < DEADLINE, "daemon not ready:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> ExitStatus {
+        terminate(&self.child);
+        let status = wait_exit(&mut self.child);
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < DEADLINE, "process did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Runs a command that must fail with `code`; returns its stderr.
+fn fails(cmd: &mut Command, code: i32) -> String {
+    let output = cmd.output().unwrap();
+    assert_eq!(output.status.code(), Some(code), "{}", describe(&output));
+    assert!(
+        output.stdout.is_empty(),
+        "a failure printed a result: {}",
+        describe(&output)
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("error: ") && stderr.contains("hint: "), "{stderr}");
+    stderr
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// One HTTP/1.1 request; returns the status code and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
+}
+
+fn rpc(addr: SocketAddr, token: &str, method: &str, params: Value) -> Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let bearer = format!("Bearer {token}");
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/rpc",
+        &[("Authorization", &bearer), ("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn init_creates_a_private_identity_and_refuses_to_overwrite() {
+    let node = Node::new();
+    let id = node.init();
+    let peer_id = id["peerId"].as_str().unwrap();
+    assert_eq!(peer_id.len(), 53);
+    assert!(
+        peer_id
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || (b'2'..=b'7').contains(&c))
+    );
+    let installation = id["installationId"].as_str().unwrap();
+    assert_eq!(installation.len(), 32);
+    assert!(installation.bytes().all(|c| c.is_ascii_hexdigit()));
+    let half = id["safetyNumberHalf"].as_str().unwrap();
+    assert_eq!(half.len(), 30);
+    assert!(half.bytes().all(|c| c.is_ascii_digit()));
+    assert_eq!(id["contactUri"], format!("strata:{peer_id}/{installation}"));
+    assert_eq!(id["configWritten"], true);
+
+    let dir = node.dir();
+    assert_eq!(mode(&dir), 0o700);
+    for file in ["storage.key", "store.redb", "config.toml"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(std::fs::read(dir.join("storage.key")).unwrap().len(), 32);
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.starts_with("# Strata node configuration."), "{config}");
+    assert!(config.contains("STRATA_API__PORT"), "the file documents the overrides");
+    // The store holds no key in the clear.
+    let store = std::fs::read(dir.join("store.redb")).unwrap();
+    let key = std::fs::read(dir.join("storage.key")).unwrap();
+    assert!(!store.windows(key.len()).any(|w| w == key.as_slice()));
+
+    let stderr = node.fails(&["init"], exit::ALREADY_INITIALIZED);
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(node.id()["peerId"], peer_id, "a refused init changes nothing");
+
+    // Human output names the ids.
+    let replaced = node.ok(&["init", "--force"]);
+    assert!(
+        replaced.contains("peer id") && replaced.contains("installation id"),
+        "{replaced}"
+    );
+    assert!(replaced.contains("(your half)"), "{replaced}");
+    let new = node.id();
+    assert_ne!(new["peerId"], peer_id);
+    assert_ne!(new["installationId"], installation);
+    assert!(replaced.contains(new["peerId"].as_str().unwrap()));
+    assert!(replaced.contains("(kept)"), "the existing config is kept: {replaced}");
+}
+
+#[test]
+fn id_shows_the_identity_and_a_qr_code() {
+    let node = Node::new();
+    let stderr = node.fails(&["id"], exit::NOT_INITIALIZED);
+    assert!(stderr.contains("strata init"), "{stderr}");
+
+    let init = node.init();
+    let id = node.id();
+    for key in ["peerId", "installationId", "safetyNumberHalf", "contactUri"] {
+        assert_eq!(id[key], init[key], "{key}");
+    }
+    let identity_key = id["identityKey"].as_str().unwrap();
+    assert_eq!(identity_key.len(), 66);
+    assert!(identity_key.starts_with("05"));
+
+    let text = node.ok(&["id"]);
+    assert!(text.contains(id["contactUri"].as_str().unwrap()), "{text}");
+    assert!(text.contains(identity_key), "{text}");
+    assert!(!text.contains('\u{2588}'), "no QR unless asked");
+    let qr = node.ok(&["id", "--qr"]);
+    let blocks: Vec<&str> = qr.lines().filter(|l| l.contains('\u{2588}')).collect();
+    assert!(blocks.len() > 10, "{qr}");
+    let width = blocks[0].chars().count();
+    assert!(blocks.iter().all(|l| l.chars().count() == width), "{qr}");
+}
+
+#[test]
+fn a_passphrase_seals_the_store_instead_of_a_key_file() {
+    let node = Node::new();
+    let init: Value = serde_json::from_str(&ok(node
+        .cmd()
+        .args(["init", "--json"])
+        .env("STRATA_PASSPHRASE", "correct horse battery staple")))
+    .unwrap();
+    assert!(!node.dir().join("storage.key").exists());
+
+    let stderr = node.fails(&["id"], exit::LOCKED);
+    assert!(stderr.contains("STRATA_PASSPHRASE"), "{stderr}");
+    let stderr = fails(
+        node.cmd().arg("id").env("STRATA_PASSPHRASE", "wrong horse"),
+        exit::LOCKED,
+    );
+    assert!(stderr.contains("passphrase"), "{stderr}");
+    let stderr = fails(node.cmd().arg("id").env("STRATA_PASSPHRASE", ""), exit::USAGE);
+    assert!(stderr.contains("empty"), "{stderr}");
+    let id: Value = serde_json::from_str(&ok(node
+        .cmd()
+        .args(["id", "--json"])
+        .env("STRATA_PASSPHRASE", "correct horse battery staple")))
+    .unwrap();
+    assert_eq!(id["peerId"], init["peerId"]);
+}
+
+#[test]
+fn config_errors_name_the_key_the_origin_and_the_reason() {
+    let node = Node::new();
+    node.init();
+    let file = node.dir().join("config.toml");
+
+    std::fs::write(&file, "[api]\nprot = 7000\n").unwrap();
+    let stderr = node.fails(&["config", "show"], exit::CONFIG);
+    assert!(stderr.contains("`api.prot`"), "{stderr}");
+    assert!(stderr.contains("unknown key (did you mean `api.port`?)"), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    // Every command that reads the config refuses it, `run` included.
+    node.fails(&["run"], exit::CONFIG);
+
+    std::fs::write(&file, "[api]\nport = \"high\"\naddress = \"127.0.0.1\"\n").unwrap();
+    let stderr = node.fails(&["config", "show"], exit::CONFIG);
+    assert!(stderr.contains("`api.port`") && stderr.contains("\"high\""), "{stderr}");
+
+    std::fs::write(&file, "[api]\naddress = \"0.0.0.0\"\n").unwrap();
+    let stderr = node.fails(&["config", "show"], exit::CONFIG);
+    assert!(
+        stderr.contains("`api.address`") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &file,
+        "[libp2p]\nbootstrap = [\"/ip4/192.0.2.1/tcp/1\", \"nonsense\"]\n",
+    )
+    .unwrap();
+    let stderr = node.fails(&["config", "show"], exit::CONFIG);
+    assert!(stderr.contains("`libp2p.bootstrap[1]`"), "{stderr}");
+
+    std::fs::write(&file, "[api]\nport = 7001\n").unwrap();
+    let stderr = fails(
+        node.cmd().args(["config", "show"]).env("STRATA_API__PORT", "seventy"),
+        exit::CONFIG,
+    );
+    assert!(stderr.contains("`api.port` (from STRATA_API__PORT)"), "{stderr}");
+    let stderr = fails(
+        node.cmd().args(["config", "show"]).env("STRATA_LIBP2P_MDNS", "true"),
+        exit::CONFIG,
+    );
+    assert!(stderr.contains("did you mean STRATA_LIBP2P__MDNS?"), "{stderr}");
+
+    // JSON errors for scripts.
+    let output = node
+        .cmd()
+        .args(["config", "show", "--json"])
+        .env("STRATA_API__PORT", "seventy")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(exit::CONFIG));
+    let error: Value = serde_json::from_slice(&output.stderr).unwrap();
+    assert_eq!(error["error"]["kind"], "config");
+    assert_eq!(error["error"]["exitCode"], exit::CONFIG);
+
+    // File, then environment.
+    let shown: Value = serde_json::from_str(&ok(node
+        .cmd()
+        .args(["config", "show", "--json"])
+        .env("STRATA_LIBP2P__BOOTSTRAP", "/ip4/192.0.2.1/tcp/1,/ip4/192.0.2.2/tcp/2")))
+    .unwrap();
+    assert_eq!(shown["api"]["port"], 7001);
+    assert_eq!(shown["libp2p"]["bootstrap"][1], "/ip4/192.0.2.2/tcp/2");
+    let shown: Value = serde_json::from_str(&ok(node
+        .cmd()
+        .args(["config", "show", "--json"])
+        .env("STRATA_API__PORT", "7002")))
+    .unwrap();
+    assert_eq!(shown["api"]["port"], 7002);
+
+    // A named config file must exist.
+    let stderr = node.fails(
+        &["--config", "/nonexistent/strata.toml", "config", "show"],
+        exit::CONFIG,
+    );
+    assert!(stderr.contains("/nonexistent/strata.toml"), "{stderr}");
+}
+
+#[test]
+fn both_sides_see_the_same_safety_number_and_marking_checks_the_digits() {
+    let (alice, bob) = (Node::new(), Node::new());
+    let (a, b) = (alice.init(), bob.init());
+    let a_uri = a["contactUri"].as_str().unwrap();
+    let b_uri = b["contactUri"].as_str().unwrap();
+
+    let from_alice: Value = serde_json::from_str(&alice.ok(&["verify", b_uri, "--json"])).unwrap();
+    let from_bob: Value = serde_json::from_str(&bob.ok(&["verify", a_uri, "--json"])).unwrap();
+    let number = from_alice["safetyNumber"].as_str().unwrap();
+    assert_eq!(number.len(), 60);
+    assert_eq!(from_bob["safetyNumber"], number);
+    // The number is the two halves that `init` printed, smaller first.
+    let (ha, hb) = (
+        a["safetyNumberHalf"].as_str().unwrap(),
+        b["safetyNumberHalf"].as_str().unwrap(),
+    );
+    let expected = if ha < hb {
+        format!("{ha}{hb}")
+    } else {
+        format!("{hb}{ha}")
+    };
+    assert_eq!(number, expected);
+    assert_eq!(from_alice["contact"], Value::Null);
+
+    // Human output: 12 groups of 5, and the next step.
+    let output = alice.cmd().args(["verify", b_uri]).output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let first_group = &number[..5];
+    assert!(text.contains(first_group), "{text}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--mark-verified"));
+
+    let mut wrong = number.as_bytes().to_vec();
+    wrong[30] = if wrong[30] == b'9' { b'0' } else { wrong[30] + 1 };
+    let stderr = alice.fails(
+        &["verify", b_uri, "--mark-verified", std::str::from_utf8(&wrong).unwrap()],
+        exit::VERIFICATION_FAILED,
+    );
+    assert!(stderr.contains("does not match"), "{stderr}");
+    let installation = b["installationId"].as_str().unwrap();
+    alice.fails(&["verify", installation], exit::NOT_FOUND);
+
+    // Typed with spaces, as the other side shows it.
+    let grouped: Vec<&str> = (0..12).map(|i| &number[i * 5..i * 5 + 5]).collect();
+    let marked: Value =
+        serde_json::from_str(&alice.ok(&["verify", b_uri, "--mark-verified", &grouped.join(" "), "--json"])).unwrap();
+    assert_eq!(marked["marked"], "pinned-verified");
+    let by_installation: Value = serde_json::from_str(&alice.ok(&["verify", installation, "--json"])).unwrap();
+    assert_eq!(by_installation["contact"]["verified"], true);
+    assert_eq!(by_installation["safetyNumber"], number);
+    let text = alice.ok(&["verify", installation]);
+    assert!(text.contains("contact: verified"), "{text}");
+}
+
+#[test]
+fn session_commands_say_they_are_not_in_this_build() {
+    let node = Node::new();
+    let init = node.init();
+    let uri = init["contactUri"].as_str().unwrap();
+    for args in [
+        vec!["connect", uri],
+        vec!["send", uri, "hello"],
+        vec!["inbox"],
+        vec!["peers"],
+    ] {
+        let stderr = node.fails(&args, exit::NOT_AVAILABLE);
+        assert!(stderr.contains("not available in this build"), "{args:?}: {stderr}");
+        assert!(stderr.contains(&format!("`strata {}`", args[0])), "{stderr}");
+    }
+    // Arguments are still checked first.
+    node.fails(&["connect", "not a peer!"], exit::USAGE);
+    node.fails(&["send", uri, "--file", "/nonexistent/file"], exit::NOT_FOUND);
+}
+
+#[test]
+fn the_daemon_serves_its_control_api_to_token_holders_only() {
+    let node = Node::new();
+    let init = node.init();
+    let daemon = node.daemon();
+    let addr = node.api_addr();
+    let token = node.token();
+    assert_eq!(token.len(), 64);
+    assert_eq!(mode(&node.dir().join("api.token")), 0o600);
+
+    let bearer = format!("Bearer {token}");
+    let wrong = format!("Bearer {}", "0".repeat(64));
+    let basic = format!("Basic {token}");
+    for headers in [
+        vec![],
+        vec![("Authorization", wrong.as_str())],
+        vec![("Authorization", basic.as_str())],
+    ] {
+        let (status, body) = http(addr, "GET", "/api/v1/check", &headers, "");
+        assert_eq!(status, 401, "{headers:?}");
+        assert!(body.contains("missing or wrong token"), "{body}");
+        let request = r#"{"jsonrpc":"2.0","id":1,"method":"id"}"#;
+        let (status, body) = http(addr, "POST", "/api/v1/rpc", &headers, request);
+        assert_eq!(status, 401);
+        assert!(!body.contains(init["peerId"].as_str().unwrap()), "{body}");
+        let (status, _) = http(addr, "GET", "/api/v1/events", &headers, "");
+        assert_eq!(status, 401);
+    }
+    let (status, body) = http(addr, "GET", "/api/v1/check", &[("Authorization", &bearer)], "");
+    assert_eq!((status, body.contains("\"ok\"")), (200, true), "{body}");
+
+    // JSON-RPC with the token.
+    let id = rpc(addr, &token, "id", serde_json::json!({}));
+    assert_eq!(id["id"], 1);
+    assert_eq!(id["result"]["peerId"], init["peerId"]);
+    let unknown = rpc(addr, &token, "nonsense", serde_json::json!({}));
+    assert_eq!(unknown["error"]["code"], -32601);
+    let send = rpc(
+        addr,
+        &token,
+        "send",
+        serde_json::json!({"peer": "x", "body": {"text": "hi"}, "waitAck": false}),
+    );
+    assert_eq!(send["error"]["data"]["kind"], "not-available");
+    assert_eq!(send["error"]["data"]["exitCode"], exit::NOT_AVAILABLE);
+
+    // Server-Sent Events: replay from the start shows that the node started.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {bearer}\r\nLast-Event-ID: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    while !seen.contains("event: started") || !seen.contains(init["peerId"].as_str().unwrap()) {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended: {seen}");
+        seen.push_str(&line);
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("id: 1"), "{seen}");
+
+    // The CLI uses the daemon while it holds the store.
+    assert_eq!(node.id()["peerId"], init["peerId"]);
+    let stderr = node.fails(
+        &["send", init["contactUri"].as_str().unwrap(), "hi"],
+        exit::NOT_AVAILABLE,
+    );
+    assert!(stderr.contains("`strata send`"), "{stderr}");
+    node.fails(&["run"], exit::BUSY);
+    node.fails(&["init", "--force"], exit::BUSY);
+
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!node.dir().join("api.json").exists());
+    assert!(!node.dir().join("api.token").exists());
+    // Without the daemon the CLI opens the store itself again.
+    assert_eq!(node.id()["peerId"], init["peerId"]);
+}
+
+#[test]
+fn verify_through_the_daemon_matches_verify_on_the_store() {
+    let (alice, bob) = (Node::new(), Node::new());
+    alice.init();
+    let b = bob.init();
+    let uri = b["contactUri"].as_str().unwrap();
+    let offline: Value = serde_json::from_str(&alice.ok(&["verify", uri, "--json"])).unwrap();
+    let daemon = alice.daemon();
+    let online: Value = serde_json::from_str(&alice.ok(&["verify", uri, "--json"])).unwrap();
+    assert_eq!(online, offline);
+    let digits = offline["safetyNumber"].as_str().unwrap();
+    alice.fails(
+        &["verify", uri, "--mark-verified", &"1".repeat(60)],
+        exit::VERIFICATION_FAILED,
+    );
+    let marked: Value = serde_json::from_str(&alice.ok(&["verify", uri, "--mark-verified", digits, "--json"])).unwrap();
+    assert_eq!(marked["marked"], "pinned-verified");
+    assert!(daemon.terminate().success());
+    // Recorded in the store the daemon held.
+    let after: Value = serde_json::from_str(&alice.ok(&["verify", uri, "--json"])).unwrap();
+    assert_eq!(after["contact"]["verified"], true);
+}
+
+/// Starts `strata broker --port 0 --json <extra>`; returns the child and its
+/// `listening` line.
+fn start_broker(node: &Node, extra: &[&str]) -> (Child, Value) {
+    let mut child = node
+        .cmd()
+        .args(["broker", "--port", "0", "--json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(DEADLINE).expect("the broker says where it listens");
+    let listening: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(listening["event"], "listening");
+    (child, listening)
+}
+
+#[test]
+fn the_standalone_broker_registers_peerjs_clients() {
+    let node = Node::new();
+    let (mut child, listening) = start_broker(&node, &[]);
+    let addr: SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+    assert!(addr.ip().is_loopback(), "loopback unless --host says otherwise");
+    assert_eq!(listening["url"], format!("ws://{addr}/"));
+
+    let (status, body) = http(addr, "GET", "/", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("PeerJS Server"), "{body}");
+    let (status, id) = http(addr, "GET", "/peerjs/id", &[], "");
+    assert_eq!(status, 200);
+    assert_eq!(id.len(), 36, "{id}");
+
+    // A PeerJS client registers over the WebSocket and is told OPEN.
+    let mut ws = TcpStream::connect(addr).unwrap();
+    ws.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        ws,
+        "GET /peerjs?key=peerjs&id=alice&token=t1 HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(ws);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 101"), "{status_line}");
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        if header == "\r\n" {
+            break;
+        }
+    }
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x81, "a final text frame");
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    reader.read_exact(&mut payload).unwrap();
+    let open: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(open["type"], "OPEN");
+
+    terminate(&child);
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_broker_reports_a_port_in_use() {
+    let node = Node::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let stderr = node.fails(&["broker", "--port", &port], 13);
+    assert!(stderr.contains("--port"), "{stderr}");
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let node = Node::new();
+    let help = node.ok(&["--help"]);
+    for line in ["Exit codes:", "14 not-available", "3  config", "12 verification-failed"] {
+        assert!(help.contains(line), "{line} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn the_data_directory_comes_from_the_flag_the_environment_or_the_platform() {
+    let node = Node::new();
+    let mut bare = Command::new(env!("CARGO_BIN_EXE_strata"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("STRATA_") {
+            bare.env_remove(key);
+        }
+    }
+    bare.env_remove("XDG_DATA_HOME").env("HOME", node.tmp.path());
+    let path = ok(bare.args(["config", "path"]));
+    let expected = node.tmp.path().join(".local/share/strata/config.toml");
+    assert_eq!(path.trim(), expected.display().to_string());
+
+    let home = node.tmp.path().join("from-env");
+    let path = ok(bare.env("STRATA_HOME", &home));
+    assert_eq!(path.trim(), home.join("config.toml").display().to_string());
+    let flagged = node.tmp.path().join("from-flag");
+    let path = ok(Command::new(env!("CARGO_BIN_EXE_strata"))
+        .env("STRATA_HOME", &home)
+        .arg("--data-dir")
+        .arg(&flagged)
+        .args(["config", "path"]));
+    assert_eq!(path.trim(), flagged.join("config.toml").display().to_string());
+}
+
+#[test]
+fn trace_logs_never_contain_secrets() {
+    let node = Node::new();
+    let passphrase = "a passphrase that must not leak";
+    let output = node
+        .cmd()
+        .args(["init", "--json"])
+        .env("STRATA_PASSPHRASE", passphrase)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let init_log = String::from_utf8_lossy(&output.stderr).into_owned();
+
+    let log = node.tmp.path().join("daemon.log");
+    let child = node
+        .cmd()
+        .arg("run")
+        .env("STRATA_PASSPHRASE", passphrase)
+        .env("STRATA_API__PORT", "0")
+        .env("STRATA_BROKER__PORT", "0")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Daemon { child, log };
+    let api_file = node.dir().join("api.json");
+    daemon.wait_for(|| std::fs::read_to_string(&api_file).ok().filter(|t| t.ends_with('}')));
+    let addr = node.api_addr();
+    let token = node.token();
+    // Traffic with and without the token, and a verify with typed digits.
+    assert_eq!(
+        rpc(addr, &token, "id", serde_json::json!({}))["result"]["peerId"]
+            .as_str()
+            .map(str::len),
+        Some(53)
+    );
+    let (status, _) = http(addr, "GET", "/api/v1/check", &[("Authorization", "Bearer wrong")], "");
+    assert_eq!(status, 401);
+    let other = Node::new();
+    let other_uri = other.init()["contactUri"].as_str().unwrap().to_owned();
+    let verify = rpc(addr, &token, "verify", serde_json::json!({"peer": other_uri}));
+    let digits = verify["result"]["safetyNumber"].as_str().unwrap().to_owned();
+    rpc(
+        addr,
+        &token,
+        "verify",
+        serde_json::json!({"peer": other_uri, "markVerified": digits}),
+    );
+    let status = daemon.terminate();
+    assert!(status.success());
+    let daemon_log = std::fs::read_to_string(node.tmp.path().join("daemon.log")).unwrap();
+
+    assert!(
+        daemon_log.contains("TRACE") || daemon_log.contains("DEBUG"),
+        "trace logging was on"
+    );
+    for (name, log) in [("init", &init_log), ("run", &daemon_log)] {
+        assert!(!log.contains(passphrase), "{name} logged the passphrase");
+        assert!(!log.contains(&token), "{name} logged the API token");
+        assert!(!log.contains(&digits), "{name} logged a safety number");
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_nothing_that_blocks_a_restart() {
+    let node = Node::new();
+    let init = node.init();
+    let mut daemon = node.daemon();
+    daemon.child.kill().unwrap(); // SIGKILL: no clean-up runs
+    daemon.child.wait().unwrap();
+    assert!(node.dir().join("api.json").exists(), "the stale file is still there");
+    // Nothing listens at the stale address: the CLI opens the store itself.
+    assert_eq!(node.id()["peerId"], init["peerId"]);
+    // And a new daemon starts, with a new token.
+    let old_token = node.token();
+    let daemon = node.daemon();
+    let token = node.token();
+    assert_ne!(token, old_token);
+    let id = rpc(node.api_addr(), &token, "id", serde_json::json!({}));
+    assert_eq!(id["result"]["peerId"], init["peerId"]);
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn the_standalone_broker_serves_wss_with_a_certificate() {
+    let node = Node::new();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_file = node.tmp.path().join("cert.pem");
+    let key_file = node.tmp.path().join("key.pem");
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
+
+    // A key that is not a key is refused with a usage error.
+    let stderr = node.fails(
+        &[
+            "broker",
+            "--port",
+            "0",
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            cert_file.to_str().unwrap(),
+        ],
+        exit::USAGE,
+    );
+    assert!(stderr.contains("private key"), "{stderr}");
+
+    let (mut child, listening) = start_broker(
+        &node,
+        &[
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let addr: SocketAddr = listening["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(listening["url"], format!("wss://{addr}/"));
+
+    // A client that trusts the certificate gets the PeerJS description.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connection =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains("PeerJS Server") {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("TLS read: {e}; so far {:?}", String::from_utf8_lossy(&response)),
+        }
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("PeerJS Server"), "{response}");
+
+    terminate(&child);
+    assert!(wait_exit(&mut child).success());
+}
