@@ -73,5 +73,8 @@ fn pooled_key_package_encoding() {
         json,
         r#"{"keyRef":"AQI=","initKey":"AwQ=","notAfterS":1800000000,"lastResort":true,"bytes":"BQ=="}"#
     );
-    assert_eq!(serde_json::from_str::<strata_store::PooledKeyPackage>(&json).unwrap(), p);
+    assert_eq!(
+        serde_json::from_str::<strata_store::PooledKeyPackage>(&json).unwrap(),
+        p
+    );
 }
