@@ -171,6 +171,11 @@ impl Local {
             .map_err(|e| AppError::store(e, store_path))
     }
 
+    /// The installation's keys.
+    pub(crate) fn installation(&self) -> &InstallationIdentity {
+        &self.installation
+    }
+
     /// The account's peer id.
     pub(crate) fn peer_id(&self) -> &PeerId {
         &self.peer_id

@@ -80,6 +80,14 @@ fn init_logging(cli: &Cli) {
         (2, _) => "debug",
         _ => "trace",
     };
+    // webrtc-rs reports a routine channel close at WARN; below debug, keep
+    // its crates to real errors so the user sees ours.
+    let quiet_webrtc = ",webrtc=error,webrtc_ice=error,webrtc_sctp=error,webrtc_dtls=error,webrtc_mdns=error";
+    let default = if cli.global.verbose < 2 {
+        format!("{default}{quiet_webrtc}")
+    } else {
+        default.to_owned()
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

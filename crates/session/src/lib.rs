@@ -1,14 +1,172 @@
-//! Strata's sessions: the sans-I/O handshake machine and the actors around it.
+//! Strata's sessions: the sans-I/O session machine that runs the Enkrypted
+//! Chat P3 handshake and the encrypted traffic after it, and the actix
+//! actors around it.
 //!
-//! This crate will hold the P3 handshake, key exchange and group state
-//! machines (`handle(input, now) -> actions`, deterministic for a given seed)
-//! and the actix actors that drive them: `Node`, one `TransportActor` per
-//! transport, one `PeerSession` per remote installation, one `Group` per MLS
-//! group, and the `Store` actor.
+//! - [`machine::PeerMachine`]: one per remote installation.
+//!   `handle(Input, Now)`, then `poll_output()` (frames to send, events)
+//!   and `poll_timeout()`. Time is passed in, randomness comes from a
+//!   ChaCha20 generator seeded by the caller, storage is a provider
+//!   ([`Durable`], the store) used synchronously inside a step. It never
+//!   reads a clock, never does network I/O, never panics on peer input.
+//! - [`actors`]: `Node` (the facade), `TransportActor<T: Transport>`, one
+//!   `PeerSession` per peer. Thin shells: they move frames, run timers,
+//!   stream files and publish events.
+//! - [`content`]: the inner catalog (what a `message` plaintext is).
 //!
-//! It depends on the `Transport` trait only, never on a concrete transport,
-//! and it must never send a `message` PDU before `encryptionReady`.
+//! This crate knows the `Transport` trait only, never a concrete transport,
+//! and it never sends a `message` PDU before `encryptionReady`.
 //!
-//! Status: the crate exists so the workspace graph is complete; its contents
-//! arrive with the session issue.
+//! # The handshake (P3), as Strata runs it
+//!
+//! A is the initiator (it sends step 1), B the responder.
+//!
+//! ```text
+//!  A                                              B
+//!  1  mls-key-package-request  ─────────────────►    TOFU(A's identity key); fresh KeyPackage
+//!     ◄──────────────────────────────────────────  2  mls-key-package
+//!  TOFU(B); create the 2-member MLS group from B's KeyPackage; ML-KEM key pair
+//!  3  mls-encryption-sync-request ──────────────►
+//!  5  signal-key-exchange-request ──────────────►    (3, 5, 8 and 10 are pipelined:
+//!  8  mlkem-key-exchange (A's signed key) ──────►     one flight)
+//!  10 mls-welcome ──────────────────────────────►    B joins the group
+//!     ◄──────────────────────────────────────────  4  mls-encryption-sync-response
+//!     ◄──────────────────────────────────────────  6  signal-key-exchange-response (PQXDH bundle)
+//!     ◄──────────────────────────────────────────  9  mlkem-key-exchange-response (B's signed key)
+//!  PQXDH with B's bundle
+//!  7  signal-session-complete ──────────────────►    B's Signal session; B checks the plaintext
+//!                                                    is the session id (key confirmation)
+//!                                                    B: every layer ready → encryptionReady
+//!     ◄──────────────────────────────────────────  11 mls-welcome-ack
+//!  A: encryptionReady
+//! ```
+//!
+//! Three round trips on a clean link. Rules:
+//!
+//! - **Completion.** B sends step 11 only when *all* its layers are set up
+//!   (3, 7, 8 and 10 processed): step 11 tells A that B is ready, so A's
+//!   `encryptionReady` (P3.3: layers initialised *and* the peer in the
+//!   encrypted set) is reached on step 11. A message from B that A can
+//!   decrypt with the finished cascade also counts as step 11 (it proves
+//!   the same). B is ready when it has verified A's key confirmation (7).
+//! - **Retransmission.** The initiator retransmits each request until its
+//!   answer arrives (1 s, doubling to 16 s): 1 until 2; 3, 5, 8 until 4, 6,
+//!   9; 7 and 10 until 11. The responder keeps every answer it gave and
+//!   sends it again on a duplicate request, also after the session is
+//!   established (kept in the session record until the peer's first
+//!   decrypted message). Duplicates of answers are ignored. Handlers are
+//!   idempotent, so duplicated, reordered and interleaved handshake PDUs
+//!   are harmless.
+//! - **Stall.** A handshake not finished within 300 s is abandoned
+//!   ([`Event::HandshakeStalled`]); the initiator retries after 5 s,
+//!   doubling up to 300 s. PDUs of abandoned sessions are ignored.
+//! - **Simultaneous open.** When both sides send step 1, the handshake
+//!   with the *lower session id* (bytewise) wins: a side whose own attempt
+//!   has the higher id abandons it and answers the peer's; a side whose
+//!   attempt has the lower id ignores the peer's request (the peer will
+//!   give up its own when it sees ours). Both end in the same session.
+//! - **TOFU.** Steps 1 and 2 carry the identity key; the first one seen
+//!   for an installation is pinned (`observe_identity`). A different key
+//!   blocks the peer: [`Event::IdentityChanged`], `protocol-error
+//!   identity-changed`, nothing is sent (messages stay queued) until
+//!   [`Command::AcceptIdentity`], which voids the old session and runs a
+//!   new handshake. Every layer then checks its keys against the pinned
+//!   identity (MLS credential binding, Signal bundle identity, signed
+//!   ML-KEM keys). Safety numbers: `SessionRequest::SafetyNumber`.
+//! - **Cascade mapping.** Step 2 is `MlsLayer::key_package`; A runs
+//!   `create_group` (its Welcome is step 10) and B `join_group`. Step 6 is
+//!   `SignalLayer::pre_key_bundle`, A runs `process_bundle`; step 7 is the
+//!   first Signal message (a PreKey message over the session id), made by
+//!   running the Signal layer alone as a one-layer cascade. Steps 8 and 9
+//!   carry each side's identity-signed ML-KEM-768 key (`set_peer_key`).
+//!   The MLS group id on the wire (`groupId`) is the session id.
+//!
+//! # Traffic
+//!
+//! Outgoing: the plaintext ([`content`]) is written to the outbox first
+//! (`queue_outgoing`), then — only while ready, at most
+//! [`Config::window`] at a time — cascade-encrypted, split into
+//! `__mls_chunk__` PDUs when over 8192 bytes (`strata_proto::split`), and
+//! its frames committed with the ratchet state that produced them
+//! (`record_encrypted`) before they leave. It is retransmitted (2 s,
+//! doubling to 60 s; at once after a reconnect) until the peer's
+//! end-to-end acknowledgement deletes it (`ack_outgoing`). Retransmission
+//! resends the same frames, so a chunked message completes across
+//! attempts from the chunks the receiver kept; it re-encrypts only when
+//! the peer reports it cannot decrypt them (`protocol-error decrypt-failed`
+//! naming the message) or when our MLS epoch moved since.
+//!
+//! Incoming: chunks are reassembled per peer (P8 caps, 120 s); a message
+//! id already processed is acknowledged again and not decrypted; a whole
+//! message is decrypted and committed (`accept_incoming`: inbox, processed
+//! id and ratchet state in one transaction) *before* its acknowledgement
+//! is produced. Acknowledgements ride on the next outgoing message or, after
+//! 20 ms, in an `ack` plaintext of their own. Delivery is exactly once, in
+//! arrival order, with the sender's `seq` for ordering (see [`content`]).
+//!
+//! # Bad input
+//!
+//! A malformed, oversized, unknown, unexpected-in-this-state or
+//! undecryptable PDU is answered with a `protocol-error` (token bucket:
+//! 20 burst, 5/s), reported as [`Event::Refused`], and dropped: the cascade
+//! is two-phase, so nothing changes and nothing is stored. Exceptions that
+//! are not errors: duplicates (replays of processed messages, duplicate
+//! chunks and handshake answers) are dropped silently, and so are
+//! messages of an MLS epoch whose commit has not arrived yet (the sender
+//! retransmits). A `protocol-error` is never answered.
+//!
+//! # Reconnection, restart and resume
+//!
+//! Established sessions persist (the session record in the store's
+//! handshake table, the cascade in its layer table). On every link-up a
+//! side holding a session sends a *resume probe*:
+//! `mls-encryption-sync-request` with the stored session id and
+//! `resume = {epoch: MLS epoch, proof}`. The peer answers `resumed` when
+//! it holds the same session at the same MLS epoch, `unknown` otherwise.
+//! `resumed` (or a verified probe of the peer, or a decrypted message)
+//! makes the session ready again, `resumed: true`, without a handshake;
+//! `unknown` raises [`Event::SessionReset`] (`PeerLostState`) and starts a
+//! full handshake. A side that lost its state also answers `message` PDUs
+//! with `protocol-error unexpected`, which triggers the same. Messages
+//! encrypted for a replaced session are encrypted again for the new one.
+//!
+//! *The proof is empty for now*: the cascade exports no secret to key a
+//! MAC with (requested: an MLS exporter-based `PairCascade::resume_proof`).
+//! Without it the probe is a claim; it cannot leak anything (only the
+//! holder of the session can read what follows), and a false `resumed`
+//! is detected by the first message that fails to decrypt.
+//!
+//! # Rotation
+//!
+//! - ML-KEM/AES epochs: every [`Config::kem_rotation_messages`] messages
+//!   sent or [`Config::kem_rotation_interval`], a side makes a new receive
+//!   key (`rotate_receive_key`), starts a new send epoch and sends
+//!   `rotation-timestamp-broadcast` (retransmitted until the peer's
+//!   `kemKeyAck`); the peer verifies and installs the key (`set_peer_key`).
+//!   The layer keeps older epochs, so messages in flight still decrypt.
+//! - MLS: every [`Config::mls_update_messages`] messages or
+//!   [`Config::mls_update_interval`], the side with the *lower
+//!   installation id* commits a self-update (`mls-commit`, retransmitted
+//!   until answered by `mls-welcome-ack` at the new epoch); only one side
+//!   commits, one commit at a time, so commits never race. Messages of the
+//!   old epoch that arrive after the commit are re-encrypted by their
+//!   sender (see Traffic).
+//!
+//! # Actors
+//!
+//! See [`actors`]: bounded mailboxes, request ids, events to subscribed
+//! `Recipient<NodeEvent>`; `examples/auto_reply.rs` is a custom actor.
 #![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod config;
+pub mod content;
+mod crypto;
+pub mod durable;
+pub mod error;
+pub mod machine;
+
+pub use config::Config;
+pub use content::Content;
+pub use durable::Durable;
+pub use error::{ErrorKind, SessionError};
+pub use machine::{Command, Event, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation};

@@ -1,0 +1,62 @@
+//! Timers, windows and rotation schedules of a session.
+
+use std::time::Duration;
+
+/// How a session behaves in time. [`Config::default`] is the product's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// First retransmission timeout of a handshake PDU; doubles per retry.
+    pub handshake_rto: Duration,
+    /// Largest handshake retransmission timeout.
+    pub handshake_rto_max: Duration,
+    /// A handshake not finished after this long is abandoned (P8: 300 s).
+    pub handshake_stall: Duration,
+    /// First delay before retrying an abandoned handshake; doubles per
+    /// stall, up to [`Config::handshake_stall`].
+    pub handshake_retry: Duration,
+    /// First retransmission timeout of an unacknowledged message.
+    pub message_rto: Duration,
+    /// Largest message retransmission timeout.
+    pub message_rto_max: Duration,
+    /// Most messages encrypted and unacknowledged at once; later ones wait,
+    /// durable in the outbox.
+    pub window: usize,
+    /// How long a received message's acknowledgement may wait for company.
+    pub ack_delay: Duration,
+    /// Start a new ML-KEM/AES epoch after this many messages sent ...
+    pub kem_rotation_messages: u64,
+    /// ... or after this long, whichever comes first.
+    pub kem_rotation_interval: Duration,
+    /// MLS self-update after this many messages sent ...
+    pub mls_update_messages: u64,
+    /// ... or after this long, whichever comes first.
+    pub mls_update_interval: Duration,
+    /// `protocol-error` replies allowed per second (token bucket refill).
+    pub error_rate: u32,
+    /// `protocol-error` burst.
+    pub error_burst: u32,
+    /// Lifetime of the KeyPackages handed out in step 2, seconds.
+    pub key_package_lifetime_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            handshake_rto: Duration::from_secs(1),
+            handshake_rto_max: Duration::from_secs(16),
+            handshake_stall: Duration::from_secs(300),
+            handshake_retry: Duration::from_secs(5),
+            message_rto: Duration::from_secs(2),
+            message_rto_max: Duration::from_secs(60),
+            window: 64,
+            ack_delay: Duration::from_millis(20),
+            kem_rotation_messages: 1000,
+            kem_rotation_interval: Duration::from_secs(3600),
+            mls_update_messages: 1000,
+            mls_update_interval: Duration::from_secs(3600),
+            error_rate: 5,
+            error_burst: 20,
+            key_package_lifetime_secs: 24 * 3600,
+        }
+    }
+}

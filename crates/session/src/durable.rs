@@ -1,0 +1,111 @@
+//! Storage as a provider: the machine reads and writes the store through
+//! [`Durable`], synchronously, inside its step. This is how the atomicity
+//! rules hold: an acknowledgement cannot be produced before the inbox write
+//! that it acknowledges has committed, and a frame cannot leave before the
+//! ratchet step that produced it is on disk.
+//!
+//! The session's own record (`SessionRecord`) is kept, sealed, in the
+//! store's handshake table; the cascade state in its layer table.
+
+use serde::{Deserialize, Serialize};
+use strata_store::{Backend, Reader, Store, StoreError, Writer};
+
+/// Transactions on a store, object-safe so a machine can hold any backend.
+pub trait Durable {
+    /// Runs `f` on a consistent snapshot.
+    fn read_tx(&self, f: &mut dyn FnMut(&Reader<'_>) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    /// Runs `f` as one atomic transaction.
+    fn write_tx(&self, f: &mut dyn FnMut(&mut Writer<'_>) -> Result<(), StoreError>) -> Result<(), StoreError>;
+}
+
+impl<B: Backend> Durable for Store<B> {
+    fn read_tx(&self, f: &mut dyn FnMut(&Reader<'_>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.read(|r| f(r))
+    }
+
+    fn write_tx(&self, f: &mut dyn FnMut(&mut Writer<'_>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.write(|w| f(w))
+    }
+}
+
+/// Reads one value in a snapshot.
+pub(crate) fn read<T>(
+    store: &dyn Durable,
+    mut f: impl FnMut(&Reader<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut out = None;
+    store.read_tx(&mut |r| {
+        out = Some(f(r)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| StoreError::Misuse("read produced nothing".into()))
+}
+
+/// Runs one write transaction and returns its result.
+pub(crate) fn write<T>(
+    store: &dyn Durable,
+    mut f: impl FnMut(&mut Writer<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut out = None;
+    store.write_tx(&mut |w| {
+        out = Some(f(w)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| StoreError::Misuse("write produced nothing".into()))
+}
+
+/// An established session as persisted (JSON, sealed by the store, in the
+/// handshake table under the peer's installation id). The cascade state is
+/// stored beside it, in the layer table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionRecord {
+    /// Format version, 1.
+    pub(crate) version: u32,
+    /// The session id, hex.
+    pub(crate) session_id: String,
+    /// Whether this side opened the handshake.
+    pub(crate) initiator: bool,
+    /// The peer's identity key, base64, as pinned when the session was made.
+    pub(crate) peer_identity_key: String,
+    /// The peer's transport address when last seen (routing after restart).
+    #[serde(default)]
+    pub(crate) address: Option<String>,
+    /// Encoded handshake replies kept for the peer's late duplicates until
+    /// the peer is confirmed (responder), base64.
+    #[serde(default)]
+    pub(crate) replies: Vec<(String, String)>,
+    /// An MLS commit sent and not yet acknowledged, base64 of the PDU.
+    #[serde(default)]
+    pub(crate) pending_commit: Option<String>,
+    /// A rotation broadcast sent and not yet acknowledged, base64 of the PDU.
+    #[serde(default)]
+    pub(crate) pending_rotation: Option<String>,
+    /// The last ML-KEM key id of ours the peer acknowledged.
+    #[serde(default)]
+    pub(crate) kem_key_acked: u32,
+    /// The next `seq` for a stored message to the peer.
+    pub(crate) next_seq: u64,
+    /// Unix ms of the last ML-KEM rotation.
+    #[serde(default)]
+    pub(crate) last_kem_rotation_ms: u64,
+    /// Unix ms of the last MLS self-update.
+    #[serde(default)]
+    pub(crate) last_mls_update_ms: u64,
+    /// The highest ML-KEM key id of the peer installed.
+    #[serde(default)]
+    pub(crate) peer_kem_key: u32,
+}
+
+impl SessionRecord {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            table: "handshakes",
+            reason: e.to_string(),
+        })
+    }
+}

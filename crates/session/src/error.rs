@@ -1,0 +1,63 @@
+//! The crate's errors. Bad peer input is never an error of these types: the
+//! machine answers it with a `protocol-error` PDU and drops it. What is left
+//! is local: storage, misuse of the API, and bugs.
+
+use strata_cascade::CascadeError;
+use strata_store::StoreError;
+
+/// Why a session step or an actor request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The store failed. The machine's memory may be ahead of the disk: the
+    /// owner should drop the machine and rebuild it from the store.
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    /// The cascade failed on our own data (not on peer input).
+    #[error("cascade: {0}")]
+    Cascade(#[from] CascadeError),
+    /// The request cannot be carried out in this state (e.g. accepting an
+    /// identity change that is not pending).
+    #[error("invalid request: {0}")]
+    Misuse(&'static str),
+    /// The named peer or session does not exist.
+    #[error("unknown peer {0}")]
+    UnknownPeer(String),
+    /// A mailbox was full or an actor has stopped.
+    #[error("actor unavailable: {0}")]
+    Unavailable(&'static str),
+    /// A bug or a broken invariant.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// The class of a [`SessionError`], for callers that map errors to exit
+/// codes or API errors without matching every variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Persistent state could not be read or written.
+    Storage,
+    /// The caller asked for something impossible now.
+    Misuse,
+    /// Temporarily unavailable (back-pressure, stopped actor).
+    Transient,
+    /// A bug.
+    Internal,
+}
+
+impl SessionError {
+    /// Classifies the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Storage(_) => ErrorKind::Storage,
+            Self::Cascade(e) => match e.class() {
+                strata_cascade::ErrorClass::Storage => ErrorKind::Storage,
+                strata_cascade::ErrorClass::Misuse | strata_cascade::ErrorClass::BadPeerInput => ErrorKind::Misuse,
+                strata_cascade::ErrorClass::Internal => ErrorKind::Internal,
+            },
+            Self::Misuse(_) | Self::UnknownPeer(_) => ErrorKind::Misuse,
+            Self::Unavailable(_) => ErrorKind::Transient,
+            Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A hostile peer sends each class of bad input: malformed, oversized,
+//! unknown, unexpected in this state, undecryptable. Each is refused with a
+//! rate-limited `protocol-error`, nothing is stored, and the session goes on.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Faults, Sim};
+use strata_proto::{Blob, FixedBytes, Pdu, SignalSessionComplete};
+use strata_session::{Command, Config, Event, Refusal};
+
+fn ready_both(sim: &Sim) -> bool {
+    sim.nodes.iter().all(common::Node::is_ready)
+}
+
+/// Everything Bob's store holds about Alice.
+fn snapshot(sim: &Sim) -> Vec<Option<Vec<u8>>> {
+    let peer = sim.installation_id(0).to_string();
+    sim.nodes[1]
+        .store()
+        .read(|r| {
+            Ok(vec![
+                r.layer_state(&peer)?.map(|b| b.to_vec()),
+                r.handshake(&peer)?.map(|b| b.to_vec()),
+                Some(serde_json::to_vec(&r.contact(&peer)?).unwrap()),
+                Some(serde_json::to_vec(&r.inbox(&peer)?).unwrap()),
+                Some(serde_json::to_vec(&r.outbox(&peer)?).unwrap()),
+            ])
+        })
+        .unwrap()
+}
+
+fn established() -> Sim {
+    let mut sim = Sim::new(21, Faults::NONE, Config::default());
+    sim.connect();
+    sim.command(0, Command::Open);
+    assert!(sim.run_while(Duration::from_secs(10), ready_both));
+    let id = sim.send_text(0, "before");
+    assert!(sim.run_while(Duration::from_secs(10), |s| s.nodes[0].delivered.contains_key(&id)));
+    sim.run_until(sim.t + Duration::from_secs(1));
+    sim
+}
+
+/// A real message from Alice to Bob, captured off the wire.
+fn captured_message(sim: &mut Sim) -> Vec<u8> {
+    let id = sim.send_text(0, "captured");
+    // The frames Alice sent are in her outbox until Bob acknowledges them.
+    let peer = sim.installation_id(1).to_string();
+    let frames = sim.nodes[0]
+        .store()
+        .read(|r| r.outgoing(&peer, &id))
+        .unwrap()
+        .unwrap()
+        .frames;
+    frames.into_iter().next().unwrap()
+}
+
+#[test]
+fn each_class_of_bad_input_is_refused_and_the_session_survives() {
+    let mut sim = established();
+    let genuine = captured_message(&mut sim);
+    assert!(
+        sim.run_while(Duration::from_secs(20), |s| s.nodes[1].received.len() == 2
+            && s.nodes[0].delivered.len() == 2)
+    );
+    // Let every acknowledgement go out, so nothing is pending.
+    sim.run_until(sim.t + Duration::from_secs(1));
+    // One more that Bob never receives (lost on the wire), to forge from.
+    sim.partitioned = true;
+    let unseen = captured_message(&mut sim);
+    sim.partitioned = false;
+    let before = snapshot(&sim);
+
+    let Ok(Pdu::Message(mut forged)) = Pdu::decode(&unseen) else {
+        panic!("a message")
+    };
+    forged.message_id = strata_proto::Text::new("forged-id").unwrap();
+    let payload = &mut forged.encrypted_message.cascaded_payload;
+    let mut ciphertext = payload.final_ciphertext.take().unwrap().into_vec();
+    ciphertext[20] ^= 1;
+    payload.final_ciphertext = Some(Blob::new(ciphertext).unwrap());
+    let tampered = Pdu::Message(forged).encode();
+    let unexpected = Pdu::from(SignalSessionComplete {
+        session_id: FixedBytes([9; 16]),
+        message: Blob::new(vec![1, 2, 3]).unwrap(),
+    })
+    .encode();
+    let oversized = vec![b' '; strata_proto::limits::MAX_PDU_BYTES + 1];
+    let cases: Vec<(&str, Vec<u8>, Refusal)> = vec![
+        ("not json", b"{\"type\": \"message\", oops".to_vec(), Refusal::Malformed),
+        ("missing fields", br#"{"type":"message"}"#.to_vec(), Refusal::Malformed),
+        ("deep nesting", format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(), Refusal::TooLarge),
+        ("oversized", oversized, Refusal::TooLarge),
+        ("unknown type", br#"{"type":"launch-missiles"}"#.to_vec(), Refusal::UnknownType),
+        ("unexpected", unexpected, Refusal::Unexpected),
+        ("group pdu", br#"{"type":"group-member-left","groupId":"AA==","epoch":1,"member":{"installationId":"x","identityKey":"AA=="}}"#.to_vec(), Refusal::Unexpected),
+        ("undecryptable", tampered, Refusal::Undecryptable),
+    ];
+    for (what, frame, expected) in cases {
+        let refusals = sim.nodes[1].events.len();
+        let peer_errors = count_peer_errors(&sim);
+        sim.inject(1, frame);
+        sim.run_until(sim.t + Duration::from_millis(50));
+        let refused: Vec<Refusal> = sim.nodes[1].events[refusals..]
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Refused { why } => Some(*why),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, vec![expected], "{what}");
+        assert_eq!(
+            count_peer_errors(&sim),
+            peer_errors + 1,
+            "{what}: Alice got a protocol-error"
+        );
+        assert!(snapshot(&sim) == before, "{what}: nothing stored");
+        assert!(ready_both(&sim), "{what}: the session survives");
+    }
+    // A replay of a genuine message is dropped silently (no error, no second delivery).
+    sim.inject(1, genuine);
+    sim.run_until(sim.t + Duration::from_millis(100));
+    assert_eq!(sim.nodes[1].received.values().filter(|c| **c > 1).count(), 0);
+    // And traffic goes on.
+    let a = sim.send_text(0, "after");
+    let b = sim.send_text(1, "after too");
+    assert!(sim.run_while(
+        sim.t + Duration::from_secs(10),
+        |s| s.nodes[1].received.contains_key(&a) && s.nodes[0].received.contains_key(&b)
+    ));
+}
+
+fn count_peer_errors(sim: &Sim) -> usize {
+    sim.nodes[0]
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PeerError { .. }))
+        .count()
+}
+
+#[test]
+fn protocol_errors_are_rate_limited() {
+    let mut sim = established();
+    let burst = Config::default().error_burst as usize;
+    for _ in 0..200 {
+        sim.inject(1, b"garbage".to_vec());
+    }
+    sim.run_until(sim.t + Duration::from_millis(10));
+    let refused = sim.nodes[1]
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Refused { .. }))
+        .count();
+    assert_eq!(refused, 200);
+    let answered = count_peer_errors(&sim);
+    assert!(answered <= burst + 1, "{answered} protocol-errors for 200 bad frames");
+    assert!(answered >= burst, "the first ones are answered");
+    assert!(ready_both(&sim));
+}
+
+#[test]
+fn handshake_pdus_from_a_stranger_do_not_disturb_a_session() {
+    let mut sim = established();
+    let before = snapshot(&sim);
+    // Late or forged answers for sessions Bob never had.
+    for frame in [
+        br#"{"type":"mls-key-package","sessionId":"AAAAAAAAAAAAAAAAAAAAAA==","installationId":"00","identityKey":"AA==","keyPackage":"AA=="}"#.to_vec(),
+        br#"{"type":"mls-welcome-ack","sessionId":"AAAAAAAAAAAAAAAAAAAAAA==","groupId":"AA==","epoch":3}"#.to_vec(),
+        br#"{"type":"mlkem-key-exchange-response","sessionId":"AAAAAAAAAAAAAAAAAAAAAA==","keyId":1,"encapsulationKey":"AA==","signature":"AA=="}"#.to_vec(),
+    ] {
+        sim.inject(1, frame);
+    }
+    sim.run_until(sim.t + Duration::from_millis(50));
+    assert!(snapshot(&sim) == before, "nothing stored");
+    assert!(ready_both(&sim));
+}
