@@ -279,17 +279,17 @@ impl Config {
             serde_json::to_value(Config::default()).map_err(|e| AppError::internal(format!("config schema: {e}")))?;
         unknown_keys(&tree, &schema, "", &mut problems);
         if !problems.is_empty() {
-            return Err(report(problems));
+            return Err(report(problems, file));
         }
         let config: Config = match built.try_deserialize() {
             Ok(config) => config,
-            Err(e) => return Err(report(vec![type_problem(&tree, e)])),
+            Err(e) => return Err(report(vec![type_problem(&tree, e)], file)),
         };
         config.check(&tree, &mut problems);
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(report(problems))
+            Err(report(problems, file))
         }
     }
 
@@ -449,7 +449,14 @@ fn origin_of(tree: &Map<String, Value>, key: &str) -> Origin {
     value.map_or(Origin::Unknown, |v| origin(v.origin()))
 }
 
-fn report(problems: Vec<Problem>) -> AppError {
+/// The `config` crate names a file by a path relative to a base of its own
+/// choosing; there is one file, so name it by the path the user gave.
+fn report(mut problems: Vec<Problem>, file: &Path) -> AppError {
+    for problem in &mut problems {
+        if let Origin::File(shown) = &mut problem.origin {
+            *shown = file.display().to_string();
+        }
+    }
     let mut message = String::from("invalid configuration:");
     for problem in &problems {
         message.push_str("\n  - ");
