@@ -11,9 +11,10 @@ use crate::config::{Config, DEFAULT_FILE, FileRule};
 use crate::control::client::ControlClient;
 use crate::error::{AppError, ErrorKind, Result};
 use crate::identity::{Local, PeerRef, group_digits};
+use crate::json::{at, set};
 use crate::ops::{self, IdInfo, Marked, VerifyParams, VerifyReport};
 use crate::paths::{DataDir, write_atomic};
-use crate::sessions::{NoSessionLayer, SendBody, SessionCall, Sessions as _};
+use crate::sessions::{SendBody, SessionCall};
 use crate::storage::{self, Unlock};
 use crate::{output, qr};
 
@@ -124,7 +125,7 @@ pub(crate) async fn init(ctx: &Ctx, args: InitArgs) -> Result<()> {
     if config_written {
         write_atomic(config_file, DEFAULT_FILE.as_bytes(), 0o600)?;
     }
-    let id = ops::id_info(&local, &config)?;
+    let id = ops::id_info(&local, &config, &[])?;
     let report = InitReport {
         data_dir: ctx.dir.root().display().to_string(),
         id,
@@ -168,7 +169,7 @@ pub(crate) async fn id(ctx: &Ctx, args: IdArgs) -> Result<()> {
         None => {
             let config = ctx.config()?;
             let (_store, local) = open_store(ctx).await?;
-            ops::id_info(&local, &config)?
+            ops::id_info(&local, &config, &[])?
         }
     };
     if ctx.json {
@@ -304,11 +305,53 @@ pub(crate) fn config(ctx: &Ctx, command: ConfigCommand) -> Result<()> {
     }
 }
 
-/// `strata connect`.
+/// `strata connect`: asks the daemon for a session and prints the
+/// handshake's steps as they happen, until `encryptionReady`.
 pub(crate) async fn connect(ctx: &Ctx, args: PeerArgs) -> Result<()> {
     let peer = PeerRef::parse(&args.peer)?;
-    session_call(ctx, SessionCall::Connect { peer: peer.to_string() }).await
+    let daemon = require_daemon(ctx, "connect").await?;
+    let mut live = daemon.events(None).await?;
+    let call = SessionCall::Connect { peer: peer.to_string() };
+    let rpc = session_rpc(&daemon, &call);
+    tokio::pin!(rpc);
+    let result = loop {
+        tokio::select! {
+            result = &mut rpc => break result?,
+            Some(event) = live.recv(), if !ctx.json => {
+                if HANDSHAKE_EVENTS.contains(&event.kind.as_str()) {
+                    output::note(format!("{:<18} {}", event.kind, at(&event.data, "peer").as_str().unwrap_or("")));
+                }
+            }
+        }
+    };
+    if ctx.json {
+        return output::json(&result);
+    }
+    let resumed = if at(&result, "resumed") == true {
+        " (resumed, no new handshake)"
+    } else {
+        ""
+    };
+    output::line(format!(
+        "encryption ready with {}{resumed}",
+        at(&result, "peer").as_str().unwrap_or_default()
+    ))
 }
+
+/// How long `send` waits without any news before it stops waiting.
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The events `connect` shows as progress.
+const HANDSHAKE_EVENTS: &[&str] = &[
+    "connected",
+    "handshake-started",
+    "handshake-stalled",
+    "handshake-failed",
+    "session-reset",
+    "identity-changed",
+    "encryption-ready",
+    "disconnected",
+];
 
 /// `strata send`.
 pub(crate) async fn send(ctx: &Ctx, args: SendArgs) -> Result<()> {
@@ -333,42 +376,227 @@ pub(crate) async fn send(ctx: &Ctx, args: SendArgs) -> Result<()> {
                 .hint("see `strata send --help`"));
         }
     };
+    let is_file = matches!(body, SendBody::File(_));
+    let daemon = require_daemon(ctx, "send").await?;
+    let mut live = daemon.events(None).await?;
     let call = SessionCall::Send {
         peer: peer.to_string(),
         body,
-        wait_ack: args.wait_ack,
+        wait_ack: false,
     };
-    session_call(ctx, call).await
+    let result = session_rpc(&daemon, &call).await?;
+    let id = at(&result, "messageId").as_str().unwrap_or_default().to_owned();
+    let mut acknowledged = false;
+    if args.wait_ack || is_file {
+        let size = at(at(&result, "file"), "size").as_u64().unwrap_or(0);
+        let bar = (is_file && !ctx.json).then(|| progress_bar(size));
+        let (done, field) = if is_file {
+            ("file-sent", "fileId")
+        } else {
+            ("delivered", "messageId")
+        };
+        loop {
+            let event = match tokio::time::timeout(IDLE_WAIT, live.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) => break, // the daemon stopped
+                Err(_) if !args.wait_ack => {
+                    output::note("no progress for a while; the node goes on sending in the background");
+                    break;
+                }
+                Err(_) => break,
+            };
+            if event.kind == "file-progress"
+                && at(&event.data, "fileId") == id.as_str()
+                && let Some(bar) = &bar
+            {
+                let (acked, total) = (at(&event.data, "acked").as_u64(), at(&event.data, "total").as_u64());
+                if let (Some(acked), Some(total)) = (acked, total.filter(|t| *t > 0)) {
+                    bar.set_position(size.saturating_mul(acked) / total);
+                }
+            }
+            if event.kind == done && at(&event.data, field) == id.as_str() {
+                acknowledged = true;
+                break;
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        if args.wait_ack && !acknowledged {
+            return Err(AppError::new(
+                ErrorKind::Network,
+                format!("{id} is queued, but the peer did not acknowledge it"),
+            )
+            .hint("it stays in the outbox and is retransmitted; watch `strata inbox --follow` for `delivered`"));
+        }
+    }
+    let mut result = result;
+    set(&mut result, "acknowledged", serde_json::json!(acknowledged));
+    if ctx.json {
+        output::json(&result)
+    } else {
+        output::line(&id)
+    }
 }
 
-/// `strata inbox`.
+fn progress_bar(size: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(size), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `strata inbox`: the kept messages; with `--follow`, then new messages
+/// and events as they come.
 pub(crate) async fn inbox(ctx: &Ctx, args: InboxArgs) -> Result<()> {
-    session_call(ctx, SessionCall::Inbox { follow: args.follow }).await
+    let daemon = ControlClient::discover(&ctx.dir).await?;
+    let stored = match &daemon {
+        Some(daemon) => session_rpc(daemon, &SessionCall::Inbox { follow: args.follow }).await?,
+        None if args.follow => {
+            return Err(no_daemon("inbox --follow"));
+        }
+        None => {
+            let (store, _local) = open_store(ctx).await?;
+            crate::inbox::stored(&store)?
+        }
+    };
+    let empty = Vec::new();
+    let messages = at(&stored, "messages").as_array().unwrap_or(&empty);
+    let pending = at(&stored, "pending").as_array().unwrap_or(&empty);
+    for item in messages.iter().chain(pending) {
+        print_inbox_item(ctx, "message", item)?;
+    }
+    let Some(daemon) = daemon.filter(|_| args.follow) else {
+        return Ok(());
+    };
+    let since = at(&stored, "lastEventId").as_u64().unwrap_or(0);
+    let mut live = daemon.events(Some(since)).await?;
+    while let Some(event) = live.recv().await {
+        if INBOX_EVENTS.contains(&event.kind.as_str()) {
+            print_inbox_item(ctx, &event.kind, &event.data)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `inbox --follow` shows: what a user needs to know of, not every
+/// protocol step.
+const INBOX_EVENTS: &[&str] = &[
+    "message",
+    "file-received",
+    "delivered",
+    "identity-changed",
+    "installation-changed",
+    "encryption-ready",
+    "session-reset",
+    "handshake-failed",
+    "low-key-packages",
+];
+
+fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<()> {
+    let kind = at(data, "kind").as_str().unwrap_or(kind);
+    if ctx.json {
+        let mut item = data.clone();
+        set(&mut item, "kind", serde_json::json!(kind));
+        return output::json(&item);
+    }
+    let peer = at(data, "peer")
+        .as_str()
+        .or(at(data, "installation").as_str())
+        .unwrap_or("");
+    match kind {
+        "message" => output::line(format!("{peer}: {}", at(data, "text").as_str().unwrap_or_default())),
+        "file-received" => output::line(format!(
+            "{peer}: file {}",
+            at(data, "path").as_str().unwrap_or_default()
+        )),
+        "identity-changed" => output::line(format!(
+            "{peer}: identity key changed; nothing is sent until you check it with `strata verify {peer}`"
+        )),
+        other => output::line(format!("{peer}: {other}")),
+    }
 }
 
 /// `strata peers`.
 pub(crate) async fn peers(ctx: &Ctx) -> Result<()> {
-    session_call(ctx, SessionCall::Peers).await
-}
-
-/// Hands a session command to the daemon, or to this process's session
-/// layer when no daemon runs.
-async fn session_call(ctx: &Ctx, call: SessionCall) -> Result<()> {
     let result = match ControlClient::discover(&ctx.dir).await? {
-        Some(daemon) => {
-            let method = call.method();
-            let params = serde_json::to_value(&call)
-                .map_err(|e| AppError::internal(e.to_string()))?
-                .get("params")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null);
-            daemon.call::<serde_json::Value>(method, params).await?
+        Some(daemon) => session_rpc(&daemon, &SessionCall::Peers).await?,
+        None => {
+            let (store, _local) = open_store(ctx).await?;
+            stored_peers(&store)?
         }
-        None => NoSessionLayer.call(call).await?,
     };
     if ctx.json {
-        output::json(&result)
-    } else {
-        output::line(serde_json::to_string_pretty(&result).map_err(|e| AppError::internal(e.to_string()))?)
+        return output::json(&result);
     }
+    let empty = Vec::new();
+    let peers = at(&result, "peers").as_array().unwrap_or(&empty);
+    if peers.is_empty() {
+        return output::line("no peers yet: `strata connect <peer>` opens a session");
+    }
+    for p in peers {
+        output::line(format!(
+            "{}  {:<11} {:<9} {:<13} {}",
+            at(p, "installation").as_str().unwrap_or_default(),
+            at(p, "state").as_str().unwrap_or_default(),
+            if at(p, "connected") == true {
+                "linked"
+            } else {
+                "offline"
+            },
+            at(p, "transport").as_str().unwrap_or_default(),
+            if at(p, "verified") == true {
+                "verified"
+            } else {
+                "unverified"
+            },
+        ))?;
+    }
+    Ok(())
+}
+
+/// `peers` without a daemon: the contacts of the store, none running.
+fn stored_peers(store: &storage::NodeStore) -> Result<serde_json::Value> {
+    let contacts = store
+        .read(|r| r.contacts())
+        .map_err(|e| AppError::internal(format!("cannot read the contacts: {e}")))?;
+    let peers: Vec<serde_json::Value> = contacts
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "peer": c.installation_id,
+                "installation": c.installation_id,
+                "state": if c.offered_key.is_some() { "blocked" } else { "stopped" },
+                "connected": false,
+                "transport": "none (no daemon)",
+                "verified": c.verified,
+                "identityChangePending": c.offered_key.is_some(),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "peers": peers }))
+}
+
+async fn require_daemon(ctx: &Ctx, command: &str) -> Result<ControlClient> {
+    ControlClient::discover(&ctx.dir)
+        .await?
+        .ok_or_else(|| no_daemon(command))
+}
+
+fn no_daemon(command: &str) -> AppError {
+    AppError::new(ErrorKind::NoDaemon, format!("`strata {command}` needs a running node"))
+        .hint("start one with `strata run` (same --data-dir) in another terminal")
+}
+
+/// One session call over the control API.
+async fn session_rpc(daemon: &ControlClient, call: &SessionCall) -> Result<serde_json::Value> {
+    let params = serde_json::to_value(call)
+        .map_err(|e| AppError::internal(e.to_string()))?
+        .get("params")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    daemon.call::<serde_json::Value>(call.method(), params).await
 }

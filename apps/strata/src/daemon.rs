@@ -5,9 +5,10 @@
 //! `api.json` and `api.token`, publishes node events, and runs until
 //! SIGINT or SIGTERM, when it removes those files again.
 //!
-//! Message handling needs the session layer, which this build does not
-//! link yet: the transports are not started, and the API's session methods
-//! answer `not-available` (see [`crate::sessions`]).
+//! Between the store and the API run the transports and the session
+//! actors ([`crate::node`]); stored sessions resume as their peers come
+//! back. On SIGTERM the actors stop first (every session is already
+//! durable: nothing is lost by a SIGKILL either), then the transports.
 
 use std::sync::Arc;
 
@@ -24,9 +25,9 @@ use crate::control::server::{ApiServer, ApiState};
 use crate::control::{ApiFile, Token};
 use crate::error::{AppError, ErrorKind, Result};
 use crate::identity::Local;
+use crate::node::NodeSessions;
 use crate::output;
 use crate::paths::write_atomic;
-use crate::sessions::NoSessionLayer;
 use crate::storage::{self, Unlock};
 
 /// Events kept for `Last-Event-ID` replay.
@@ -44,7 +45,8 @@ struct Ready {
     installation_id: String,
     api: String,
     broker: Option<String>,
-    sessions: &'static str,
+    libp2p: Vec<String>,
+    contact: String,
 }
 
 /// `strata run`.
@@ -102,20 +104,38 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
         _ => None,
     };
 
+    let store = Arc::new(store);
+    let events = Arc::new(EventBus::new(EVENT_HISTORY, EVENT_LAG));
+    let broker_choice = match (&broker, config.broker_choice()?) {
+        // Bound to port 0, the embedded broker's real port is only known now.
+        (Some(broker), Some(BrokerChoice::Embedded(_))) => Some(BrokerChoice::Embedded(broker.local_addr())),
+        (_, choice) => choice,
+    };
+    let (sessions, reachable) = NodeSessions::start(
+        &config,
+        &ctx.dir,
+        &local,
+        Arc::clone(&store),
+        Arc::clone(&events),
+        broker_choice,
+    )
+    .await?;
+    let sessions = Arc::new(sessions);
+
     let api_addr = config.api_addr()?;
     let listener = tokio::net::TcpListener::bind(api_addr)
         .await
         .map_err(|e| bind_error("the control API", api_addr, &e, "api.port (STRATA_API__PORT)"))?;
     let shutdown = CancellationToken::new();
-    let events = Arc::new(EventBus::new(EVENT_HISTORY, EVENT_LAG));
     let token = Token::generate();
     let state = Arc::new(ApiState {
         token: token.clone(),
         local: Arc::clone(&local),
-        store: Arc::new(store),
+        store: Arc::clone(&store),
         store_path: ctx.dir.store_file(),
         config: config.clone(),
-        sessions: Arc::new(NoSessionLayer),
+        sessions: Arc::clone(&sessions) as Arc<dyn crate::sessions::Sessions>,
+        libp2p: reachable.libp2p.clone(),
         events: Arc::clone(&events),
         shutdown: shutdown.clone(),
     });
@@ -132,10 +152,6 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
     let api_json = serde_json::to_vec(&api_file).map_err(|e| AppError::internal(e.to_string()))?;
     write_atomic(&ctx.dir.api_file(), &api_json, 0o600)?;
     tracing::info!(url = %api_url, token_file = %ctx.dir.token_file().display(), "control API listening");
-    tracing::warn!(
-        "message handling is not available in this build (no session layer): transports are not started, \
-         and connect/send/inbox/peers answer not-available"
-    );
 
     let ready = Ready {
         event: "ready",
@@ -144,7 +160,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
         installation_id: local.installation_id().to_string(),
         api: api_url.clone(),
         broker: broker_url.clone(),
-        sessions: "not-available",
+        libp2p: reachable.libp2p.iter().map(ToString::to_string).collect(),
+        contact: crate::ops::contact_uri(&local, &config, &reachable.libp2p)?,
     };
     events.publish(
         "started",
@@ -156,7 +173,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
         output::line(format!("strata node running (pid {pid})"))?;
         let broker_line = match (&broker, &broker_url) {
             (Some(_), Some(url)) => format!("{url} (embedded)"),
-            (None, Some(url)) => format!("{url} (external; not contacted: no session layer in this build)"),
+            (None, Some(url)) => format!("{url} (external)"),
             _ => "off".to_owned(),
         };
         let token_line = format!("{} (mode 0600)", ctx.dir.token_file().display());
@@ -166,7 +183,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
             ("control API", &api_url),
             ("API token", &token_line),
             ("PeerJS broker", &broker_line),
-            ("sessions", "not available in this build"),
+            ("libp2p", &ready.libp2p.join(" ")),
+            ("contact", &ready.contact),
         ])?;
     }
 
@@ -178,6 +196,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
     shutdown.cancel();
     remove_api_files(ctx, pid);
     server.join().await;
+    sessions.shutdown().await;
     if let Some(broker) = broker {
         broker.shutdown().await;
     }

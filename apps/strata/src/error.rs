@@ -40,7 +40,7 @@ pub(crate) enum ErrorKind {
     VerificationFailed,
     /// An address could not be bound or reached.
     Network,
-    /// The feature is not part of this build.
+    /// The feature is turned off by the configuration.
     NotAvailable,
 }
 
@@ -119,7 +119,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "unknown peer, contact or file",
             ErrorKind::VerificationFailed => "the safety numbers differ; nothing was recorded",
             ErrorKind::Network => "an address could not be bound or reached",
-            ErrorKind::NotAvailable => "the feature is not part of this build",
+            ErrorKind::NotAvailable => "the feature is turned off by the configuration",
         }
     }
 }
@@ -178,15 +178,6 @@ impl AppError {
             .hint("this is unexpected; rerun with RUST_LOG=debug and report it with the output")
     }
 
-    /// A command of the session layer, which this build does not have yet.
-    pub(crate) fn not_available(what: &str) -> Self {
-        Self::new(
-            ErrorKind::NotAvailable,
-            format!("{what} is not available in this build: the session layer is not linked into `strata` yet"),
-        )
-        .hint("what works now: init, id, verify, config, run (control API and embedded broker), broker")
-    }
-
     /// Maps a store error met while opening or using the store at `path`.
     pub(crate) fn store(error: StoreError, path: &std::path::Path) -> Self {
         let path = path.display();
@@ -216,9 +207,8 @@ impl AppError {
                      or set STRATA_PASSPHRASE if the store was created with a passphrase",
                 )
             }
-            // redb's lock error reaches us only as text (strata-store keeps it as
-            // `Backend(String)`); it means another process has the file open.
-            StoreError::Backend(reason) if reason.contains("already open") => Self::new(
+            // Another process has the file open (redb's lock).
+            StoreError::InUse { .. } => Self::new(
                 ErrorKind::Busy,
                 format!("another strata process has the store {path} open"),
             )
@@ -293,7 +283,9 @@ mod tests {
             ),
             (StoreError::NewerSchema { found: 9, supported: 1 }, ErrorKind::Storage),
             (
-                StoreError::Backend("Database already open. Cannot acquire lock.".into()),
+                StoreError::InUse {
+                    path: path.to_path_buf(),
+                },
                 ErrorKind::Busy,
             ),
             (StoreError::Backend("disk full".into()), ErrorKind::Storage),

@@ -14,6 +14,9 @@ mod daemon;
 mod demo;
 mod error;
 mod identity;
+mod inbox;
+mod json;
+mod node;
 mod ops;
 mod output;
 mod paths;
@@ -80,9 +83,11 @@ fn init_logging(cli: &Cli) {
         (2, _) => "debug",
         _ => "trace",
     };
-    // webrtc-rs reports a routine channel close at WARN; below debug, keep
-    // its crates to real errors so the user sees ours.
-    let quiet_webrtc = ",webrtc=error,webrtc_ice=error,webrtc_sctp=error,webrtc_dtls=error,webrtc_mdns=error";
+    // webrtc-rs reports a routine channel close at WARN, and libsignal logs
+    // every session step at INFO; below debug, keep those crates to what
+    // needs attention so the user sees ours.
+    let quiet_webrtc = ",webrtc=error,webrtc_ice=error,webrtc_sctp=error,webrtc_dtls=error,webrtc_mdns=error,\
+                        libsignal_protocol_syft=warn,openmls=warn";
     let default = if cli.global.verbose < 2 {
         format!("{default}{quiet_webrtc}")
     } else {

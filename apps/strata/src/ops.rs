@@ -28,8 +28,9 @@ pub(crate) struct IdInfo {
     pub(crate) contact_uri: String,
 }
 
-/// The identity as `strata id` shows it.
-pub(crate) fn id_info(local: &Local, config: &Config) -> Result<IdInfo> {
+/// The contact URI to share: the installation, the external broker if any,
+/// and the libp2p addresses a running node listens on.
+pub(crate) fn contact_uri(local: &Local, config: &Config, addrs: &[libp2p::Multiaddr]) -> Result<String> {
     let broker = match config.broker_choice()? {
         Some(BrokerChoice::External(url)) => Some(url),
         Some(BrokerChoice::Embedded(_)) | None => None,
@@ -38,14 +39,21 @@ pub(crate) fn id_info(local: &Local, config: &Config) -> Result<IdInfo> {
         peer_id: *local.peer_id(),
         installation: local.installation_id(),
         broker,
-        addrs: Vec::new(),
+        addrs: addrs.to_vec(),
     };
+    Ok(uri.to_string())
+}
+
+/// The identity as `strata id` shows it; `addrs` are the running node's
+/// libp2p addresses (none without a daemon).
+pub(crate) fn id_info(local: &Local, config: &Config, addrs: &[libp2p::Multiaddr]) -> Result<IdInfo> {
+    let contact_uri = contact_uri(local, config, addrs)?;
     Ok(IdInfo {
         peer_id: local.peer_id().to_string(),
         installation_id: local.installation_id().to_string(),
         identity_key: local.peer_id().identity_key_hex(),
         safety_number_half: local.own_half()?,
-        contact_uri: uri.to_string(),
+        contact_uri,
     })
 }
 
@@ -336,7 +344,7 @@ mod tests {
     }
 
     fn uri(node: &Node) -> String {
-        id_info(&node.local, &Config::default()).unwrap().contact_uri
+        id_info(&node.local, &Config::default(), &[]).unwrap().contact_uri
     }
 
     fn run(node: &Node, peer: &str, mark: Option<&str>) -> Result<VerifyReport> {

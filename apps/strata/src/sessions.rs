@@ -1,21 +1,17 @@
 //! The boundary to the session layer: everything `connect`, `send`,
 //! `inbox` and `peers` need, and nothing else.
 //!
-//! The CLI turns those commands into a [`SessionCall`]; with a daemon up it
-//! sends the call over the control API (method = the call's name, params =
-//! its JSON), and the daemon hands it to its [`Sessions`]. This build links
-//! no session layer, so the one implementation, [`NoSessionLayer`], answers
-//! every call with a `not-available` error. When `strata_session`'s `Node`
-//! lands, an implementation over it replaces [`NoSessionLayer`] in `run`
-//! (and a read-only one over the store serves `inbox`/`peers` offline);
-//! nothing else changes.
+//! The CLI turns those commands into a [`SessionCall`] and sends it over the
+//! control API (method = the call's name, params = its JSON); the daemon
+//! hands it to its [`Sessions`], which is [`crate::node::NodeSessions`].
+//! Without a daemon, `inbox` and `peers` read the store directly.
 
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AppError, Result};
+use crate::error::Result;
 
 /// A request for the session layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,22 +77,9 @@ pub(crate) trait Sessions: Send + Sync {
     async fn call(&self, call: SessionCall) -> Result<serde_json::Value>;
 }
 
-/// This build's session layer: none. Every call fails with
-/// [`crate::error::ErrorKind::NotAvailable`].
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct NoSessionLayer;
-
-#[async_trait]
-impl Sessions for NoSessionLayer {
-    async fn call(&self, call: SessionCall) -> Result<serde_json::Value> {
-        Err(AppError::not_available(&format!("`strata {}`", call.method())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
 
     #[test]
     fn calls_travel_as_method_and_params() {
@@ -113,19 +96,5 @@ mod tests {
         assert_eq!(back, call);
         let peers: SessionCall = serde_json::from_value(serde_json::json!({"method": "peers"})).unwrap();
         assert_eq!(peers, SessionCall::Peers);
-    }
-
-    #[tokio::test]
-    async fn this_build_has_no_session_layer() {
-        for call in [
-            SessionCall::Connect { peer: "x".into() },
-            SessionCall::Inbox { follow: false },
-            SessionCall::Peers,
-        ] {
-            let method = call.method();
-            let err = NoSessionLayer.call(call).await.unwrap_err();
-            assert_eq!(err.kind, ErrorKind::NotAvailable);
-            assert!(err.message.contains(method), "{err}");
-        }
     }
 }

@@ -10,7 +10,7 @@
 //!   key), so a sealed value moved to another row fails to open.
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::CryptoRng;
 use zeroize::Zeroizing;
@@ -89,12 +89,18 @@ impl StorageKey {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill_bytes(&mut nonce);
         let cipher = XChaCha20Poly1305::new(self.0.expose().into());
-        let ciphertext = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .map_err(|e| CascadeError::internal(LAYER, e))?;
-        let mut sealed = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        // nonce ‖ ciphertext ‖ tag, encrypted in place: a whole pair state
+        // is sealed on every message, so no intermediate copy.
+        let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
         sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(&ciphertext);
+        sealed.extend_from_slice(plaintext);
+        let body = sealed
+            .get_mut(NONCE_LEN..)
+            .ok_or_else(|| CascadeError::internal(LAYER, "sealed buffer"))?;
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, body)
+            .map_err(|e| CascadeError::internal(LAYER, e))?;
+        sealed.extend_from_slice(&tag);
         Ok(sealed)
     }
 

@@ -57,12 +57,22 @@ impl Writer {
         self.raw(s.expose())
     }
 
-    pub(crate) fn finish(self) -> SecretBytes {
-        SecretBytes::new(self.buf.to_vec())
+    /// Makes room for `additional` more bytes at once. Secret encodings
+    /// reserve what they need before writing: growing the buffer moves it,
+    /// and the allocation left behind is not zeroized.
+    pub(crate) fn reserve(&mut self, additional: usize) -> &mut Self {
+        self.buf.reserve(additional);
+        self
     }
 
-    pub(crate) fn finish_public(self) -> Vec<u8> {
-        self.buf.to_vec()
+    /// The encoding, moved out (not copied: a copy would cost a whole pair
+    /// state per message and leave one more buffer to zeroize).
+    pub(crate) fn finish(mut self) -> SecretBytes {
+        SecretBytes::new(std::mem::take(&mut *self.buf))
+    }
+
+    pub(crate) fn finish_public(mut self) -> Vec<u8> {
+        std::mem::take(&mut *self.buf)
     }
 }
 

@@ -92,6 +92,14 @@
 //! Each `(m, e)` pair and direction has its own chain; a change of either
 //! epoch starts a new one (receivers keep four).
 //!
+//! **Resume proof** ([`PairCascade::resume_proof`]), so two installations
+//! that kept their state can show each other they hold the same session
+//! without a new handshake: `MLS-Exporter("strata/v1/resume-proof",
+//! lp(context) ‖ S ‖ R, 32)` of the current MLS epoch, where the caller's
+//! `context` carries its session id and fresh nonces. The proof is a value
+//! of the MLS key schedule, so it needs no key of its own and no MAC
+//! construction of ours; checking it is a constant-time comparison.
+//!
 //! # Binding the layers together
 //!
 //! Both AEADs we control (ML-KEM and AES-GCM layers) authenticate, as
@@ -119,7 +127,8 @@
 //! Every layer stages its change while a message passes through and
 //! commits only when all layers succeeded ([`Layer`]): a tampered, replayed
 //! or out-of-window message changes no state, and a failed send burns no
-//! key. Identity bindings are in [`identity`]; safety numbers in [`safety`].
+//! key. Identity bindings are in [`identity`]; safety numbers in [`safety`];
+//! signed broadcast bundles (Waku 53/54 style) in [`bundle`].
 //!
 //! # How this is checked
 //!
@@ -140,6 +149,7 @@
 #![forbid(unsafe_code)]
 
 pub mod at_rest;
+pub mod bundle;
 mod cascade;
 mod codec;
 mod error;
@@ -149,6 +159,8 @@ pub mod layers;
 mod pair;
 pub mod safety;
 mod schedule;
+#[cfg(feature = "seal-fingerprints")]
+pub mod seal_fingerprints;
 mod secret;
 
 pub use cascade::{Cascade, FrozenStopwatch, MonotonicStopwatch, Stopwatch};
@@ -157,13 +169,13 @@ pub use identity::{AccountIdentity, InstallationId, InstallationIdentity, PeerId
 pub use layer::{Contribution, Layer, LayerContext, LayerInfo, Sealed};
 pub use layers::aes::AesGcmLayer;
 pub use layers::mlkem::{KemKeyPair, MlKemLayer, SignedKemKey};
-pub use layers::mls::{KeyPackageKind, MlsLayer};
+pub use layers::mls::{KeyPackageKind, MlsLayer, VerifiedKeyPackage, verify_key_package};
 pub use layers::mock::GoldenMockLayer;
 pub use layers::signal::{SignalBundle, SignalLayer};
 /// The Signal identity key type, re-exported: account identity keys are
 /// libsignal `IdentityKey`s.
 pub use libsignal_protocol_syft::IdentityKey;
-pub use pair::PairCascade;
+pub use pair::{PairCascade, RESUME_PROOF_LEN};
 pub use safety::SafetyNumber;
 pub use schedule::{MAX_FORWARD_GAP, MAX_SKIPPED_KEYS};
 pub use secret::SecretBytes;

@@ -67,6 +67,8 @@ fn nonce(tag: [u8; 4], counter: u64) -> [u8; 12] {
 pub(crate) fn aead_seal(key: &Secret32, tag: [u8; 4], counter: u64, aad: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
     let cipher = Aes256Gcm::new_from_slice(key.expose()).ok()?;
     let n = nonce(tag, counter);
+    #[cfg(feature = "seal-fingerprints")]
+    crate::seal_fingerprints::record(key, &n);
     cipher
         .encrypt(Nonce::from_slice(&n), Payload { msg: plaintext, aad })
         .ok()

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use subtle::ConstantTimeEq as _;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// A 32-byte secret (chain key, message key, epoch secret, exporter secret).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -38,8 +38,21 @@ impl fmt::Debug for Secret32 {
 
 /// Serialized state that contains secrets. Zeroized on drop; `Debug` shows
 /// only the length; equality is constant-time in the contents.
+///
+/// The zeroizing lives in a non-generic, never-inlined `Drop` of this crate
+/// rather than in `Zeroizing<Vec<u8>>`: generic drop code is compiled in
+/// whichever crate drops the value, and a whole pair state (17-24 KB)
+/// dropped in an unoptimised debug build of a caller was zeroized a byte at
+/// a time through core's UB checks, a third of a session simulation's time.
 #[derive(Clone, Default)]
-pub struct SecretBytes(Zeroizing<Vec<u8>>);
+pub struct SecretBytes(Vec<u8>);
+
+impl Drop for SecretBytes {
+    #[inline(never)]
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl PartialEq for SecretBytes {
     fn eq(&self, other: &Self) -> bool {
@@ -51,7 +64,7 @@ impl Eq for SecretBytes {}
 
 impl SecretBytes {
     pub(crate) fn new(bytes: Vec<u8>) -> Self {
-        Self(Zeroizing::new(bytes))
+        Self(bytes)
     }
 
     /// Wraps bytes read back from storage.

@@ -189,3 +189,37 @@ fn mls_epoch_rotation_rekeys_the_aes_layer() {
     let m = p.alice.encrypt(b"epoch 3", NOW, &mut rng).unwrap();
     assert_eq!(p.bob.decrypt(&m, &mut rng).unwrap(), b"epoch 3");
 }
+
+#[test]
+fn resume_proofs_match_only_between_holders_of_the_same_group_and_epoch() {
+    let mut rng = rng(9);
+    let mut p = established(&mut rng);
+    let ctx = b"session id and a fresh nonce";
+    let (epoch, proof) = p.alice.resume_proof(ctx).unwrap();
+    assert_eq!(Some(epoch), p.bob.mls().epoch());
+    assert!(p.bob.verify_resume_proof(ctx, &proof).unwrap());
+    // Bound to the context and the direction; exact length only.
+    assert!(
+        !p.bob
+            .verify_resume_proof(b"session id and another nonce", &proof)
+            .unwrap()
+    );
+    assert!(!p.alice.verify_resume_proof(ctx, &proof).unwrap(), "no reflection");
+    assert!(!p.bob.verify_resume_proof(ctx, &proof[..31]).unwrap());
+    assert!(!p.bob.verify_resume_proof(ctx, &[]).unwrap());
+    // A state reloaded from disk still proves and checks.
+    let bob = PairCascade::import(p.bob.export().unwrap().as_bytes()).unwrap();
+    assert!(bob.verify_resume_proof(ctx, &proof).unwrap());
+    assert_eq!(bob.resume_proof(ctx).unwrap(), p.bob.resume_proof(ctx).unwrap());
+    // Another group at the same epoch number does not.
+    let other = established(&mut rng);
+    assert_eq!(other.bob.mls().epoch(), Some(epoch));
+    assert!(!other.bob.verify_resume_proof(ctx, &proof).unwrap());
+    // Another epoch does not, until the commit is processed.
+    let commit = p.alice.mls_mut().self_update().unwrap();
+    let (newer_epoch, newer) = p.alice.resume_proof(ctx).unwrap();
+    assert_eq!(newer_epoch, epoch + 1);
+    assert!(!p.bob.verify_resume_proof(ctx, &newer).unwrap());
+    p.bob.mls_mut().process_commit(&commit).unwrap();
+    assert!(p.bob.verify_resume_proof(ctx, &newer).unwrap());
+}

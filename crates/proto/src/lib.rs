@@ -47,7 +47,12 @@
 //! nested deeper than 32 levels is refused before parsing; every string, byte
 //! string and array has a cap checked while it is read. Chunking: see
 //! [`chunk`].
+//!
+//! Besides the PDUs: the Waku relay envelope ([`waku`]) and the signed
+//! bundles an installation broadcasts over gossip ([`bundle`]), both
+//! protobuf.
 
+pub mod bundle;
 pub mod chunk;
 pub mod codec;
 pub mod error;

@@ -118,16 +118,12 @@ fn benches(c: &mut Criterion) {
     group.bench_function("burst_of_64_one_ack", |bench| {
         bench.iter(|| {
             let now = p.now();
-            for k in 0..64 {
-                p.m[0]
-                    .send(
-                        Content::Text {
-                            text: format!("burst {k}"),
-                        },
-                        now,
-                    )
-                    .unwrap();
-            }
+            let burst = (0..64)
+                .map(|k| Content::Text {
+                    text: format!("burst {k}"),
+                })
+                .collect();
+            p.m[0].send_all(burst, now).unwrap();
             p.settle();
             p.base += Duration::from_millis(50);
             p.input(1, Input::Timeout);

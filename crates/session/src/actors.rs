@@ -25,8 +25,7 @@
 //! mailbox is full (the protocol retransmits), so no cycle can deadlock.
 //! Every request carries a [`RequestId`] that its reply echoes.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,12 +35,14 @@ use bytes::Bytes;
 use rand::RngCore as _;
 use strata_cascade::{InstallationIdentity, SafetyNumber};
 use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, TransportError, TransportEvent};
+use tracing::Instrument as _;
 
 use crate::config::Config;
-use crate::content::{Content, FILE_CHUNK_BYTES};
+use crate::content::Content;
 use crate::crypto;
 use crate::durable::{self, Durable, SessionRecord};
 use crate::error::SessionError;
+use crate::files::Transfers;
 use crate::machine::{Command, Event, Input, Now, Output, PeerMachine};
 
 /// Correlates a request with its reply.
@@ -54,8 +55,7 @@ pub const SUBSCRIBER_QUEUE: usize = 4096;
 /// Most peer sessions one node runs; frames from further addresses are
 /// dropped (a flood of new addresses cannot grow the node without bound).
 pub const MAX_SESSIONS: usize = 4096;
-/// File chunks of one transfer in flight at once.
-pub const FILE_WINDOW: usize = 8;
+pub use crate::files::FILE_WINDOW;
 
 fn now() -> Now {
     let unix_ms = SystemTime::now()
@@ -88,6 +88,17 @@ pub enum NodeEventKind {
         file_id: String,
         /// Where it is.
         path: PathBuf,
+    },
+    /// The peer acknowledged one more chunk of a file we send.
+    FileProgress {
+        /// The transfer id.
+        file_id: String,
+        /// Chunks acknowledged so far.
+        acked: u32,
+        /// Chunks in all.
+        total: u32,
+        /// The file's size in bytes.
+        size: u64,
     },
     /// A file we sent was acknowledged in full.
     FileSent {
@@ -147,12 +158,14 @@ pub struct TransportActor<T: Transport> {
     transport: Box<T>,
     stream: Option<EventStream>,
     node: Recipient<FromTransport>,
+    span: tracing::Span,
 }
 
 impl<T: Transport> TransportActor<T> {
     /// Wraps `transport` and its event stream; events go to `node`.
     pub fn new(transport: T, stream: EventStream, node: Recipient<FromTransport>) -> Self {
         Self {
+            span: tracing::info_span!("transport", local = %transport.local_addr()),
             transport: Box::new(transport),
             stream: Some(stream),
             node,
@@ -193,12 +206,15 @@ impl<T: Transport> Handler<Transmit> for TransportActor<T> {
 
     fn handle(&mut self, msg: Transmit, _ctx: &mut Self::Context) -> Self::Result {
         let transport = T::clone(&self.transport);
-        Box::pin(async move {
-            for frame in msg.frames {
-                transport.send(&msg.to, frame).await?;
+        Box::pin(
+            async move {
+                for frame in msg.frames {
+                    transport.send(&msg.to, frame).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        })
+            .instrument(self.span.clone()),
+        )
     }
 }
 
@@ -207,7 +223,7 @@ impl<T: Transport> Handler<Dial> for TransportActor<T> {
 
     fn handle(&mut self, msg: Dial, _ctx: &mut Self::Context) -> Self::Result {
         let transport = T::clone(&self.transport);
-        Box::pin(async move { transport.connect(&msg.0).await })
+        Box::pin(async move { transport.connect(&msg.0).await }.instrument(self.span.clone()))
     }
 }
 
@@ -242,24 +258,6 @@ pub enum SessionRequest {
 #[rtype(result = "()")]
 pub struct FromSession(pub NodeEvent);
 
-struct OutgoingFile {
-    file: std::fs::File,
-    file_id: String,
-    name: String,
-    size: u64,
-    next: u32,
-    total: u32,
-    in_flight: BTreeSet<String>,
-}
-
-struct IncomingFile {
-    file: std::fs::File,
-    part: PathBuf,
-    name: String,
-    received: BTreeSet<u32>,
-    total: u32,
-}
-
 /// Everything a [`PeerSession`] needs to (re)build its machine.
 #[derive(Clone)]
 pub struct SessionSetup {
@@ -281,8 +279,9 @@ pub struct PeerSession {
     transport: Recipient<Transmit>,
     node: Recipient<FromSession>,
     timer: Option<SpawnHandle>,
-    sending: VecDeque<OutgoingFile>,
-    receiving: BTreeMap<String, IncomingFile>,
+    files: Transfers,
+    /// Every log line of this actor carries the peer.
+    span: tracing::Span,
 }
 
 impl PeerSession {
@@ -295,19 +294,24 @@ impl PeerSession {
         node: Recipient<FromSession>,
     ) -> Result<Self, SessionError> {
         let machine = build_machine(&setup, &peer, installation)?;
+        let span = tracing::info_span!("session", peer = %peer);
+        let setup_downloads = setup.downloads.clone();
+        let peer_for_files = peer.clone();
         Ok(Self {
+            span,
             setup,
             peer,
             machine,
             transport,
             node,
             timer: None,
-            sending: VecDeque::new(),
-            receiving: BTreeMap::new(),
+            files: Transfers::new(setup_downloads, peer_for_files),
         })
     }
 
     fn step(&mut self, input: Input<'_>, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         if let Err(e) = self.machine.handle(input, now()) {
             self.fail(&e, ctx);
         }
@@ -383,94 +387,43 @@ impl PeerSession {
     fn on_event(&mut self, e: &Event, ctx: &mut Context<Self>) {
         match e {
             Event::Delivered { message_id } => {
-                let mut finished = None;
-                for (i, f) in self.sending.iter_mut().enumerate() {
-                    if f.in_flight.remove(message_id) && f.in_flight.is_empty() && f.next == f.total {
-                        finished = Some(i);
+                if let Some(p) = self.files.delivered(message_id) {
+                    let file_id = p.file_id.clone();
+                    self.publish(
+                        NodeEventKind::FileProgress {
+                            file_id: p.file_id,
+                            acked: p.acked,
+                            total: p.total,
+                            size: p.size,
+                        },
+                        ctx,
+                    );
+                    if p.finished {
+                        self.publish(NodeEventKind::FileSent { file_id }, ctx);
                     }
-                }
-                if let Some(f) = finished.and_then(|i| self.sending.remove(i)) {
-                    self.publish(NodeEventKind::FileSent { file_id: f.file_id }, ctx);
                 }
             }
             Event::Received {
-                content:
-                    Content::FileChunk {
-                        file_id,
-                        name,
-                        index,
-                        total,
-                        data,
-                        ..
-                    },
+                message_id,
+                content: chunk @ Content::FileChunk { file_id, .. },
                 ..
-            } => match self.write_chunk(file_id, name, *index, *total, data) {
-                Ok(Some(path)) => self.publish(
-                    NodeEventKind::FileReceived {
-                        file_id: file_id.clone(),
-                        path,
-                    },
-                    ctx,
-                ),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(peer = %self.peer, error = %e, "cannot write a received file"),
-            },
+            } => {
+                let installation = self.machine.peer().map(|i| hex::encode(i.as_bytes()));
+                let store = Arc::clone(&self.setup.store);
+                match self.files.received(&*store, installation.as_deref(), message_id, chunk) {
+                    Ok(Some(path)) => self.publish(
+                        NodeEventKind::FileReceived {
+                            file_id: file_id.clone(),
+                            path,
+                        },
+                        ctx,
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(peer = %self.peer, error = %e, "cannot write a received file"),
+                }
+            }
             _ => {}
         }
-    }
-
-    /// Writes one received chunk at its offset; returns the final path when
-    /// the file is whole.
-    fn write_chunk(
-        &mut self,
-        file_id: &str,
-        name: &str,
-        index: u32,
-        total: u32,
-        data: &[u8],
-    ) -> std::io::Result<Option<PathBuf>> {
-        let safe = |s: &str| {
-            s.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
-                .collect::<String>()
-        };
-        if !self.receiving.contains_key(file_id) {
-            std::fs::create_dir_all(&self.setup.downloads)?;
-            let part = self.setup.downloads.join(format!("{}.part", safe(file_id)));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&part)?;
-            self.receiving.insert(
-                file_id.to_owned(),
-                IncomingFile {
-                    file,
-                    part,
-                    name: safe(name),
-                    received: BTreeSet::new(),
-                    total,
-                },
-            );
-        }
-        let Some(f) = self.receiving.get_mut(file_id) else {
-            return Ok(None);
-        };
-        f.file
-            .seek(SeekFrom::Start(u64::from(index) * FILE_CHUNK_BYTES as u64))?;
-        f.file.write_all(data)?;
-        f.received.insert(index);
-        if u32::try_from(f.received.len()).unwrap_or(u32::MAX) < f.total {
-            return Ok(None);
-        }
-        let Some(f) = self.receiving.remove(file_id) else {
-            return Ok(None);
-        };
-        f.file.sync_all()?;
-        let name = if f.name.is_empty() { safe(file_id) } else { f.name };
-        let path = self.setup.downloads.join(format!("{}-{name}", safe(file_id)));
-        std::fs::rename(&f.part, &path)?;
-        Ok(Some(path))
     }
 
     /// Queues the next chunks of outgoing files while their windows allow.
@@ -479,89 +432,46 @@ impl PeerSession {
         if !self.machine.is_ready() {
             return;
         }
-        let machine = &mut self.machine;
         let mut queued = false;
-        let mut failure = None;
-        'files: for f in &mut self.sending {
-            while f.in_flight.len() < FILE_WINDOW && f.next < f.total {
-                let mut data = vec![0u8; FILE_CHUNK_BYTES];
-                let read = f
-                    .file
-                    .seek(SeekFrom::Start(u64::from(f.next) * FILE_CHUNK_BYTES as u64))
-                    .and_then(|_| read_full(&mut f.file, &mut data));
-                let n = match read {
-                    Ok(n) => n,
-                    Err(e) => {
-                        failure = Some(SessionError::Internal(format!("reading {}: {e}", f.name)));
-                        break 'files;
-                    }
-                };
-                data.truncate(n);
-                let content = Content::FileChunk {
-                    file_id: f.file_id.clone(),
-                    name: f.name.clone(),
-                    size: f.size,
-                    index: f.next,
-                    total: f.total,
-                    data,
-                };
-                match machine.send(content, now()) {
-                    Ok(id) => {
-                        f.in_flight.insert(id);
-                        f.next += 1;
-                        queued = true;
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break 'files;
-                    }
+        loop {
+            let chunk = match self.files.next_chunk() {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(&e, ctx);
+                    break;
+                }
+            };
+            let Content::FileChunk { file_id, .. } = &chunk else {
+                break;
+            };
+            let file_id = file_id.clone();
+            match self.machine.send(chunk, now()) {
+                Ok(id) => {
+                    self.files.queued(&file_id, id);
+                    queued = true;
+                }
+                Err(e) => {
+                    self.fail(&e, ctx);
+                    break;
                 }
             }
-        }
-        if let Some(e) = failure {
-            self.fail(&e, ctx);
         }
         if queued {
             self.flush(ctx);
         }
     }
 
-    fn start_file(&mut self, path: &std::path::Path) -> Result<String, SessionError> {
-        let io = |e: std::io::Error| SessionError::Internal(format!("file {}: {e}", path.display()));
-        let file = std::fs::File::open(path).map_err(io)?;
-        let size = file.metadata().map_err(io)?.len();
-        let total = u32::try_from(size.div_ceil(FILE_CHUNK_BYTES as u64).max(1))
-            .map_err(|_| SessionError::Misuse("file too large"))?;
-        let mut id = [0u8; 12];
-        rand::rng().fill_bytes(&mut id);
-        let file_id = hex::encode(id);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.sending.push_back(OutgoingFile {
-            file,
-            file_id: file_id.clone(),
-            name,
-            size,
-            next: 0,
-            total,
-            in_flight: BTreeSet::new(),
-        });
-        Ok(file_id)
-    }
-}
-
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let Some(rest) = buf.get_mut(n..) else { break };
-        match file.read(rest)? {
-            0 => break,
-            k => n += k,
+    /// Transfers a restart interrupted, once the peer's installation is known.
+    fn recover_files(&mut self, ctx: &mut Context<Self>) {
+        let Some(installation) = self.machine.peer().map(|i| hex::encode(i.as_bytes())) else {
+            return;
+        };
+        let store = Arc::clone(&self.setup.store);
+        for (file_id, path) in self.files.recover(&*store, &installation) {
+            self.publish(NodeEventKind::FileReceived { file_id, path }, ctx);
         }
     }
-    Ok(n)
 }
 
 fn build_machine(
@@ -588,6 +498,7 @@ impl Actor for PeerSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
+        self.recover_files(ctx);
         self.flush(ctx);
     }
 }
@@ -608,10 +519,12 @@ impl Handler<SessionRequest> for PeerSession {
     type Result = Result<Option<String>, SessionError>;
 
     fn handle(&mut self, msg: SessionRequest, ctx: &mut Self::Context) -> Self::Result {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let result = match msg {
             SessionRequest::Command(Command::Send(content)) => self.machine.send(content, now()).map(Some),
             SessionRequest::Command(c) => self.machine.handle(Input::Command(c), now()).map(|()| None),
-            SessionRequest::SendFile(path) => self.start_file(&path).map(Some),
+            SessionRequest::SendFile(path) => self.files.start(&path).map(Some),
             SessionRequest::SafetyNumber => {
                 let peer = self
                     .machine
@@ -683,6 +596,8 @@ pub struct Node<T: Transport> {
     stored: BTreeMap<PeerAddr, strata_cascade::InstallationId>,
     wanted: BTreeMap<PeerAddr, Duration>,
     subscribers: Vec<Subscriber>,
+    status: BTreeMap<PeerAddr, PeerStatus>,
+    span: tracing::Span,
 }
 
 impl<T: Transport> Node<T> {
@@ -690,6 +605,7 @@ impl<T: Transport> Node<T> {
     /// their peers connect).
     pub fn new(setup: SessionSetup, transport: T, stream: EventStream) -> Result<Self, SessionError> {
         let stored = stored_sessions(&*setup.store)?;
+        let span = tracing::info_span!("node", local = %transport.local_addr());
         Ok(Self {
             setup,
             transport: Some((Box::new(transport), stream)),
@@ -698,6 +614,8 @@ impl<T: Transport> Node<T> {
             stored,
             wanted: BTreeMap::new(),
             subscribers: Vec::new(),
+            status: BTreeMap::new(),
+            span,
         })
     }
 
@@ -727,6 +645,7 @@ impl<T: Transport> Node<T> {
     }
 
     fn publish(&mut self, event: NodeEvent, ctx: &mut Context<Self>) {
+        self.status.entry(event.peer.clone()).or_default().observe(&event.kind);
         for i in 0..self.subscribers.len() {
             if let Some(s) = self.subscribers.get_mut(i) {
                 if s.queue.len() >= SUBSCRIBER_QUEUE {
@@ -834,6 +753,8 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
     type Result = ();
 
     fn handle(&mut self, FromTransport(event): FromTransport, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let (peer, deliver, kind) = match event {
             TransportEvent::Connected { peer } => {
                 if let Some(b) = self.wanted.get_mut(&peer) {
@@ -932,6 +853,90 @@ impl<T: Transport> Handler<PeerRequest> for Node<T> {
             };
             Reply { request_id, result }
         })
+    }
+}
+
+/// Where a peer's session stands, as far as the node has seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// No handshake seen yet (a stored session waiting for its link, or a
+    /// link without a session).
+    #[default]
+    Idle,
+    /// A handshake (or a resume probe) is under way.
+    Handshaking,
+    /// `encryptionReady`: messages flow.
+    Ready,
+    /// The peer's identity key changed; nothing is sent until the user
+    /// accepts or verifies it.
+    Blocked,
+}
+
+/// One peer as the node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The session's state.
+    pub state: SessionState,
+    /// Whether a transport link to the peer is up.
+    pub connected: bool,
+    /// The peer's installation id (hex), once a handshake named it.
+    pub installation: Option<String>,
+    /// Whether the current session was resumed from the store rather than
+    /// made by a new handshake.
+    pub resumed: bool,
+    /// When anything last happened with this peer, Unix milliseconds.
+    pub last_activity_ms: u64,
+}
+
+impl PeerStatus {
+    fn observe(&mut self, kind: &NodeEventKind) {
+        self.last_activity_ms = now().unix_ms;
+        match kind {
+            NodeEventKind::Connected => self.connected = true,
+            NodeEventKind::Disconnected => self.connected = false,
+            NodeEventKind::Session(event) => match event {
+                Event::HandshakeStarted { .. } | Event::SessionReset { .. } => self.state = SessionState::Handshaking,
+                Event::EncryptionReady {
+                    installation, resumed, ..
+                } => {
+                    self.state = SessionState::Ready;
+                    self.resumed = *resumed;
+                    self.installation = Some(installation.clone());
+                }
+                Event::NotReady | Event::HandshakeStalled { .. } | Event::HandshakeFailed { .. } => {
+                    self.state = SessionState::Idle;
+                }
+                Event::IdentityChanged { installation } => {
+                    self.state = SessionState::Blocked;
+                    self.installation = Some(installation.clone());
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Every peer the node has a session with or has seen, with its status.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(PeerAddr, PeerStatus)>")]
+pub struct ListPeers;
+
+impl<T: Transport> Handler<ListPeers> for Node<T> {
+    type Result = MessageResult<ListPeers>;
+
+    fn handle(&mut self, _: ListPeers, _ctx: &mut Self::Context) -> Self::Result {
+        let mut out: BTreeMap<PeerAddr, PeerStatus> = self.status.clone();
+        for (peer, installation) in &self.stored {
+            let entry = out.entry(peer.clone()).or_default();
+            if entry.installation.is_none() {
+                entry.installation = Some(hex::encode(installation.as_bytes()));
+            }
+        }
+        for peer in self.sessions.keys() {
+            out.entry(peer.clone()).or_default();
+        }
+        MessageResult(out.into_iter().collect())
     }
 }
 

@@ -3,18 +3,13 @@
 //! fields, and the step-7 key confirmation. Keeping it in one module keeps
 //! the rest of the crate independent of the cascade's exact API.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::layers::signal::SIGNAL_ALGORITHM;
 use strata_cascade::{
-    Cascade, CascadeError, InstallationId, InstallationIdentity, Layer, LayerContext, LayerInfo, PeerIdentity, Sealed,
-    SignalBundle, SignalLayer, SignedKemKey,
+    Cascade, CascadeError, InstallationId, InstallationIdentity, Layer, MlKemLayer, PeerIdentity, SignalLayer,
+    SignedKemKey,
 };
-use strata_proto::{
-    Blob, BoundedVec, CascadedPayload, KeyBytes, LayerMetadata, LayerParameters, ParamValue, SignalPreKeyBundle, Text,
-};
+use strata_proto::{Blob, BoundedVec, CascadedPayload, KeyBytes, LayerMetadata, LayerParameters, ParamValue, Text};
 
 use crate::error::SessionError;
 
@@ -62,150 +57,46 @@ pub(crate) fn kem_key_fields(key: &SignedKemKey) -> Result<(u32, KeyBytes, KeyBy
     ))
 }
 
-/// A peer's signed ML-KEM key from PDU fields (verified later by the layer).
-pub(crate) fn kem_key_from_fields(owner: InstallationId, key_id: u32, key: &[u8], signature: &[u8]) -> SignedKemKey {
-    SignedKemKey {
-        installation_id: owner,
+/// Installs a peer's signed ML-KEM key from PDU fields (peer input; the
+/// layer verifies the signature against the pinned identity).
+pub(crate) fn install_peer_kem(
+    kem: &mut MlKemLayer,
+    peer: PeerIdentity,
+    key_id: u32,
+    key: &KeyBytes,
+    signature: &KeyBytes,
+) -> strata_cascade::Result<()> {
+    kem.set_peer_key(SignedKemKey {
+        installation_id: peer.installation_id,
         key_id,
-        encapsulation_key: key.to_vec(),
-        signature: signature.to_vec(),
-    }
-}
-
-/// The PDU form of a Signal pre-key bundle.
-pub(crate) fn bundle_to_pdu(bundle: &SignalBundle) -> Result<SignalPreKeyBundle, SessionError> {
-    let b = bundle.inner();
-    let bad = |_| SessionError::Internal("Signal bundle field".into());
-    let pre_key_id = b.pre_key_id().map_err(bad)?.map(u32::from);
-    let pre_key = match b.pre_key_public().map_err(bad)? {
-        Some(k) => Some(key_bytes(k.serialize().to_vec())?),
-        None => None,
-    };
-    Ok(SignalPreKeyBundle {
-        registration_id: b.registration_id().map_err(bad)?,
-        device_id: u32::from(b.device_id().map_err(bad)?),
-        pre_key_id,
-        pre_key,
-        signed_pre_key_id: u32::from(b.signed_pre_key_id().map_err(bad)?),
-        signed_pre_key: key_bytes(b.signed_pre_key_public().map_err(bad)?.serialize().to_vec())?,
-        signed_pre_key_signature: key_bytes(b.signed_pre_key_signature().map_err(bad)?.to_vec())?,
-        kyber_pre_key_id: u32::from(b.kyber_pre_key_id().map_err(bad)?),
-        kyber_pre_key: key_bytes(b.kyber_pre_key_public().map_err(bad)?.serialize().to_vec())?,
-        kyber_pre_key_signature: key_bytes(b.kyber_pre_key_signature().map_err(bad)?.to_vec())?,
-        identity_key: key_bytes(b.identity_key().map_err(bad)?.serialize().to_vec())?,
+        encapsulation_key: key.as_bytes().to_vec(),
+        signature: signature.as_bytes().to_vec(),
     })
 }
 
-/// Magic of `SignalBundle::to_bytes` (the cascade's bundle wire encoding).
-const BUNDLE_MAGIC: &[u8] = b"strata-signal-bundle-v1";
-
-/// A peer's bundle from its PDU form (peer input). Re-encodes the fields in
-/// the cascade's bundle wire encoding, which validates every key.
-pub(crate) fn bundle_from_pdu(pdu: &SignalPreKeyBundle) -> Result<SignalBundle, CascadeError> {
-    fn lp(out: &mut Vec<u8>, bytes: &[u8]) {
-        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(bytes);
-    }
-    let mut out = BUNDLE_MAGIC.to_vec();
-    out.extend_from_slice(&pdu.registration_id.to_be_bytes());
-    out.extend_from_slice(&pdu.device_id.to_be_bytes());
-    match (pdu.pre_key_id, &pdu.pre_key) {
-        (Some(id), Some(key)) => {
-            out.push(1);
-            out.extend_from_slice(&id.to_be_bytes());
-            lp(&mut out, key.as_bytes());
-        }
-        _ => out.push(0),
-    }
-    out.extend_from_slice(&pdu.signed_pre_key_id.to_be_bytes());
-    lp(&mut out, pdu.signed_pre_key.as_bytes());
-    lp(&mut out, pdu.signed_pre_key_signature.as_bytes());
-    out.extend_from_slice(&pdu.kyber_pre_key_id.to_be_bytes());
-    lp(&mut out, pdu.kyber_pre_key.as_bytes());
-    lp(&mut out, pdu.kyber_pre_key_signature.as_bytes());
-    lp(&mut out, pdu.identity_key.as_bytes());
-    SignalBundle::from_bytes(&out)
-}
-
-/// Lends a Signal layer to a one-layer [`Cascade`] (which owns boxed
-/// layers) and gets it back afterwards.
-struct Lent(Rc<RefCell<SignalLayer>>);
-
-impl Layer for Lent {
-    fn info(&self) -> LayerInfo {
-        self.0.borrow().info()
-    }
-    fn seal(&mut self, input: &[u8], ctx: &mut LayerContext<'_>) -> strata_cascade::Result<Sealed> {
-        self.0.borrow_mut().seal(input, ctx)
-    }
-    fn resolve(&mut self, params: &LayerParameters) -> strata_cascade::Result<Option<strata_cascade::Contribution>> {
-        self.0.borrow_mut().resolve(params)
-    }
-    fn open(
-        &mut self,
-        input: &[u8],
-        params: &LayerParameters,
-        ctx: &mut LayerContext<'_>,
-    ) -> strata_cascade::Result<Vec<u8>> {
-        self.0.borrow_mut().open(input, params, ctx)
-    }
-    fn commit(&mut self) {
-        self.0.borrow_mut().commit();
-    }
-    fn abort(&mut self) {
-        self.0.borrow_mut().abort();
-    }
-    fn export_state(&self) -> strata_cascade::Result<strata_cascade::SecretBytes> {
-        self.0.borrow().export_state()
-    }
-}
-
-/// A Signal layer that can be lent to a one-layer [`Cascade`] during the
-/// handshake; [`take_signal`] gets it back once the handshake is done.
-pub(crate) type SharedSignal = Rc<RefCell<SignalLayer>>;
-
-/// Runs `f` on a one-layer cascade made of `layer`.
-fn with_signal_cascade<T>(
-    layer: &SharedSignal,
-    local: InstallationId,
-    remote: InstallationId,
-    f: impl FnOnce(&mut Cascade) -> strata_cascade::Result<T>,
-) -> strata_cascade::Result<T> {
-    let mut cascade = Cascade::new(vec![Box::new(Lent(Rc::clone(layer)))], local, remote)?;
-    f(&mut cascade)
-}
-
-/// The Signal layer back from its handshake wrapper.
-pub(crate) fn take_signal(layer: SharedSignal) -> Result<SignalLayer, SessionError> {
-    Rc::try_unwrap(layer)
-        .map(RefCell::into_inner)
-        .map_err(|_| SessionError::Internal("Signal layer still lent".into()))
-}
-
 /// Step 7, sender: the first Signal message of the session (a PreKey
-/// message) whose plaintext is the session id. Returns the serialized
+/// message) whose plaintext is the session id, made by running the Signal
+/// layer alone through the cascade's composition. Returns the serialized
 /// libsignal message.
 pub(crate) fn signal_confirmation(
-    layer: &SharedSignal,
+    layer: &mut SignalLayer,
     local: InstallationId,
     remote: InstallationId,
     session_id: &[u8; 16],
     now_ms: u64,
     rng: &mut ChaCha20Rng,
 ) -> strata_cascade::Result<Vec<u8>> {
-    with_signal_cascade(layer, local, remote, |cascade| {
-        let payload = cascade.encrypt(session_id, now_ms, rng)?;
-        payload
-            .final_ciphertext
-            .map(Blob::into_vec)
-            .ok_or(CascadeError::InvalidArgument("no ciphertext"))
-    })
+    let payload = Cascade::encrypt_with(&mut [layer as &mut dyn Layer], local, remote, session_id, now_ms, rng)?;
+    payload
+        .final_ciphertext
+        .map(Blob::into_vec)
+        .ok_or(CascadeError::InvalidArgument("no ciphertext"))
 }
 
 /// Step 7, receiver: decrypts the confirmation and checks its plaintext is
 /// `session_id`. Builds the responder's Signal session.
 pub(crate) fn open_signal_confirmation(
-    layer: &SharedSignal,
+    layer: &mut SignalLayer,
     local: InstallationId,
     remote: InstallationId,
     session_id: &[u8; 16],
@@ -214,15 +105,13 @@ pub(crate) fn open_signal_confirmation(
 ) -> strata_cascade::Result<()> {
     // The cascade commits a successful decryption; a confirmation of the
     // wrong session must leave no session behind, so keep a snapshot.
-    let snapshot = layer.borrow().export_state()?;
-    let opened = with_signal_cascade(layer, local, remote, |cascade| {
-        let payload = confirmation_payload(message)?;
-        cascade.decrypt(&payload, rng)
-    })?;
+    let snapshot = layer.export_state()?;
+    let payload = confirmation_payload(message)?;
+    let opened = Cascade::decrypt_with(&mut [&mut *layer as &mut dyn Layer], local, remote, &payload, rng)?;
     if opened.as_slice() == session_id.as_slice() {
         return Ok(());
     }
-    *layer.borrow_mut() = SignalLayer::import_state(snapshot.as_bytes())?;
+    *layer = SignalLayer::import_state(snapshot.as_bytes())?;
     Err(CascadeError::Authentication {
         layer: SIGNAL_ALGORITHM,
     })
@@ -268,18 +157,6 @@ mod tests {
         InstallationIdentity::generate(AccountIdentity::generate(rng), rng).unwrap()
     }
 
-    /// Guards the re-encoding of received bundles against drift in the
-    /// cascade's bundle wire encoding.
-    #[test]
-    fn bundle_survives_the_pdu_round_trip() {
-        let mut rng = ChaCha20Rng::seed_from_u64(3);
-        let (a, b) = (installation(&mut rng), installation(&mut rng));
-        let mut layer = SignalLayer::new(&b, a.peer_identity()).unwrap();
-        let bundle = layer.pre_key_bundle(1_760_000_000_000, &mut rng).unwrap();
-        let back = bundle_from_pdu(&bundle_to_pdu(&bundle).unwrap()).unwrap();
-        assert_eq!(back.to_bytes().unwrap(), bundle.to_bytes().unwrap());
-    }
-
     #[test]
     fn identities_and_ids_parse_back() {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
@@ -297,16 +174,15 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let (a, b) = (installation(&mut rng), installation(&mut rng));
         let (ai, bi) = (a.installation_id(), b.installation_id());
-        let a_sig: SharedSignal = Rc::new(RefCell::new(SignalLayer::new(&a, b.peer_identity()).unwrap()));
-        let b_sig: SharedSignal = Rc::new(RefCell::new(SignalLayer::new(&b, a.peer_identity()).unwrap()));
-        let bundle = b_sig.borrow_mut().pre_key_bundle(1, &mut rng).unwrap();
-        a_sig.borrow_mut().process_bundle(&bundle, 1, &mut rng).unwrap();
+        let mut a_sig = SignalLayer::new(&a, b.peer_identity()).unwrap();
+        let mut b_sig = SignalLayer::new(&b, a.peer_identity()).unwrap();
+        let bundle = b_sig.pre_key_bundle(1, &mut rng).unwrap();
+        a_sig.process_bundle(&bundle, 1, &mut rng).unwrap();
         let id = [7u8; 16];
-        let m = signal_confirmation(&a_sig, ai, bi, &id, 1, &mut rng).unwrap();
-        assert!(open_signal_confirmation(&b_sig, bi, ai, &[8u8; 16], &m, &mut rng).is_err());
-        assert!(!b_sig.borrow().has_session(), "a failed confirmation changes nothing");
-        open_signal_confirmation(&b_sig, bi, ai, &id, &m, &mut rng).unwrap();
-        assert!(b_sig.borrow().has_session());
-        assert!(take_signal(b_sig).is_ok());
+        let m = signal_confirmation(&mut a_sig, ai, bi, &id, 1, &mut rng).unwrap();
+        assert!(open_signal_confirmation(&mut b_sig, bi, ai, &[8u8; 16], &m, &mut rng).is_err());
+        assert!(!b_sig.has_session(), "a failed confirmation changes nothing");
+        open_signal_confirmation(&mut b_sig, bi, ai, &id, &m, &mut rng).unwrap();
+        assert!(b_sig.has_session());
     }
 }

@@ -12,6 +12,8 @@
 //!   `PeerSession` per peer. Thin shells: they move frames, run timers,
 //!   stream files and publish events.
 //! - [`content`]: the inner catalog (what a `message` plaintext is).
+//! - `files`: file transfers in chunks, resumed after a restart of either
+//!   side (a sender's manifest plus the outbox; the receiver's inbox).
 //!
 //! This crate knows the `Transport` trait only, never a concrete transport,
 //! and it never sends a `message` PDU before `encryptionReady`.
@@ -78,7 +80,9 @@
 //!   first Signal message (a PreKey message over the session id), made by
 //!   running the Signal layer alone as a one-layer cascade. Steps 8 and 9
 //!   carry each side's identity-signed ML-KEM-768 key (`set_peer_key`).
-//!   The MLS group id on the wire (`groupId`) is the session id.
+//!   The MLS group id on the wire (`groupId` of `mls-welcome`,
+//!   `mls-welcome-ack`, `mls-commit`) is `MlsLayer::group_id`; a commit
+//!   for another group is refused.
 //!
 //! # Traffic
 //!
@@ -87,7 +91,10 @@
 //! [`Config::window`] at a time — cascade-encrypted, split into
 //! `__mls_chunk__` PDUs when over 8192 bytes (`strata_proto::split`), and
 //! its frames committed with the ratchet state that produced them
-//! (`record_encrypted`) before they leave. It is retransmitted (2 s,
+//! (`record_encrypted_batch`: every message encrypted in one step, e.g. a
+//! burst queued with [`PeerMachine::send_all`], commits in one transaction
+//! with the state after the last, so the pair state is sealed once per
+//! burst) before they leave. It is retransmitted (2 s,
 //! doubling to 60 s; at once after a reconnect) until the peer's
 //! end-to-end acknowledgement deletes it (`ack_outgoing`). Retransmission
 //! resends the same frames, so a chunked message completes across
@@ -120,20 +127,32 @@
 //! handshake table, the cascade in its layer table). On every link-up a
 //! side holding a session sends a *resume probe*:
 //! `mls-encryption-sync-request` with the stored session id and
-//! `resume = {epoch: MLS epoch, proof}`. The peer answers `resumed` when
-//! it holds the same session at the same MLS epoch, `unknown` otherwise.
-//! `resumed` (or a verified probe of the peer, or a decrypted message)
-//! makes the session ready again, `resumed: true`, without a handshake;
-//! `unknown` raises [`Event::SessionReset`] (`PeerLostState`) and starts a
-//! full handshake. A side that lost its state also answers `message` PDUs
-//! with `protocol-error unexpected`, which triggers the same. Messages
-//! encrypted for a replaced session are encrypted again for the new one.
+//! `resume = {epoch: MLS epoch, proof: nonce ‖ P}`, where `nonce` is 32
+//! fresh random bytes and `P` =
+//! [`PairCascade::resume_proof`](strata_cascade::PairCascade::resume_proof)
+//! over `"strata/v1/resume/probe\0" ‖ session id ‖ nonce`: an MLS exporter
+//! value of the current epoch, bound to both installation ids in sender
+//! order. The peer answers `resumed` only when it holds the same session at
+//! the same MLS epoch and `P` checks out (constant-time), with its own
+//! proof over `"strata/v1/resume/answer\0" ‖ session id ‖ nonce`;
+//! otherwise `unknown`, and nothing changes on its side (the session id
+//! travels in the clear, so a probe may be forged).
 //!
-//! *The proof is empty for now*: the cascade exports no secret to key a
-//! MAC with (requested: an MLS exporter-based `PairCascade::resume_proof`).
-//! Without it the probe is a claim; it cannot leak anything (only the
-//! holder of the session can read what follows), and a false `resumed`
-//! is detected by the first message that fails to decrypt.
+//! A verified `resumed` (or a verified probe of the peer, or a decrypted
+//! message) makes the session ready again, `resumed: true`, without a
+//! handshake. `unknown` raises [`Event::SessionReset`] (`PeerLostState`)
+//! and a `resumed` whose proof does not match raises it with
+//! `StateMismatch`; both start a full handshake, which resets the peer's
+//! session too (it is told `PeerRestarted`). A side that lost its state
+//! also answers `message` PDUs with `protocol-error unexpected`, which
+//! triggers the same. Messages encrypted for a replaced session are
+//! encrypted again for the new one.
+//!
+//! What a probe does not prove is freshness: a recorded probe replayed at
+//! the same epoch gets `resumed` and makes the peer ready. That only makes
+//! it send what the real holder of the session alone can decrypt, kept in
+//! its outbox until acknowledged. The answer is fresh (it covers the
+//! prober's nonce), so the prober cannot be fooled that way.
 //!
 //! # Rotation
 //!
@@ -163,6 +182,7 @@ pub mod content;
 mod crypto;
 pub mod durable;
 pub mod error;
+mod files;
 pub mod machine;
 
 pub use config::Config;

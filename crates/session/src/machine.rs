@@ -22,7 +22,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::{
     AesGcmLayer, CascadeError, InstallationId, InstallationIdentity, KemKeyPair, KeyPackageKind, MlKemLayer, MlsLayer,
-    PairCascade, PeerIdentity, SignalLayer, SignedKemKey,
+    PairCascade, PeerIdentity, SignalBundle, SignalLayer, SignedKemKey,
 };
 use strata_proto::{
     BoundedVec, ChunkError, DecodeError, EncryptedMessage, EncryptionSyncRequest, EncryptionSyncResponse, ErrorCode,
@@ -35,7 +35,7 @@ use strata_store::{Accepted, IdentityCheck, IncomingMessage, OutgoingMessage};
 
 use crate::config::Config;
 use crate::content::{Body, Content, Control, MAX_ACKS, Plaintext};
-use crate::crypto::{self, SharedSignal};
+use crate::crypto;
 use crate::durable::{self, Durable, SessionRecord};
 use crate::error::SessionError;
 
@@ -100,6 +100,9 @@ pub enum ResetReason {
     PeerRestarted,
     /// The user accepted a new identity key; the old session is void.
     IdentityAccepted,
+    /// The peer answered our resume probe with a proof that does not match
+    /// our state: it holds another state for this session.
+    StateMismatch,
 }
 
 /// A failure class of input refused by the machine, for observers.
@@ -255,7 +258,7 @@ struct Attempt {
     started: Instant,
     peer: Option<PeerIdentity>,
     mls: Option<MlsLayer>,
-    signal: Option<SharedSignal>,
+    signal: Option<SignalLayer>,
     kem: Option<MlKemLayer>,
     own_kem: Option<SignedKemKey>,
     cascade: Option<PairCascade>,
@@ -270,6 +273,15 @@ struct Attempt {
 }
 
 impl Attempt {
+    fn set_layers(&mut self, peer: PeerIdentity, mls: MlsLayer, layers: (SignalLayer, MlKemLayer, SignedKemKey)) {
+        let (signal, kem, own_kem) = layers;
+        self.peer = Some(peer);
+        self.mls = Some(mls);
+        self.signal = Some(signal);
+        self.kem = Some(kem);
+        self.own_kem = Some(own_kem);
+    }
+
     fn new(id: [u8; 16], role: Role, started: Instant) -> Self {
         Self {
             id,
@@ -299,7 +311,8 @@ struct Session {
     cascade: PairCascade,
     /// The peer is in the encrypted set for the current link.
     confirmed: bool,
-    probe: Option<Retx>,
+    /// Our resume probe and its nonce, until answered.
+    probe: Option<(Retx, [u8; 32])>,
     replies: BTreeMap<PduType, Vec<u8>>,
     pending_commit: Option<Retx>,
     pending_rotation: Option<(u32, Retx)>,
@@ -339,8 +352,13 @@ impl Session {
         }
     }
 
-    fn mls_epoch(&mut self) -> u64 {
-        self.cascade.mls_mut().epoch().unwrap_or(0)
+    fn mls_epoch(&self) -> u64 {
+        self.cascade.mls().epoch().unwrap_or(0)
+    }
+
+    /// The MLS group id, `groupId` on the wire.
+    fn group_id(&self) -> strata_proto::GroupId {
+        group_id_blob(self.cascade.mls())
     }
 }
 
@@ -446,6 +464,26 @@ fn layer_names() -> BoundedVec<LayerName, 8> {
 
 fn layers_match(layers: &BoundedVec<LayerName, 8>) -> bool {
     layers.len() == CIPHER_LAYERS.len() && layers.iter().zip(CIPHER_LAYERS).all(|(a, b)| a.as_str() == b)
+}
+
+/// `mls-encryption-sync-request` for session `id`: step 3, or a resume probe.
+fn sync_request(id: [u8; 16], resume: Option<ResumeProbe>) -> EncryptionSyncRequest {
+    EncryptionSyncRequest {
+        session_id: FixedBytes(id),
+        profile: Text::new(PROFILE_V0).unwrap_or_default(),
+        layers: layer_names(),
+        resume,
+    }
+}
+
+/// `mls-encryption-sync-response` for session `id`: step 4, or a resume answer.
+fn sync_response(id: [u8; 16], resume: Option<ResumeAnswer>) -> EncryptionSyncResponse {
+    EncryptionSyncResponse {
+        session_id: FixedBytes(id),
+        profile: Text::new(PROFILE_V0).unwrap_or_default(),
+        layers: layer_names(),
+        resume,
+    }
 }
 
 fn id_text(s: &str) -> Option<Id> {
@@ -559,6 +597,7 @@ impl PeerMachine {
             for r in s
                 .probe
                 .iter()
+                .map(|(r, _)| r)
                 .chain(&s.pending_commit)
                 .chain(s.pending_rotation.iter().map(|(_, r)| r))
             {
@@ -605,9 +644,20 @@ impl PeerMachine {
     /// Queues `content` for the peer; returns its message id. Equivalent to
     /// `handle(Input::Command(Command::Send(content)))`.
     pub fn send(&mut self, content: Content, now: Now) -> Result<String, SessionError> {
-        let id = self.queue(content, now)?;
+        let id = self.queue(vec![content], now)?.pop();
         self.after_step(now)?;
-        Ok(id)
+        id.ok_or_else(|| SessionError::Internal("queued nothing".into()))
+    }
+
+    /// Queues a burst of messages for the peer, in order; returns their ids.
+    /// The burst is written to the outbox in one transaction and, while
+    /// ready, encrypted and committed in one more (the pair state sealed
+    /// once for the whole burst rather than once per message), up to
+    /// [`Config::window`] at a time.
+    pub fn send_all(&mut self, contents: Vec<Content>, now: Now) -> Result<Vec<String>, SessionError> {
+        let ids = self.queue(contents, now)?;
+        self.after_step(now)?;
+        Ok(ids)
     }
 
     // ---- plumbing ---------------------------------------------------------
@@ -861,7 +911,7 @@ impl PeerMachine {
                 }
                 Ok(None)
             }
-            Command::Send(content) => self.queue(content, now).map(Some),
+            Command::Send(content) => Ok(self.queue(vec![content], now)?.pop()),
             Command::AcceptIdentity => {
                 if !self.blocked {
                     return Err(SessionError::Misuse("no identity change pending"));
@@ -896,63 +946,79 @@ impl PeerMachine {
         }
     }
 
-    fn queue(&mut self, content: Content, now: Now) -> Result<String, SessionError> {
-        content.check().map_err(SessionError::Misuse)?;
+    /// Queues `contents`, in order, in one store transaction; returns their
+    /// message ids.
+    fn queue(&mut self, contents: Vec<Content>, now: Now) -> Result<Vec<String>, SessionError> {
+        for content in &contents {
+            content.check().map_err(SessionError::Misuse)?;
+        }
         let peer = self.peer_hex.clone();
         if self.peer.is_none() {
             return Err(SessionError::Misuse(
                 "peer installation not known yet: open the session first",
             ));
         }
-        let seq = match &mut self.session {
-            Some(s) => {
-                let seq = s.next_seq;
-                s.next_seq += 1;
-                seq
-            }
+        let mut next_seq = match &self.session {
+            Some(s) => s.next_seq,
             None => self.outbox.iter().map(|t| t.seq).max().unwrap_or(0) + 1,
         };
-        let id = hex::encode(self.random_id());
-        let body = Plaintext {
-            body: Body::Content(content),
-            seq: Some(seq),
-            sent_ms: Some(now.unix_ms),
-            acks: Vec::new(),
-            kem_key_ack: None,
+        let mut messages = Vec::with_capacity(contents.len());
+        for content in contents {
+            let seq = next_seq;
+            next_seq += 1;
+            let id = hex::encode(self.random_id());
+            let body = Plaintext {
+                body: Body::Content(content),
+                seq: Some(seq),
+                sent_ms: Some(now.unix_ms),
+                acks: Vec::new(),
+                kem_key_ack: None,
+            }
+            .to_bytes();
+            let message = OutgoingMessage {
+                message_id: id,
+                peer: peer.clone(),
+                created_ms: now.unix_ms,
+                body,
+                frames: Vec::new(),
+                attempts: 0,
+            };
+            messages.push((seq, message));
         }
-        .to_bytes();
-        let message = OutgoingMessage {
-            message_id: id.clone(),
-            peer,
-            created_ms: now.unix_ms,
-            body,
-            frames: Vec::new(),
-            attempts: 0,
-        };
+        if let Some(s) = &mut self.session {
+            s.next_seq = next_seq;
+        }
         let record = self.session.as_ref().map(|s| s.record().to_bytes());
-        let hex = self.peer_hex.clone();
         durable::write(&*self.store, |w| {
-            w.queue_outgoing(&message)?;
+            for (_, m) in &messages {
+                w.queue_outgoing(m)?;
+            }
             if let Some(r) = &record {
-                w.set_handshake(&hex, r)?;
+                w.set_handshake(&peer, r)?;
             }
             Ok(())
         })?;
-        self.outbox.push(Tracked {
-            id: id.clone(),
-            seq,
-            frames: None,
-            mls_epoch: 0,
-            stale: false,
-            next: now.at,
-            rto: self.config.message_rto,
-        });
+        let mut ids = Vec::with_capacity(messages.len());
+        for (seq, m) in messages {
+            self.outbox.push(Tracked {
+                id: m.message_id.clone(),
+                seq,
+                frames: None,
+                mls_epoch: 0,
+                stale: false,
+                next: now.at,
+                rto: self.config.message_rto,
+            });
+            self.emit(Event::Queued {
+                message_id: m.message_id.clone(),
+            });
+            ids.push(m.message_id);
+        }
         self.wants_session = true;
-        self.emit(Event::Queued { message_id: id.clone() });
         if self.link_up && self.session.is_none() && self.attempt.is_none() && !self.blocked {
             self.start_attempt(now)?;
         }
-        Ok(id)
+        Ok(ids)
     }
 
     // ---- link and timers ----------------------------------------------------
@@ -967,30 +1033,32 @@ impl PeerMachine {
             return Ok(());
         }
         if self.session.is_some() {
-            self.send_probe(now);
+            self.send_probe(now)?;
         } else if self.wants_session {
             self.start_attempt(now)?;
         }
         Ok(())
     }
 
-    fn send_probe(&mut self, now: Now) {
+    fn send_probe(&mut self, now: Now) -> Step {
         let rto = self.config.handshake_rto;
-        let Some(s) = &mut self.session else { return };
+        let mut nonce = [0u8; 32];
+        self.rng.fill_bytes(&mut nonce);
+        let Some(s) = &mut self.session else { return Ok(()) };
         s.confirmed = false;
-        let epoch = s.mls_epoch();
-        let pdu = EncryptionSyncRequest {
-            session_id: FixedBytes(s.id),
-            profile: Text::new(PROFILE_V0).unwrap_or_default(),
-            layers: layer_names(),
-            resume: Some(ResumeProbe {
+        let (epoch, proof) = s.cascade.resume_proof(&resume_context(PROBE, &s.id, &nonce))?;
+        let pdu = sync_request(
+            s.id,
+            Some(ResumeProbe {
                 epoch,
-                proof: resume_proof(),
+                proof: strata_proto::Blob::new([nonce.as_slice(), proof.as_slice()].concat())
+                    .map_err(|_| SessionError::Internal("resume proof over 64 bytes".into()))?,
             }),
-        };
+        );
         let frame = Pdu::from(pdu).encode();
-        s.probe = Some(Retx::new(frame.clone(), now.at, rto));
+        s.probe = Some((Retx::new(frame.clone(), now.at, rto), nonce));
         self.transmit(frame);
+        Ok(())
     }
 
     fn on_timeout(&mut self, now: Now) -> Step {
@@ -1027,6 +1095,7 @@ impl PeerMachine {
             for r in s
                 .probe
                 .iter_mut()
+                .map(|(r, _)| r)
                 .chain(s.pending_commit.iter_mut())
                 .chain(s.pending_rotation.iter_mut().map(|(_, r)| r))
                 .filter(|r| r.next <= now.at)
@@ -1161,6 +1230,72 @@ impl PeerMachine {
         }
     }
 
+    /// The responder's current attempt `id`, for a request of type `ty` it
+    /// has not answered yet. A request answered before gets the same answer
+    /// again; one of no current attempt is a stray ([`Self::stray_request`]).
+    fn new_request(&mut self, id: &[u8; 16], ty: PduType, now: Now) -> Option<&mut Attempt> {
+        if self.is_new_request(id, ty, now) {
+            self.attempt.as_mut()
+        } else {
+            None
+        }
+    }
+
+    /// [`Self::new_request`], for handlers that need other fields of the
+    /// machine beside the attempt.
+    fn is_new_request(&mut self, id: &[u8; 16], ty: PduType, now: Now) -> bool {
+        let state = self
+            .attempt
+            .as_ref()
+            .filter(|a| &a.id == id && a.role == Role::Responder)
+            .map(|a| a.replies.get(&ty).cloned());
+        match state {
+            Some(None) => true,
+            Some(Some(reply)) => {
+                self.transmit(reply);
+                false
+            }
+            None => {
+                self.stray_request(id, ty, now);
+                false
+            }
+        }
+    }
+
+    /// Sends the responder's answer to request `ty` and keeps it for
+    /// duplicates of the request.
+    fn answer(&mut self, ty: PduType, pdu: Pdu) {
+        let frame = pdu.encode();
+        if let Some(a) = &mut self.attempt {
+            a.replies.insert(ty, frame.clone());
+        }
+        self.transmit(frame);
+    }
+
+    /// The initiator's current attempt `id` while its `request` is
+    /// unanswered; an `answer` that fits none is a stray
+    /// ([`Self::stray_answer`]).
+    fn awaited(&mut self, id: &[u8; 16], request: PduType, answer: PduType, now: Now) -> Option<&mut Attempt> {
+        if self.is_awaited(id, request, answer, now) {
+            self.attempt.as_mut()
+        } else {
+            None
+        }
+    }
+
+    /// [`Self::awaited`], for handlers that need other fields of the
+    /// machine beside the attempt.
+    fn is_awaited(&mut self, id: &[u8; 16], request: PduType, answer: PduType, now: Now) -> bool {
+        let awaited = self
+            .attempt
+            .as_ref()
+            .is_some_and(|a| &a.id == id && a.role == Role::Initiator && a.pending.contains_key(&request));
+        if !awaited {
+            self.stray_answer(id, answer, now);
+        }
+        awaited
+    }
+
     /// Binds and checks the identity a peer presents in step 1 or 2.
     /// Returns the peer identity, or `None` when refused (already answered).
     fn check_identity(
@@ -1204,10 +1339,11 @@ impl PeerMachine {
 
     fn start_attempt(&mut self, now: Now) -> Step {
         let id = self.random_id();
+        let (installation_id, identity_key) = self.own_identity_fields();
         let pdu = KeyPackageRequest {
             session_id: FixedBytes(id),
-            installation_id: Text::new(self.local_hex.clone()).unwrap_or_default(),
-            identity_key: strata_proto::Blob::new(crypto::own_identity_key(&self.local)).unwrap_or_default(),
+            installation_id,
+            identity_key,
             profile: Text::new(PROFILE_V0).unwrap_or_default(),
             timestamp: now.unix_ms,
         };
@@ -1217,12 +1353,31 @@ impl PeerMachine {
             PduType::KeyPackageRequest,
             Retx::new(frame, now.at, self.config.handshake_rto),
         );
-        self.attempt = Some(attempt);
-        self.emit(Event::HandshakeStarted {
-            session_id: id,
-            role: Role::Initiator,
-        });
+        self.begin(attempt);
         Ok(())
+    }
+
+    fn begin(&mut self, attempt: Attempt) {
+        let (session_id, role) = (attempt.id, attempt.role);
+        self.attempt = Some(attempt);
+        self.emit(Event::HandshakeStarted { session_id, role });
+    }
+
+    /// Our installation id and identity key, as steps 1 and 2 carry them.
+    fn own_identity_fields(&self) -> (Id, strata_proto::KeyBytes) {
+        (
+            Text::new(self.local_hex.clone()).unwrap_or_default(),
+            strata_proto::Blob::new(crypto::own_identity_key(&self.local)).unwrap_or_default(),
+        )
+    }
+
+    /// Fresh Signal and ML-KEM layers for a handshake with `peer` (both
+    /// roles), with our signed ML-KEM key for steps 8 and 9.
+    fn fresh_layers(&mut self, peer: PeerIdentity) -> Step<(SignalLayer, MlKemLayer, SignedKemKey)> {
+        let signal = SignalLayer::new(&self.local, peer)?;
+        let kem_key = KemKeyPair::generate(&self.local, 1, &mut self.rng)?;
+        let own_kem = kem_key.public().clone();
+        Ok((signal, MlKemLayer::new(self.local_id, peer, kem_key), own_kem))
     }
 
     /// Step 1 received.
@@ -1260,31 +1415,21 @@ impl PeerMachine {
         }
         let mut mls = MlsLayer::new(&self.local, peer)?;
         let key_package = mls.key_package(KeyPackageKind::OneTime, self.config.key_package_lifetime_secs)?;
-        let signal = SignalLayer::new(&self.local, peer)?;
-        let kem_key = KemKeyPair::generate(&self.local, 1, &mut self.rng)?;
-        let own_kem = kem_key.public().clone();
-        let kem = MlKemLayer::new(self.local_id, peer, kem_key);
+        let layers = self.fresh_layers(peer)?;
+        let (installation_id, identity_key) = self.own_identity_fields();
         let reply = KeyPackage {
             session_id: FixedBytes(id),
-            installation_id: Text::new(self.local_hex.clone()).unwrap_or_default(),
-            identity_key: strata_proto::Blob::new(crypto::own_identity_key(&self.local)).unwrap_or_default(),
+            installation_id,
+            identity_key,
             key_package: strata_proto::Blob::new(key_package)
                 .map_err(|_| SessionError::Internal("KeyPackage over the field cap".into()))?,
             last_resort: false,
         };
         let frame = self.transmit_pdu(reply.into());
         let mut attempt = Attempt::new(id, Role::Responder, now.at);
-        attempt.peer = Some(peer);
-        attempt.mls = Some(mls);
-        attempt.signal = Some(std::rc::Rc::new(std::cell::RefCell::new(signal)));
-        attempt.kem = Some(kem);
-        attempt.own_kem = Some(own_kem);
+        attempt.set_layers(peer, mls, layers);
         attempt.replies.insert(ty, frame);
-        self.attempt = Some(attempt);
-        self.emit(Event::HandshakeStarted {
-            session_id: id,
-            role: Role::Responder,
-        });
+        self.begin(attempt);
         Ok(())
     }
 
@@ -1312,20 +1457,11 @@ impl PeerMachine {
                 return Ok(());
             }
         };
-        let signal = SignalLayer::new(&self.local, peer)?;
-        let kem_key = KemKeyPair::generate(&self.local, 1, &mut self.rng)?;
-        let own_kem = kem_key.public().clone();
-        let kem = MlKemLayer::new(self.local_id, peer, kem_key);
-        let (key_id, key, signature) = crypto::kem_key_fields(&own_kem)?;
+        let layers = self.fresh_layers(peer)?;
+        let (key_id, key, signature) = crypto::kem_key_fields(&layers.2)?;
         let session_id = FixedBytes(id);
         let pdus: [Pdu; 4] = [
-            EncryptionSyncRequest {
-                session_id,
-                profile: Text::new(PROFILE_V0).unwrap_or_default(),
-                layers: layer_names(),
-                resume: None,
-            }
-            .into(),
+            sync_request(id, None).into(),
             SignalKeyExchangeRequest {
                 session_id,
                 registration_id: self.local.registration_id(),
@@ -1341,7 +1477,7 @@ impl PeerMachine {
             .into(),
             MlsWelcome {
                 session_id: Some(session_id),
-                group_id: strata_proto::Blob::new(id.to_vec()).unwrap_or_default(),
+                group_id: group_id_blob(&mls),
                 welcome: strata_proto::Blob::new(welcome)
                     .map_err(|_| SessionError::Internal("Welcome over the field cap".into()))?,
                 ratchet_tree: None,
@@ -1359,11 +1495,7 @@ impl PeerMachine {
         };
         a.pending.remove(&PduType::KeyPackageRequest);
         a.pending.extend(pending);
-        a.peer = Some(peer);
-        a.mls = Some(mls);
-        a.signal = Some(std::rc::Rc::new(std::cell::RefCell::new(signal)));
-        a.kem = Some(kem);
-        a.own_kem = Some(own_kem);
+        a.set_layers(peer, mls, layers);
         Ok(())
     }
 
@@ -1375,24 +1507,11 @@ impl PeerMachine {
             return self.on_resume_probe(id, &probe, now);
         }
         let local_layers_ok = layers_match(&req.layers) && req.profile.as_str() == PROFILE_V0;
-        let Some(a) = self.attempt_mut(&id, Role::Responder) else {
-            self.stray_request(&id, ty, now);
+        let Some(a) = self.new_request(&id, ty, now) else {
             return Ok(());
         };
-        if let Some(f) = a.replies.get(&ty).cloned() {
-            self.transmit(f);
-            return Ok(());
-        }
         a.sync_ok = local_layers_ok;
-        let reply = EncryptionSyncResponse {
-            session_id: FixedBytes(id),
-            profile: Text::new(PROFILE_V0).unwrap_or_default(),
-            layers: layer_names(),
-            resume: None,
-        };
-        let frame = Pdu::from(reply).encode();
-        a.replies.insert(ty, frame.clone());
-        self.transmit(frame);
+        self.answer(ty, sync_response(id, None).into());
         if !local_layers_ok {
             self.emit(Event::HandshakeFailed {
                 reason: "peer runs other cipher layers".into(),
@@ -1410,11 +1529,8 @@ impl PeerMachine {
             return self.on_resume_answer(id, &answer, now);
         }
         let ok = layers_match(&resp.layers);
-        let Some(a) = self
-            .attempt_mut(&id, Role::Initiator)
-            .filter(|a| a.pending.contains_key(&PduType::EncryptionSyncRequest))
-        else {
-            self.stray_answer(&id, PduType::EncryptionSyncResponse, now);
+        let request = PduType::EncryptionSyncRequest;
+        let Some(a) = self.awaited(&id, request, PduType::EncryptionSyncResponse, now) else {
             return Ok(());
         };
         a.pending.remove(&PduType::EncryptionSyncRequest);
@@ -1448,29 +1564,19 @@ impl PeerMachine {
         let id = req.session_id.0;
         let ty = PduType::SignalKeyExchangeRequest;
         let now_ms = now.unix_ms;
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.id == id && a.role == Role::Responder)
-        else {
-            self.stray_request(&id, ty, now);
-            return Ok(());
-        };
-        if let Some(f) = a.replies.get(&ty).cloned() {
-            self.transmit(f);
+        if !self.is_new_request(&id, ty, now) {
             return Ok(());
         }
-        let Some(signal) = &a.signal else {
+        let Some(a) = self.attempt.as_mut() else { return Ok(()) };
+        let Some(signal) = a.signal.as_mut() else {
             return Err(SessionError::Internal("responder without a Signal layer".into()));
         };
-        let bundle = signal.borrow_mut().pre_key_bundle(now_ms, &mut self.rng)?;
+        let bundle = signal.pre_key_bundle(now_ms, &mut self.rng)?;
         let reply = SignalKeyExchangeResponse {
             session_id: FixedBytes(id),
-            bundle: crypto::bundle_to_pdu(&bundle)?,
+            bundle: bundle.to_pdu()?,
         };
-        let frame = Pdu::from(reply).encode();
-        a.replies.insert(ty, frame.clone());
-        self.transmit(frame);
+        self.answer(ty, reply.into());
         Ok(())
     }
 
@@ -1479,25 +1585,17 @@ impl PeerMachine {
         let id = resp.session_id.0;
         let ty = PduType::SignalKeyExchangeResponse;
         let (local, rto) = (self.local_id, self.config.handshake_rto);
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.id == id && a.role == Role::Initiator)
-            .filter(|a| a.pending.contains_key(&PduType::SignalKeyExchangeRequest))
-        else {
-            self.stray_answer(&id, ty, now);
+        if !self.is_awaited(&id, PduType::SignalKeyExchangeRequest, ty, now) {
             return Ok(());
-        };
-        let (Some(signal), Some(peer)) = (a.signal.clone(), a.peer) else {
+        }
+        let Some(a) = self.attempt.as_mut() else { return Ok(()) };
+        let (Some(signal), Some(peer)) = (a.signal.as_mut(), a.peer) else {
             return Err(SessionError::Internal("initiator without a Signal layer".into()));
         };
-        let confirmation = crypto::bundle_from_pdu(&resp.bundle).and_then(|bundle| {
-            signal
-                .borrow_mut()
-                .process_bundle(&bundle, now.unix_ms, &mut self.rng)?;
-            crypto::signal_confirmation(&signal, local, peer.installation_id, &id, now.unix_ms, &mut self.rng)
+        let confirmation = SignalBundle::from_pdu(&resp.bundle).and_then(|bundle| {
+            signal.process_bundle(&bundle, now.unix_ms, &mut self.rng)?;
+            crypto::signal_confirmation(signal, local, peer.installation_id, &id, now.unix_ms, &mut self.rng)
         });
-        drop(signal);
         let message = match confirmation {
             Ok(m) => m,
             Err(e) => {
@@ -1537,18 +1635,17 @@ impl PeerMachine {
         if a.signal_ok {
             return Ok(());
         }
-        let (Some(signal), Some(peer)) = (a.signal.clone(), a.peer) else {
+        let (Some(signal), Some(peer)) = (a.signal.as_mut(), a.peer) else {
             return Err(SessionError::Internal("responder without a Signal layer".into()));
         };
         let opened = crypto::open_signal_confirmation(
-            &signal,
+            signal,
             local,
             peer.installation_id,
             &id,
             m.message.as_bytes(),
             &mut self.rng,
         );
-        drop(signal);
         if let Err(e) = opened {
             self.refuse(Refusal::Undecryptable, &e.to_string(), Some(ty), None, now);
             return Ok(());
@@ -1563,28 +1660,14 @@ impl PeerMachine {
     fn on_kem_exchange(&mut self, k: MlKemKeyExchange, now: Now) -> Step {
         let id = k.session_id.0;
         let ty = PduType::MlKemKeyExchange;
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.id == id && a.role == Role::Responder)
-        else {
-            self.stray_request(&id, ty, now);
+        let Some(a) = self.new_request(&id, ty, now) else {
             return Ok(());
         };
-        if let Some(f) = a.replies.get(&ty).cloned() {
-            self.transmit(f);
-            return Ok(());
-        }
         let (Some(kem), Some(peer), Some(own)) = (a.kem.as_mut(), a.peer, a.own_kem.as_ref()) else {
             return Err(SessionError::Internal("responder without an ML-KEM layer".into()));
         };
-        let key = crypto::kem_key_from_fields(
-            peer.installation_id,
-            k.key_id,
-            k.encapsulation_key.as_bytes(),
-            k.signature.as_bytes(),
-        );
-        if let Err(e) = kem.set_peer_key(key) {
+        let installed = crypto::install_peer_kem(kem, peer, k.key_id, &k.encapsulation_key, &k.signature);
+        if let Err(e) = installed {
             self.refuse(Refusal::Malformed, &e.to_string(), Some(ty), None, now);
             return Ok(());
         }
@@ -1596,9 +1679,7 @@ impl PeerMachine {
             encapsulation_key,
             signature,
         };
-        let frame = Pdu::from(reply).encode();
-        a.replies.insert(ty, frame.clone());
-        self.transmit(frame);
+        self.answer(ty, reply.into());
         self.try_complete(now)
     }
 
@@ -1606,25 +1687,13 @@ impl PeerMachine {
     fn on_kem_response(&mut self, k: MlKemKeyExchangeResponse, now: Now) -> Step {
         let id = k.session_id.0;
         let ty = PduType::MlKemKeyExchangeResponse;
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.id == id && a.role == Role::Initiator)
-            .filter(|a| a.pending.contains_key(&PduType::MlKemKeyExchange))
-        else {
-            self.stray_answer(&id, ty, now);
+        let Some(a) = self.awaited(&id, PduType::MlKemKeyExchange, ty, now) else {
             return Ok(());
         };
         let (Some(kem), Some(peer)) = (a.kem.as_mut(), a.peer) else {
             return Err(SessionError::Internal("initiator without an ML-KEM layer".into()));
         };
-        let key = crypto::kem_key_from_fields(
-            peer.installation_id,
-            k.key_id,
-            k.encapsulation_key.as_bytes(),
-            k.signature.as_bytes(),
-        );
-        if let Err(e) = kem.set_peer_key(key) {
+        if let Err(e) = crypto::install_peer_kem(kem, peer, k.key_id, &k.encapsulation_key, &k.signature) {
             self.refuse(Refusal::Malformed, &e.to_string(), Some(ty), None, now);
             return Ok(());
         }
@@ -1646,12 +1715,7 @@ impl PeerMachine {
             );
             return Ok(());
         };
-        let Some(a) = self
-            .attempt
-            .as_mut()
-            .filter(|a| a.id == id && a.role == Role::Responder)
-        else {
-            self.stray_request(&id, ty, now);
+        let Some(a) = self.new_request(&id, ty, now) else {
             return Ok(());
         };
         if a.mls_ok {
@@ -1722,7 +1786,6 @@ impl PeerMachine {
             else {
                 return Err(SessionError::Internal("handshake layers missing".into()));
             };
-            let signal = crypto::take_signal(signal)?;
             let remote = peer.installation_id;
             a.cascade = Some(PairCascade::new(
                 local,
@@ -1747,7 +1810,7 @@ impl PeerMachine {
             let epoch = cascade.mls_mut().epoch().unwrap_or(0);
             let ack = MlsWelcomeAck {
                 session_id: Some(FixedBytes(a.id)),
-                group_id: strata_proto::Blob::new(a.id.to_vec()).unwrap_or_default(),
+                group_id: group_id_blob(cascade.mls()),
                 epoch,
             };
             a.replies.insert(PduType::MlsWelcome, Pdu::from(ack).encode());
@@ -1761,7 +1824,7 @@ impl PeerMachine {
             .as_ref()
             .map_or(1, |s| s.next_seq)
             .max(self.outbox.iter().map(|t| t.seq + 1).max().unwrap_or(1));
-        let mut session = Session {
+        let session = Session {
             id: a.id,
             initiator: a.role == Role::Initiator,
             peer,
@@ -1802,60 +1865,74 @@ impl PeerMachine {
 
     // ---- resume -------------------------------------------------------------
 
+    /// A peer's resume probe: `resumed`, with our own proof over its
+    /// nonce, only when we hold the same session at the same MLS epoch and
+    /// its proof checks out; `unknown` otherwise. A probe that does not
+    /// check out changes nothing here (it may be forged: the session id
+    /// travels in the clear); a peer that really holds another state starts
+    /// a handshake on our `unknown`, and that resets the session.
     fn on_resume_probe(&mut self, id: [u8; 16], probe: &ResumeProbe, now: Now) -> Step {
-        let _ = now;
-        let known = match self.session.as_mut().filter(|s| s.id == id) {
-            Some(s) => {
-                let epoch = s.mls_epoch();
-                epoch == probe.epoch && check_resume_proof(&probe.proof)
-            }
-            None => false,
+        let answer = match self
+            .session
+            .as_ref()
+            .filter(|s| s.id == id && s.mls_epoch() == probe.epoch)
+        {
+            Some(s) => match verify_probe(s, probe.proof.as_bytes()) {
+                Some(nonce) => Some(s.cascade.resume_proof(&resume_context(ANSWER, &id, &nonce))?.1),
+                None => {
+                    tracing::debug!(peer = %self.peer_hex, "resume probe with a proof that does not match");
+                    None
+                }
+            },
+            None => None,
         };
-        let status = if known {
-            ResumeStatus::Resumed
-        } else {
-            ResumeStatus::Unknown
-        };
+        let known = answer.is_some();
         if known && let Some(s) = &mut self.session {
             if !s.confirmed {
                 self.resumed = true;
             }
             s.confirmed = true;
         }
-        let reply = EncryptionSyncResponse {
-            session_id: FixedBytes(id),
-            profile: Text::new(PROFILE_V0).unwrap_or_default(),
-            layers: layer_names(),
-            resume: Some(ResumeAnswer {
-                status,
-                proof: known.then(resume_proof),
-            }),
+        let status = if known {
+            ResumeStatus::Resumed
+        } else {
+            ResumeStatus::Unknown
         };
-        self.transmit_pdu(reply.into());
+        let proof = answer.map(|p| strata_proto::Blob::new(p.to_vec()).unwrap_or_default());
+        let _ = now;
+        self.transmit_pdu(sync_response(id, Some(ResumeAnswer { status, proof })).into());
         Ok(())
     }
 
+    /// The answer to our resume probe. `resumed` counts only with a proof
+    /// over our nonce; `unknown` or a proof that does not match falls back
+    /// to a full handshake, and the user is told why.
     fn on_resume_answer(&mut self, id: [u8; 16], answer: &ResumeAnswer, now: Now) -> Step {
-        let Some(s) = self.session.as_mut().filter(|s| s.id == id && s.probe.is_some()) else {
+        let Some(s) = self.session.as_mut().filter(|s| s.id == id) else {
             return Ok(());
         };
-        s.probe = None;
-        match answer.status {
+        let Some((_, nonce)) = s.probe.take() else {
+            return Ok(());
+        };
+        let reason = match answer.status {
             ResumeStatus::Resumed => {
-                if !s.confirmed {
-                    self.resumed = true;
+                let context = resume_context(ANSWER, &id, &nonce);
+                let proof = answer.proof.as_ref().map_or(&[][..], |p| p.as_bytes());
+                if s.cascade.verify_resume_proof(&context, proof).unwrap_or(false) {
+                    if !s.confirmed {
+                        self.resumed = true;
+                    }
+                    s.confirmed = true;
+                    return Ok(());
                 }
-                s.confirmed = true;
+                ResetReason::StateMismatch
             }
-            ResumeStatus::Unknown => {
-                self.emit(Event::SessionReset {
-                    reason: ResetReason::PeerLostState,
-                });
-                self.wants_session = true;
-                if self.attempt.is_none() {
-                    self.start_attempt(now)?;
-                }
-            }
+            ResumeStatus::Unknown => ResetReason::PeerLostState,
+        };
+        self.emit(Event::SessionReset { reason });
+        self.wants_session = true;
+        if self.attempt.is_none() {
+            self.start_attempt(now)?;
         }
         Ok(())
     }
@@ -1864,41 +1941,55 @@ impl PeerMachine {
 
     /// Encrypts and sends queued messages while the window allows.
     fn pump(&mut self, now: Now) -> Step {
-        let mut in_flight = self.outbox.iter().filter(|t| t.frames.is_some()).count();
-        let mut i = 0;
-        while in_flight < self.config.window && i < self.outbox.len() {
-            if self.outbox.get(i).is_some_and(|t| t.frames.is_none()) {
-                self.encrypt_tracked(i, now)?;
-                in_flight += 1;
-            }
-            i += 1;
-        }
+        let in_flight = self.outbox.iter().filter(|t| t.frames.is_some()).count();
+        let burst: Vec<String> = self
+            .outbox
+            .iter()
+            .filter(|t| t.frames.is_none())
+            .take(self.config.window.saturating_sub(in_flight))
+            .map(|t| t.id.clone())
+            .collect();
+        self.encrypt_burst(&burst, now)?;
         if self.session.as_ref().is_some_and(|s| s.owe_kem_ack.is_some()) && self.ack_at.is_none() {
             self.ack_at = Some(now.at);
         }
         Ok(())
     }
 
-    /// Encrypts the tracked message at `index` and sends it.
-    fn encrypt_tracked(&mut self, index: usize, now: Now) -> Step {
-        let Some(t) = self.outbox.get(index) else { return Ok(()) };
-        let (id, hex) = (t.id.clone(), self.peer_hex.clone());
-        let stored = durable::read(&*self.store, |r| r.outgoing(&hex, &id))?;
-        let Some(stored) = stored else {
-            // Acknowledged meanwhile.
-            self.outbox.remove(index);
+    /// Encrypts the tracked messages `ids`, in order, and sends them. The
+    /// burst commits in one transaction with the cascade state after its
+    /// last message (`record_encrypted_batch`), so the pair state is sealed
+    /// once per burst, not once per message; no frame leaves before that.
+    fn encrypt_burst(&mut self, ids: &[String], now: Now) -> Step {
+        if ids.is_empty() {
             return Ok(());
-        };
-        let mut plaintext = Plaintext::from_bytes(&stored.body)
-            .map_err(|e| SessionError::Internal(format!("stored message {id}: {e}")))?;
-        plaintext.acks = self.take_acks();
-        plaintext.kem_key_ack = self.session.as_mut().and_then(|s| s.owe_kem_ack.take());
-        let frames = self.seal(&plaintext.to_bytes(), &id, now)?;
+        }
+        let hex = self.peer_hex.clone();
+        let stored = durable::read(&*self.store, |r| {
+            ids.iter().map(|id| r.outgoing(&hex, id)).collect::<Result<Vec<_>, _>>()
+        })?;
+        let mut burst = Vec::with_capacity(ids.len());
+        for (id, stored) in ids.iter().zip(stored) {
+            let Some(stored) = stored else {
+                // Acknowledged meanwhile.
+                self.outbox.retain(|t| &t.id != id);
+                continue;
+            };
+            let mut plaintext = Plaintext::from_bytes(&stored.body)
+                .map_err(|e| SessionError::Internal(format!("stored message {id}: {e}")))?;
+            plaintext.acks = self.take_acks();
+            plaintext.kem_key_ack = self.session.as_mut().and_then(|s| s.owe_kem_ack.take());
+            let frames = self.seal(&plaintext.to_bytes(), id, now)?;
+            burst.push((id.clone(), frames));
+        }
+        if burst.is_empty() {
+            return Ok(());
+        }
         let state = self.state()?;
-        let epoch = self.session.as_mut().map_or(0, Session::mls_epoch);
+        let epoch = self.session.as_ref().map_or(0, Session::mls_epoch);
         let record = self.session.as_ref().map(|s| s.record().to_bytes());
         durable::write(&*self.store, |w| {
-            w.record_encrypted(&hex, &id, frames.clone(), state.as_bytes())?;
+            w.record_encrypted_batch(&hex, burst.clone(), state.as_bytes())?;
             if let Some(r) = &record {
                 w.set_handshake(&hex, r)?;
             }
@@ -1908,19 +1999,22 @@ impl PeerMachine {
             self.ack_at = None;
         }
         let rto = self.config.message_rto;
-        if let Some(t) = self.outbox.get_mut(index) {
-            t.frames = Some(frames.clone());
-            t.mls_epoch = epoch;
-            t.stale = false;
-            t.rto = rto;
-            t.next = now.at + rto;
-        }
+        let sent = u64::try_from(burst.len()).unwrap_or(u64::MAX);
         if let Some(s) = &mut self.session {
-            s.sent_since_kem += 1;
-            s.sent_since_mls += 1;
+            s.sent_since_kem += sent;
+            s.sent_since_mls += sent;
         }
-        for f in frames {
-            self.transmit(f);
+        for (id, frames) in burst {
+            if let Some(t) = self.outbox.iter_mut().find(|t| t.id == id) {
+                t.frames = Some(frames.clone());
+                t.mls_epoch = epoch;
+                t.stale = false;
+                t.rto = rto;
+                t.next = now.at + rto;
+            }
+            for f in frames {
+                self.transmit(f);
+            }
         }
         Ok(())
     }
@@ -1989,26 +2083,27 @@ impl PeerMachine {
 
     /// Retransmits what is due; re-encrypts what the peer cannot decrypt.
     fn retransmit_due(&mut self, now: Now) -> Step {
-        let epoch = self.session.as_mut().map_or(0, Session::mls_epoch);
+        let epoch = self.session.as_ref().map_or(0, Session::mls_epoch);
         let max = self.config.message_rto_max;
-        for i in 0..self.outbox.len() {
-            let Some(t) = self.outbox.get_mut(i) else { break };
+        let mut again = Vec::new();
+        let mut resend = Vec::new();
+        for t in &mut self.outbox {
             if t.frames.is_none() || t.next > now.at {
                 continue;
             }
             if t.stale || t.mls_epoch < epoch {
                 t.frames = None;
-                self.encrypt_tracked(i, now)?;
+                again.push(t.id.clone());
                 continue;
             }
             t.rto = (t.rto * 2).min(max);
             t.next = now.at + t.rto;
-            let frames = t.frames.clone().unwrap_or_default();
-            for f in frames {
-                self.transmit(f);
-            }
+            resend.extend(t.frames.iter().flatten().cloned());
         }
-        Ok(())
+        for f in resend {
+            self.transmit(f);
+        }
+        self.encrypt_burst(&again, now)
     }
 
     // ---- traffic in -----------------------------------------------------------
@@ -2137,7 +2232,7 @@ impl PeerMachine {
     fn on_undecryptable(&mut self, e: &CascadeError, id: &str, during_handshake: bool, now: Now) {
         let future_mls = match e {
             CascadeError::UnknownEpoch { layer: "MLS", epoch } => {
-                let ours = self.session.as_mut().map_or(0, Session::mls_epoch);
+                let ours = self.session.as_ref().map_or(0, Session::mls_epoch);
                 *epoch > ours
             }
             _ => false,
@@ -2336,13 +2431,14 @@ impl PeerMachine {
             self.ack_at.get_or_insert(now.at);
             return Ok(());
         }
-        let key = crypto::kem_key_from_fields(
-            s.peer.installation_id,
+        let installed = crypto::install_peer_kem(
+            s.cascade.kem_mut(),
+            s.peer,
             b.key_id,
-            b.encapsulation_key.as_bytes(),
-            b.signature.as_bytes(),
+            &b.encapsulation_key,
+            &b.signature,
         );
-        if let Err(e) = s.cascade.kem_mut().set_peer_key(key) {
+        if let Err(e) = installed {
             self.refuse(Refusal::Malformed, &e.to_string(), Some(ty), None, now);
             return Ok(());
         }
@@ -2380,7 +2476,7 @@ impl PeerMachine {
         let commit = s.cascade.mls_mut().self_update()?;
         let pdu = MlsCommit {
             session_id: Some(FixedBytes(s.id)),
-            group_id: strata_proto::Blob::new(s.id.to_vec()).unwrap_or_default(),
+            group_id: s.group_id(),
             epoch,
             commit: strata_proto::Blob::new(commit)
                 .map_err(|_| SessionError::Internal("commit over the field cap".into()))?,
@@ -2413,6 +2509,10 @@ impl PeerMachine {
             self.stray_answer(&id, ty, now);
             return Ok(());
         };
+        if c.group_id != s.group_id() {
+            self.refuse(Refusal::Unexpected, "commit for another group", Some(ty), None, now);
+            return Ok(());
+        }
         let ours = s.mls_epoch();
         let new_epoch = if c.epoch + 1 == ours {
             // Already processed: the ack was lost.
@@ -2470,17 +2570,34 @@ fn chunk_refusal(e: &ChunkError) -> Refusal {
     }
 }
 
-/// The resume proof sent in a probe. See "Resume" in the crate docs: the
-/// cascade does not yet export a secret to key a MAC with, so the proof is
-/// empty and the probe is an unauthenticated claim that the first decrypted
-/// message confirms.
-fn resume_proof() -> strata_proto::Blob<64> {
-    strata_proto::Blob::default()
+/// Domain of a probe's proof.
+const PROBE: &[u8] = b"strata/v1/resume/probe";
+/// Domain of an answer's proof.
+const ANSWER: &[u8] = b"strata/v1/resume/answer";
+
+/// What a resume proof is bound to: its role, the session id and the
+/// probe's nonce (fresh per probe, so an answer cannot be replayed to a
+/// later probe). The cascade adds both installation ids and the epoch.
+fn resume_context(role: &[u8], session_id: &[u8; 16], nonce: &[u8; 32]) -> Vec<u8> {
+    [role, b"\0", session_id, nonce].concat()
 }
 
-/// Checks a peer's resume proof (see [`resume_proof`]).
-fn check_resume_proof(proof: &strata_proto::Blob<64>) -> bool {
-    proof.is_empty()
+/// Checks a probe's `proof` field (`nonce ‖ proof`, 32 + 32 bytes);
+/// returns the nonce when it checks out.
+fn verify_probe(s: &Session, field: &[u8]) -> Option<[u8; 32]> {
+    let (nonce, proof) = field.split_at_checked(32)?;
+    let nonce: [u8; 32] = nonce.try_into().ok()?;
+    s.cascade
+        .verify_resume_proof(&resume_context(PROBE, &s.id, &nonce), proof)
+        .unwrap_or(false)
+        .then_some(nonce)
+}
+
+/// The PDU form of an MLS group id.
+fn group_id_blob(mls: &MlsLayer) -> strata_proto::GroupId {
+    mls.group_id()
+        .and_then(|g| strata_proto::Blob::new(g).ok())
+        .unwrap_or_default()
 }
 
 /// Draws a seed for [`PeerMachine::new`] from `rng`.

@@ -8,8 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{Faults, Sim};
-use strata_proto::{Blob, FixedBytes, Pdu, SignalSessionComplete};
-use strata_session::{Command, Config, Event, Refusal};
+use strata_proto::{
+    Blob, EncryptionSyncResponse, FixedBytes, Pdu, ResumeAnswer, ResumeStatus, SignalSessionComplete, Text,
+};
+use strata_session::{Command, Config, Event, Refusal, ResetReason};
 
 fn ready_both(sim: &Sim) -> bool {
     sim.nodes.iter().all(common::Node::is_ready)
@@ -175,4 +177,114 @@ fn handshake_pdus_from_a_stranger_do_not_disturb_a_session() {
     sim.run_until(sim.t + Duration::from_millis(50));
     assert!(snapshot(&sim) == before, "nothing stored");
     assert!(ready_both(&sim));
+}
+
+/// The resume probes each side sends on a new link, captured while a
+/// partition drops them (it stays up): (Alice's, Bob's).
+fn captured_probes(sim: &mut Sim) -> (Vec<u8>, Vec<u8>) {
+    sim.partitioned = true;
+    sim.disconnect();
+    sim.tap = Some(Vec::new());
+    sim.connect();
+    let tap = sim.tap.take().unwrap();
+    let probe = |from: usize| {
+        tap.iter()
+            .find(|(f, frame)| {
+                *f == from && matches!(Pdu::decode(frame), Ok(Pdu::EncryptionSyncRequest(r)) if r.resume.is_some())
+            })
+            .map(|(_, frame)| frame.clone())
+            .expect("a resume probe")
+    };
+    (probe(0), probe(1))
+}
+
+fn with_proof(probe: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let Ok(Pdu::EncryptionSyncRequest(mut req)) = Pdu::decode(probe) else {
+        panic!("a probe")
+    };
+    let resume = req.resume.as_mut().unwrap();
+    let mut proof = resume.proof.as_bytes().to_vec();
+    f(&mut proof);
+    resume.proof = Blob::new(proof).unwrap();
+    Pdu::from(req).encode()
+}
+
+fn resume_answers(sim: &Sim, since: usize) -> Vec<ResumeStatus> {
+    sim.tap.as_ref().unwrap()[since..]
+        .iter()
+        .filter_map(|(from, frame)| match Pdu::decode(frame) {
+            Ok(Pdu::EncryptionSyncResponse(r)) if *from == 1 => r.resume.map(|a| a.status),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_resume_probe_counts_only_with_a_proof_of_the_same_session() {
+    let mut sim = established();
+    let before = snapshot(&sim);
+    let (genuine, _) = captured_probes(&mut sim);
+    assert!(!sim.nodes[1].is_ready(), "Bob waits for a probe or an answer");
+    // The partition stays: Bob's answers reach only the tap.
+    sim.tap = Some(Vec::new());
+    // Forged probes for the real session id and epoch: no proof, a proof
+    // with one bit flipped, a proof of the wrong length.
+    for forged in [
+        with_proof(&genuine, Vec::clear),
+        with_proof(&genuine, |p| p[40] ^= 1),
+        with_proof(&genuine, |p| p.truncate(48)),
+    ] {
+        let since = sim.tap.as_ref().unwrap().len();
+        sim.inject(1, forged);
+        sim.run_until(sim.t + Duration::from_millis(5));
+        assert_eq!(resume_answers(&sim, since), vec![ResumeStatus::Unknown]);
+        assert!(!sim.nodes[1].is_ready(), "a forged probe resumes nothing");
+    }
+    assert!(snapshot(&sim) == before, "nothing stored");
+    // The genuine probe (the control): Bob resumes.
+    let since = sim.tap.as_ref().unwrap().len();
+    sim.inject(1, genuine);
+    sim.run_until(sim.t + Duration::from_millis(5));
+    assert_eq!(resume_answers(&sim, since), vec![ResumeStatus::Resumed]);
+    assert!(sim.nodes[1].is_ready());
+}
+
+#[test]
+fn a_resumed_answer_without_a_matching_proof_falls_back_to_a_handshake() {
+    let mut sim = established();
+    let session = sim.nodes[0].machine().session_id().unwrap();
+    let _ = captured_probes(&mut sim);
+    // "resumed", but with a proof that is not over Alice's nonce.
+    let forged = Pdu::from(EncryptionSyncResponse {
+        session_id: FixedBytes(session),
+        profile: Text::new(strata_proto::PROFILE_V0).unwrap(),
+        layers: strata_proto::BoundedVec::new(
+            ["MLS", "Signal", "ML-KEM", "AES"]
+                .map(|l| Text::new(l).unwrap())
+                .to_vec(),
+        )
+        .unwrap(),
+        resume: Some(ResumeAnswer {
+            status: ResumeStatus::Resumed,
+            proof: Some(Blob::new(vec![7; 32]).unwrap()),
+        }),
+    })
+    .encode();
+    sim.partitioned = true;
+    sim.inject(0, forged);
+    sim.run_until(sim.t + Duration::from_millis(5));
+    assert!(!sim.nodes[0].is_ready());
+    assert!(sim.nodes[0].events.iter().any(|(_, e)| matches!(
+        e,
+        Event::SessionReset {
+            reason: ResetReason::StateMismatch
+        }
+    )));
+    sim.partitioned = false;
+    assert!(sim.run_while(sim.t + Duration::from_secs(30), |s| ready_both(s)
+        && s.nodes[0].machine.as_ref().unwrap().session_id() != Some(session)));
+    let id = sim.send_text(0, "on the new session");
+    assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
+        s.nodes[1].received.contains_key(&id)
+    }));
 }

@@ -134,6 +134,62 @@ fn a_side_that_lost_its_state_gets_a_new_handshake_and_the_user_is_told() {
 }
 
 #[test]
+fn a_side_holding_another_state_for_the_session_falls_back_to_a_handshake() {
+    let mut sim = established(11, Faults::NONE, Config::default());
+    exchange(&mut sim, 2);
+    let alice = sim.nodes[1].machine().peer().unwrap().to_string();
+    let first = sim.nodes[1]
+        .store()
+        .read(|r| r.layer_state(&alice))
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    // A second session (Bob lost his state once)...
+    sim.disconnect();
+    sim.nodes[1]
+        .store()
+        .write(|w| {
+            w.clear_layer_state(&alice)?;
+            w.clear_handshake(&alice)
+        })
+        .unwrap();
+    let peer = sim.nodes[1].machine().peer();
+    sim.boot(1, peer);
+    sim.connect();
+    let old = sim.nodes[0].machine().session_id();
+    assert!(sim.run_while(sim.t + Duration::from_secs(60), |s| ready_both(s)
+        && s.nodes[0].machine.as_ref().unwrap().session_id() != old));
+    exchange(&mut sim, 2);
+    let second = sim.nodes[0].machine().session_id();
+    // ...then Bob's cascade goes back to the first session's while his
+    // record still names the second: same session id, same MLS epoch
+    // number, other secrets. The probes must not match.
+    sim.disconnect();
+    sim.nodes[1]
+        .store()
+        .write(|w| w.set_layer_state(&alice, &first))
+        .unwrap();
+    let resets_before = count(&sim, 0, |e| matches!(e, Event::SessionReset { .. }));
+    sim.boot(1, peer);
+    sim.connect();
+    assert!(sim.run_while(sim.t + Duration::from_secs(60), |s| ready_both(s)
+        && s.nodes[0].machine.as_ref().unwrap().session_id() != second));
+    assert!(
+        count(&sim, 0, |e| matches!(e, Event::SessionReset { .. })) > resets_before,
+        "Alice is told"
+    );
+    assert!(
+        !sim.nodes[1]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::EncryptionReady { resumed: true, .. })),
+        "nothing resumed on a mismatched state"
+    );
+    assert_eq!(sim.nodes[0].machine().session_id(), sim.nodes[1].machine().session_id());
+    exchange(&mut sim, 2);
+}
+
+#[test]
 fn a_changed_identity_key_blocks_sending_until_accepted() {
     let mut rng = ChaCha20Rng::seed_from_u64(10);
     let alice = Arc::new(installation(&mut rng));

@@ -2,9 +2,11 @@
 //! handshake, messages both ways, partitions and a restart. Every run must
 //! reach `encryptionReady` and deliver every message exactly once.
 //!
-//! `STRATA_SIM_RUNS` (default 200) and `STRATA_SIM_MESSAGES` (default 20
-//! each way) scale it up; `STRATA_SIM_SEED=n` replays one seed and
-//! `STRATA_SIM_TRACE=1` prints every step.
+//! The full scale runs in CI: 1,000 seeds of 100 messages each way
+//! (`STRATA_SIM_RUNS`, `STRATA_SIM_MESSAGES` change it for a longer soak;
+//! `STRATA_SIM_THREADS` the worker count, default one per core).
+//! `STRATA_SIM_SEED=n` replays one seed and `STRATA_SIM_TRACE=1` prints
+//! every step.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -231,18 +233,38 @@ fn scenario(seed: u64, messages: u64) -> Result<(), String> {
 
 #[test]
 fn seeded_runs_reach_ready_and_deliver_exactly_once() {
-    let messages = env("STRATA_SIM_MESSAGES", 20);
+    let messages = env("STRATA_SIM_MESSAGES", 100);
     let seeds: Vec<u64> = match std::env::var("STRATA_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => vec![seed],
-        None => (0..env("STRATA_SIM_RUNS", 200)).collect(),
+        None => (0..env("STRATA_SIM_RUNS", 1000)).collect(),
     };
+    // Runs are independent and each is deterministic in its seed, so they
+    // spread over every core (`STRATA_SIM_THREADS` to choose).
+    let threads = env(
+        "STRATA_SIM_THREADS",
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+    )
+    .max(1) as usize;
     let started = std::time::Instant::now();
-    let failures: Vec<String> = seeds
-        .iter()
-        .filter_map(|&seed| scenario(seed, messages).err())
-        .collect();
+    let mut failures: Vec<(u64, String)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                let seeds = &seeds;
+                scope.spawn(move || {
+                    seeds
+                        .iter()
+                        .skip(k)
+                        .step_by(threads)
+                        .filter_map(|&seed| scenario(seed, messages).err().map(|e| (seed, e)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    failures.sort();
     eprintln!(
-        "{} runs of {messages} messages each way in {:?}",
+        "{} runs of {messages} messages each way on {threads} threads in {:?}",
         seeds.len(),
         started.elapsed()
     );
@@ -250,6 +272,6 @@ fn seeded_runs_reach_ready_and_deliver_exactly_once() {
         failures.is_empty(),
         "{} failing runs (replay one with STRATA_SIM_SEED=n STRATA_SIM_TRACE=1):\n{}",
         failures.len(),
-        failures.join("\n")
+        failures.into_iter().map(|(_, e)| e).collect::<Vec<_>>().join("\n")
     );
 }

@@ -363,6 +363,146 @@ where
     assert_eq!(claims.iter().filter(|p| p.last_resort).count(), 84);
 }
 
+pub fn a_burst_commits_one_state<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    store
+        .write(|w| {
+            w.queue_outgoing(&outgoing("m1", 1))?;
+            w.queue_outgoing(&outgoing("m2", 2))
+        })
+        .unwrap();
+    // One unqueued id refuses the whole burst, frames and state alike.
+    let err = store
+        .write(|w| {
+            w.record_encrypted_batch(
+                "bob",
+                vec![
+                    ("m1".into(), vec![b"f1".to_vec()]),
+                    ("ghost".into(), vec![b"f".to_vec()]),
+                ],
+                b"state-after-ghost",
+            )
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Misuse(_)));
+    store
+        .read(|r| {
+            assert!(r.outgoing("bob", "m1")?.unwrap().frames.is_empty());
+            assert!(r.layer_state("bob")?.is_none());
+            Ok(())
+        })
+        .unwrap();
+    store
+        .write(|w| {
+            w.record_encrypted_batch(
+                "bob",
+                vec![("m1".into(), vec![b"f1".to_vec()]), ("m2".into(), vec![b"f2".to_vec()])],
+                b"state-after-m2",
+            )
+        })
+        .unwrap();
+    store
+        .read(|r| {
+            assert_eq!(r.outgoing("bob", "m1")?.unwrap().frames, [b"f1".to_vec()]);
+            assert_eq!(r.outgoing("bob", "m2")?.unwrap().frames, [b"f2".to_vec()]);
+            assert_eq!(r.layer_state("bob")?.unwrap().as_slice(), b"state-after-m2");
+            Ok(())
+        })
+        .unwrap();
+}
+
+fn installation() -> strata_cascade::InstallationIdentity {
+    let mut rng = rand::rng();
+    strata_cascade::InstallationIdentity::generate(strata_cascade::AccountIdentity::generate(&mut rng), &mut rng)
+        .unwrap()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn peer_key_packages_are_checked_keyed_and_consumed<H: Harness>(h: &mut H) {
+    use strata_cascade::{KeyPackageKind, MlsLayer};
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let (alice, bob, carol) = (installation(), installation(), installation());
+    let (bob_hex, carol_hex) = (
+        hex(bob.installation_id().as_bytes()),
+        hex(carol.installation_id().as_bytes()),
+    );
+    let mut bob_mls = MlsLayer::new(&bob, alice.peer_identity()).unwrap();
+    let short = bob_mls.key_package(KeyPackageKind::OneTime, 3600).unwrap();
+    let long = bob_mls.key_package(KeyPackageKind::OneTime, 7200).unwrap();
+    let last = bob_mls.key_package(KeyPackageKind::LastResort, 3600).unwrap();
+    let now = unix_now();
+    let stored = |store: &Store<H::B>, peer: &str| store.read(|r| r.peer_key_packages(peer)).unwrap().len();
+
+    // Tampered (one bit of the signature), or offered as another peer's:
+    // refused with a typed error, nothing stored.
+    let mut tampered = short.clone();
+    let i = tampered.len() - 10;
+    tampered[i] ^= 1;
+    let err = store
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &tampered, now))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::KeyPackageRejected { .. }), "{err}");
+    let err = store
+        .write(|w| w.receive_peer_key_package(&carol.peer_identity(), &short, now))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::KeyPackageRejected { .. }), "{err}");
+    let err = store
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), b"not a KeyPackage", now))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::KeyPackageRejected { .. }), "{err}");
+    assert_eq!((stored(&store, &bob_hex), stored(&store, &carol_hex)), (0, 0));
+
+    // Checked ones are stored under their peer; the same one twice is one.
+    for kp in [&last, &long, &short, &short] {
+        let p = store
+            .write(|w| w.receive_peer_key_package(&bob.peer_identity(), kp, now))
+            .unwrap();
+        assert_eq!(p.installation_id, bob_hex);
+    }
+    assert_eq!((stored(&store, &bob_hex), stored(&store, &carol_hex)), (3, 0));
+
+    // One per use: one-time packages first, the soonest to expire first,
+    // then the last-resort one; then none.
+    let mut order = Vec::new();
+    while let Some(p) = store.write(|w| w.take_peer_key_package(&bob_hex, now)).unwrap() {
+        order.push(p.bytes);
+    }
+    assert_eq!(order, [short.clone(), long, last]);
+    assert_eq!(stored(&store, &bob_hex), 0);
+
+    // Expired ones are refused on receipt and deleted once stored.
+    let later = now + 10 * 3600;
+    let err = store
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &short, later))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::KeyPackageRejected { .. }), "{err}");
+    store
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &short, now))
+        .unwrap();
+    assert!(
+        store
+            .write(|w| w.take_peer_key_package(&bob_hex, later))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(stored(&store, &bob_hex), 0, "the expired package was deleted");
+    store
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &short, now))
+        .unwrap();
+    assert_eq!(store.write(|w| w.expire_peer_key_packages(later)).unwrap(), 1);
+    assert_eq!(stored(&store, &bob_hex), 0);
+}
+
 /// Runs the whole store suite against the harness `$make`, one `#[test]`
 /// per case.
 #[macro_export]
@@ -378,6 +518,8 @@ macro_rules! store_conformance {
             peers_do_not_see_each_others_rows,
             key_package_pool_rules,
             concurrent_claims_never_share_a_package,
+            a_burst_commits_one_state,
+            peer_key_packages_are_checked_keyed_and_consumed,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {

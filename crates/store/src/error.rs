@@ -29,6 +29,21 @@ pub enum StoreError {
     /// that does not exist where one must).
     #[error("invalid request: {0}")]
     Misuse(String),
+    /// Another process (or another handle in this one) has the database
+    /// open; redb allows one at a time. Nothing was changed.
+    #[error("the database {} is in use by another process", path.display())]
+    InUse {
+        /// The database file.
+        path: std::path::PathBuf,
+    },
+    /// A KeyPackage received from a peer failed its check (encoding,
+    /// signature, lifetime, binding to the peer, or a repeated `init_key`)
+    /// and was not stored.
+    #[error("KeyPackage rejected: {reason}")]
+    KeyPackageRejected {
+        /// Why.
+        reason: String,
+    },
     /// The backend (file system, redb) failed.
     #[error("storage backend: {0}")]
     Backend(String),

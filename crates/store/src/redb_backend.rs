@@ -22,7 +22,14 @@ pub struct RedbBackend {
 impl RedbBackend {
     /// Opens the database at `path`, creating it if it does not exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(StoreError::backend)?;
+        let db = Database::create(path).map_err(|e| match e {
+            // Typed, so callers can tell "stop the other process" from a
+            // damaged file without matching on redb's message text.
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: path.to_path_buf(),
+            },
+            other => StoreError::backend(other),
+        })?;
         // Create every table up front so readers never meet a missing one;
         // only when one is missing, so opening never writes by itself.
         let read = db.begin_read().map_err(StoreError::backend)?;

@@ -101,7 +101,7 @@ impl<B: Backend> Store<B> {
 
 /// Composite keys: a length-prefixed peer id, then the rest. Unambiguous for
 /// any peer id, and a prefix scan by peer finds exactly that peer's rows.
-fn peer_key(peer: &str, rest: &str) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn peer_key(peer: &str, rest: &str) -> Result<Vec<u8>, StoreError> {
     let len = u16::try_from(peer.len()).map_err(|_| StoreError::Misuse("peer id longer than 65535 bytes".into()))?;
     let mut key = Vec::with_capacity(2 + peer.len() + rest.len());
     key.extend_from_slice(&len.to_be_bytes());
@@ -234,6 +234,12 @@ macro_rules! reads {
                 let mut out: Vec<IncomingMessage> = self.scan_records(Table::Inbox, &peer_key(peer, "")?)?;
                 out.sort_by(|a, b| (a.received_ms, &a.message_id).cmp(&(b.received_ms, &b.message_id)));
                 Ok(out)
+            }
+
+            /// The stored KeyPackages of installation `peer` (hex), expired
+            /// ones included (they are deleted by the writers).
+            pub fn peer_key_packages(&self, peer: &str) -> Result<Vec<crate::PeerKeyPackage>, StoreError> {
+                self.scan_records(Table::PeerKeyPackages, &peer_key(peer, "")?)
             }
 
             /// Whether message `message_id` from `peer` was already processed.
@@ -396,6 +402,28 @@ impl Writer<'_> {
             .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
         message.frames = frames;
         self.put_record(Table::Outbox, &k, &message)?;
+        self.set_layer_state(peer, layer_state)
+    }
+
+    /// Rule 1 for a burst: several queued messages to `peer`, encrypted one
+    /// after another, commit with the one cascade state that follows the
+    /// last of them. The state is sealed once, whatever the burst's length
+    /// (calling [`Writer::record_encrypted`] per message in one transaction
+    /// is also atomic, but seals the whole pair state each time).
+    pub fn record_encrypted_batch(
+        &mut self,
+        peer: &str,
+        messages: Vec<(String, Vec<Vec<u8>>)>,
+        layer_state: &[u8],
+    ) -> Result<(), StoreError> {
+        for (message_id, frames) in messages {
+            let k = peer_key(peer, &message_id)?;
+            let mut message: OutgoingMessage = self
+                .record(Table::Outbox, &k)?
+                .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
+            message.frames = frames;
+            self.put_record(Table::Outbox, &k, &message)?;
+        }
         self.set_layer_state(peer, layer_state)
     }
 

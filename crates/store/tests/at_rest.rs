@@ -142,3 +142,17 @@ fn key_files_are_private_and_stable() {
         Err(StoreError::KeyFile(_))
     ));
 }
+
+#[test]
+fn a_database_in_use_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.redb");
+    let first = RedbBackend::open(&path).unwrap();
+    // redb holds a lock on the file for as long as it is open, against this
+    // process as much as another one.
+    let err = RedbBackend::open(&path).err().expect("second open refused");
+    assert!(matches!(&err, StoreError::InUse { path: p } if *p == path), "{err}");
+    assert!(err.to_string().contains("in use"), "{err}");
+    drop(first);
+    RedbBackend::open(&path).unwrap();
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 use libp2p::{Multiaddr, identity::Keypair};
 use strata_transport::{PeerAddr, Topic};
 
+use crate::bundle::BundleConfig;
 use crate::error::Error;
 use crate::frame::MAX_ADDR_LEN;
 use crate::link::LinkConfig;
@@ -51,6 +52,9 @@ pub struct Config {
     /// The message store behind catch-up and store-and-forward (see
     /// [`store`](crate::store)). Default: a small, non-serving store.
     pub store: StoreConfig,
+    /// Bundle publishing and checking (see [`bundle`](crate::bundle)).
+    /// Default `None`: bundle topics are plain topics.
+    pub bundles: Option<BundleConfig>,
     /// Capacity of the event channel handed to the user. Default 1024.
     pub event_capacity: usize,
     /// Capacity of the command channel from handles to the swarm task.
@@ -110,6 +114,7 @@ impl Config {
             link: LinkConfig::default(),
             queue: QueueConfig::default(),
             store: StoreConfig::default(),
+            bundles: None,
             event_capacity: 1024,
             command_capacity: 256,
         }
@@ -147,6 +152,11 @@ impl Config {
         }
         if self.idle_timeout < Duration::from_secs(1) || self.redial_interval.is_zero() {
             return bad("idle_timeout and redial_interval must be positive");
+        }
+        if let Some(bundles) = &self.bundles
+            && (bundles.max_held == 0 || bundles.rebroadcast < Duration::from_secs(1))
+        {
+            return bad("bundles: max_held must be positive and rebroadcast at least 1 s");
         }
         Ok(())
     }

@@ -88,12 +88,15 @@
 //!
 //! # Bundles
 //!
-//! Bundles are frames like any other: the session layer publishes its
-//! signed bundle on [`topic::bundle_topic`]`(identity key)` and subscribes to
-//! the bundle topics of the identities it wants to reach. Each publish gets
-//! a fresh timestamp, so re-broadcasting an unchanged bundle is never
-//! dropped as a duplicate. Verifying bundles (signature, staleness, size)
-//! belongs to the session layer, which holds the keys.
+//! With [`Config::bundles`] set, the node publishes its signed bundle on
+//! [`topic::bundle_topic`]`(identity key)` at start, periodically with a
+//! fresh timestamp and on [`Libp2pTransport::refresh_bundle`]; bundles
+//! received on followed bundle topics are checked through a verifier hook
+//! (signature and keys: the cascade, called by the app, never by this
+//! crate), then for size, topic and freshness; the newest per installation
+//! is held ([`Libp2pTransport::bundles`]) and delivered as a publication.
+//! The format is [`strata_proto::bundle`]; the rules, and which handshake
+//! steps a held bundle saves, are in [`bundle`].
 //!
 //! # Measured
 //!
@@ -118,7 +121,10 @@
 //! and counted, never a panic. Links are capped ([`LinkConfig::max_links`]),
 //! each link's out-of-order buffer by frames and bytes (`window`,
 //! `window_bytes`), the event backlog, the publish queue ([`QueueConfig`]),
-//! the message store ([`StoreConfig`]), the set of seen message ids, the
+//! the message store ([`StoreConfig`]), the bundles held
+//! ([`BundleConfig::max_held`], each at most
+//! [`MAX_BUNDLE_BYTES`](strata_proto::bundle::MAX_BUNDLE_BYTES), checked
+//! before the verifier runs), the set of seen message ids, the
 //! topics of a store query (64) and the messages one query replays
 //! ([`store::MAX_REPLAY`]). Gossip is anonymous, so there is no per-sender
 //! rate limit here; the session layer limits per peer.
@@ -132,6 +138,7 @@
 //! which incoming data is shed unacknowledged (its sender retransmits).
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 mod config;
 pub mod error;
 mod frame;
@@ -142,6 +149,7 @@ pub mod store;
 pub mod topic;
 mod transport;
 
+pub use bundle::{BundleBook, BundleConfig, BundleSource, BundleVerifier, HeldBundle};
 pub use config::{Config, QueueConfig};
 pub use error::{Error, FrameError, InboundError};
 pub use frame::MAX_ADDR_LEN;

@@ -11,6 +11,7 @@
 //! (gossip promises nothing for them).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -20,17 +21,19 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, multiaddr::Protocol, noise, ping, tcp, yamux};
 use sha2::{Digest, Sha256};
+use strata_proto::bundle::MAX_BUNDLE_BYTES;
 use strata_proto::waku::{MAX_WAKU_MESSAGE_BYTES, VERSION_APP_ENCRYPTED, WakuMessage};
 use strata_transport::{PeerAddr, Topic, TransportError, TransportEvent};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bundle::{BundleBook, BundleSource, HeldBundle, is_bundle_topic};
 use crate::config::Config;
 use crate::error::{Error, InboundError};
 use crate::frame::{Kind, LinkFrame};
 use crate::link::{Links, Output};
 use crate::queue::{Attempt, Outgoing, PublishQueue, QueueStats};
 use crate::store::{CATCH_UP, MessageStore, QUERY_TOPIC, REPLAY_TOPIC, StoreQuery};
-use crate::topic::{content_topic, installation_topic};
+use crate::topic::{bundle_topic, content_topic, installation_topic};
 
 /// gossipsub's `max_transmit_size`: a whole RPC frame. Above Waku's 150 KiB
 /// message cap with room for the RPC envelope; the spike found that one
@@ -72,6 +75,10 @@ pub(crate) enum Command {
     Publish(Topic, Bytes, Reply<()>),
     Dial(Multiaddr, Reply<()>),
     Status(Reply<Status>),
+    /// The held bundles of one identity key, or all of them.
+    Bundles(Option<Vec<u8>>, Reply<Vec<HeldBundle>>),
+    /// Sign and publish this node's bundle now.
+    RefreshBundle(Reply<()>),
     Shutdown(Reply<()>),
 }
 
@@ -103,6 +110,25 @@ pub struct Status {
     pub stored: usize,
     /// Replayed messages handled (they had not arrived by gossip).
     pub replayed: u64,
+    /// Bundles held (see [`crate::bundle`]).
+    pub bundles_held: usize,
+    /// Received bundles refused (bad signature or keys, stale, oversized,
+    /// wrong topic).
+    pub bundles_rejected: u64,
+    /// Times this node's bundle was queued for publication.
+    pub bundles_published: u64,
+}
+
+/// The bundle side of a node (see [`crate::bundle`]).
+struct Bundles {
+    book: BundleBook,
+    source: Option<Arc<dyn BundleSource>>,
+    /// The content topic of our own bundle, if we publish one.
+    own_topic: String,
+    rebroadcast: Duration,
+    next_rebroadcast: Instant,
+    rejected: u64,
+    published: u64,
 }
 
 #[derive(NetworkBehaviour)]
@@ -201,6 +227,7 @@ pub(crate) struct Node {
     store: MessageStore,
     seen: Seen,
     replayed: u64,
+    bundles: Option<Bundles>,
 }
 
 /// A bounded set of recently handled message ids.
@@ -297,11 +324,27 @@ impl Node {
                 set: HashSet::new(),
             },
             replayed: 0,
+            bundles: config.bundles.as_ref().map(|b| Bundles {
+                book: BundleBook::new(Arc::clone(&b.verifier), b.max_held),
+                own_topic: b
+                    .source
+                    .as_ref()
+                    .map(|s| bundle_topic(&s.identity_key()).as_str().to_owned())
+                    .unwrap_or_default(),
+                source: b.source.clone(),
+                rebroadcast: b.rebroadcast,
+                next_rebroadcast: now,
+                rejected: 0,
+                published: 0,
+            }),
         };
         // Ask the stores for what was sent to us while we were away; the
         // queue holds it until a relay peer is there.
         let mine = std::iter::once(node.my_topic.clone()).chain(node.subscriptions.keys().cloned());
         node.query_store(mine.collect(), 0, Vec::new());
+        // Our bundle goes out at once (the queue holds it until a relay
+        // peer is there), then every `rebroadcast`.
+        node.publish_own_bundle();
         Ok((node, peer_id))
     }
 
@@ -346,6 +389,9 @@ impl Node {
         if !self.queue.is_empty() {
             at = at.min(now + QUEUE_RETRY);
         }
+        if let Some(bundles) = self.bundles.as_ref().filter(|b| b.source.is_some()) {
+            at = at.min(bundles.next_rebroadcast.max(now));
+        }
         at
     }
 
@@ -357,6 +403,46 @@ impl Node {
             self.next_redial = now + self.redial_interval;
             self.redial();
         }
+        if self.bundles.as_ref().is_some_and(|b| now >= b.next_rebroadcast) {
+            self.publish_own_bundle();
+        }
+    }
+
+    /// Signs and queues this node's bundle, if it has a source; the next
+    /// re-broadcast is one period from now.
+    fn publish_own_bundle(&mut self) {
+        let Some(bundles) = self.bundles.as_mut() else { return };
+        let Some(source) = &bundles.source else { return };
+        bundles.next_rebroadcast = Instant::now() + bundles.rebroadcast;
+        let now_ms = u64::try_from(wall_clock_ns() / 1_000_000).unwrap_or(0);
+        let bytes = match source.signed_bundle(now_ms) {
+            Ok(bytes) if !bytes.is_empty() && bytes.len() <= MAX_BUNDLE_BYTES => bytes,
+            Ok(bytes) => {
+                tracing::warn!(
+                    len = bytes.len(),
+                    "own bundle empty or over the size cap: not published"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("own bundle not signed: {e}");
+                return;
+            }
+        };
+        let message = Outgoing {
+            content_topic: bundles.own_topic.clone(),
+            payload: Bytes::from(bytes),
+            meta: None,
+            // Kept by serving relays, so nodes that come back get it.
+            ephemeral: false,
+            dedupe: None,
+            raw: false,
+        };
+        match self.queue.push(message, Instant::now()) {
+            Ok(()) => bundles.published += 1,
+            Err(e) => tracing::warn!("own bundle not queued: {e}"),
+        }
+        self.flush();
     }
 
     /// Dials bootstrap peers we are not connected to.
@@ -425,6 +511,21 @@ impl Node {
             Command::Status(reply) => {
                 let _ = reply.send(Ok(self.status()));
             }
+            Command::Bundles(identity_key, reply) => {
+                let held = match &self.bundles {
+                    Some(b) => Ok(b.book.held(identity_key.as_deref())),
+                    None => Err(TransportError::Unsupported("bundles are not configured")),
+                };
+                let _ = reply.send(held);
+            }
+            Command::RefreshBundle(reply) => {
+                if self.bundles.as_ref().is_some_and(|b| b.source.is_some()) {
+                    self.publish_own_bundle();
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(TransportError::Unsupported("no bundle source configured")));
+                }
+            }
             // Handled by `run`.
             Command::Shutdown(reply) => {
                 let _ = reply.send(Ok(()));
@@ -451,6 +552,9 @@ impl Node {
             shed: self.shed,
             stored: self.store.len(),
             replayed: self.replayed,
+            bundles_held: self.bundles.as_ref().map_or(0, |b| b.book.len()),
+            bundles_rejected: self.bundles.as_ref().map_or(0, |b| b.rejected),
+            bundles_published: self.bundles.as_ref().map_or(0, |b| b.published),
         }
     }
 
@@ -757,6 +861,23 @@ impl Node {
             }
             self.links.handle(frame, Instant::now());
         } else if let Some(topic) = self.subscriptions.get(&message.content_topic) {
+            if let Some(bundles) = self.bundles.as_mut()
+                && is_bundle_topic(&message.content_topic)
+            {
+                let now_ms = u64::try_from(wall_clock_ns() / 1_000_000).unwrap_or(0);
+                match bundles.book.admit(&message.content_topic, &message.payload, now_ms) {
+                    Ok(held) => tracing::debug!(
+                        version = held.header.version,
+                        admission = ?held.admission,
+                        "bundle accepted"
+                    ),
+                    Err(e) => {
+                        bundles.rejected += 1;
+                        tracing::debug!(%topic, "bundle refused: {e}");
+                        return Ok(());
+                    }
+                }
+            }
             if self.backlog.len() >= BACKLOG {
                 self.shed += 1;
                 tracing::warn!(%topic, "event stream full: publication dropped");

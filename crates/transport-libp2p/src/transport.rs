@@ -9,6 +9,7 @@ use strata_transport::{Capabilities, EventStream, PeerAddr, Topic, Transport, Tr
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::bundle::HeldBundle;
 use crate::config::Config;
 use crate::error::Error;
 use crate::node::{Command, Node, Status};
@@ -72,6 +73,25 @@ impl Libp2pTransport {
     /// Dials a relay peer. Returns once the dial has started.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), TransportError> {
         self.request(|reply| Command::Dial(addr, reply)).await
+    }
+
+    /// The bundles held for `identity_key` (one per installation, the
+    /// newest that passed; see [`crate::bundle`]). `Unsupported` without
+    /// [`Config::bundles`].
+    pub async fn bundles_of(&self, identity_key: &[u8]) -> Result<Vec<HeldBundle>, TransportError> {
+        self.request(|reply| Command::Bundles(Some(identity_key.to_vec()), reply))
+            .await
+    }
+
+    /// Every bundle held.
+    pub async fn bundles(&self) -> Result<Vec<HeldBundle>, TransportError> {
+        self.request(|reply| Command::Bundles(None, reply)).await
+    }
+
+    /// Signs and publishes this node's bundle now: call it after the bundle
+    /// changed (new version). `Unsupported` without a bundle source.
+    pub async fn refresh_bundle(&self) -> Result<(), TransportError> {
+        self.request(Command::RefreshBundle).await
     }
 
     /// Stops receiving publications on `topic`.

@@ -11,6 +11,7 @@
 //! - [`memory`]: a real in-memory transport with seeded, deterministic
 //!   drop/duplicate/reorder/delay faults, partitions and restarts, for
 //!   simulations and tests;
+//! - [`duo`]: two transports as one, for a node reachable both ways;
 //! - [`conformance`]: the generic test suite every transport runs, usually
 //!   through [`transport_conformance!`].
 
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub mod conformance;
+pub mod duo;
 pub mod memory;
 
 /// Opaque routing address: a PeerJS id, a libp2p installation address, a

@@ -126,6 +126,82 @@ impl ControlClient {
         }
     }
 
+    /// Follows the daemon's event stream: live events only, or from after
+    /// event `since`. The subscription is in place when this returns.
+    /// Events go to the returned channel until the daemon stops or the
+    /// receiver is dropped.
+    pub(crate) async fn events(
+        &self,
+        since: Option<u64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<super::events::NodeEvent>> {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            AppError::new(
+                ErrorKind::NoDaemon,
+                format!("cannot follow the daemon's events at {}: {e}", self.address),
+            )
+            .hint("check that `strata run` is still running")
+        };
+        let path = match since {
+            Some(since) => format!("{API_PREFIX}/events?since={since}"),
+            None => format!("{API_PREFIX}/events"),
+        };
+        let (response, driver) = self.open(Method::GET, &path, None, &unreachable).await?;
+        if response.status() != StatusCode::OK {
+            driver.abort();
+            return Err(unreachable(&format!("status {}", response.status())));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let mut body = response.into_body();
+        tokio::spawn(async move {
+            let mut parser = SseParser::default();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else { continue };
+                for event in parser.push(&data) {
+                    if tx.send(event).await.is_err() {
+                        driver.abort();
+                        return;
+                    }
+                }
+            }
+            driver.abort();
+        });
+        Ok(rx)
+    }
+
+    /// One request on a fresh connection: the response, its body still to
+    /// be read, and the task driving the connection.
+    async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        unreachable: &dyn Fn(&dyn std::fmt::Display) -> AppError,
+    ) -> Result<(
+        hyper::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    )> {
+        let stream = tokio::net::TcpStream::connect(self.address)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let driver = tokio::spawn(connection);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.address.to_string())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token.expose()));
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| AppError::internal(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+        Ok((response, driver))
+    }
+
     async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(StatusCode, Bytes)> {
         let unreachable = |e: &dyn std::fmt::Display| {
             AppError::new(
@@ -135,25 +211,7 @@ impl ControlClient {
             .hint("start it with `strata run`")
         };
         let exchange = async {
-            let stream = tokio::net::TcpStream::connect(self.address)
-                .await
-                .map_err(|e| unreachable(&e))?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| unreachable(&e))?;
-            let driver = tokio::spawn(connection);
-            let mut builder = Request::builder()
-                .method(method)
-                .uri(path)
-                .header(header::HOST, self.address.to_string())
-                .header(header::AUTHORIZATION, format!("Bearer {}", self.token.expose()));
-            if body.is_some() {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-            }
-            let request = builder
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| AppError::internal(e.to_string()))?;
-            let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+            let (response, driver) = self.open(method, path, body, &unreachable).await?;
             let status = response.status();
             let bytes = response
                 .into_body()
@@ -174,5 +232,72 @@ impl ControlClient {
             )
             .hint("check that `strata run` is healthy (RUST_LOG=debug), or restart it")
         })?
+    }
+}
+
+/// Splits a Server-Sent-Events byte stream into events (only the fields
+/// our server writes: `id`, `event`, `data`).
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    id: u64,
+    kind: String,
+    data: String,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> Vec<super::events::NodeEvent> {
+        self.buffer.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.kind.is_empty() {
+                    out.push(super::events::NodeEvent {
+                        id: self.id,
+                        kind: std::mem::take(&mut self.kind),
+                        data: serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null),
+                    });
+                }
+                self.data.clear();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => self.id = value.parse().unwrap_or(self.id),
+                "event" => value.clone_into(&mut self.kind),
+                "data" => {
+                    if !self.data.is_empty() {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                }
+                _ => {} // comments (keep-alives) and unknown fields
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_split_across_arbitrary_chunks() {
+        let stream =
+            b"id: 7\nevent: message\ndata: {\"text\":\"hi\"}\n\n: keep-alive\n\nid: 8\nevent: delivered\ndata: {}\n\n";
+        for cut in 0..stream.len() {
+            let mut parser = SseParser::default();
+            let mut events = parser.push(&stream[..cut]);
+            events.extend(parser.push(&stream[cut..]));
+            assert_eq!(events.len(), 2, "cut at {cut}");
+            assert_eq!((events[0].id, events[0].kind.as_str()), (7, "message"));
+            assert_eq!(events[0].data["text"], "hi");
+            assert_eq!((events[1].id, events[1].kind.as_str()), (8, "delivered"));
+        }
     }
 }

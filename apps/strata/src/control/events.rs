@@ -76,6 +76,11 @@ impl EventBus {
         id
     }
 
+    /// The id of the newest event, 0 before the first.
+    pub(crate) fn last_id(&self) -> u64 {
+        self.lock().next_id - 1
+    }
+
     /// The kept events after `after` (all kept events for `Some(0)`, none
     /// for `None`), and a receiver for every later one.
     pub(crate) fn subscribe(&self, after: Option<u64>) -> (Vec<Arc<NodeEvent>>, broadcast::Receiver<Arc<NodeEvent>>) {

@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn app_errors_cross_the_api_intact() {
-        let error = AppError::not_available("`strata send`");
+        let error = AppError::new(ErrorKind::NotAvailable, "`strata send` is not available").hint("enable a transport");
         let rpc = RpcError::from(error.clone());
         assert_eq!(rpc.code, APP_ERROR_CODE);
         let json = serde_json::to_string(&rpc).unwrap();

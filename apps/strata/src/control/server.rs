@@ -43,6 +43,8 @@ pub(crate) struct ApiState {
     pub(crate) config: Config,
     /// The session layer.
     pub(crate) sessions: Arc<dyn Sessions>,
+    /// The libp2p addresses the node listens on, for contact URIs.
+    pub(crate) libp2p: Vec<libp2p::Multiaddr>,
     /// Node events.
     pub(crate) events: Arc<EventBus>,
     /// Cancelled when the node stops; ends event streams.
@@ -192,7 +194,7 @@ async fn dispatch(
     params: serde_json::Value,
 ) -> std::result::Result<serde_json::Value, RpcError> {
     match method {
-        "id" => to_json(ops::id_info(&state.local, &state.config)),
+        "id" => to_json(ops::id_info(&state.local, &state.config, &state.libp2p)),
         "config" => to_json(Ok(&state.config)),
         "verify" => {
             let params: VerifyParams = serde_json::from_value(params)

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _, VLBytes};
 use openmls::prelude::{
     BasicCredential, Capabilities, CredentialWithKey, ExtensionType, GroupId, KeyPackage, KeyPackageIn,
     LeafNodeParameters, Lifetime, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
@@ -21,6 +21,8 @@ use openmls::prelude::{
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
+use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::types::SignatureScheme;
 use strata_proto::{LayerParameters, ParamValue};
 
 use crate::codec::{Reader, Writer};
@@ -87,12 +89,61 @@ fn clone_signer(s: &SignatureKeyPair) -> Result<SignatureKeyPair> {
     decode_signer(encode_signer(s)?.as_bytes())
 }
 
+/// The layer's MLS signer with its Ed25519 signing key parsed once.
+/// `SignatureKeyPair::sign` rebuilds the key from its bytes on every call
+/// (a SHA-512 and a base-point multiplication, about 7 % of a message
+/// burst); the signatures are the same (Ed25519 is deterministic).
+struct LayerSigner {
+    pair: SignatureKeyPair,
+    ed25519: Option<ed25519_dalek::SigningKey>,
+}
+
+impl LayerSigner {
+    fn new(pair: SignatureKeyPair) -> Result<Self> {
+        let ed25519 = match pair.signature_scheme() {
+            SignatureScheme::ED25519 => {
+                // The TLS encoding starts with the private key (a
+                // length-prefixed vector): see `encode_signer`.
+                let encoded = encode_signer(&pair)?;
+                let mut rest = encoded.as_bytes();
+                let private: zeroize::Zeroizing<Vec<u8>> =
+                    zeroize::Zeroizing::new(VLBytes::tls_deserialize(&mut rest).map_err(internal)?.into());
+                let mut seed: [u8; 32] = private
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| CascadeError::CorruptState("MLS signature key"))?;
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+                zeroize::Zeroize::zeroize(&mut seed);
+                if key.verifying_key().as_bytes().as_slice() != pair.public() {
+                    return Err(CascadeError::CorruptState("MLS signature key"));
+                }
+                Some(key)
+            }
+            _ => None,
+        };
+        Ok(Self { pair, ed25519 })
+    }
+}
+
+impl Signer for LayerSigner {
+    fn sign(&self, payload: &[u8]) -> std::result::Result<Vec<u8>, SignerError> {
+        match &self.ed25519 {
+            Some(key) => Ok(ed25519_dalek::Signer::sign(key, payload).to_bytes().to_vec()),
+            None => self.pair.sign(payload),
+        }
+    }
+
+    fn signature_scheme(&self) -> SignatureScheme {
+        self.pair.signature_scheme()
+    }
+}
+
 type StorageMap = HashMap<Vec<u8>, Vec<u8>>;
 
 /// The MLS layer of one pair of installations.
 pub struct MlsLayer {
     provider: OpenMlsRustCrypto,
-    signer: SignatureKeyPair,
+    signer: LayerSigner,
     credential: CredentialWithKey,
     peer: PeerIdentity,
     group: Option<MlsGroup>,
@@ -115,7 +166,7 @@ impl MlsLayer {
     pub fn new(local: &InstallationIdentity, peer: PeerIdentity) -> Result<Self> {
         Ok(Self {
             provider: OpenMlsRustCrypto::default(),
-            signer: clone_signer(local.mls_signer())?,
+            signer: LayerSigner::new(clone_signer(local.mls_signer())?)?,
             credential: local.mls_credential(),
             peer,
             group: None,
@@ -174,31 +225,13 @@ impl MlsLayer {
     }
 
     fn validate_key_package_in(&self, kp_in: KeyPackageIn) -> Result<KeyPackage> {
-        let kp = kp_in
-            .validate(self.provider.crypto(), ProtocolVersion::Mls10)
-            .map_err(|_| CascadeError::KeyPackageRejected("signature, lifetime or extensions"))?;
-        if kp.ciphersuite() != MLS_CIPHERSUITE {
-            return Err(CascadeError::KeyPackageRejected("ciphersuite"));
-        }
-        let lifetime = kp.life_time();
-        if lifetime.not_after().saturating_sub(lifetime.not_before()) > MAX_KEY_PACKAGE_LIFETIME_SECS {
-            return Err(CascadeError::KeyPackageRejected("lifetime longer than the maximum"));
-        }
-        let leaf = kp.leaf_node();
-        self.check_member(leaf.credential().clone(), leaf.signature_key().as_slice())?;
-        Ok(kp)
+        validate_received(&self.provider, &self.peer, kp_in)
     }
 
     /// Checks that a member's credential binds `signature_key` to the
     /// pinned peer identity and installation.
     fn check_member(&self, credential: openmls::prelude::Credential, signature_key: &[u8]) -> Result<()> {
-        let basic =
-            BasicCredential::try_from(credential).map_err(|_| CascadeError::BadBinding("not a basic credential"))?;
-        let binding = MlsBinding::verify(basic.identity(), signature_key)?;
-        if binding.identity_key != self.peer.identity_key || binding.installation_id != self.peer.installation_id {
-            return Err(CascadeError::UntrustedIdentity);
-        }
-        Ok(())
+        check_binding(&self.peer, credential, signature_key)
     }
 
     /// Initiator: creates the pair's group, adds the peer's KeyPackage
@@ -370,6 +403,19 @@ impl MlsLayer {
         Ok((epoch, secret))
     }
 
+    /// RFC 9420 §8.5 `MLS-Exporter(label, context, 32)` of the current
+    /// epoch, with the epoch. Both members derive the same value; anyone
+    /// else, or a member at another epoch, cannot.
+    pub(crate) fn export(&self, label: &str, context: &[u8]) -> Result<(u64, Secret32)> {
+        let group = self.group()?;
+        let mut bytes = group
+            .export_secret(self.provider.crypto(), label, context, 32)
+            .map_err(internal)?;
+        let secret = Secret32::from_slice(&bytes).ok_or_else(|| internal("exporter length"));
+        zeroize::Zeroize::zeroize(&mut bytes);
+        Ok((group.epoch().as_u64(), secret?))
+    }
+
     fn storage_map(&self) -> Result<StorageMap> {
         let values = self
             .provider
@@ -389,8 +435,8 @@ impl MlsLayer {
     pub fn import_state(bytes: &[u8]) -> Result<Self> {
         let corrupt = |w| move |_| CascadeError::CorruptState(w);
         let mut r = Reader::new(bytes, STATE_MAGIC, "MLS layer")?;
-        let signer = decode_signer(r.bytes(1024)?)?;
-        let public = signer.public().to_vec();
+        let signer = LayerSigner::new(decode_signer(r.bytes(1024)?)?)?;
+        let public = signer.pair.public().to_vec();
         let credential = BasicCredential::new(r.bytes(1024)?.to_vec());
         let identity_key =
             libsignal_protocol_syft::IdentityKey::decode(r.bytes(64)?).map_err(corrupt("MLS peer identity"))?;
@@ -437,6 +483,107 @@ impl MlsLayer {
             exporter: None,
         })
     }
+}
+
+/// Encoding aside, what [`MlsLayer::validate_key_package`] checks: openmls'
+/// signature, lifetime and extension checks, the ciphersuite, the maximum
+/// lifetime, and the binding of the leaf's signature key to `peer`.
+fn validate_received(provider: &OpenMlsRustCrypto, peer: &PeerIdentity, kp_in: KeyPackageIn) -> Result<KeyPackage> {
+    let kp = kp_in
+        .validate(provider.crypto(), ProtocolVersion::Mls10)
+        .map_err(|_| CascadeError::KeyPackageRejected("signature, lifetime or extensions"))?;
+    if kp.ciphersuite() != MLS_CIPHERSUITE {
+        return Err(CascadeError::KeyPackageRejected("ciphersuite"));
+    }
+    let lifetime = kp.life_time();
+    if lifetime.not_after().saturating_sub(lifetime.not_before()) > MAX_KEY_PACKAGE_LIFETIME_SECS {
+        return Err(CascadeError::KeyPackageRejected("lifetime longer than the maximum"));
+    }
+    let leaf = kp.leaf_node();
+    check_binding(peer, leaf.credential().clone(), leaf.signature_key().as_slice())?;
+    Ok(kp)
+}
+
+/// Checks that a credential binds `signature_key` to `peer`'s pinned
+/// identity key and installation.
+fn check_binding(peer: &PeerIdentity, credential: openmls::prelude::Credential, signature_key: &[u8]) -> Result<()> {
+    let basic =
+        BasicCredential::try_from(credential).map_err(|_| CascadeError::BadBinding("not a basic credential"))?;
+    let binding = MlsBinding::verify(basic.identity(), signature_key)?;
+    if binding.identity_key != peer.identity_key || binding.installation_id != peer.installation_id {
+        return Err(CascadeError::UntrustedIdentity);
+    }
+    Ok(())
+}
+
+/// A KeyPackage that passed [`verify_key_package`]: only that function
+/// makes one, so holding one proves the check ran. Public data only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedKeyPackage {
+    installation_id: crate::identity::InstallationId,
+    key_ref: Vec<u8>,
+    init_key: Vec<u8>,
+    not_after_s: u64,
+    last_resort: bool,
+    bytes: Vec<u8>,
+}
+
+impl VerifiedKeyPackage {
+    /// The installation it belongs to (the peer it was checked against).
+    pub fn installation_id(&self) -> crate::identity::InstallationId {
+        self.installation_id
+    }
+
+    /// Its RFC 9420 `KeyPackageRef`.
+    pub fn key_ref(&self) -> &[u8] {
+        &self.key_ref
+    }
+
+    /// Its HPKE `init_key`.
+    pub fn init_key(&self) -> &[u8] {
+        &self.init_key
+    }
+
+    /// End of its lifetime, Unix seconds.
+    pub fn not_after_s(&self) -> u64 {
+        self.not_after_s
+    }
+
+    /// Whether it carries the `last_resort` extension.
+    pub fn last_resort(&self) -> bool {
+        self.last_resort
+    }
+
+    /// The serialized `MLSMessage`, exactly as received.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Checks a KeyPackage received from `peer` (serialized `MLSMessage`)
+/// without an MLS layer: the same checks as
+/// [`MlsLayer::validate_key_package`] (signatures, current lifetime,
+/// ciphersuite, maximum lifetime, binding to `peer`). Stores keep only what
+/// passed, so a forged or tampered package never reaches them.
+pub fn verify_key_package(bytes: &[u8], peer: &PeerIdentity) -> Result<VerifiedKeyPackage> {
+    let msg =
+        MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| CascadeError::Malformed { what: "MLS KeyPackage" })?;
+    let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
+        return Err(CascadeError::Malformed {
+            what: "MLS message is not a KeyPackage",
+        });
+    };
+    let provider = OpenMlsRustCrypto::default();
+    let kp = validate_received(&provider, peer, kp_in)?;
+    let key_ref = kp.hash_ref(provider.crypto()).map_err(internal)?;
+    Ok(VerifiedKeyPackage {
+        installation_id: peer.installation_id,
+        key_ref: key_ref.as_slice().to_vec(),
+        init_key: kp.hpke_init_key().as_slice().to_vec(),
+        not_after_s: kp.life_time().not_after(),
+        last_resort: kp.last_resort(),
+        bytes: bytes.to_vec(),
+    })
 }
 
 fn map_process_error<E: fmt::Debug + fmt::Display>(e: ProcessMessageError<E>) -> CascadeError {
@@ -573,7 +720,7 @@ impl Layer for MlsLayer {
 
     fn export_state(&self) -> Result<SecretBytes> {
         let mut w = Writer::new(STATE_MAGIC);
-        w.bytes(encode_signer(&self.signer)?.as_bytes());
+        w.bytes(encode_signer(&self.signer.pair)?.as_bytes());
         let basic = BasicCredential::try_from(self.credential.credential.clone()).map_err(internal)?;
         w.bytes(basic.identity());
         w.bytes(&self.peer.identity_key.serialize())
@@ -582,13 +729,23 @@ impl Layer for MlsLayer {
             None => w.u8(0),
             Some(g) => w.u8(1).bytes(g.group_id().as_slice()),
         };
-        let map = self.storage_map()?;
+        // Read in place: a clone of the storage map would be one more
+        // un-zeroized copy of the group's secrets, and an allocation per
+        // entry, on every message.
+        let map = self
+            .provider
+            .storage()
+            .values
+            .read()
+            .map_err(|_| internal("storage lock"))?;
         let mut entries: Vec<_> = map.iter().collect();
         entries.sort();
+        w.reserve(4 + entries.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
         w.u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
         for (k, v) in entries {
             w.bytes(k).bytes(v);
         }
+        drop(map);
         Ok(w.finish())
     }
 }
@@ -597,6 +754,17 @@ impl Layer for MlsLayer {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
     use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn the_cached_signer_signs_as_the_key_pair_does() {
+        let mut rng = ChaCha20Rng::seed_from_u64(41);
+        let local = InstallationIdentity::generate(crate::AccountIdentity::generate(&mut rng), &mut rng).unwrap();
+        let signer = LayerSigner::new(clone_signer(local.mls_signer()).unwrap()).unwrap();
+        assert!(signer.ed25519.is_some());
+        for payload in [&b""[..], b"strata", &[7u8; 1000]] {
+            assert_eq!(signer.sign(payload).unwrap(), local.mls_signer().sign(payload).unwrap());
+        }
+    }
 
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;

@@ -98,6 +98,9 @@ pub struct Sim {
     last: [Duration; 2],
     pub partitioned: bool,
     pub trace: bool,
+    /// When set, every frame a node hands to the wire, (from, frame), even
+    /// those the faults or a partition then drop.
+    pub tap: Option<Vec<(usize, Vec<u8>)>>,
 }
 
 pub fn installation(rng: &mut ChaCha20Rng) -> InstallationIdentity {
@@ -147,6 +150,7 @@ impl Sim {
             seq: 0,
             last: [Duration::ZERO; 2],
             partitioned: false,
+            tap: None,
             trace: std::env::var_os("STRATA_SIM_TRACE").is_some(),
         };
         for i in 0..2 {
@@ -236,6 +240,9 @@ impl Sim {
 
     /// Sends a frame from node `from` through the faults.
     pub fn put_on_wire(&mut self, from: usize, frame: Vec<u8>) {
+        if let Some(tap) = &mut self.tap {
+            tap.push((from, frame.clone()));
+        }
         if self.partitioned || !self.nodes[from].up {
             return;
         }

@@ -1,0 +1,393 @@
+//! File transfers, and how they survive a restart.
+//!
+//! A file travels as [`Content::FileChunk`] messages, each an ordinary
+//! message of the session (encrypted, acknowledged, retransmitted), at most
+//! [`FILE_WINDOW`] unacknowledged at once, read from disk one chunk at a
+//! time so that neither side ever holds the whole file.
+//!
+//! **Restarts.** Both sides pick an unfinished transfer up where it was:
+//!
+//! - *Sending.* A manifest `<downloads>/.transfers/out-<file id>.json`
+//!   (the peer, the path, the next chunk to queue) is rewritten after each
+//!   chunk is queued. Chunks already queued are in the outbox, durable, and
+//!   the machine retransmits them; their ids are found there again. A crash
+//!   between queueing a chunk and the manifest write queues that chunk once
+//!   more, which the receiver writes again at the same offset: harmless.
+//! - *Receiving.* Every chunk is committed to the inbox before it is
+//!   acknowledged, so the inbox holds each chunk of an unfinished file. On
+//!   restart the chunks are written again to the `.part` file (idempotent:
+//!   same bytes, same offset); when the file is whole it is renamed to
+//!   `<file id>-<name>` and its chunks leave the inbox.
+//!
+//! The manifest holds a path and a file name, never file contents; the
+//! received file itself is plaintext on disk, as the user asked.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use strata_transport::PeerAddr;
+
+use crate::content::{Content, FILE_CHUNK_BYTES};
+use crate::durable::{self, Durable};
+use crate::error::SessionError;
+
+/// File chunks of one transfer in flight at once.
+pub const FILE_WINDOW: usize = 8;
+
+/// What a sender keeps on disk about an unfinished transfer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    peer: String,
+    file_id: String,
+    path: PathBuf,
+    name: String,
+    size: u64,
+    total: u32,
+    next: u32,
+}
+
+struct OutgoingFile {
+    manifest: Manifest,
+    file: std::fs::File,
+    acked: u32,
+    in_flight: BTreeSet<String>,
+}
+
+struct IncomingFile {
+    file: std::fs::File,
+    part: PathBuf,
+    name: String,
+    received: BTreeSet<u32>,
+    total: u32,
+    /// The inbox rows of the chunks, removed once the file is whole.
+    rows: Vec<String>,
+}
+
+/// A chunk the peer acknowledged.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// The transfer.
+    pub(crate) file_id: String,
+    /// Chunks acknowledged so far.
+    pub(crate) acked: u32,
+    /// Chunks in all.
+    pub(crate) total: u32,
+    /// Bytes in all.
+    pub(crate) size: u64,
+    /// Whether that was the last one.
+    pub(crate) finished: bool,
+}
+
+/// The file transfers of one peer session.
+pub(crate) struct Transfers {
+    downloads: PathBuf,
+    peer: PeerAddr,
+    sending: VecDeque<OutgoingFile>,
+    receiving: BTreeMap<String, IncomingFile>,
+    /// Files completed since start: a late duplicate chunk of one (resent
+    /// by a sender that crashed) must not start a new `.part`.
+    done: BTreeSet<String>,
+}
+
+impl Transfers {
+    /// No transfers yet, with `peer`; files land in `downloads`.
+    pub(crate) fn new(downloads: PathBuf, peer: PeerAddr) -> Self {
+        Self {
+            downloads,
+            peer,
+            sending: VecDeque::new(),
+            receiving: BTreeMap::new(),
+            done: BTreeSet::new(),
+        }
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.downloads.join(".transfers")
+    }
+
+    fn manifest_path(&self, file_id: &str) -> PathBuf {
+        self.manifests().join(format!("out-{}.json", safe(file_id)))
+    }
+
+    /// Starts sending the file at `path`; returns its transfer id.
+    pub(crate) fn start(&mut self, path: &Path) -> Result<String, SessionError> {
+        let io = |e: std::io::Error| SessionError::Internal(format!("file {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        let total = u32::try_from(size.div_ceil(FILE_CHUNK_BYTES as u64).max(1))
+            .map_err(|_| SessionError::Misuse("file too large"))?;
+        let mut id = [0u8; 12];
+        rand::rng().fill_bytes(&mut id);
+        let manifest = Manifest {
+            peer: self.peer.to_string(),
+            file_id: hex::encode(id),
+            path: path.to_owned(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size,
+            total,
+            next: 0,
+        };
+        self.save(&manifest).map_err(io)?;
+        let file_id = manifest.file_id.clone();
+        self.sending.push_back(OutgoingFile {
+            manifest,
+            file,
+            acked: 0,
+            in_flight: BTreeSet::new(),
+        });
+        Ok(file_id)
+    }
+
+    fn save(&self, manifest: &Manifest) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.manifests())?;
+        let path = self.manifest_path(&manifest.file_id);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(manifest).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Reads the next chunk to queue, if a window has room. The caller
+    /// queues it and reports its message id with [`Transfers::queued`].
+    pub(crate) fn next_chunk(&mut self) -> Result<Option<Content>, SessionError> {
+        let Some(f) = self
+            .sending
+            .iter_mut()
+            .find(|f| f.in_flight.len() < FILE_WINDOW && f.manifest.next < f.manifest.total)
+        else {
+            return Ok(None);
+        };
+        let m = &f.manifest;
+        let mut data = vec![0u8; FILE_CHUNK_BYTES];
+        let n = f
+            .file
+            .seek(SeekFrom::Start(u64::from(m.next) * FILE_CHUNK_BYTES as u64))
+            .and_then(|_| read_full(&mut f.file, &mut data))
+            .map_err(|e| SessionError::Internal(format!("reading {}: {e}", m.path.display())))?;
+        data.truncate(n);
+        Ok(Some(Content::FileChunk {
+            file_id: m.file_id.clone(),
+            name: m.name.clone(),
+            size: m.size,
+            index: m.next,
+            total: m.total,
+            data,
+        }))
+    }
+
+    /// The chunk of `file_id` that [`Transfers::next_chunk`] gave is queued
+    /// as `message_id`.
+    pub(crate) fn queued(&mut self, file_id: &str, message_id: String) {
+        let Some(f) = self.sending.iter_mut().find(|f| f.manifest.file_id == file_id) else {
+            return;
+        };
+        f.in_flight.insert(message_id);
+        f.manifest.next += 1;
+        let manifest = f.manifest.clone();
+        if let Err(e) = self.save(&manifest) {
+            // The transfer goes on; a restart would only resend chunks.
+            tracing::warn!(error = %e, "cannot update a transfer manifest");
+        }
+    }
+
+    /// The peer acknowledged `message_id`: progress of the file it belongs
+    /// to, if any. A finished transfer is forgotten.
+    pub(crate) fn delivered(&mut self, message_id: &str) -> Option<Progress> {
+        let i = self.sending.iter().position(|f| f.in_flight.contains(message_id))?;
+        let f = self.sending.get_mut(i)?;
+        f.in_flight.remove(message_id);
+        f.acked += 1;
+        let m = &f.manifest;
+        let finished = f.in_flight.is_empty() && m.next == m.total;
+        let progress = Progress {
+            file_id: m.file_id.clone(),
+            acked: f.acked.min(m.total),
+            total: m.total,
+            size: m.size,
+            finished,
+        };
+        if finished {
+            let path = self.manifest_path(&progress.file_id);
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::debug!(error = %e, "transfer manifest already gone");
+            }
+            self.sending.remove(i);
+        }
+        Some(progress)
+    }
+
+    /// A chunk arrived (committed to the inbox as `message_id`). Returns
+    /// the file's final path when it is whole.
+    pub(crate) fn received(
+        &mut self,
+        store: &dyn Durable,
+        installation: Option<&str>,
+        message_id: &str,
+        chunk: &Content,
+    ) -> std::io::Result<Option<PathBuf>> {
+        let Content::FileChunk {
+            file_id,
+            name,
+            index,
+            total,
+            data,
+            ..
+        } = chunk
+        else {
+            return Ok(None);
+        };
+        if self.done.contains(file_id) {
+            self.clear_rows(store, installation, &[message_id.to_owned()]);
+            return Ok(None);
+        }
+        if !self.receiving.contains_key(file_id) {
+            std::fs::create_dir_all(&self.downloads)?;
+            let part = self.downloads.join(format!("{}.part", safe(file_id)));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&part)?;
+            self.receiving.insert(
+                file_id.clone(),
+                IncomingFile {
+                    file,
+                    part,
+                    name: safe(name),
+                    received: BTreeSet::new(),
+                    total: *total,
+                    rows: Vec::new(),
+                },
+            );
+        }
+        let Some(f) = self.receiving.get_mut(file_id) else {
+            return Ok(None);
+        };
+        f.file
+            .seek(SeekFrom::Start(u64::from(*index) * FILE_CHUNK_BYTES as u64))?;
+        f.file.write_all(data)?;
+        f.received.insert(*index);
+        f.rows.push(message_id.to_owned());
+        if u32::try_from(f.received.len()).unwrap_or(u32::MAX) < f.total {
+            return Ok(None);
+        }
+        let Some(f) = self.receiving.remove(file_id) else {
+            return Ok(None);
+        };
+        f.file.sync_all()?;
+        let name = if f.name.is_empty() { safe(file_id) } else { f.name };
+        let path = self.downloads.join(format!("{}-{name}", safe(file_id)));
+        std::fs::rename(&f.part, &path)?;
+        self.done.insert(file_id.clone());
+        // The file is whole on disk: its chunks may leave the inbox.
+        self.clear_rows(store, installation, &f.rows);
+        Ok(Some(path))
+    }
+
+    fn clear_rows(&self, store: &dyn Durable, installation: Option<&str>, rows: &[String]) {
+        let Some(installation) = installation else { return };
+        let removed = durable::write(store, |w| {
+            for id in rows {
+                w.remove_incoming(installation, id)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "cannot clear a received file's chunks from the inbox");
+        }
+    }
+
+    /// Picks up the transfers with this peer that a restart interrupted:
+    /// outgoing ones from their manifests and the outbox, incoming ones
+    /// from the inbox. Returns the files that the inbox completes.
+    pub(crate) fn recover(&mut self, store: &dyn Durable, installation: &str) -> Vec<(String, PathBuf)> {
+        let mut completed = Vec::new();
+        let (inbox, outbox) = match durable::read(store, |r| Ok((r.inbox(installation)?, r.outbox(installation)?))) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the store to resume file transfers");
+                return completed;
+            }
+        };
+        for row in inbox {
+            let Ok(chunk @ Content::FileChunk { .. }) = Content::from_bytes(&row.body) else {
+                continue;
+            };
+            let Content::FileChunk { file_id, .. } = &chunk else {
+                continue;
+            };
+            let file_id = file_id.clone();
+            match self.received(store, Some(installation), &row.message_id, &chunk) {
+                Ok(Some(path)) => completed.push((file_id, path)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot resume a received file"),
+            }
+        }
+        for manifest in self.load_manifests() {
+            let mut in_flight = BTreeSet::new();
+            for row in &outbox {
+                if let Ok(Content::FileChunk { file_id, .. }) = Content::from_bytes(&row.body)
+                    && file_id == manifest.file_id
+                {
+                    in_flight.insert(row.message_id.clone());
+                }
+            }
+            match std::fs::File::open(&manifest.path) {
+                Ok(file) => self.sending.push_back(OutgoingFile {
+                    acked: manifest
+                        .next
+                        .saturating_sub(u32::try_from(in_flight.len()).unwrap_or(u32::MAX)),
+                    manifest,
+                    file,
+                    in_flight,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a file being sent is gone; its transfer stops");
+                    let _ = std::fs::remove_file(self.manifest_path(&manifest.file_id));
+                }
+            }
+        }
+        completed
+    }
+
+    fn load_manifests(&self) -> Vec<Manifest> {
+        let Ok(entries) = std::fs::read_dir(self.manifests()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Manifest> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok())
+            .filter(|m| m.peer == self.peer.as_str() && !self.sending.iter().any(|f| f.manifest.file_id == m.file_id))
+            .collect();
+        out.sort_by(|a, b| a.file_id.cmp(&b.file_id));
+        out
+    }
+}
+
+/// `s` with only characters safe in a file name.
+fn safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect()
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let Some(rest) = buf.get_mut(n..) else { break };
+        match file.read(rest)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}

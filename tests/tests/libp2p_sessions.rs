@@ -1,0 +1,625 @@
+//! The session-level tests of the libp2p transport (issue 7, part 5): two
+//! Strata session `Node`s over real `Libp2pTransport`s on loopback, which
+//! know only a third libp2p node, the relay. They reach `encryptionReady`
+//! through it and exchange messages; then one goes offline, a message is
+//! sent to it, and it comes back (a new `Node` on the same redb store and
+//! the same libp2p identity) and receives it.
+//!
+//! Real time, real sockets: every wait is on an event with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use rand::SeedableRng as _;
+use rand_chacha::ChaCha20Rng;
+use strata_cascade::at_rest::StorageKey;
+use strata_cascade::{AccountIdentity, InstallationIdentity};
+use strata_session::actors::{
+    Connect, Node, NodeEvent, NodeEventKind, PeerRequest, SessionRequest, SessionSetup, Shutdown, Subscribe,
+};
+use strata_session::{Command, Content, Event};
+use strata_store::{KeySource, RedbBackend, Store, StoreError};
+use strata_transport::{EventStream, PeerAddr};
+use strata_transport_libp2p::{Config, Libp2pTransport, LinkConfig, StoreConfig};
+use tokio::sync::mpsc;
+
+/// Longest any awaited event may take (wall clock, on a loaded 2-core box).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs `f` in an actix system (a current-thread Tokio runtime, real time).
+fn run<F: Future>(f: F) -> F::Output {
+    actix::System::new().block_on(f)
+}
+
+struct Collector(mpsc::Sender<NodeEvent>);
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Handler<NodeEvent> for Collector {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, event: NodeEvent, _ctx: &mut Self::Context) -> Self::Result {
+        let tx = self.0.clone();
+        Box::pin(async move {
+            let _ = tx.send(event).await;
+        })
+    }
+}
+
+async fn tcp_addr(node: &Libp2pTransport) -> Multiaddr {
+    node.listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
+        .unwrap()
+}
+
+/// Short link timers, so that a peer that went away is noticed in seconds
+/// rather than the default 30 s; everything else is the product default.
+fn link_config() -> LinkConfig {
+    let mut link = LinkConfig::default();
+    link.keepalive = Duration::from_secs(1);
+    link.timeout = Duration::from_secs(4);
+    link
+}
+
+/// The relay: a plain libp2p node that serves its message store.
+async fn start_relay() -> (Libp2pTransport, EventStream) {
+    let mut config = Config::loopback("relay");
+    config.store = StoreConfig::serving();
+    Libp2pTransport::start(config).await.unwrap()
+}
+
+/// Opens the redb store at `path`, waiting (with a deadline) until a
+/// previous node on it has released the file.
+async fn open_store(path: &Path, key: &StorageKey) -> Store<RedbBackend> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match RedbBackend::open(path) {
+            Ok(backend) => return Store::open(backend, KeySource::Key(key.clone())).unwrap(),
+            Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    }
+}
+
+/// One installation: its keys, its store file and its libp2p identity
+/// survive a restart; its `Node` and transport do not.
+struct Installation {
+    name: &'static str,
+    identity: Arc<InstallationIdentity>,
+    keypair: Keypair,
+    store_path: PathBuf,
+    key: StorageKey,
+    downloads: PathBuf,
+    relay: Multiaddr,
+}
+
+struct Running {
+    name: &'static str,
+    node: Addr<Node<Libp2pTransport>>,
+    transport: Libp2pTransport,
+    events: mpsc::Receiver<NodeEvent>,
+    seen: Vec<NodeEvent>,
+    next_request: u64,
+}
+
+impl Installation {
+    fn new(name: &'static str, seed: u64, dir: &Path, relay: Multiaddr) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let identity = Arc::new(InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap());
+        Self {
+            name,
+            identity,
+            keypair: Keypair::generate_ed25519(),
+            store_path: dir.join(format!("{name}.redb")),
+            key: StorageKey::generate(&mut rng),
+            downloads: dir.join(format!("{name}-downloads")),
+            relay,
+        }
+    }
+
+    /// Starts a transport (bootstrapped to the relay only) and a session
+    /// `Node` on this installation's store.
+    async fn start(&self) -> Running {
+        let mut config = Config::loopback(self.name);
+        config.keypair = Some(self.keypair.clone());
+        config.bootstrap = vec![self.relay.clone()];
+        config.link = link_config();
+        let (transport, stream) = Libp2pTransport::start(config).await.unwrap();
+        let store = open_store(&self.store_path, &self.key).await;
+        let setup = SessionSetup {
+            config: strata_session::Config::default(),
+            local: Arc::clone(&self.identity),
+            store: Arc::new(store),
+            downloads: self.downloads.clone(),
+        };
+        let node = Node::new(setup, transport.clone(), stream).unwrap().start();
+        let (tx, events) = mpsc::channel(1 << 14);
+        node.send(Subscribe(Collector(tx).start().recipient())).await.unwrap();
+        Running {
+            name: self.name,
+            node,
+            transport,
+            events,
+            seen: Vec::new(),
+            next_request: 0,
+        }
+    }
+}
+
+impl Running {
+    fn request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    async fn connect(&mut self, peer: &str) {
+        let request_id = self.request_id();
+        let reply = self
+            .node
+            .send(Connect {
+                request_id,
+                peer: PeerAddr::new(peer),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.request_id, request_id);
+        reply.result.unwrap();
+    }
+
+    async fn send_text(&mut self, peer: &str, text: &str) {
+        let request_id = self.request_id();
+        let reply = self
+            .node
+            .send(PeerRequest {
+                request_id,
+                peer: PeerAddr::new(peer),
+                request: SessionRequest::Command(Command::Send(Content::Text { text: text.into() })),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.request_id, request_id);
+        reply.result.unwrap();
+    }
+
+    /// Waits for the first event (since the last wait) matching `pred`.
+    async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&NodeEvent) -> bool) -> NodeEvent {
+        let name = self.name;
+        let wait = async {
+            loop {
+                let e = self.events.recv().await.expect("node events end");
+                self.seen.push(e.clone());
+                if pred(&e) {
+                    return e;
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no {what} within {DEADLINE:?}"))
+    }
+
+    /// Waits for `encryptionReady`; true if the session was resumed.
+    async fn wait_ready(&mut self) -> bool {
+        let e = self
+            .wait_for("encryptionReady", |e| {
+                matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
+            })
+            .await;
+        matches!(
+            e.kind,
+            NodeEventKind::Session(Event::EncryptionReady { resumed: true, .. })
+        )
+    }
+
+    async fn wait_text(&mut self, text: &str) {
+        self.wait_for(text, |e| {
+            matches!(&e.kind, NodeEventKind::Session(Event::Received { content: Content::Text { text: t }, .. }) if t == text)
+        })
+        .await;
+    }
+
+    /// Stops the session node and its libp2p node: the process is gone.
+    async fn stop(self) {
+        self.node.send(Shutdown).await.unwrap();
+        self.transport.shutdown().await;
+    }
+}
+
+/// Two session nodes that only know the relay handshake through it and
+/// talk; Bob goes offline, Alice writes to him, Bob comes back on the same
+/// store and libp2p identity and gets the message.
+#[test]
+fn sessions_over_a_relay_survive_an_offline_peer() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _relay_events) = start_relay().await;
+        let relay_addr = tcp_addr(&relay).await;
+        let alice_inst = Installation::new("alice", 21, dir.path(), relay_addr.clone());
+        let bob_inst = Installation::new("bob", 22, dir.path(), relay_addr);
+        let mut alice = alice_inst.start().await;
+        let mut bob = bob_inst.start().await;
+
+        alice.connect("bob").await;
+        assert!(!alice.wait_ready().await, "a fresh session, not a resumed one");
+        assert!(!bob.wait_ready().await, "a fresh session, not a resumed one");
+        // Neither node knows the other at the libp2p level: only the relay.
+        for node in [&alice.transport, &bob.transport] {
+            let status = node.status().await.unwrap();
+            assert_eq!(status.connected_peers, 1, "only the relay: {status:?}");
+        }
+        let relay_status = relay.status().await.unwrap();
+        assert_eq!(relay_status.connected_peers, 2, "{relay_status:?}");
+
+        alice.send_text("bob", "hello bob, via the relay").await;
+        bob.wait_text("hello bob, via the relay").await;
+        bob.send_text("alice", "hello alice").await;
+        alice.wait_text("hello alice").await;
+
+        // Bob's process goes away; Alice's link notices and she writes to
+        // him anyway.
+        bob.stop().await;
+        alice
+            .wait_for("the link to bob lost", |e| {
+                e.peer.as_str() == "bob" && matches!(e.kind, NodeEventKind::Disconnected)
+            })
+            .await;
+        alice.send_text("bob", "written while you were away").await;
+
+        // Bob comes back: same store, same libp2p identity, new process.
+        let mut bob = bob_inst.start().await;
+        assert!(bob.wait_ready().await, "the stored session resumes");
+        bob.wait_text("written while you were away").await;
+        let handshakes = bob
+            .seen
+            .iter()
+            .filter(|e| matches!(e.kind, NodeEventKind::Session(Event::HandshakeStarted { .. })))
+            .count();
+        assert_eq!(handshakes, 0, "no new handshake after the restart");
+        bob.send_text("alice", "back again").await;
+        alice.wait_text("back again").await;
+
+        alice.stop().await;
+        bob.stop().await;
+        relay.shutdown().await;
+    });
+}
+
+// ---- bundles ---------------------------------------------------------------
+
+mod bundles {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use strata_cascade::bundle::{BundleContents, sign_bundle, verify_bundle};
+    use strata_cascade::{KemKeyPair, KeyPackageKind, MlsLayer, SignalLayer};
+    use strata_proto::bundle::{Admission, BundleError, MAX_BUNDLE_BYTES};
+    use strata_transport::conformance::expect_event;
+    use strata_transport::{Topic, Transport as _, TransportEvent};
+    use strata_transport_libp2p::bundle::SourceError;
+    use strata_transport_libp2p::topic::bundle_topic;
+    use strata_transport_libp2p::{BundleBook, BundleConfig, BundleSource, BundleVerifier, HeldBundle};
+
+    use super::*;
+
+    fn now_ms() -> u64 {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap()
+    }
+
+    /// The verifier the app plugs in: the cascade's `verify_bundle`.
+    fn verifier() -> Arc<dyn BundleVerifier> {
+        Arc::new(|bytes: &[u8]| verify_bundle(bytes).map(|v| v.header().clone()))
+    }
+
+    /// An installation's bundle source: real keys from the cascade layers,
+    /// re-signed with a fresh timestamp at every call.
+    struct Source {
+        identity: InstallationIdentity,
+        contents: Mutex<BundleContents>,
+        rng: Mutex<ChaCha20Rng>,
+        next_kem_key: Mutex<u32>,
+    }
+
+    impl Source {
+        fn new(seed: u64) -> Arc<Self> {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let identity = InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap();
+            // The layers want a peer; a broadcast bundle's keys are for
+            // whoever claims them.
+            let anyone = InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap();
+            let mut signal = SignalLayer::new(&identity, anyone.peer_identity()).unwrap();
+            let mut mls = MlsLayer::new(&identity, anyone.peer_identity()).unwrap();
+            let contents = BundleContents {
+                version: 1,
+                timestamp_ms: now_ms(),
+                signal: signal.pre_key_bundle(now_ms(), &mut rng).unwrap(),
+                mls_key_package: mls.key_package(KeyPackageKind::LastResort, 24 * 3600).unwrap(),
+                kem_key: KemKeyPair::generate(&identity, 1, &mut rng).unwrap().public().clone(),
+                paired: Vec::new(),
+            };
+            Arc::new(Self {
+                identity,
+                contents: Mutex::new(contents),
+                rng: Mutex::new(rng),
+                next_kem_key: Mutex::new(2),
+            })
+        }
+
+        fn key(&self) -> Vec<u8> {
+            self.identity.peer_identity().identity_key.serialize().to_vec()
+        }
+
+        /// Re-keying: a new ML-KEM key, so a new version.
+        fn rekey(&self) {
+            let mut id = self.next_kem_key.lock().unwrap();
+            let key = KemKeyPair::generate(&self.identity, *id, &mut *self.rng.lock().unwrap()).unwrap();
+            *id += 1;
+            let mut contents = self.contents.lock().unwrap();
+            contents.kem_key = key.public().clone();
+            contents.version += 1;
+        }
+
+        fn sign_at(&self, timestamp_ms: u64) -> Vec<u8> {
+            let mut contents = self.contents.lock().unwrap().clone();
+            contents.timestamp_ms = timestamp_ms;
+            sign_bundle(&self.identity, &contents, &mut *self.rng.lock().unwrap()).unwrap()
+        }
+    }
+
+    impl BundleSource for Source {
+        fn identity_key(&self) -> Vec<u8> {
+            self.key()
+        }
+
+        fn signed_bundle(&self, now_ms: u64) -> Result<Vec<u8>, SourceError> {
+            let mut contents = self.contents.lock().unwrap().clone();
+            contents.timestamp_ms = now_ms;
+            Ok(sign_bundle(&self.identity, &contents, &mut *self.rng.lock().unwrap())?)
+        }
+    }
+
+    /// The book with the real verifier: round trip, tampering, unsigned,
+    /// oversized, stale, replacement by a higher version, wrong topic.
+    #[test]
+    fn the_book_admits_only_fresh_verified_bundles() {
+        let bob = Source::new(31);
+        let mallory = Source::new(32);
+        let topic = bundle_topic(&bob.key());
+        let mut book = BundleBook::new(verifier(), 16);
+        let t0 = now_ms();
+
+        let v1 = bob.sign_at(t0);
+        let held = book.admit(topic.as_str(), &v1, t0).unwrap();
+        assert_eq!(held.admission, Admission::New);
+        assert_eq!(held.header.version, 1);
+        assert_eq!(held.bytes, v1);
+        let verified = verify_bundle(&held.bytes).unwrap();
+        assert_eq!(verified.peer(), bob.identity.peer_identity());
+
+        let mut tampered = bob.sign_at(t0 + 1);
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 0x40;
+        assert!(book.admit(topic.as_str(), &tampered, t0).is_err(), "tampered");
+        let mut oversized = bob.sign_at(t0 + 1);
+        oversized.resize(MAX_BUNDLE_BYTES + 1, 0);
+        assert!(matches!(
+            book.admit(topic.as_str(), &oversized, t0),
+            Err(BundleError::TooLarge { .. })
+        ));
+        let (signed, _) = strata_proto::bundle::SignedBundle::decode_bounded(&v1).unwrap();
+        let unsigned = strata_proto::bundle::SignedBundle {
+            signature: Vec::new(),
+            ..signed
+        }
+        .to_bytes();
+        assert_eq!(book.admit(topic.as_str(), &unsigned, t0), Err(BundleError::Unsigned));
+        // Mallory's valid bundle on Bob's topic.
+        assert_eq!(
+            book.admit(topic.as_str(), &mallory.sign_at(t0), t0),
+            Err(BundleError::WrongTopic)
+        );
+
+        // The periodic re-broadcast refreshes; a replay of the old one is stale.
+        let refreshed = book.admit(topic.as_str(), &bob.sign_at(t0 + 1000), t0 + 1000).unwrap();
+        assert_eq!(refreshed.admission, Admission::Refreshed);
+        assert!(matches!(
+            book.admit(topic.as_str(), &v1, t0 + 1000),
+            Err(BundleError::Stale { .. })
+        ));
+        // Re-keying: a higher version replaces, even with an older clock.
+        bob.rekey();
+        let v2 = book.admit(topic.as_str(), &bob.sign_at(t0 + 500), t0 + 1000).unwrap();
+        assert_eq!(v2.admission, Admission::Rekeyed { previous_version: 1 });
+        let new_key = verify_bundle(&v2.bytes).unwrap().kem_key().clone();
+        assert_eq!(new_key, bob.contents.lock().unwrap().kem_key);
+        assert_eq!(book.held(Some(&bob.key())), vec![v2]);
+        assert!(matches!(
+            book.admit(topic.as_str(), &refreshed.bytes, t0 + 2000),
+            Err(BundleError::Stale { .. })
+        ));
+    }
+
+    async fn bundle_node(
+        name: &str,
+        relay: &Multiaddr,
+        source: &Arc<Source>,
+        follow: &Arc<Source>,
+    ) -> (Libp2pTransport, EventStream) {
+        let mut config = Config::loopback(name);
+        config.bootstrap = vec![relay.clone()];
+        config.topics = vec![bundle_topic(&follow.key())];
+        let mut bundles = BundleConfig::new(verifier()).with_source(Arc::clone(source) as Arc<dyn BundleSource>);
+        // Short, so the test sees a re-broadcast.
+        bundles.rebroadcast = Duration::from_secs(1);
+        config.bundles = Some(bundles);
+        Libp2pTransport::start(config).await.unwrap()
+    }
+
+    /// A node that starts after Bob published (and whose re-broadcast is
+    /// hours away) gets his bundle from the relay's store, verified.
+    #[tokio::test]
+    async fn a_late_follower_gets_the_bundle_from_the_relay_store() {
+        let (relay, _relay_events) = start_relay().await;
+        let relay_addr = tcp_addr(&relay).await;
+        let bob_src = Source::new(51);
+        let bob_topic = bundle_topic(&bob_src.key());
+        let mut config = Config::loopback("bob");
+        config.bootstrap = vec![relay_addr.clone()];
+        config.bundles = Some(BundleConfig::new(verifier()).with_source(Arc::clone(&bob_src) as Arc<dyn BundleSource>));
+        let (bob, _bob_events) = Libp2pTransport::start(config).await.unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while relay.status().await.unwrap().stored == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the relay never got bob's bundle"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let mut config = Config::loopback("carol");
+        config.bootstrap = vec![relay_addr];
+        config.topics = vec![bob_topic.clone()];
+        config.bundles = Some(BundleConfig::new(verifier()));
+        let (carol, mut carol_events) = Libp2pTransport::start(config).await.unwrap();
+        let bytes = next_bundle(&mut carol_events, &bob_topic, "bob's stored bundle").await;
+        assert_eq!(verify_bundle(&bytes).unwrap().peer(), bob_src.identity.peer_identity());
+        assert_eq!(held_of(&carol, &bob_src).await.admission, Admission::New);
+        assert_eq!(
+            bob.status().await.unwrap().bundles_published,
+            1,
+            "no re-broadcast helped"
+        );
+        for node in [carol, bob, relay] {
+            node.shutdown().await;
+        }
+    }
+
+    async fn next_bundle(events: &mut EventStream, topic: &Topic, what: &str) -> Bytes {
+        match expect_event(
+            events,
+            what,
+            |e| matches!(e, TransportEvent::Published { topic: t, .. } if t == topic),
+            DEADLINE,
+        )
+        .await
+        {
+            TransportEvent::Published { bytes, .. } => bytes,
+            other => panic!("{what}: got {other:?}"),
+        }
+    }
+
+    async fn held_of(node: &Libp2pTransport, source: &Source) -> HeldBundle {
+        let held = node.bundles_of(&source.key()).await.unwrap();
+        assert_eq!(held.len(), 1, "one installation: {held:?}");
+        held.into_iter().next().unwrap()
+    }
+
+    /// Alice and Bob, through a relay that knows nothing of bundles, see
+    /// each other's signed bundles, their periodic refreshes and Bob's
+    /// re-keying; replays, forgeries and oversized bundles that a third
+    /// node publishes on Bob's topic are refused.
+    #[tokio::test]
+    async fn nodes_see_each_others_bundles_over_a_relay() {
+        let (relay, _relay_events) = start_relay().await;
+        let relay_addr = tcp_addr(&relay).await;
+        let alice_src = Source::new(41);
+        let bob_src = Source::new(42);
+        let bob_topic = bundle_topic(&bob_src.key());
+        let alice_topic = bundle_topic(&alice_src.key());
+        let (alice, mut alice_events) = bundle_node("alice", &relay_addr, &alice_src, &bob_src).await;
+        let (bob, mut bob_events) = bundle_node("bob", &relay_addr, &bob_src, &alice_src).await;
+
+        let at_alice = next_bundle(&mut alice_events, &bob_topic, "bob's bundle").await;
+        assert_eq!(
+            verify_bundle(&at_alice).unwrap().peer(),
+            bob_src.identity.peer_identity()
+        );
+        let at_bob = next_bundle(&mut bob_events, &alice_topic, "alice's bundle").await;
+        assert_eq!(
+            verify_bundle(&at_bob).unwrap().peer(),
+            alice_src.identity.peer_identity()
+        );
+        let first = verify_bundle(&at_alice).unwrap().header().clone();
+
+        // The re-broadcast: same version, later timestamp.
+        let again = next_bundle(&mut alice_events, &bob_topic, "bob's re-broadcast").await;
+        let again = verify_bundle(&again).unwrap().header().clone();
+        assert_eq!(again.version, first.version);
+        assert!(again.timestamp_ms > first.timestamp_ms);
+
+        // Bob re-keys and says so at once.
+        bob_src.rekey();
+        bob.refresh_bundle().await.unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let bytes = next_bundle(&mut alice_events, &bob_topic, "bob's new version").await;
+            if verify_bundle(&bytes).unwrap().header().version == 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no version 2");
+        }
+        let held = held_of(&alice, &bob_src).await;
+        assert_eq!(held.header.version, 2);
+        assert_eq!(
+            verify_bundle(&held.bytes).unwrap().kem_key(),
+            &bob_src.contents.lock().unwrap().kem_key
+        );
+
+        // Mallory, a plain node on the same relay, publishes on Bob's topic:
+        // Bob's old version (a replay), a forged copy and an oversized one.
+        let mut config = Config::loopback("mallory");
+        config.bootstrap = vec![relay_addr.clone()];
+        let (mallory, _mallory_events) = Libp2pTransport::start(config).await.unwrap();
+        let rejected_before = alice.status().await.unwrap().bundles_rejected;
+        let mut forged = held.bytes.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let mut oversized = held.bytes.to_vec();
+        oversized.resize(MAX_BUNDLE_BYTES + 100, 7);
+        for bytes in [at_alice.to_vec(), forged, oversized] {
+            mallory.publish(&bob_topic, Bytes::from(bytes)).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while alice.status().await.unwrap().bundles_rejected < rejected_before + 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mallory's bundles were not all refused"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Nothing Mallory sent surfaced, and Alice still holds version 2.
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, alice_events.next()).await {
+            if let TransportEvent::Published { topic, bytes, .. } = event
+                && topic == bob_topic
+            {
+                assert!(verify_bundle(&bytes).unwrap().header().version >= 2);
+            }
+        }
+        assert!(held_of(&alice, &bob_src).await.header.version >= 2);
+        assert_eq!(held_of(&bob, &alice_src).await.header.version, 1);
+
+        for node in [alice, bob, mallory, relay] {
+            node.shutdown().await;
+        }
+    }
+}
