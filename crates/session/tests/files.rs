@@ -50,21 +50,7 @@ fn a_file_transfer_resumes_after_either_side_restarts() {
         let mut bob = bob.restart(&net).await;
         assert!(bob.wait_ready().await, "bob resumes without a handshake");
 
-        let received = bob
-            .wait_for(
-                "the file",
-                |e| matches!(&e.kind, NodeEventKind::FileReceived { file_id: f, .. } if *f == file_id),
-            )
-            .await;
-        let NodeEventKind::FileReceived { path, .. } = received.kind else {
-            unreachable!()
-        };
-        alice
-            .wait_for(
-                "file sent",
-                |e| matches!(&e.kind, NodeEventKind::FileSent { file_id: f } if *f == file_id),
-            )
-            .await;
+        let path = node_common::file_transferred(&mut alice, &mut bob, &file_id).await;
         assert_eq!(std::fs::read(&path).unwrap(), content, "the received file differs");
 
         // Nothing of the file is left behind: no chunk in the inbox, no

@@ -134,21 +134,7 @@ fn a_large_file_streams_in_chunks() {
             .request("bob", SessionRequest::SendFile(source.clone()))
             .await
             .unwrap();
-        let received = bob
-            .wait_for(
-                "the file",
-                |e| matches!(&e.kind, NodeEventKind::FileReceived { file_id: f, .. } if *f == file_id),
-            )
-            .await;
-        let NodeEventKind::FileReceived { path, .. } = received.kind else {
-            unreachable!()
-        };
-        alice
-            .wait_for(
-                "file sent",
-                |e| matches!(&e.kind, NodeEventKind::FileSent { file_id: f } if *f == file_id),
-            )
-            .await;
+        let path = node_common::file_transferred(&mut alice, &mut bob, &file_id).await;
         assert!(same_contents(&source, &path), "the received file differs");
     });
 }

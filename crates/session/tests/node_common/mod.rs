@@ -227,3 +227,24 @@ impl TestNode {
         .await;
     }
 }
+
+/// Waits until `receiver` has the whole file `file_id` and `sender` knows
+/// it was acknowledged in full; returns where the receiver wrote it.
+pub async fn file_transferred(sender: &mut TestNode, receiver: &mut TestNode, file_id: &str) -> PathBuf {
+    let received = receiver
+        .wait_for(
+            "the file",
+            |e| matches!(&e.kind, NodeEventKind::FileReceived { file_id: f, .. } if f == file_id),
+        )
+        .await;
+    let NodeEventKind::FileReceived { path, .. } = received.kind else {
+        unreachable!()
+    };
+    sender
+        .wait_for(
+            "file sent",
+            |e| matches!(&e.kind, NodeEventKind::FileSent { file_id: f } if f == file_id),
+        )
+        .await;
+    path
+}
