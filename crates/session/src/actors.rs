@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use rand::RngCore as _;
 use strata_cascade::{InstallationIdentity, SafetyNumber};
 use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, TransportError, TransportEvent};
@@ -132,10 +133,15 @@ pub struct Reply<T> {
 
 // ---- TransportActor -----------------------------------------------------------
 
-/// A transport event, on its way to the [`Node`].
+/// Transport events, in order, on their way to the [`Node`]: all that were
+/// ready at once (up to [`EVENT_BATCH`]), so that a session under load gets
+/// its frames in bursts and commits each burst once.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct FromTransport(pub TransportEvent);
+pub struct FromTransport(pub Vec<TransportEvent>);
+
+/// Most transport events handed to the [`Node`] at once.
+pub const EVENT_BATCH: usize = 64;
 
 /// Frames for one peer, sent in order.
 #[derive(Debug, Message)]
@@ -179,15 +185,15 @@ impl<T: Transport> Actor for TransportActor<T> {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
         if let Some(stream) = self.stream.take() {
-            ctx.add_stream(stream);
+            ctx.add_stream(stream.ready_chunks(EVENT_BATCH));
         }
     }
 }
 
-impl<T: Transport> StreamHandler<TransportEvent> for TransportActor<T> {
-    fn handle(&mut self, event: TransportEvent, ctx: &mut Self::Context) {
-        // Back-pressure: the next event is read once the Node took this one.
-        let send = self.node.send(FromTransport(event));
+impl<T: Transport> StreamHandler<Vec<TransportEvent>> for TransportActor<T> {
+    fn handle(&mut self, events: Vec<TransportEvent>, ctx: &mut Self::Context) {
+        // Back-pressure: the next events are read once the Node took these.
+        let send = self.node.send(FromTransport(events));
         ctx.wait(
             async move {
                 let _ = send.await;
@@ -237,8 +243,9 @@ pub enum Deliver {
     Connected,
     /// The link closed.
     Disconnected,
-    /// A frame from the peer.
-    Frame(Bytes),
+    /// Frames from the peer, in order (one burst: see
+    /// [`PeerMachine::handle_frames`]).
+    Frames(Vec<Bytes>),
 }
 
 /// A request to a [`PeerSession`]; replies with the message id for sends.
@@ -310,9 +317,14 @@ impl PeerSession {
     }
 
     fn step(&mut self, input: Input<'_>, ctx: &mut Context<Self>) {
+        self.run(ctx, |machine, now| machine.handle(input, now));
+    }
+
+    /// Runs one machine step, then sends and publishes what it produced.
+    fn run(&mut self, ctx: &mut Context<Self>, step: impl FnOnce(&mut PeerMachine, Now) -> Result<(), SessionError>) {
         let span = self.span.clone();
         let _entered = span.enter();
-        if let Err(e) = self.machine.handle(input, now()) {
+        if let Err(e) = step(&mut self.machine, now()) {
             self.fail(&e, ctx);
         }
         self.flush(ctx);
@@ -426,39 +438,25 @@ impl PeerSession {
         }
     }
 
-    /// Queues the next chunks of outgoing files while their windows allow.
-    /// Reads from disk one chunk at a time: a file is never in memory whole.
+    /// Queues the next chunks of outgoing files while their windows allow,
+    /// all in one burst (one outbox transaction, one encryption commit).
+    /// Reads from disk a window at a time: a file is never in memory whole.
     fn pump_files(&mut self, ctx: &mut Context<Self>) {
         if !self.machine.is_ready() {
             return;
         }
-        let mut queued = false;
-        loop {
-            let chunk = match self.files.next_chunk() {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
-                    self.fail(&e, ctx);
-                    break;
-                }
-            };
-            let Content::FileChunk { file_id, .. } = &chunk else {
-                break;
-            };
-            let file_id = file_id.clone();
-            match self.machine.send(chunk, now()) {
-                Ok(id) => {
-                    self.files.queued(&file_id, id);
-                    queued = true;
-                }
-                Err(e) => {
-                    self.fail(&e, ctx);
-                    break;
-                }
+        let chunks = match self.files.next_chunks() {
+            Ok(chunks) if chunks.is_empty() => return,
+            Ok(chunks) => chunks,
+            Err(e) => return self.fail(&e, ctx),
+        };
+        let keys = Transfers::keys(&chunks);
+        match self.machine.send_all(chunks, now()) {
+            Ok(ids) => {
+                self.files.queued(&keys, ids);
+                self.flush(ctx);
             }
-        }
-        if queued {
-            self.flush(ctx);
+            Err(e) => self.fail(&e, ctx),
         }
     }
 
@@ -510,7 +508,9 @@ impl Handler<Deliver> for PeerSession {
         match msg {
             Deliver::Connected => self.step(Input::Connected, ctx),
             Deliver::Disconnected => self.step(Input::Disconnected, ctx),
-            Deliver::Frame(bytes) => self.step(Input::Frame(&bytes), ctx),
+            Deliver::Frames(frames) => self.run(ctx, |machine, now| {
+                machine.handle_frames(frames.iter().map(|f| f.as_ref()), now)
+            }),
         }
     }
 }
@@ -752,27 +752,55 @@ impl<T: Transport> Actor for Node<T> {
 impl<T: Transport> Handler<FromTransport> for Node<T> {
     type Result = ();
 
-    fn handle(&mut self, FromTransport(event): FromTransport, ctx: &mut Self::Context) {
+    fn handle(&mut self, FromTransport(events): FromTransport, ctx: &mut Self::Context) {
         let span = self.span.clone();
         let _entered = span.enter();
-        let (peer, deliver, kind) = match event {
-            TransportEvent::Connected { peer } => {
-                if let Some(b) = self.wanted.get_mut(&peer) {
-                    *b = Duration::from_secs(1);
+        // Consecutive frames of one peer travel together, in order.
+        let mut frames: Option<(PeerAddr, Vec<Bytes>)> = None;
+        for event in events {
+            let (peer, deliver, kind) = match event {
+                TransportEvent::Frame { from, bytes } => {
+                    match &mut frames {
+                        Some((peer, burst)) if *peer == from => burst.push(bytes),
+                        _ => {
+                            if let Some((peer, burst)) = frames.replace((from, vec![bytes])) {
+                                self.deliver(peer, Deliver::Frames(burst), ctx);
+                            }
+                        }
+                    }
+                    continue;
                 }
-                (peer, Deliver::Connected, Some(NodeEventKind::Connected))
-            }
-            TransportEvent::Disconnected { peer, reason } => {
-                if reason == DisconnectReason::ConnectionLost {
-                    self.redial(peer.clone(), ctx);
+                TransportEvent::Connected { peer } => {
+                    if let Some(b) = self.wanted.get_mut(&peer) {
+                        *b = Duration::from_secs(1);
+                    }
+                    (peer, Deliver::Connected, NodeEventKind::Connected)
                 }
-                (peer, Deliver::Disconnected, Some(NodeEventKind::Disconnected))
+                TransportEvent::Disconnected { peer, reason } => {
+                    if reason == DisconnectReason::ConnectionLost {
+                        self.redial(peer.clone(), ctx);
+                    }
+                    (peer, Deliver::Disconnected, NodeEventKind::Disconnected)
+                }
+                TransportEvent::Published { .. } => continue,
+            };
+            if let Some((peer, burst)) = frames.take() {
+                self.deliver(peer, Deliver::Frames(burst), ctx);
             }
-            TransportEvent::Frame { from, bytes } => (from, Deliver::Frame(bytes), None),
-            TransportEvent::Published { .. } => return,
-        };
+            self.deliver(peer.clone(), deliver, ctx);
+            self.publish(NodeEvent { peer, kind }, ctx);
+        }
+        if let Some((peer, burst)) = frames {
+            self.deliver(peer, Deliver::Frames(burst), ctx);
+        }
+    }
+}
+
+impl<T: Transport> Node<T> {
+    /// Hands `deliver` to `peer`'s session, made on first contact.
+    fn deliver(&mut self, peer: PeerAddr, deliver: Deliver, ctx: &mut Context<Self>) {
         match self.session(&peer, ctx) {
-            // Never wait on a session: a full mailbox drops the frame and
+            // Never wait on a session: a full mailbox drops the input and
             // the protocol retransmits it.
             Ok(s) => {
                 if s.try_send(deliver).is_err() {
@@ -780,9 +808,6 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                 }
             }
             Err(e) => tracing::warn!(%peer, error = %e, "no session for the peer"),
-        }
-        if let Some(kind) = kind {
-            self.publish(NodeEvent { peer, kind }, ctx);
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct Config {
     pub window: usize,
     /// How long a received message's acknowledgement may wait for company.
     pub ack_delay: Duration,
+    /// Acknowledge at once when this many received messages await it: a
+    /// sender whose window is full waits for nothing else.
+    pub ack_every: usize,
     /// Start a new ML-KEM/AES epoch after this many messages sent ...
     pub kem_rotation_messages: u64,
     /// ... or after this long, whichever comes first.
@@ -50,6 +53,7 @@ impl Default for Config {
             message_rto_max: Duration::from_secs(60),
             window: 64,
             ack_delay: Duration::from_millis(20),
+            ack_every: 8,
             kem_rotation_messages: 1000,
             kem_rotation_interval: Duration::from_secs(3600),
             mls_update_messages: 1000,

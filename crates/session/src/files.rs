@@ -34,8 +34,10 @@ use crate::content::{Content, FILE_CHUNK_BYTES};
 use crate::durable::{self, Durable};
 use crate::error::SessionError;
 
-/// File chunks of one transfer in flight at once.
-pub const FILE_WINDOW: usize = 8;
+/// File chunks of one transfer in flight at once: 1.5 MiB, enough to keep
+/// a fast link busy while acknowledgements (sent every
+/// [`crate::Config::ack_every`] messages) come back.
+pub const FILE_WINDOW: usize = 32;
 
 /// What a sender keeps on disk about an unfinished transfer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,46 +156,71 @@ impl Transfers {
         std::fs::rename(&tmp, &path)
     }
 
-    /// Reads the next chunk to queue, if a window has room. The caller
-    /// queues it and reports its message id with [`Transfers::queued`].
-    pub(crate) fn next_chunk(&mut self) -> Result<Option<Content>, SessionError> {
-        let Some(f) = self
-            .sending
-            .iter_mut()
-            .find(|f| f.in_flight.len() < FILE_WINDOW && f.manifest.next < f.manifest.total)
-        else {
-            return Ok(None);
-        };
-        let m = &f.manifest;
-        let mut data = vec![0u8; FILE_CHUNK_BYTES];
-        let n = f
-            .file
-            .seek(SeekFrom::Start(u64::from(m.next) * FILE_CHUNK_BYTES as u64))
-            .and_then(|_| read_full(&mut f.file, &mut data))
-            .map_err(|e| SessionError::Internal(format!("reading {}: {e}", m.path.display())))?;
-        data.truncate(n);
-        Ok(Some(Content::FileChunk {
-            file_id: m.file_id.clone(),
-            name: m.name.clone(),
-            size: m.size,
-            index: m.next,
-            total: m.total,
-            data,
-        }))
+    /// Reads the next chunks to queue, as many as the windows have room
+    /// for. The caller queues them and reports their message ids, in the
+    /// same order, with [`Transfers::queued`].
+    pub(crate) fn next_chunks(&mut self) -> Result<Vec<Content>, SessionError> {
+        let mut chunks = Vec::new();
+        for f in &mut self.sending {
+            let m = &f.manifest;
+            let room = FILE_WINDOW.saturating_sub(f.in_flight.len());
+            let first = m.next;
+            let last = m
+                .total
+                .min(first.saturating_add(u32::try_from(room).unwrap_or(u32::MAX)));
+            if first >= last {
+                continue;
+            }
+            f.file
+                .seek(SeekFrom::Start(u64::from(first) * FILE_CHUNK_BYTES as u64))
+                .map_err(|e| SessionError::Internal(format!("reading {}: {e}", m.path.display())))?;
+            for index in first..last {
+                let mut data = vec![0u8; FILE_CHUNK_BYTES];
+                let n = read_full(&mut f.file, &mut data)
+                    .map_err(|e| SessionError::Internal(format!("reading {}: {e}", m.path.display())))?;
+                data.truncate(n);
+                chunks.push(Content::FileChunk {
+                    file_id: m.file_id.clone(),
+                    name: m.name.clone(),
+                    size: m.size,
+                    index,
+                    total: m.total,
+                    data,
+                });
+            }
+        }
+        Ok(chunks)
     }
 
-    /// The chunk of `file_id` that [`Transfers::next_chunk`] gave is queued
-    /// as `message_id`.
-    pub(crate) fn queued(&mut self, file_id: &str, message_id: String) {
-        let Some(f) = self.sending.iter_mut().find(|f| f.manifest.file_id == file_id) else {
-            return;
-        };
-        f.in_flight.insert(message_id);
-        f.manifest.next += 1;
-        let manifest = f.manifest.clone();
-        if let Err(e) = self.save(&manifest) {
-            // The transfer goes on; a restart would only resend chunks.
-            tracing::warn!(error = %e, "cannot update a transfer manifest");
+    /// Which transfer and chunk each of `chunks` is.
+    pub(crate) fn keys(chunks: &[Content]) -> Vec<(String, u32)> {
+        chunks
+            .iter()
+            .filter_map(|c| match c {
+                Content::FileChunk { file_id, index, .. } => Some((file_id.clone(), *index)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The chunks that [`Transfers::next_chunks`] gave (their
+    /// [`Transfers::keys`]) are queued as these message ids, in order. Each
+    /// transfer's manifest is rewritten once.
+    pub(crate) fn queued(&mut self, keys: &[(String, u32)], message_ids: Vec<String>) {
+        let mut touched = BTreeSet::new();
+        for ((file_id, index), message_id) in keys.iter().zip(message_ids) {
+            let Some(f) = self.sending.iter_mut().find(|f| &f.manifest.file_id == file_id) else {
+                continue;
+            };
+            f.in_flight.insert(message_id);
+            f.manifest.next = f.manifest.next.max(index.saturating_add(1));
+            touched.insert(file_id.clone());
+        }
+        for f in self.sending.iter().filter(|f| touched.contains(&f.manifest.file_id)) {
+            if let Err(e) = self.save(&f.manifest) {
+                // The transfer goes on; a restart would only resend chunks.
+                tracing::warn!(error = %e, "cannot update a transfer manifest");
+            }
         }
     }
 

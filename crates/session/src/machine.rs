@@ -14,7 +14,7 @@
 //!
 //! The protocol it runs is specified in the crate docs.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -427,6 +427,9 @@ pub struct PeerMachine {
     outbox: Vec<Tracked>,
     pending_acks: Vec<String>,
     ack_at: Option<Instant>,
+    /// Messages decrypted in this step whose effects are not on disk yet
+    /// (see [`PeerMachine::handle_frames`]).
+    decrypted: Vec<Decrypted>,
     reassembler: Reassembler,
     errors: RateLimit,
     was_ready: bool,
@@ -451,6 +454,15 @@ const MAX_ABANDONED: usize = 16;
 const MAX_PENDING_ACKS: usize = 4 * MAX_ACKS;
 
 type Step<T = ()> = Result<T, SessionError>;
+
+/// A message decrypted and not yet committed.
+struct Decrypted {
+    id: String,
+    /// The plaintext, or why it did not parse (refused after the commit:
+    /// the ratchet moved all the same).
+    parsed: Result<Plaintext, &'static str>,
+    now: Now,
+}
 
 fn layer_names() -> BoundedVec<LayerName, 8> {
     BoundedVec::new(
@@ -534,6 +546,7 @@ impl PeerMachine {
             outbox: Vec::new(),
             pending_acks: Vec::new(),
             ack_at: None,
+            decrypted: Vec::new(),
             reassembler: Reassembler::new(),
             errors,
             was_ready: false,
@@ -637,8 +650,41 @@ impl PeerMachine {
             Input::Command(c) => self.on_command(c, now).map(|_| ()),
             Input::Timeout => self.on_timeout(now),
         };
+        let result = self.end_of_input(result);
         self.after_step(now)?;
         result
+    }
+
+    /// Runs one step over a burst of frames from the peer, in order: as many
+    /// [`Input::Frame`] steps, except that the messages of the burst commit
+    /// in one transaction, with the cascade state sealed once after the
+    /// last of them (group commit). Their acknowledgements, events and
+    /// piggybacked acks take effect after that commit, so the rule "no ack
+    /// before the inbox write" holds for the whole burst.
+    pub fn handle_frames<'f>(&mut self, frames: impl IntoIterator<Item = &'f [u8]>, now: Now) -> Step {
+        let mut result = Ok(());
+        for frame in frames {
+            result = self.on_frame(frame, now);
+            if result.is_err() {
+                break;
+            }
+        }
+        let result = self.end_of_input(result);
+        self.after_step(now)?;
+        result
+    }
+
+    /// Commits what the input decrypted; on a failed input, forgets it
+    /// instead (the owner rebuilds the machine from the store, and the
+    /// peer retransmits what was not acknowledged).
+    fn end_of_input(&mut self, result: Step) -> Step {
+        match result {
+            Ok(()) => self.commit_decrypted(),
+            Err(e) => {
+                self.decrypted.clear();
+                Err(e)
+            }
+        }
     }
 
     /// Queues `content` for the peer; returns its message id. Equivalent to
@@ -732,6 +778,11 @@ impl PeerMachine {
         self.was_ready = ready;
         if ready {
             self.pump(now)?;
+            // Counted in messages sent: due as soon as a burst went out.
+            self.rotate_if_due(now)?;
+            if self.ack_at.is_some_and(|a| a <= now.at) {
+                self.flush_acks(now)?;
+            }
         }
         Ok(())
     }
@@ -889,6 +940,10 @@ impl PeerMachine {
 
     /// Persists the session record, and the cascade state with it.
     fn save_session(&mut self) -> Step {
+        if !self.decrypted.is_empty() {
+            // The state to save decrypted these: they commit with it.
+            return self.commit_decrypted();
+        }
         let Some(s) = &self.session else { return Ok(()) };
         let record = s.record().to_bytes();
         let state = s.cascade.export()?;
@@ -988,10 +1043,28 @@ impl PeerMachine {
         if let Some(s) = &mut self.session {
             s.next_seq = next_seq;
         }
+        // While the window has room and nothing older waits, the burst is
+        // encrypted now and commits with its frames and the cascade state
+        // in the same transaction as the queueing: one commit, no read-back.
+        let room = if self.is_ready() && self.outbox.iter().all(|t| t.frames.is_some()) {
+            self.config.window.saturating_sub(self.outbox.len())
+        } else {
+            0
+        };
+        let mut burst = Vec::new();
+        for (_, m) in messages.iter_mut().take(room) {
+            let frames = self.encrypt_body(&m.message_id, &m.body, now)?;
+            m.frames.clone_from(&frames);
+            burst.push((m.message_id.clone(), frames));
+        }
+        let state = if burst.is_empty() { None } else { Some(self.state()?) };
         let record = self.session.as_ref().map(|s| s.record().to_bytes());
         durable::write(&*self.store, |w| {
             for (_, m) in &messages {
                 w.queue_outgoing(m)?;
+            }
+            if let Some(state) = &state {
+                w.set_layer_state(&peer, state.as_bytes())?;
             }
             if let Some(r) = &record {
                 w.set_handshake(&peer, r)?;
@@ -1014,6 +1087,7 @@ impl PeerMachine {
             });
             ids.push(m.message_id);
         }
+        self.sent_burst(burst, now);
         self.wants_session = true;
         if self.link_up && self.session.is_none() && self.attempt.is_none() && !self.blocked {
             self.start_attempt(now)?;
@@ -1157,6 +1231,11 @@ impl PeerMachine {
         {
             self.refuse(Refusal::IdentityBlocked, "identity change pending", Some(ty), None, now);
             return Ok(());
+        }
+        if !matches!(pdu, Pdu::Message(_) | Pdu::Chunk(_)) {
+            // Everything else may change or persist the cascade state: the
+            // messages decrypted before it reach the disk first.
+            self.commit_decrypted()?;
         }
         match pdu {
             Pdu::KeyPackageRequest(p) => self.on_kp_request(p, now),
@@ -1975,18 +2054,13 @@ impl PeerMachine {
                 self.outbox.retain(|t| &t.id != id);
                 continue;
             };
-            let mut plaintext = Plaintext::from_bytes(&stored.body)
-                .map_err(|e| SessionError::Internal(format!("stored message {id}: {e}")))?;
-            plaintext.acks = self.take_acks();
-            plaintext.kem_key_ack = self.session.as_mut().and_then(|s| s.owe_kem_ack.take());
-            let frames = self.seal(&plaintext.to_bytes(), id, now)?;
+            let frames = self.encrypt_body(id, &stored.body, now)?;
             burst.push((id.clone(), frames));
         }
         if burst.is_empty() {
             return Ok(());
         }
         let state = self.state()?;
-        let epoch = self.session.as_ref().map_or(0, Session::mls_epoch);
         let record = self.session.as_ref().map(|s| s.record().to_bytes());
         durable::write(&*self.store, |w| {
             w.record_encrypted_batch(&hex, burst.clone(), state.as_bytes())?;
@@ -1995,9 +2069,30 @@ impl PeerMachine {
             }
             Ok(())
         })?;
+        self.sent_burst(burst, now);
+        Ok(())
+    }
+
+    /// Encrypts a stored message body as message `id`, with the acks (and
+    /// ML-KEM key ack) owed to the peer riding along.
+    fn encrypt_body(&mut self, id: &str, body: &[u8], now: Now) -> Result<Vec<Vec<u8>>, SessionError> {
+        let mut plaintext =
+            Plaintext::from_bytes(body).map_err(|e| SessionError::Internal(format!("stored message {id}: {e}")))?;
+        plaintext.acks = self.take_acks();
+        plaintext.kem_key_ack = self.session.as_mut().and_then(|s| s.owe_kem_ack.take());
+        self.seal(&plaintext.to_bytes(), id, now)
+    }
+
+    /// A burst of tracked messages committed with its frames: arm their
+    /// retransmission timers and send them.
+    fn sent_burst(&mut self, burst: Vec<(String, Vec<Vec<u8>>)>, now: Now) {
+        if burst.is_empty() {
+            return;
+        }
         if self.ack_at.is_some() && self.pending_acks.is_empty() {
             self.ack_at = None;
         }
+        let epoch = self.session.as_ref().map_or(0, Session::mls_epoch);
         let rto = self.config.message_rto;
         let sent = u64::try_from(burst.len()).unwrap_or(u64::MAX);
         if let Some(s) = &mut self.session {
@@ -2016,7 +2111,6 @@ impl PeerMachine {
                 self.transmit(f);
             }
         }
-        Ok(())
     }
 
     fn take_acks(&mut self) -> Vec<String> {
@@ -2120,7 +2214,9 @@ impl PeerMachine {
         if !self.pending_acks.iter().any(|a| a == id) && self.pending_acks.len() < MAX_PENDING_ACKS {
             self.pending_acks.push(id.to_owned());
         }
-        if self.ack_at.is_none() {
+        if self.pending_acks.len() >= self.config.ack_every {
+            self.ack_at = Some(now.at);
+        } else if self.ack_at.is_none() {
             self.ack_at = Some(now.at + self.config.ack_delay);
         }
     }
@@ -2210,6 +2306,9 @@ impl PeerMachine {
                 return Ok(());
             }
         };
+        // Queued before anything below saves the state that decrypted it:
+        // `save_session` commits it in the same transaction.
+        self.on_decrypted(&id, &plaintext, now);
         if via_attempt {
             // The peer could only encrypt this with the finished session:
             // it is the implicit step 11.
@@ -2226,7 +2325,7 @@ impl PeerMachine {
                 self.save_session()?;
             }
         }
-        self.on_decrypted(&id, &plaintext, now)
+        Ok(())
     }
 
     fn on_undecryptable(&mut self, e: &CascadeError, id: &str, during_handshake: bool, now: Now) {
@@ -2253,77 +2352,98 @@ impl PeerMachine {
         );
     }
 
-    fn on_decrypted(&mut self, id: &str, plaintext: &[u8], now: Now) -> Step {
+    /// A message decrypted: its effects wait, in memory, for the commit at
+    /// the end of the input ([`PeerMachine::commit_decrypted`]).
+    fn on_decrypted(&mut self, id: &str, plaintext: &[u8], now: Now) {
+        self.decrypted.push(Decrypted {
+            id: id.to_owned(),
+            parsed: Plaintext::from_bytes(plaintext),
+            now,
+        });
+    }
+
+    /// Commits the messages decrypted since the last commit, in one
+    /// transaction: each content message to the inbox (marked processed),
+    /// the outgoing messages they acknowledge out of the outbox, and the
+    /// cascade state after the last of them, with the session record. Only
+    /// then are their acks queued and their events emitted.
+    fn commit_decrypted(&mut self) -> Step {
+        if self.decrypted.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.decrypted);
         let hex = self.peer_hex.clone();
         let state = self.state()?;
-        let parsed = match Plaintext::from_bytes(plaintext) {
-            Ok(p) => p,
-            Err(e) => {
-                // The ratchet moved: keep disk and memory in step, then refuse.
-                durable::write(&*self.store, |w| w.set_layer_state(&hex, state.as_bytes()))?;
-                self.refuse(Refusal::Malformed, e, Some(PduType::Message), Some(id), now);
-                return Ok(());
-            }
-        };
-        let acks = parsed.acks.clone();
-        let mut delivered = Vec::new();
-        let received = match &parsed.body {
-            Body::Content(content) => {
-                let stored = Plaintext {
-                    acks: Vec::new(),
-                    kem_key_ack: None,
-                    ..parsed.clone()
-                };
-                let incoming = IncomingMessage {
+        let record = self.session.as_ref().map(|s| s.record().to_bytes());
+        let incoming: Vec<IncomingMessage> = batch
+            .iter()
+            .filter_map(|d| match &d.parsed {
+                Ok(p @ Plaintext {
+                    body: Body::Content(_), ..
+                }) => Some(IncomingMessage {
                     peer: hex.clone(),
-                    message_id: id.to_owned(),
-                    received_ms: now.unix_ms,
-                    body: stored.to_bytes(),
-                };
-                let accepted = durable::write(&*self.store, |w| {
-                    let accepted = w.accept_incoming(&incoming, state.as_bytes())?;
-                    delivered.clear();
-                    for a in &acks {
-                        if w.ack_outgoing(&hex, a)? {
-                            delivered.push(a.clone());
-                        }
+                    message_id: d.id.clone(),
+                    received_ms: d.now.unix_ms,
+                    // Acks are transport of the moment, not part of the message.
+                    body: Plaintext {
+                        acks: Vec::new(),
+                        kem_key_ack: None,
+                        ..p.clone()
                     }
-                    Ok(accepted)
-                })?;
-                self.queue_ack(id, now);
-                (accepted == Accepted::New).then(|| (content.clone(), parsed.seq.unwrap_or(0)))
+                    .to_bytes(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let acks: Vec<&String> = batch
+            .iter()
+            .filter_map(|d| d.parsed.as_ref().ok())
+            .flat_map(|p| &p.acks)
+            .collect();
+        let (accepted, delivered) = durable::write(&*self.store, |w| {
+            let accepted = w.accept_incoming_batch(&hex, &incoming, state.as_bytes())?;
+            if let Some(r) = &record {
+                w.set_handshake(&hex, r)?;
             }
-            Body::Control(Control::Ack) => {
-                durable::write(&*self.store, |w| {
-                    w.set_layer_state(&hex, state.as_bytes())?;
-                    delivered.clear();
-                    for a in &acks {
-                        if w.ack_outgoing(&hex, a)? {
-                            delivered.push(a.clone());
-                        }
-                    }
-                    Ok(())
-                })?;
-                None
-            }
-        };
-        if let Some((content, seq)) = received {
-            self.emit(Event::Received {
-                message_id: id.to_owned(),
-                seq,
-                content,
-            });
-        }
-        for a in acks {
-            if let Some(pos) = self.outbox.iter().position(|t| t.id == a) {
-                self.outbox.remove(pos);
-                if delivered.contains(&a) {
-                    self.emit(Event::Delivered { message_id: a });
+            let mut delivered = BTreeSet::new();
+            for a in &acks {
+                if w.ack_outgoing(&hex, a)? {
+                    delivered.insert((*a).clone());
                 }
             }
-        }
-        if let Some(key_id) = parsed.kem_key_ack {
-            self.on_kem_key_ack(key_id)?;
+            Ok((accepted, delivered))
+        })?;
+        let mut accepted = accepted.into_iter();
+        for d in batch {
+            let now = d.now;
+            let parsed = match d.parsed {
+                Ok(p) => p,
+                Err(e) => {
+                    self.refuse(Refusal::Malformed, e, Some(PduType::Message), Some(&d.id), now);
+                    continue;
+                }
+            };
+            if let Body::Content(content) = parsed.body {
+                self.queue_ack(&d.id, now);
+                if accepted.next() == Some(Accepted::New) {
+                    self.emit(Event::Received {
+                        message_id: d.id,
+                        seq: parsed.seq.unwrap_or(0),
+                        content,
+                    });
+                }
+            }
+            for a in parsed.acks {
+                if let Some(pos) = self.outbox.iter().position(|t| t.id == a) {
+                    self.outbox.remove(pos);
+                    if delivered.contains(&a) {
+                        self.emit(Event::Delivered { message_id: a });
+                    }
+                }
+            }
+            if let Some(key_id) = parsed.kem_key_ack {
+                self.on_kem_key_ack(key_id)?;
+            }
         }
         Ok(())
     }

@@ -167,6 +167,37 @@ pub fn incoming_is_stored_once<H: Harness>(h: &mut H) {
         store.write(|w| w.accept_incoming(&incoming("a1"), b"s3")).unwrap(),
         Accepted::Duplicate
     );
+    // A burst: each message once (a repeat inside the burst too), and the
+    // state after the burst, even when it held only repeats.
+    let burst = [incoming("a2"), incoming("a1"), incoming("a3"), incoming("a2")];
+    assert_eq!(
+        store
+            .write(|w| w.accept_incoming_batch("alice", &burst, b"s4"))
+            .unwrap(),
+        vec![Accepted::New, Accepted::Duplicate, Accepted::New, Accepted::Duplicate]
+    );
+    assert_eq!(
+        store
+            .write(|w| w.accept_incoming_batch("alice", &[incoming("a3")], b"s5"))
+            .unwrap(),
+        vec![Accepted::Duplicate]
+    );
+    store
+        .read(|r| {
+            assert_eq!(r.inbox("alice")?, vec![incoming("a2"), incoming("a3")]);
+            assert_eq!(r.layer_state("alice")?.unwrap().as_slice(), b"s5");
+            Ok(())
+        })
+        .unwrap();
+    // A message of another peer in the burst is refused, and nothing of
+    // the burst is written.
+    let mut stranger = incoming("c1");
+    stranger.peer = "carol".into();
+    let err = store
+        .write(|w| w.accept_incoming_batch("alice", &[incoming("a4"), stranger.clone()], b"s6"))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Misuse(_)));
+    assert_eq!(store.read(|r| r.inbox("alice")).unwrap().len(), 2);
 }
 
 pub fn failed_transactions_leave_nothing<H: Harness>(h: &mut H) {

@@ -449,13 +449,41 @@ impl Writer<'_> {
     /// state that decrypted it — or, for an id already processed, writes
     /// nothing.
     pub fn accept_incoming(&mut self, message: &IncomingMessage, layer_state: &[u8]) -> Result<Accepted, StoreError> {
+        let accepted = self.insert_incoming(message)?;
+        if accepted == Accepted::New {
+            self.set_layer_state(&message.peer, layer_state)?;
+        }
+        Ok(accepted)
+    }
+
+    /// [`Writer::accept_incoming`] for a burst that `peer`'s cascade
+    /// decrypted in order: each message as there, then the cascade state
+    /// after the last, sealed once for the whole burst. The state is written
+    /// even when every message was a duplicate: the caller's ratchet moved.
+    pub fn accept_incoming_batch(
+        &mut self,
+        peer: &str,
+        messages: &[IncomingMessage],
+        layer_state: &[u8],
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let mut accepted = Vec::with_capacity(messages.len());
+        for m in messages {
+            if m.peer != peer {
+                return Err(StoreError::Misuse(format!("message {} is not from {peer}", m.message_id)));
+            }
+            accepted.push(self.insert_incoming(m)?);
+        }
+        self.set_layer_state(peer, layer_state)?;
+        Ok(accepted)
+    }
+
+    fn insert_incoming(&mut self, message: &IncomingMessage) -> Result<Accepted, StoreError> {
         let k = peer_key(&message.peer, &message.message_id)?;
         if self.tx.get(Table::Processed, &k)?.is_some() {
             return Ok(Accepted::Duplicate);
         }
         self.put_record(Table::Inbox, &k, message)?;
         self.tx.put(Table::Processed, &k, &message.received_ms.to_be_bytes())?;
-        self.set_layer_state(&message.peer, layer_state)?;
         Ok(Accepted::New)
     }
 

@@ -200,6 +200,32 @@ impl Sim {
         self.drain(i);
     }
 
+    /// Runs a burst of frames on node `i` and routes its outputs.
+    pub fn frames(&mut self, i: usize, burst: &[Vec<u8>]) {
+        if burst.len() == 1 {
+            return self.input(i, Input::Frame(&burst[0]));
+        }
+        let now = self.now();
+        if self.trace {
+            for f in burst {
+                let input = Input::Frame(f);
+                eprintln!(
+                    "{:>9.3}s {} <- (burst of {}) {}",
+                    self.t.as_secs_f64(),
+                    self.nodes[i].name,
+                    burst.len(),
+                    describe(&input)
+                );
+            }
+        }
+        let Some(m) = self.nodes[i].machine.as_mut() else {
+            return;
+        };
+        m.handle_frames(burst.iter().map(Vec::as_slice), now)
+            .unwrap_or_else(|e| panic!("seed {}: {} failed: {e}", self.seed, self.nodes[i].name));
+        self.drain(i);
+    }
+
     pub fn command(&mut self, i: usize, c: Command) {
         self.input(i, Input::Command(c));
     }
@@ -322,8 +348,21 @@ impl Sim {
             let Some(Reverse((_, _, to, frame))) = self.wire.pop() else {
                 return;
             };
+            // Everything due for the same node arrives as one burst, as a
+            // transport hands over what it has ready: the machine commits a
+            // burst once (`handle_frames`).
+            let mut burst = vec![frame];
+            while let Some(Reverse((at, _, next, _))) = self.wire.peek()
+                && *at <= self.t
+                && *next == to
+            {
+                let Some(Reverse((_, _, _, frame))) = self.wire.pop() else {
+                    break;
+                };
+                burst.push(frame);
+            }
             if self.nodes[to].up {
-                self.input(to, Input::Frame(&frame));
+                self.frames(to, &burst);
             }
             return;
         }
