@@ -135,12 +135,19 @@ impl Installation {
     /// Starts a transport (bootstrapped to the relay only) and a session
     /// `Node` on this installation's store.
     async fn start(&self) -> Running {
+        self.start_with(|_, _| {}).await
+    }
+
+    /// [`Installation::start`], with the transport's configuration adjusted
+    /// by `customize` (which may also use the store) first.
+    async fn start_with(&self, customize: impl FnOnce(&mut Config, &Store<RedbBackend>)) -> Running {
+        let store = open_store(&self.store_path, &self.key).await;
         let mut config = Config::loopback(self.name);
         config.keypair = Some(self.keypair.clone());
         config.bootstrap = vec![self.relay.clone()];
         config.link = link_config();
+        customize(&mut config, &store);
         let (transport, stream) = Libp2pTransport::start(config).await.unwrap();
-        let store = open_store(&self.store_path, &self.key).await;
         let setup = SessionSetup {
             config: strata_session::Config::default(),
             local: Arc::clone(&self.identity),
@@ -182,13 +189,21 @@ impl Running {
     }
 
     async fn send_text(&mut self, peer: &str, text: &str) {
+        self.request(
+            peer,
+            SessionRequest::Command(Command::Send(Content::Text { text: text.into() })),
+        )
+        .await;
+    }
+
+    async fn request(&mut self, peer: &str, request: SessionRequest) {
         let request_id = self.request_id();
         let reply = self
             .node
             .send(PeerRequest {
                 request_id,
                 peer: PeerAddr::new(peer),
-                request: SessionRequest::Command(Command::Send(Content::Text { text: text.into() })),
+                request,
             })
             .await
             .unwrap();
@@ -308,6 +323,7 @@ mod bundles {
     use strata_cascade::bundle::{BundleContents, sign_bundle, verify_bundle};
     use strata_cascade::{KemKeyPair, KeyPackageKind, MlsLayer, SignalLayer};
     use strata_proto::bundle::{Admission, BundleError, MAX_BUNDLE_BYTES};
+    use strata_session::prekeys;
     use strata_transport::conformance::expect_event;
     use strata_transport::{Topic, Transport as _, TransportEvent};
     use strata_transport_libp2p::bundle::SourceError;
@@ -621,5 +637,96 @@ mod bundles {
         for node in [alice, bob, mallory, relay] {
             node.shutdown().await;
         }
+    }
+
+    /// What the app plugs in for a session node: the bundle of the
+    /// installation pre-keys in its store, re-signed at every call.
+    struct SessionSource {
+        identity: Arc<InstallationIdentity>,
+        pre_keys: strata_cascade::InstallationPreKeys,
+    }
+
+    impl BundleSource for SessionSource {
+        fn identity_key(&self) -> Vec<u8> {
+            self.identity.account().identity_key().serialize().to_vec()
+        }
+
+        fn signed_bundle(&self, now_ms: u64) -> Result<Vec<u8>, SourceError> {
+            Ok(prekeys::signed_bundle(
+                &self.identity,
+                &self.pre_keys,
+                now_ms,
+                Vec::new(),
+            )?)
+        }
+    }
+
+    /// Bob publishes the bundle of his session pre-keys; Alice follows his
+    /// bundle topic, gets it through the relay, and opens the session from
+    /// it: both reach `encryptionReady` on a handshake that both report as
+    /// opened from the bundle (steps 1–2 and 5–6 never ran), and talk.
+    #[test]
+    fn a_session_opens_from_a_bundle_fetched_through_the_relay() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (relay, _relay_events) = start_relay().await;
+            let relay_addr = tcp_addr(&relay).await;
+            let alice_inst = Installation::new("alice", 31, dir.path(), relay_addr.clone());
+            let bob_inst = Installation::new("bob", 32, dir.path(), relay_addr);
+            let bob_key = bob_inst.identity.account().identity_key().serialize().to_vec();
+            let bob_identity = Arc::clone(&bob_inst.identity);
+            let mut bob = bob_inst
+                .start_with(|config, store| {
+                    let pre_keys =
+                        prekeys::ensure(store, &bob_identity, &strata_session::Config::default(), now_ms()).unwrap();
+                    let source = Arc::new(SessionSource {
+                        identity: bob_identity,
+                        pre_keys,
+                    });
+                    config.bundles = Some(BundleConfig::new(verifier()).with_source(source));
+                })
+                .await;
+            let mut alice = alice_inst
+                .start_with(|config, _| {
+                    config.topics = vec![bundle_topic(&bob_key)];
+                    config.bundles = Some(BundleConfig::new(verifier()));
+                })
+                .await;
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            let held = loop {
+                if let Some(h) = alice.transport.bundles_of(&bob_key).await.unwrap().into_iter().next() {
+                    break h;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "alice never got bob's bundle");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let bundle = verify_bundle(&held.bytes).unwrap();
+            // The attempt starts from the bundle; `connect` then brings the
+            // link up (its own `Open` finds the attempt under way).
+            alice
+                .request("bob", SessionRequest::OpenFromBundle(Box::new(bundle)))
+                .await;
+            alice.connect("bob").await;
+            assert!(!alice.wait_ready().await, "a fresh session");
+            assert!(!bob.wait_ready().await, "a fresh session");
+            for node in [&alice, &bob] {
+                let started: Vec<bool> = node
+                    .seen
+                    .iter()
+                    .filter_map(|e| match e.kind {
+                        NodeEventKind::Session(Event::HandshakeStarted { from_bundle, .. }) => Some(from_bundle),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(started, vec![true], "{}: one handshake, from the bundle", node.name);
+            }
+            alice.send_text("bob", "opened from your bundle").await;
+            bob.wait_text("opened from your bundle").await;
+            bob.send_text("alice", "and answered").await;
+            alice.wait_text("and answered").await;
+            alice.stop().await;
+            bob.stop().await;
+            relay.shutdown().await;
+        });
     }
 }

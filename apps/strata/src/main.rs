@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod bundles;
 mod cli;
 mod commands;
 mod config;

@@ -85,12 +85,22 @@ impl NodeSessions {
             )
             .hint("set peerjs.enabled or libp2p.enabled to true in the config"));
         }
+        let exported = local
+            .installation()
+            .export()
+            .map_err(|e| AppError::internal(format!("cannot load the identity: {e}")))?;
+        let identity = Arc::new(
+            InstallationIdentity::import(exported.as_bytes())
+                .map_err(|e| AppError::internal(format!("cannot load the identity: {e}")))?,
+        );
+        let session_config = strata_session::Config::default();
         let peerjs = match broker {
             Some(choice) => Some(start_peerjs(config, dir, &addr, &choice).await?),
             None => None,
         };
         let libp2p = if config.libp2p.enabled {
-            Some(start_libp2p(config, dir, &addr).await?)
+            let bundles = crate::bundles::config(&store, &identity, &session_config, crate::ops::now_ms())?;
+            Some(start_libp2p(config, dir, &addr, bundles).await?)
         } else {
             None
         };
@@ -118,15 +128,9 @@ impl NodeSessions {
         let (wire, stream) = Duo::new(peerjs, libp2p, 1024)
             .map_err(|e| AppError::internal(format!("cannot join the transports: {e}")))?;
 
-        let exported = local
-            .installation()
-            .export()
-            .map_err(|e| AppError::internal(format!("cannot load the identity: {e}")))?;
-        let identity = InstallationIdentity::import(exported.as_bytes())
-            .map_err(|e| AppError::internal(format!("cannot load the identity: {e}")))?;
         let setup = SessionSetup {
-            config: strata_session::Config::default(),
-            local: Arc::new(identity),
+            config: session_config,
+            local: identity,
             store: store.clone(),
             downloads: dir.root().join("downloads"),
         };
@@ -216,6 +220,27 @@ impl NodeSessions {
         }
     }
 
+    /// The verified bundle the libp2p transport holds for the installation
+    /// at `peer`, whose account is known from the contacts or from the
+    /// contact URI `text`.
+    async fn held_bundle(&self, text: &str, peer: &PeerAddr) -> Option<strata_cascade::bundle::VerifiedBundle> {
+        let libp2p = self.libp2p.as_ref()?;
+        let installation: [u8; 16] = hex::decode(peer.as_str()).ok()?.try_into().ok()?;
+        let contact = self.store.read(|r| r.contact(peer.as_str())).ok().flatten();
+        let identity_key = match (contact, PeerRef::parse(text)) {
+            (Some(c), _) => c.identity_key,
+            (None, Ok(PeerRef::Contact(uri))) => uri.peer_id.identity_key().serialize().to_vec(),
+            (None, Ok(PeerRef::PeerId(id))) => id.identity_key().serialize().to_vec(),
+            _ => return None,
+        };
+        crate::bundles::held(
+            libp2p,
+            &identity_key,
+            strata_cascade::InstallationId::from_bytes(installation),
+        )
+        .await
+    }
+
     async fn peer_request(&self, peer: PeerAddr, request: SessionRequest) -> Result<Option<String>> {
         let reply = self
             .node
@@ -242,6 +267,16 @@ impl NodeSessions {
                 "installation": status.installation,
                 "steps": [],
             }));
+        }
+        if let Some(bundle) = self.held_bundle(text, &peer).await {
+            // The attempt starts from the bundle; `Connect` below brings the
+            // link up and finds it under way.
+            if let Err(e) = self
+                .peer_request(peer.clone(), SessionRequest::OpenFromBundle(Box::new(bundle)))
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connect: cannot open from the held bundle");
+            }
         }
         let reply = self
             .node
@@ -497,8 +532,15 @@ fn peerjs_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-async fn start_libp2p(config: &Config, dir: &DataDir, addr: &str) -> Result<(Libp2pTransport, EventStream)> {
+async fn start_libp2p(
+    config: &Config,
+    dir: &DataDir,
+    addr: &str,
+    (bundles, follow): (strata_transport_libp2p::BundleConfig, Vec<strata_transport::Topic>),
+) -> Result<(Libp2pTransport, EventStream)> {
     let mut lp = strata_transport_libp2p::Config::new(PeerAddr::new(addr));
+    lp.bundles = Some(bundles);
+    lp.topics = follow;
     let parse = |list: &[String]| -> Vec<libp2p::Multiaddr> { list.iter().filter_map(|a| a.parse().ok()).collect() };
     lp.listen = parse(&config.libp2p.listen);
     lp.bootstrap = parse(&config.libp2p.bootstrap);
@@ -612,7 +654,10 @@ fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
         NodeEventKind::Failed { reason } => ("session-failed", json!({"reason": reason})),
         NodeEventKind::Lagged { dropped } => ("lagged", json!({"dropped": dropped})),
         NodeEventKind::Session(event) => match event {
-            Event::HandshakeStarted { role, .. } => ("handshake-started", json!({"role": name(role)})),
+            Event::HandshakeStarted { role, from_bundle, .. } => (
+                "handshake-started",
+                json!({"role": name(role), "fromBundle": from_bundle}),
+            ),
             Event::EncryptionReady {
                 installation, resumed, ..
             } => (

@@ -157,6 +157,7 @@ pub mod identity;
 mod layer;
 pub mod layers;
 mod pair;
+mod prekeys;
 pub mod safety;
 mod schedule;
 #[cfg(feature = "seal-fingerprints")]
@@ -176,6 +177,7 @@ pub use layers::signal::{SignalBundle, SignalLayer};
 /// libsignal `IdentityKey`s.
 pub use libsignal_protocol_syft::IdentityKey;
 pub use pair::{PairCascade, RESUME_PROOF_LEN};
+pub use prekeys::InstallationPreKeys;
 pub use safety::SafetyNumber;
 pub use schedule::{MAX_FORWARD_GAP, MAX_SKIPPED_KEYS};
 pub use secret::SecretBytes;

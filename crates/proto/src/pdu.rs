@@ -85,6 +85,23 @@ pub struct ResumeProbe {
     pub proof: Blob<64>,
 }
 
+/// Marks a step 3 that opens a handshake from the responder's broadcast
+/// bundle: steps 1–2 and 5–6 never happen, so this carries what step 1
+/// would have (the initiator's identity) and names the bundle whose
+/// pre-keys the rest of the first flight (7, 8, 10) was made from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct BundleStart {
+    /// The initiator's installation id.
+    pub installation_id: Id,
+    /// The initiator's account identity key (as in step 1). Pinned on first
+    /// use; steps 7, 8 and 10 are each bound to it.
+    pub identity_key: KeyBytes,
+    /// The version of the responder's bundle that was used.
+    pub version: u64,
+}
+
 /// The answer to a [`ResumeProbe`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -124,6 +141,9 @@ pub struct EncryptionSyncRequest {
     /// Present when the sender wants to resume the stored session `session_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeProbe>,
+    /// Present when the sender opens the handshake from our bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleStart>,
 }
 
 /// Step 4, `mls-encryption-sync-response`: the answer to step 3.

@@ -377,3 +377,34 @@ fn mutated_pdus_never_panic() {
         }
     }
 }
+
+/// A step 3 that opens from the responder's bundle: its fields are on the
+/// wire as documented, and it round-trips; without them it is the plain
+/// step 3 (older senders omit the field).
+#[test]
+fn a_bundle_started_sync_request_carries_the_initiator() {
+    let pdu: Pdu = EncryptionSyncRequest {
+        session_id: common::session(),
+        profile: common::text(PROFILE_V0),
+        layers: BoundedVec::new(vec![common::text("MLS")]).unwrap(),
+        resume: None,
+        bundle: Some(BundleStart {
+            installation_id: common::text("00112233445566778899aabbccddeeff"),
+            identity_key: common::blob(16, 33),
+            version: 7,
+        }),
+    }
+    .into();
+    let json: serde_json::Value = serde_json::from_slice(&pdu.encode()).unwrap();
+    let bundle = &json["bundle"];
+    assert_eq!(bundle["installationId"], "00112233445566778899aabbccddeeff");
+    assert_eq!(bundle["version"], 7);
+    assert!(bundle["identityKey"].is_string());
+    assert_eq!(Pdu::decode(&pdu.encode()).unwrap(), pdu);
+    let mut plain = json.clone();
+    plain.as_object_mut().unwrap().remove("bundle");
+    let Pdu::EncryptionSyncRequest(req) = Pdu::decode(&serde_json::to_vec(&plain).unwrap()).unwrap() else {
+        panic!("not a step 3");
+    };
+    assert!(req.bundle.is_none());
+}

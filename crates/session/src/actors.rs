@@ -258,6 +258,9 @@ pub enum SessionRequest {
     SendFile(PathBuf),
     /// The safety number with this peer (60 digits, grouped).
     SafetyNumber,
+    /// Open the session from the peer's verified bundle (one round trip;
+    /// see [`PeerMachine::open_from_bundle`]).
+    OpenFromBundle(Box<strata_cascade::bundle::VerifiedBundle>),
 }
 
 /// A session event on its way to the [`Node`].
@@ -525,6 +528,7 @@ impl Handler<SessionRequest> for PeerSession {
             SessionRequest::Command(Command::Send(content)) => self.machine.send(content, now()).map(Some),
             SessionRequest::Command(c) => self.machine.handle(Input::Command(c), now()).map(|()| None),
             SessionRequest::SendFile(path) => self.files.start(&path).map(Some),
+            SessionRequest::OpenFromBundle(bundle) => self.machine.open_from_bundle(&bundle, now()).map(|()| None),
             SessionRequest::SafetyNumber => {
                 let peer = self
                     .machine

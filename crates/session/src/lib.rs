@@ -154,6 +154,35 @@
 //! its outbox until acknowledged. The answer is fresh (it covers the
 //! prober's nonce), so the prober cannot be fooled that way.
 //!
+//! # Opening from a bundle (one round trip)
+//!
+//! An installation that publishes a bundle (Waku 53/54 style, see
+//! [`prekeys`]) keeps the private halves of its pre-keys installation-wide
+//! in the store. A peer A holding B's verified bundle calls
+//! [`PeerMachine::open_from_bundle`]: the bundle stands in for steps 1–2
+//! (B's identity, pinned by TOFU as step 2 would, and its KeyPackage) and
+//! 5–6 (B's PQXDH pre-keys), and B's ML-KEM key from it stands in for 9.
+//!
+//! ```text
+//!  A (holds B's bundle, version v)                 B
+//!  3  mls-encryption-sync-request + bundle{A's installation id, identity key, v} ─►
+//!  7  signal-session-complete (PQXDH on the bundle's pre-keys) ──────────────────►
+//!  8  mlkem-key-exchange (A's signed key) ───────────────────────────────────────►
+//!  10 mls-welcome (group made from the bundle's KeyPackage) ─────────────────────►
+//!                       B: TOFU(A); layers seeded from the pre-keys of version v;
+//!                       7, 8, 10 processed as in the full handshake → encryptionReady
+//!     ◄─────────────────────────────────────────────  4, 9, 11
+//!  A: encryptionReady
+//! ```
+//!
+//! Each of 7, 8 and 10 is bound to A's identity as in the full handshake
+//! (the Signal PreKey message, the signed ML-KEM key, the MLS credential),
+//! so a forged step 3 leads nowhere. B refuses a step 3 naming a bundle
+//! version it no longer holds (a `protocol-error` naming the session), and
+//! A then runs the full handshake. Because a bundle is public, its pre-keys
+//! serve any number of initiators (no one-time pre-key; the KeyPackage is
+//! last-resort), as 53/WAKU2-X3DH accepts.
+//!
 //! # Rotation
 //!
 //! - ML-KEM/AES epochs: every [`Config::kem_rotation_messages`] messages
@@ -184,6 +213,7 @@ pub mod durable;
 pub mod error;
 mod files;
 pub mod machine;
+pub mod prekeys;
 
 pub use config::Config;
 pub use content::Content;

@@ -21,15 +21,15 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::{
-    AesGcmLayer, CascadeError, InstallationId, InstallationIdentity, KemKeyPair, KeyPackageKind, MlKemLayer, MlsLayer,
-    PairCascade, PeerIdentity, SignalBundle, SignalLayer, SignedKemKey,
+    AesGcmLayer, CascadeError, InstallationId, InstallationIdentity, InstallationPreKeys, KemKeyPair, KeyPackageKind,
+    MlKemLayer, MlsLayer, PairCascade, PeerIdentity, SignalBundle, SignalLayer, SignedKemKey, bundle::VerifiedBundle,
 };
 use strata_proto::{
-    BoundedVec, ChunkError, DecodeError, EncryptedMessage, EncryptionSyncRequest, EncryptionSyncResponse, ErrorCode,
-    FixedBytes, Id, KeyPackage, KeyPackageRequest, LayerName, Message, MlKemKeyExchange, MlKemKeyExchangeResponse,
-    MlsCommit, MlsWelcome, MlsWelcomeAck, PROFILE_V0, Pdu, PduType, ProtocolError, Reassembler, ResumeAnswer,
-    ResumeProbe, ResumeStatus, RotationTimestampBroadcast, SignalKeyExchangeRequest, SignalKeyExchangeResponse,
-    SignalSessionComplete, Text,
+    BoundedVec, BundleStart, ChunkError, DecodeError, EncryptedMessage, EncryptionSyncRequest, EncryptionSyncResponse,
+    ErrorCode, FixedBytes, Id, KeyPackage, KeyPackageRequest, LayerName, Message, MlKemKeyExchange,
+    MlKemKeyExchangeResponse, MlsCommit, MlsWelcome, MlsWelcomeAck, PROFILE_V0, Pdu, PduType, ProtocolError,
+    Reassembler, ResumeAnswer, ResumeProbe, ResumeStatus, RotationTimestampBroadcast, SignalKeyExchangeRequest,
+    SignalKeyExchangeResponse, SignalSessionComplete, Text,
 };
 use strata_store::{Accepted, IdentityCheck, IncomingMessage, OutgoingMessage};
 
@@ -131,6 +131,8 @@ pub enum Event {
         session_id: [u8; 16],
         /// Our role in it.
         role: Role,
+        /// Opened from the responder's bundle (one round trip).
+        from_bundle: bool,
     },
     /// P3.3 `encryptionReady`: every layer is initialised and the peer is
     /// in the encrypted set; messages flow.
@@ -266,6 +268,9 @@ struct Attempt {
     signal_ok: bool,
     kem_ok: bool,
     mls_ok: bool,
+    /// Opened from the responder's bundle (one round trip). For the
+    /// initiator, a refused step 3 then falls back to the full handshake.
+    from_bundle: bool,
     /// Initiator: our requests, by type, until answered.
     pending: BTreeMap<PduType, Retx>,
     /// Responder: our encoded answer, by the request's type.
@@ -297,6 +302,7 @@ impl Attempt {
             signal_ok: false,
             kem_ok: false,
             mls_ok: false,
+            from_bundle: false,
             pending: BTreeMap::new(),
             replies: BTreeMap::new(),
         }
@@ -485,6 +491,7 @@ fn sync_request(id: [u8; 16], resume: Option<ResumeProbe>) -> EncryptionSyncRequ
         profile: Text::new(PROFILE_V0).unwrap_or_default(),
         layers: layer_names(),
         resume,
+        bundle: None,
     }
 }
 
@@ -685,6 +692,20 @@ impl PeerMachine {
                 Err(e)
             }
         }
+    }
+
+    /// Opens a session from the peer's verified broadcast bundle, without
+    /// waiting for steps 1–2 and 5–6: the first flight (3 naming the
+    /// bundle, 7, 8 and 10) goes at once and the peer's answers (4, 9, 11)
+    /// finish the handshake, one round trip instead of three. The bundle's
+    /// identity key is pinned (or checked) exactly as step 2's would be.
+    /// Does nothing while a session or a handshake exists; a peer that
+    /// refuses the bundle (re-keyed since) gets the full handshake.
+    pub fn open_from_bundle(&mut self, bundle: &VerifiedBundle, now: Now) -> Step {
+        let result = self.start_from_bundle(bundle, now);
+        let result = self.end_of_input(result);
+        self.after_step(now)?;
+        result
     }
 
     /// Queues `content` for the peer; returns its message id. Equivalent to
@@ -1252,10 +1273,7 @@ impl PeerMachine {
             Pdu::MlsCommit(p) => self.on_commit(p, now),
             Pdu::Message(m) => self.on_message(m, now),
             Pdu::Chunk(c) => self.on_chunk(c, now),
-            Pdu::ProtocolError(e) => {
-                self.on_peer_error(e, now);
-                Ok(())
-            }
+            Pdu::ProtocolError(e) => self.on_peer_error(e, now),
             Pdu::RotationTimestampBroadcast(b) => self.on_rotation(b, now),
             Pdu::GroupMemberJoined(_) | Pdu::GroupMemberLeft(_) | Pdu::GroupMessage(_) => {
                 self.refuse(Refusal::Unexpected, "no groups in a pair session", Some(ty), None, now);
@@ -1437,9 +1455,13 @@ impl PeerMachine {
     }
 
     fn begin(&mut self, attempt: Attempt) {
-        let (session_id, role) = (attempt.id, attempt.role);
+        let (session_id, role, from_bundle) = (attempt.id, attempt.role, attempt.from_bundle);
         self.attempt = Some(attempt);
-        self.emit(Event::HandshakeStarted { session_id, role });
+        self.emit(Event::HandshakeStarted {
+            session_id,
+            role,
+            from_bundle,
+        });
     }
 
     /// Our installation id and identity key, as steps 1 and 2 carry them.
@@ -1457,6 +1479,146 @@ impl PeerMachine {
         let kem_key = KemKeyPair::generate(&self.local, 1, &mut self.rng)?;
         let own_kem = kem_key.public().clone();
         Ok((signal, MlKemLayer::new(self.local_id, peer, kem_key), own_kem))
+    }
+
+    /// The initiator's side of [`PeerMachine::open_from_bundle`].
+    fn start_from_bundle(&mut self, bundle: &VerifiedBundle, now: Now) -> Step {
+        if self.session.is_some() || self.attempt.is_some() || self.blocked {
+            return Ok(());
+        }
+        let ty = PduType::KeyPackage;
+        let announced = bundle.peer();
+        let installation = Text::new(crypto::installation_hex(announced.installation_id)).unwrap_or_default();
+        let identity_key = crypto::peer_identity_key(&announced);
+        let Some(peer) = self.check_identity(&installation, &identity_key, ty, now)? else {
+            return Ok(());
+        };
+        self.wants_session = true;
+        let id = self.random_id();
+        let mut mls = MlsLayer::new(&self.local, peer)?;
+        let welcome = mls.create_group(bundle.key_package().bytes())?;
+        let (mut signal, mut kem, own_kem) = self.fresh_layers(peer)?;
+        signal.process_bundle(bundle.signal(), now.unix_ms, &mut self.rng)?;
+        let confirmation = crypto::signal_confirmation(
+            &mut signal,
+            self.local_id,
+            peer.installation_id,
+            &id,
+            now.unix_ms,
+            &mut self.rng,
+        )?;
+        kem.set_peer_key(bundle.kem_key().clone())?;
+        let (key_id, key, signature) = crypto::kem_key_fields(&own_kem)?;
+        let (installation_id, identity_key) = self.own_identity_fields();
+        let session_id = FixedBytes(id);
+        let mut start = sync_request(id, None);
+        start.bundle = Some(BundleStart {
+            installation_id,
+            identity_key,
+            version: bundle.header().version,
+        });
+        let pdus: [Pdu; 4] = [
+            start.into(),
+            SignalSessionComplete {
+                session_id,
+                message: strata_proto::Blob::new(confirmation)
+                    .map_err(|_| SessionError::Internal("Signal message over the field cap".into()))?,
+            }
+            .into(),
+            MlKemKeyExchange {
+                session_id,
+                key_id,
+                encapsulation_key: key,
+                signature,
+            }
+            .into(),
+            MlsWelcome {
+                session_id: Some(session_id),
+                group_id: group_id_blob(&mls),
+                welcome: strata_proto::Blob::new(welcome)
+                    .map_err(|_| SessionError::Internal("Welcome over the field cap".into()))?,
+                ratchet_tree: None,
+            }
+            .into(),
+        ];
+        let rto = self.config.handshake_rto;
+        let mut attempt = Attempt::new(id, Role::Initiator, now.at);
+        for pdu in pdus {
+            let t = pdu.pdu_type();
+            attempt
+                .pending
+                .insert(t, Retx::new(self.transmit_pdu(pdu), now.at, rto));
+        }
+        attempt.set_layers(peer, mls, (signal, kem, own_kem));
+        // The bundle stood in for steps 6 and 9.
+        attempt.signal_ok = true;
+        attempt.kem_ok = true;
+        attempt.from_bundle = true;
+        self.begin(attempt);
+        Ok(())
+    }
+
+    /// Step 3 naming our bundle, for a session we have not heard of: the
+    /// responder's attempt starts here, its layers seeded from the
+    /// installation pre-keys that bundle published. A bundle version we no
+    /// longer hold is refused (naming the session), and the initiator falls
+    /// back to the full handshake.
+    fn on_bundle_start(&mut self, req: EncryptionSyncRequest, start: BundleStart, now: Now) -> Step {
+        let id = req.session_id.0;
+        let ty = PduType::EncryptionSyncRequest;
+        let session = hex::encode(id);
+        if !(layers_match(&req.layers) && req.profile.as_str() == PROFILE_V0) {
+            self.refuse(
+                Refusal::Unexpected,
+                "unknown profile or layers",
+                Some(ty),
+                Some(&session),
+                now,
+            );
+            return Ok(());
+        }
+        // Simultaneous open: the handshake with the lower session id wins.
+        if let Some(a) = &self.attempt
+            && a.role == Role::Initiator
+            && a.id < id
+        {
+            return Ok(());
+        }
+        let stored = durable::read(&*self.store, |r| r.pre_keys())?;
+        let pre_keys = match stored.map(|b| InstallationPreKeys::import(&b)).transpose()? {
+            Some(p) if p.version() == start.version => p,
+            _ => {
+                self.refuse(
+                    Refusal::Unexpected,
+                    "bundle version not held",
+                    Some(ty),
+                    Some(&session),
+                    now,
+                );
+                return Ok(());
+            }
+        };
+        let Some(peer) = self.check_identity(&start.installation_id, start.identity_key.as_bytes(), ty, now)? else {
+            return Ok(());
+        };
+        if let Some(old) = self.attempt.as_ref().map(|a| a.id) {
+            self.abandon(old);
+        }
+        if self.session.is_some() {
+            self.emit(Event::SessionReset {
+                reason: ResetReason::PeerRestarted,
+            });
+        }
+        let mls = pre_keys.mls_layer(&self.local, peer)?;
+        let signal = pre_keys.signal_layer(&self.local, peer)?;
+        let kem = pre_keys.kem_layer(&self.local, peer)?;
+        let mut attempt = Attempt::new(id, Role::Responder, now.at);
+        attempt.set_layers(peer, mls, (signal, kem, pre_keys.kem_public().clone()));
+        attempt.sync_ok = true;
+        attempt.from_bundle = true;
+        self.begin(attempt);
+        self.answer(ty, sync_response(id, None).into());
+        self.try_complete(now)
     }
 
     /// Step 1 received.
@@ -1584,6 +1746,11 @@ impl PeerMachine {
         let ty = PduType::EncryptionSyncRequest;
         if let Some(probe) = req.resume {
             return self.on_resume_probe(id, &probe, now);
+        }
+        if let Some(start) = req.bundle.clone()
+            && !self.known_session(&id)
+        {
+            return self.on_bundle_start(req, start, now);
         }
         let local_layers_ok = layers_match(&req.layers) && req.profile.as_str() == PROFILE_V0;
         let Some(a) = self.new_request(&id, ty, now) else {
@@ -1769,6 +1936,13 @@ impl PeerMachine {
         let Some(a) = self.awaited(&id, PduType::MlKemKeyExchange, ty, now) else {
             return Ok(());
         };
+        if a.kem_ok {
+            // Opened from a bundle, the peer's key came with it (and the
+            // layers may be assembled already): the answer only confirms
+            // that step 8 arrived.
+            a.pending.remove(&PduType::MlKemKeyExchange);
+            return self.try_complete(now);
+        }
         let (Some(kem), Some(peer)) = (a.kem.as_mut(), a.peer) else {
             return Err(SessionError::Internal("initiator without an ML-KEM layer".into()));
         };
@@ -2378,9 +2552,11 @@ impl PeerMachine {
         let incoming: Vec<IncomingMessage> = batch
             .iter()
             .filter_map(|d| match &d.parsed {
-                Ok(p @ Plaintext {
-                    body: Body::Content(_), ..
-                }) => Some(IncomingMessage {
+                Ok(
+                    p @ Plaintext {
+                        body: Body::Content(_), ..
+                    },
+                ) => Some(IncomingMessage {
                     peer: hex.clone(),
                     message_id: d.id.clone(),
                     received_ms: d.now.unix_ms,
@@ -2448,8 +2624,23 @@ impl PeerMachine {
         Ok(())
     }
 
-    fn on_peer_error(&mut self, e: ProtocolError, now: Now) {
+    fn on_peer_error(&mut self, e: ProtocolError, now: Now) -> Step {
         tracing::debug!(peer = %self.peer_hex, code = ?e.code, reason = %e.reason, "protocol-error from peer");
+        let refused_bundle = self.attempt.as_ref().is_some_and(|a| {
+            a.from_bundle
+                && a.role == Role::Initiator
+                && e.ref_type
+                    .as_ref()
+                    .is_some_and(|t| t.as_str() == PduType::EncryptionSyncRequest.as_str())
+                && e.ref_id.as_ref().is_some_and(|r| r.as_str() == hex::encode(a.id))
+        });
+        if refused_bundle && let Some(id) = self.attempt.as_ref().map(|a| a.id) {
+            // The peer no longer holds that bundle (it re-keyed) or cannot
+            // use it: the full handshake needs nothing from it.
+            tracing::debug!(peer = %self.peer_hex, "bundle refused; full handshake");
+            self.abandon(id);
+            self.start_attempt(now)?;
+        }
         if e.code == ErrorCode::DecryptFailed
             && let Some(id) = &e.ref_id
             && let Some(t) = self
@@ -2481,6 +2672,7 @@ impl PeerMachine {
             code: e.code,
             reason: e.reason.into_string(),
         });
+        Ok(())
     }
 
     // ---- rotation -------------------------------------------------------------

@@ -95,6 +95,7 @@ fn simultaneous_open_converges_on_the_lower_session_id() {
                 Event::HandshakeStarted {
                     session_id,
                     role: Role::Initiator,
+                    ..
                 } => Some(*session_id),
                 _ => None,
             })
@@ -102,6 +103,7 @@ fn simultaneous_open_converges_on_the_lower_session_id() {
                 Event::HandshakeStarted {
                     session_id,
                     role: Role::Initiator,
+                    ..
                 } => Some(*session_id),
                 _ => None,
             }))

@@ -164,6 +164,9 @@ fn encode<T: Serialize>(value: &T) -> Result<zeroize::Zeroizing<Vec<u8>>, StoreE
 }
 
 const IDENTITY_KEY: &[u8] = b"identity";
+/// Beside the identity: the private halves of the pre-keys this
+/// installation publishes in its bundle (not tied to any peer).
+const PRE_KEYS_KEY: &[u8] = b"pre-keys";
 
 /// Reads within one snapshot.
 pub struct Reader<'a> {
@@ -195,6 +198,11 @@ macro_rules! reads {
             /// The serialized identity (opaque to the store).
             pub fn identity(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
                 self.get_blob(Table::Identity, IDENTITY_KEY)
+            }
+
+            /// The serialized installation pre-keys (`InstallationPreKeys`), if any.
+            pub fn pre_keys(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Identity, PRE_KEYS_KEY)
             }
 
             /// The contact record of installation `peer`.
@@ -287,6 +295,11 @@ impl Writer<'_> {
     /// Stores the serialized identity.
     pub fn set_identity(&mut self, identity: &[u8]) -> Result<(), StoreError> {
         put_sealed(self.tx, self.key, Table::Identity, IDENTITY_KEY, identity)
+    }
+
+    /// Stores the serialized installation pre-keys, replacing older ones.
+    pub fn set_pre_keys(&mut self, pre_keys: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Identity, PRE_KEYS_KEY, pre_keys)
     }
 
     /// Stores the pair cascade state for `peer`.
@@ -469,7 +482,10 @@ impl Writer<'_> {
         let mut accepted = Vec::with_capacity(messages.len());
         for m in messages {
             if m.peer != peer {
-                return Err(StoreError::Misuse(format!("message {} is not from {peer}", m.message_id)));
+                return Err(StoreError::Misuse(format!(
+                    "message {} is not from {peer}",
+                    m.message_id
+                )));
             }
             accepted.push(self.insert_incoming(m)?);
         }

@@ -5,6 +5,12 @@
 //! - 64 MiB A → B over one link, in 1 MiB frames and in 8 KiB frames (the
 //!   session layer's chunk size), until the last byte is delivered.
 //!
+//! Knobs (environment): `PEERJS_BENCH_CHUNK` (BinaryPack chunk size),
+//! `PEERJS_BENCH_SMALL_FRAME` (bytes, instead of 8192),
+//! `PEERJS_BENCH_SKIP_JS`, and `PEERJS_BENCH_TWO_LINKS=1`, which instead
+//! moves 64 MiB over each of two links at once: if together they beat one
+//! link, a link is bound by latency inside webrtc-rs rather than by CPU.
+//!
 //! The JS side runs `../shared/tools/peerjs-baseline.cjs` from `tests/interop`
 //! (its node_modules). The end-to-end targets (connect →
 //! `encryptionReady`, 64 MiB through the full cascade) need the session
@@ -85,7 +91,9 @@ async fn strata_connect(
 
 async fn strata_transfer(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut EventStream, frame: usize) -> f64 {
     let (from, to) = (a.local_addr(), b.local_addr());
+    // 64 MiB rounded down to whole frames.
     let frames = TRANSFER / frame;
+    let total = frames * frame;
     let payload: Bytes = (0..frame).map(|i| (i % 251) as u8).collect();
     let t0 = Instant::now();
     let sender = {
@@ -97,7 +105,7 @@ async fn strata_transfer(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut Even
         })
     };
     let mut received = 0;
-    while received < TRANSFER {
+    while received < total {
         let event = tokio::time::timeout(Duration::from_secs(120), be.next())
             .await
             .unwrap()
@@ -110,7 +118,34 @@ async fn strata_transfer(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut Even
     }
     let secs = t0.elapsed().as_secs_f64();
     sender.await.unwrap();
-    TRANSFER as f64 / 1e6 / secs
+    total as f64 / 1e6 / secs
+}
+
+/// The "8 KiB" frame size: `PEERJS_BENCH_SMALL_FRAME`, else 8192.
+fn small_frame() -> usize {
+    std::env::var("PEERJS_BENCH_SMALL_FRAME")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(8 << 10)
+}
+
+/// 64 MiB in 8 KiB frames over A→B and C→D at once, three times.
+async fn two_links(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut EventStream, port: u16) {
+    let (c, _ce) = node("bench-c", port).await;
+    let (d, mut de) = node("bench-d", port).await;
+    a.connect(&b.local_addr()).await.unwrap();
+    wait_for(be, |e| matches!(e, TransportEvent::Connected { .. })).await;
+    c.connect(&d.local_addr()).await.unwrap();
+    wait_for(&mut de, |e| matches!(e, TransportEvent::Connected { .. })).await;
+    for _ in 0..REPS {
+        let t0 = Instant::now();
+        let (ab, cd) = tokio::join!(
+            strata_transfer(a, b, be, 8 << 10),
+            strata_transfer(&c, &d, &mut de, 8 << 10)
+        );
+        let sum = 2.0 * TRANSFER as f64 / 1e6 / t0.elapsed().as_secs_f64();
+        println!("two links at once, 8 KiB frames MB/s: {ab:.1} + {cd:.1}, together {sum:.1}");
+    }
 }
 
 /// Runs the JS baseline; `None` (with the reason) where it cannot run.
@@ -146,6 +181,10 @@ async fn main() {
     let port = broker.local_addr().port();
     let (a, mut ae) = node("bench-a", port).await;
     let (b, mut be) = node("bench-b", port).await;
+    if std::env::var_os("PEERJS_BENCH_TWO_LINKS").is_some() {
+        two_links(&a, &b, &mut be, port).await;
+        return;
+    }
 
     let connect = strata_connect(&a, &mut ae, &b, &mut be).await;
     let connect_median = median(connect.clone());
@@ -155,7 +194,7 @@ async fn main() {
     let mut small = Vec::new();
     for _ in 0..REPS {
         big.push(strata_transfer(&a, &b, &mut be, 1 << 20).await);
-        small.push(strata_transfer(&a, &b, &mut be, 8 << 10).await);
+        small.push(strata_transfer(&a, &b, &mut be, small_frame()).await);
     }
     let (big_median, small_median) = (median(big.clone()), median(small.clone()));
     println!("strata connect->open ms: median {connect_median:.1} samples {connect:.1?}");

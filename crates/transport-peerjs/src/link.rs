@@ -148,6 +148,11 @@ pub(crate) struct OpenLink {
 }
 
 impl OpenLink {
+    /// The link this is the sending half of.
+    pub(crate) fn link_id(&self) -> u64 {
+        self.link_id
+    }
+
     /// Sends one frame, waiting while more than the high-water mark is
     /// buffered. Frames of one link go out whole and in order.
     pub(crate) async fn send(&self, frame: &Bytes) -> Result<(), TransportError> {

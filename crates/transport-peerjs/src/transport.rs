@@ -309,6 +309,16 @@ impl Entry {
     }
 }
 
+/// Whether link `link_id` still routes frames to `peer`. A link withdraws
+/// its route before it reports `Disconnected`.
+fn route_is_live(routes: &Routes, peer: &PeerAddr, link_id: u64) -> bool {
+    routes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(peer)
+        .is_some_and(|link| link.link_id() == link_id)
+}
+
 /// Candidates for connections not started yet, per (peer, connection id).
 const EARLY_CONNECTIONS: usize = 128;
 const EARLY_CANDIDATES: usize = 32;
@@ -401,8 +411,16 @@ impl Actor {
                 vec![reply],
             ),
             Some(entry) => match entry.phase {
-                Phase::Open => {
+                Phase::Open if route_is_live(&self.ctx.routes, &peer, entry.link_id) => {
                     let _ = reply.send(Ok(()));
+                }
+                Phase::Open => {
+                    // The link withdrew its route and may have told the
+                    // application `Disconnected` before its end reaches us:
+                    // connect again once it has.
+                    entry.phase = Phase::Closing;
+                    entry.next_waiters.push(reply);
+                    entry.then.get_or_insert(Then::Offer);
                 }
                 Phase::Connecting => entry.waiters.push(reply),
                 Phase::Closing => {

@@ -117,3 +117,39 @@ async fn repeated_cycles_stay_clean() {
     let _ = (a_addr, b_addr);
     broker.shutdown().await;
 }
+
+/// Reconnecting the moment `Disconnected { Remote }` arrives opens a new
+/// link: the old one's end must not be mistaken for an open link (its route
+/// is withdrawn before the event, its report to the actor comes after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_right_after_a_remote_close_opens_a_new_link() {
+    common::init_tracing();
+    let broker = common::broker(BrokerConfig::default()).await;
+    let port = broker.local_addr().port();
+    let (a, mut a_events) = common::node("again-a", port).await;
+    let (b, mut b_events) = common::node("again-b", port).await;
+    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+    let connected = |e: &TransportEvent| matches!(e, TransportEvent::Connected { .. });
+    a.connect(&b_addr).await.unwrap();
+    expect_event(&mut a_events, "Connected", connected, Duration::from_secs(30)).await;
+    expect_event(&mut b_events, "Connected", connected, Duration::from_secs(30)).await;
+    for i in 0..10u8 {
+        a.disconnect(&b_addr).await.unwrap();
+        let remote = |e: &TransportEvent| {
+            matches!(
+                e,
+                TransportEvent::Disconnected {
+                    reason: DisconnectReason::Remote,
+                    ..
+                }
+            )
+        };
+        expect_event(&mut b_events, "Disconnected Remote", remote, Duration::from_secs(10)).await;
+        b.connect(&a_addr).await.unwrap();
+        expect_event(&mut b_events, "Connected again", connected, Duration::from_secs(30)).await;
+        expect_event(&mut a_events, "Connected again", connected, Duration::from_secs(30)).await;
+        b.send(&a_addr, Bytes::from(vec![i; 1000])).await.unwrap();
+        assert_eq!(recv_frame(&mut a_events, &b_addr).await, vec![i; 1000], "round {i}");
+    }
+    broker.shutdown().await;
+}

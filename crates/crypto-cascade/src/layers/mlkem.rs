@@ -172,12 +172,21 @@ impl KemKeyPair {
         Secret32::from_slice(ss.as_slice()).ok_or_else(|| CascadeError::internal(KEM_ALGORITHM, "shared secret length"))
     }
 
-    fn write(&self, w: &mut Writer) {
+    pub(crate) fn write(&self, w: &mut Writer) {
         w.raw(self.seed.as_ref());
         w.bytes(&self.public.to_bytes());
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<Self> {
+    /// A copy, for a layer seeded from installation-wide keys (the seed
+    /// stays in zeroizing memory).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            seed: self.seed.clone(),
+            public: self.public.clone(),
+        }
+    }
+
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self> {
         let seed = Zeroizing::new(r.array::<64>()?);
         let public =
             SignedKemKey::from_bytes(r.bytes(4096)?).map_err(|_| CascadeError::CorruptState("ML-KEM receive key"))?;

@@ -138,7 +138,7 @@ impl Signer for LayerSigner {
     }
 }
 
-type StorageMap = HashMap<Vec<u8>, Vec<u8>>;
+pub(crate) type StorageMap = HashMap<Vec<u8>, Vec<u8>>;
 
 /// The MLS layer of one pair of installations.
 pub struct MlsLayer {
@@ -173,6 +173,39 @@ impl MlsLayer {
             snapshot: None,
             exporter: None,
         })
+    }
+
+    /// A last-resort KeyPackage of `local` that no layer holds yet, and the
+    /// storage entries with its private keys (for
+    /// [`MlsLayer::with_key_package`]).
+    pub(crate) fn detached_key_package(
+        local: &InstallationIdentity,
+        lifetime_secs: u64,
+    ) -> Result<(Vec<u8>, StorageMap)> {
+        // A scratch layer: only its storage (the KeyPackage's private keys)
+        // is kept; the peer is irrelevant to building a KeyPackage.
+        let mut layer = Self::new(local, local.peer_identity())?;
+        let bytes = layer.key_package(KeyPackageKind::LastResort, lifetime_secs)?;
+        Ok((bytes, layer.storage_map()?))
+    }
+
+    /// A layer for `local` talking to `peer` that holds the private keys of
+    /// a KeyPackage made by [`MlsLayer::detached_key_package`], so it can
+    /// join a group from a Welcome for that KeyPackage.
+    pub(crate) fn with_key_package(
+        local: &InstallationIdentity,
+        peer: PeerIdentity,
+        entries: &StorageMap,
+    ) -> Result<Self> {
+        let layer = Self::new(local, peer)?;
+        layer
+            .provider
+            .storage()
+            .values
+            .write()
+            .map_err(|_| internal("storage lock"))?
+            .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(layer)
     }
 
     /// The group id (for `mls-commit` / `mls-welcome-ack` PDUs), once

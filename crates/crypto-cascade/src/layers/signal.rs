@@ -329,6 +329,23 @@ impl SignalLayer {
         })
     }
 
+    /// A responder layer holding pre-keys made elsewhere (the
+    /// installation's bundle pre-keys, [`crate::InstallationPreKeys`]): it
+    /// accepts a PreKey message built from a bundle of those keys.
+    pub(crate) fn with_pre_keys(
+        local: &InstallationIdentity,
+        peer: PeerIdentity,
+        id: u32,
+        signed: SignedPreKeyRecord,
+        kyber: KyberPreKeyRecord,
+    ) -> Result<Self> {
+        let mut layer = Self::new(local, peer)?;
+        layer.signed_pre_keys.insert(id, signed);
+        layer.kyber_pre_keys.insert(id, kyber);
+        layer.next_pre_key_id = id.checked_add(1).unwrap_or(id);
+        Ok(layer)
+    }
+
     /// True once a session exists (the initiator after processing the
     /// bundle, the responder after the first PreKey message).
     pub fn has_session(&self) -> bool {
@@ -388,6 +405,47 @@ impl SignalLayer {
         )
         .map_err(internal)?;
         Ok(SignalBundle(bundle))
+    }
+
+    /// Reusable pre-keys for a broadcast bundle, not tied to any peer: a
+    /// signed EC pre-key and a signed Kyber1024 pre-key with id `id`, and
+    /// the bundle of their public halves (no one-time pre-key: a broadcast
+    /// bundle is read by anyone).
+    pub(crate) fn reusable_pre_keys<R: Rng + CryptoRng>(
+        local: &InstallationIdentity,
+        id: u32,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(SignedPreKeyRecord, KyberPreKeyRecord, SignalBundle)> {
+        let identity = local.account().key_pair();
+        let private = identity.private_key();
+        let signed = KeyPair::generate(rng);
+        let signed_sig = private
+            .calculate_signature(&signed.public_key.serialize(), rng)
+            .map_err(internal)?;
+        let kyber = kem::KeyPair::generate(kem::KeyType::Kyber1024, rng);
+        let kyber_sig = private
+            .calculate_signature(&kyber.public_key.serialize(), rng)
+            .map_err(internal)?;
+        let ts = Timestamp::from_epoch_millis(now_ms);
+        let bundle = PreKeyBundle::new(
+            local.registration_id(),
+            DeviceId::new(DEVICE_ID).map_err(|_| internal("device id"))?,
+            None,
+            SignedPreKeyId::from(id),
+            signed.public_key,
+            signed_sig.to_vec(),
+            KyberPreKeyId::from(id),
+            kyber.public_key.clone(),
+            kyber_sig.to_vec(),
+            *identity.identity_key(),
+        )
+        .map_err(internal)?;
+        Ok((
+            SignedPreKeyRecord::new(SignedPreKeyId::from(id), ts, &signed, &signed_sig),
+            KyberPreKeyRecord::new(KyberPreKeyId::from(id), ts, &kyber, &kyber_sig),
+            SignalBundle(bundle),
+        ))
     }
 
     /// Initiator: runs PQXDH against the peer's bundle. The bundle's identity

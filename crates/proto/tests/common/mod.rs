@@ -105,6 +105,7 @@ pub fn samples() -> Vec<Pdu> {
                 epoch: 5,
                 proof: blob(30, 32),
             }),
+            bundle: None,
         }
         .into(),
         EncryptionSyncResponse {
