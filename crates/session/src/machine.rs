@@ -495,6 +495,36 @@ fn sync_request(id: [u8; 16], resume: Option<ResumeProbe>) -> EncryptionSyncRequ
     }
 }
 
+/// Steps 8 and 10 of session `id`, as the initiator sends them in its
+/// first flight: our signed ML-KEM key, and the Welcome of the group it
+/// made from the peer's KeyPackage.
+fn initiator_keys(
+    id: [u8; 16],
+    own_kem: &SignedKemKey,
+    mls: &MlsLayer,
+    welcome: Vec<u8>,
+) -> Result<[Pdu; 2], SessionError> {
+    let (key_id, encapsulation_key, signature) = crypto::kem_key_fields(own_kem)?;
+    let session_id = FixedBytes(id);
+    Ok([
+        MlKemKeyExchange {
+            session_id,
+            key_id,
+            encapsulation_key,
+            signature,
+        }
+        .into(),
+        MlsWelcome {
+            session_id: Some(session_id),
+            group_id: group_id_blob(mls),
+            welcome: strata_proto::Blob::new(welcome)
+                .map_err(|_| SessionError::Internal("Welcome over the field cap".into()))?,
+            ratchet_tree: None,
+        }
+        .into(),
+    ])
+}
+
 /// `mls-encryption-sync-response` for session `id`: step 4, or a resume answer.
 fn sync_response(id: [u8; 16], resume: Option<ResumeAnswer>) -> EncryptionSyncResponse {
     EncryptionSyncResponse {
@@ -1508,7 +1538,7 @@ impl PeerMachine {
             &mut self.rng,
         )?;
         kem.set_peer_key(bundle.kem_key().clone())?;
-        let (key_id, key, signature) = crypto::kem_key_fields(&own_kem)?;
+        let [kem_pdu, welcome_pdu] = initiator_keys(id, &own_kem, &mls, welcome)?;
         let (installation_id, identity_key) = self.own_identity_fields();
         let session_id = FixedBytes(id);
         let mut start = sync_request(id, None);
@@ -1525,21 +1555,8 @@ impl PeerMachine {
                     .map_err(|_| SessionError::Internal("Signal message over the field cap".into()))?,
             }
             .into(),
-            MlKemKeyExchange {
-                session_id,
-                key_id,
-                encapsulation_key: key,
-                signature,
-            }
-            .into(),
-            MlsWelcome {
-                session_id: Some(session_id),
-                group_id: group_id_blob(&mls),
-                welcome: strata_proto::Blob::new(welcome)
-                    .map_err(|_| SessionError::Internal("Welcome over the field cap".into()))?,
-                ratchet_tree: None,
-            }
-            .into(),
+            kem_pdu,
+            welcome_pdu,
         ];
         let rto = self.config.handshake_rto;
         let mut attempt = Attempt::new(id, Role::Initiator, now.at);
@@ -1699,7 +1716,7 @@ impl PeerMachine {
             }
         };
         let layers = self.fresh_layers(peer)?;
-        let (key_id, key, signature) = crypto::kem_key_fields(&layers.2)?;
+        let [kem, welcome] = initiator_keys(id, &layers.2, &mls, welcome)?;
         let session_id = FixedBytes(id);
         let pdus: [Pdu; 4] = [
             sync_request(id, None).into(),
@@ -1709,21 +1726,8 @@ impl PeerMachine {
                 device_id: 1,
             }
             .into(),
-            MlKemKeyExchange {
-                session_id,
-                key_id,
-                encapsulation_key: key,
-                signature,
-            }
-            .into(),
-            MlsWelcome {
-                session_id: Some(session_id),
-                group_id: group_id_blob(&mls),
-                welcome: strata_proto::Blob::new(welcome)
-                    .map_err(|_| SessionError::Internal("Welcome over the field cap".into()))?,
-                ratchet_tree: None,
-            }
-            .into(),
+            kem,
+            welcome,
         ];
         let rto = self.config.handshake_rto;
         let mut pending = Vec::new();
