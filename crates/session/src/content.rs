@@ -1,7 +1,11 @@
 //! The inner catalog: what the plaintext of a `message` PDU is.
 //!
 //! The plaintext is one UTF-8 JSON object with a string `type`, camelCase
-//! fields, byte fields in standard base64:
+//! fields, byte fields in standard base64 — except a `file-chunk`'s `data`,
+//! which travels *detached*: the object with `"data":""`, one NUL byte, then
+//! the raw bytes. JSON text never holds a raw NUL, so the split is
+//! unambiguous, and file bytes cross the wire (and sit in the store) without
+//! base64's third more. The all-JSON form of a chunk is still read.
 //!
 //! | `type` | fields | stored, acknowledged |
 //! |---|---|---|
@@ -74,13 +78,65 @@ pub enum Content {
 impl Content {
     /// Serialized, as stored in the outbox and inbox.
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Strings, integers and base64: serialization cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        match self.detached_data() {
+            Some(data) => detached::encode(&self.header(), data),
+            None => detached::encode(self, &[]),
+        }
     }
 
-    /// Parses a stored or received payload.
+    /// Parses a stored or received payload, in either form.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let (head, data) = detached::split(bytes);
+        let mut content: Self = serde_json::from_slice(head)?;
+        if let Some(data) = data {
+            content
+                .attach(data)
+                .map_err(<serde_json::Error as serde::de::Error>::custom)?;
+        }
+        Ok(content)
+    }
+
+    /// The bytes sent detached, if this is a file chunk.
+    fn detached_data(&self) -> Option<&[u8]> {
+        match self {
+            Self::FileChunk { data, .. } => Some(data),
+            Self::Text { .. } => None,
+        }
+    }
+
+    /// A copy without the detached bytes.
+    fn header(&self) -> Self {
+        match self {
+            Self::FileChunk {
+                file_id,
+                name,
+                size,
+                index,
+                total,
+                ..
+            } => Self::FileChunk {
+                file_id: file_id.clone(),
+                name: name.clone(),
+                size: *size,
+                index: *index,
+                total: *total,
+                data: Vec::new(),
+            },
+            Self::Text { .. } => self.clone(),
+        }
+    }
+
+    /// Puts detached bytes back into a parsed header.
+    fn attach(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        match self {
+            Self::FileChunk { data, .. } if !data.is_empty() => Err("file chunk data both inline and detached"),
+            Self::FileChunk { .. } if bytes.len() > FILE_CHUNK_BYTES => Err("file chunk over 48 KiB"),
+            Self::FileChunk { data, .. } => {
+                *data = bytes.to_vec();
+                Ok(())
+            }
+            Self::Text { .. } => Err("detached bytes after a text"),
+        }
     }
 
     /// Checks the caps a sender must respect.
@@ -128,12 +184,32 @@ pub(crate) enum Control {
 
 impl Plaintext {
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let Body::Content(content) = &self.body else {
+            return detached::encode(self, &[]);
+        };
+        let Some(data) = content.detached_data() else {
+            return detached::encode(self, &[]);
+        };
+        let header = Self {
+            body: Body::Content(content.header()),
+            seq: self.seq,
+            sent_ms: self.sent_ms,
+            acks: self.acks.clone(),
+            kem_key_ack: self.kem_key_ack,
+        };
+        detached::encode(&header, data)
     }
 
     /// Parses a decrypted plaintext (authenticated, but still checked).
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, &'static str> {
-        let p: Self = serde_json::from_slice(bytes).map_err(|_| "plaintext is not a known JSON object")?;
+        let (head, data) = detached::split(bytes);
+        let mut p: Self = serde_json::from_slice(head).map_err(|_| "plaintext is not a known JSON object")?;
+        if let Some(data) = data {
+            match &mut p.body {
+                Body::Content(content) => content.attach(data)?,
+                Body::Control(_) => return Err("detached bytes after a control plaintext"),
+            }
+        }
         if p.acks.len() > MAX_ACKS || p.acks.iter().any(|a| a.len() > strata_proto::limits::MAX_ID) {
             return Err("too many or too long acks");
         }
@@ -144,6 +220,31 @@ impl Plaintext {
             }
         }
         Ok(p)
+    }
+}
+
+/// The detached form: `json`, then — only where there are detached bytes
+/// to carry — a NUL and the bytes.
+mod detached {
+    use serde::Serialize;
+
+    const SEPARATOR: u8 = 0;
+
+    pub(super) fn encode<T: Serialize>(header: &T, data: &[u8]) -> Vec<u8> {
+        // Strings, integers and base64: serialization cannot fail.
+        let mut out = serde_json::to_vec(header).unwrap_or_default();
+        if !data.is_empty() {
+            out.reserve_exact(1 + data.len());
+            out.push(SEPARATOR);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// The JSON head, and the detached bytes if there is a separator.
+    pub(super) fn split(bytes: &[u8]) -> (&[u8], Option<&[u8]>) {
+        let mut parts = bytes.splitn(2, |b| *b == SEPARATOR);
+        (parts.next().unwrap_or_default(), parts.next())
     }
 }
 
@@ -198,10 +299,47 @@ mod tests {
             total: 1,
             data: vec![1, 2, 3],
         };
-        assert_eq!(
-            String::from_utf8(chunk.to_bytes()).unwrap(),
-            r#"{"type":"file-chunk","fileId":"f","name":"a.bin","size":3,"index":0,"total":1,"data":"AQID"}"#
-        );
+        let header = br#"{"type":"file-chunk","fileId":"f","name":"a.bin","size":3,"index":0,"total":1,"data":""}"#;
+        assert_eq!(chunk.to_bytes(), [&header[..], b"\0\x01\x02\x03"].concat());
+        assert_eq!(Content::from_bytes(&chunk.to_bytes()).unwrap(), chunk);
+        // The all-JSON form, which earlier versions stored, is still read.
+        let inline = br#"{"type":"file-chunk","fileId":"f","name":"a.bin","size":3,"index":0,"total":1,"data":"AQID"}"#;
+        assert_eq!(Content::from_bytes(inline).unwrap(), chunk);
+        let sent = Plaintext {
+            body: Body::Content(chunk.clone()),
+            seq: Some(9),
+            sent_ms: None,
+            acks: vec!["y".into()],
+            kem_key_ack: None,
+        };
+        let bytes = sent.to_bytes();
+        assert!(bytes.ends_with(b"\0\x01\x02\x03"));
+        assert_eq!(Plaintext::from_bytes(&bytes).unwrap(), sent);
+        // An empty file's one chunk needs no detached part.
+        let empty = Content::FileChunk {
+            file_id: "e".into(),
+            name: "empty".into(),
+            size: 0,
+            index: 0,
+            total: 1,
+            data: Vec::new(),
+        };
+        assert!(!empty.to_bytes().contains(&0));
+        assert_eq!(Content::from_bytes(&empty.to_bytes()).unwrap(), empty);
+    }
+
+    #[test]
+    fn file_bytes_cost_no_base64() {
+        let chunk = Content::FileChunk {
+            file_id: "0123456789abcdef".into(),
+            name: "video.mp4".into(),
+            size: 1 << 30,
+            index: 7,
+            total: 21846,
+            data: vec![0xa5; FILE_CHUNK_BYTES],
+        };
+        let overhead = chunk.to_bytes().len() - FILE_CHUNK_BYTES;
+        assert!(overhead < 160, "{overhead} bytes around {FILE_CHUNK_BYTES}");
     }
 
     #[test]
@@ -213,8 +351,19 @@ mod tests {
             br#"{"type":"bogus","seq":1}"#,
             b"not json",
             br#"{"type":"file-chunk","fileId":"f","name":"n","size":1,"index":2,"total":1,"data":"","seq":1}"#,
+            // Detached bytes where none belong, or twice.
+            b"{\"type\":\"text\",\"text\":\"t\",\"seq\":1}\0x",
+            b"{\"type\":\"ack\"}\0x",
+            b"{\"type\":\"file-chunk\",\"fileId\":\"f\",\"name\":\"n\",\"size\":2,\"index\":0,\"total\":1,\"data\":\"AQ==\",\"seq\":1}\0x",
+            b"\0x",
         ] {
             assert!(Plaintext::from_bytes(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+        let header = br#"{"type":"file-chunk","fileId":"f","name":"n","size":1,"index":0,"total":1,"data":"","seq":1}"#;
+        let too_long = [&header[..], b"\0", &[0; FILE_CHUNK_BYTES + 1]].concat();
+        assert!(Plaintext::from_bytes(&too_long).is_err());
+        assert!(Content::from_bytes(&too_long).is_err());
+        let longest = [&header[..], b"\0", &[0; FILE_CHUNK_BYTES]].concat();
+        assert!(Plaintext::from_bytes(&longest).is_ok());
     }
 }

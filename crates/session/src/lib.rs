@@ -216,7 +216,7 @@ pub mod machine;
 pub mod prekeys;
 
 pub use config::Config;
-pub use content::Content;
+pub use content::{Content, FILE_CHUNK_BYTES};
 pub use durable::Durable;
 pub use error::{ErrorKind, SessionError};
 pub use machine::{Command, Event, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation};
