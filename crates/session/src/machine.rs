@@ -271,6 +271,11 @@ struct Attempt {
     /// Opened from the responder's bundle (one round trip). For the
     /// initiator, a refused step 3 then falls back to the full handshake.
     from_bundle: bool,
+    /// Responder: started while a session was established. The session
+    /// carries on until this attempt completes: its start is
+    /// unauthenticated (anyone can name a known installation in step 1),
+    /// so it must not be able to pause a working session.
+    replacing: bool,
     /// Initiator: our requests, by type, until answered.
     pending: BTreeMap<PduType, Retx>,
     /// Responder: our encoded answer, by the request's type.
@@ -298,6 +303,7 @@ impl Attempt {
             kem: None,
             own_kem: None,
             cascade: None,
+            replacing: false,
             sync_ok: false,
             signal_ok: false,
             kem_ok: false,
@@ -604,7 +610,10 @@ impl PeerMachine {
     /// Whether P3.3 holds: every layer initialised and the peer in the
     /// encrypted set, on an open link, with no identity change pending.
     pub fn is_ready(&self) -> bool {
-        self.link_up && !self.blocked && self.attempt.is_none() && self.session.as_ref().is_some_and(|s| s.confirmed)
+        self.link_up
+            && !self.blocked
+            && self.attempt.as_ref().is_none_or(|a| a.replacing)
+            && self.session.as_ref().is_some_and(|s| s.confirmed)
     }
 
     /// Whether an identity change blocks this peer.
@@ -1621,11 +1630,6 @@ impl PeerMachine {
         if let Some(old) = self.attempt.as_ref().map(|a| a.id) {
             self.abandon(old);
         }
-        if self.session.is_some() {
-            self.emit(Event::SessionReset {
-                reason: ResetReason::PeerRestarted,
-            });
-        }
         let mls = pre_keys.mls_layer(&self.local, peer)?;
         let signal = pre_keys.signal_layer(&self.local, peer)?;
         let kem = pre_keys.kem_layer(&self.local, peer)?;
@@ -1633,6 +1637,7 @@ impl PeerMachine {
         attempt.set_layers(peer, mls, (signal, kem, pre_keys.kem_public().clone()));
         attempt.sync_ok = true;
         attempt.from_bundle = true;
+        attempt.replacing = self.session.is_some();
         self.begin(attempt);
         self.answer(ty, sync_response(id, None).into());
         self.try_complete(now)
@@ -1666,11 +1671,6 @@ impl PeerMachine {
         if let Some(old) = self.attempt.as_ref().map(|a| a.id) {
             self.abandon(old);
         }
-        if self.session.is_some() {
-            self.emit(Event::SessionReset {
-                reason: ResetReason::PeerRestarted,
-            });
-        }
         let mut mls = MlsLayer::new(&self.local, peer)?;
         let key_package = mls.key_package(KeyPackageKind::OneTime, self.config.key_package_lifetime_secs)?;
         let layers = self.fresh_layers(peer)?;
@@ -1687,6 +1687,7 @@ impl PeerMachine {
         let mut attempt = Attempt::new(id, Role::Responder, now.at);
         attempt.set_layers(peer, mls, layers);
         attempt.replies.insert(ty, frame);
+        attempt.replacing = self.session.is_some();
         self.begin(attempt);
         Ok(())
     }
@@ -2077,6 +2078,14 @@ impl PeerMachine {
 
     fn establish(&mut self, a: Attempt, cascade: PairCascade, peer: PeerIdentity, now: Now) -> Step {
         let old = self.session.take();
+        if a.replacing && old.is_some() {
+            // The peer proved its identity in this handshake: it did
+            // restart. Ready again, under the new session.
+            self.emit(Event::SessionReset {
+                reason: ResetReason::PeerRestarted,
+            });
+            self.was_ready = false;
+        }
         let next_seq = old
             .as_ref()
             .map_or(1, |s| s.next_seq)

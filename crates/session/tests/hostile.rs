@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::{Faults, Sim};
 use strata_proto::{
-    Blob, EncryptionSyncResponse, FixedBytes, Pdu, ResumeAnswer, ResumeStatus, SignalSessionComplete, Text,
+    Blob, EncryptionSyncResponse, FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, ResumeAnswer, ResumeStatus,
+    SignalSessionComplete, Text,
 };
 use strata_session::{Command, Config, Event, Refusal, ResetReason};
 
@@ -287,4 +288,53 @@ fn a_resumed_answer_without_a_matching_proof_falls_back_to_a_handshake() {
     assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
         s.nodes[1].received.contains_key(&id)
     }));
+}
+
+/// Anyone on the path can send a step 1 in Alice's name: her installation
+/// id and identity key are public. Bob answers it (it may be Alice after
+/// losing her state), but the established session carries on while the
+/// attempt waits and after it is given up: no reset, never not ready,
+/// messages both ways.
+#[test]
+fn a_forged_step_one_in_a_known_name_does_not_pause_the_session() {
+    let mut sim = established();
+    let seen = sim.nodes[1].events.len();
+    let forged = {
+        let alice = &sim.nodes[0].identity;
+        Pdu::from(KeyPackageRequest {
+            session_id: FixedBytes([0x5a; 16]),
+            installation_id: Text::new(alice.installation_id().to_string()).unwrap(),
+            identity_key: KeyBytes::new(alice.account().identity_key().serialize().to_vec()).unwrap(),
+            profile: Text::new(PROFILE_V0).unwrap(),
+            timestamp: 0,
+        })
+        .encode()
+    };
+    let mut ids = Vec::new();
+    // Past the handshake timeout, so the forged attempt is given up.
+    for round in 0..40 {
+        if round % 10 == 0 {
+            sim.inject(1, forged.clone());
+        }
+        ids.push((0, sim.send_text(0, &format!("a{round}"))));
+        ids.push((1, sim.send_text(1, &format!("b{round}"))));
+        let limit = sim.t + Duration::from_secs(1);
+        sim.run_until(limit);
+        assert!(ready_both(&sim), "round {round}: not ready");
+    }
+    let limit = sim.t + Duration::from_secs(10);
+    assert!(sim.run_while(limit, |s| {
+        ids.iter().all(|(i, id)| s.nodes[1 - i].received.contains_key(id))
+    }));
+    let disturbed: Vec<&Event> = sim.nodes[1].events[seen..]
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| {
+            matches!(
+                e,
+                Event::SessionReset { .. } | Event::NotReady | Event::EncryptionReady { .. }
+            )
+        })
+        .collect();
+    assert!(disturbed.is_empty(), "{disturbed:?}");
 }
