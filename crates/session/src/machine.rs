@@ -31,7 +31,7 @@ use strata_proto::{
     Reassembler, ResumeAnswer, ResumeProbe, ResumeStatus, RotationTimestampBroadcast, SignalKeyExchangeRequest,
     SignalKeyExchangeResponse, SignalSessionComplete, Text,
 };
-use strata_store::{Accepted, IdentityCheck, IncomingMessage, OutgoingMessage};
+use strata_store::{Accepted, IdentityCheck, IncomingMessage, OutgoingMessage, StoreError, Writer};
 
 use crate::config::Config;
 use crate::content::{Body, Content, Control, MAX_ACKS, Plaintext};
@@ -431,6 +431,10 @@ pub struct PeerMachine {
     link_up: bool,
     wants_session: bool,
     blocked: bool,
+    /// A first contact's identity key and the time, pinned in the
+    /// transaction that saves the session it completed: an attempt that
+    /// never proves anything leaves nothing in the store.
+    pin: Option<(Vec<u8>, u64)>,
     attempt: Option<Attempt>,
     session: Option<Session>,
     abandoned: VecDeque<[u8; 16]>,
@@ -581,6 +585,7 @@ impl PeerMachine {
             link_up: false,
             wants_session: false,
             blocked: false,
+            pin: None,
             attempt: None,
             session: None,
             abandoned: VecDeque::new(),
@@ -1008,11 +1013,31 @@ impl PeerMachine {
         let record = s.record().to_bytes();
         let state = s.cascade.export()?;
         let hex = self.peer_hex.clone();
-        durable::write(&*self.store, |w| {
+        let pin = self.pin.take();
+        let pinned = durable::write(&*self.store, |w| {
+            if !pin_in(w, &hex, pin.as_ref())? {
+                return Ok(false);
+            }
             w.set_layer_state(&hex, state.as_bytes())?;
-            w.set_handshake(&hex, &record)
+            w.set_handshake(&hex, &record)?;
+            Ok(true)
         })?;
+        if !pinned {
+            self.pin_refused();
+        }
         Ok(())
+    }
+
+    /// The pin of a session just completed met another key, pinned
+    /// meanwhile (the user added the contact): the session is dropped
+    /// unsaved and the contact blocked, as a changed key is.
+    fn pin_refused(&mut self) {
+        self.session = None;
+        self.decrypted.clear();
+        self.blocked = true;
+        self.emit(Event::IdentityChanged {
+            installation: self.peer_hex.clone(),
+        });
     }
 
     // ---- commands -----------------------------------------------------------
@@ -1455,7 +1480,15 @@ impl PeerMachine {
         };
         self.bind(inst, now)?;
         let hex = self.peer_hex.clone();
-        let check = durable::write(&*self.store, |w| w.observe_identity(&hex, identity_key, now.unix_ms))?;
+        // Read first: the known key needs no write (and no fsync), and a
+        // first contact is pinned only once its handshake completes
+        // (`establish`). Only a changed key is recorded now.
+        let known = durable::read(&*self.store, |r| r.contact(&hex))?;
+        let check = match known {
+            None => IdentityCheck::Pinned,
+            Some(c) if c.identity_key == identity_key => IdentityCheck::Same,
+            Some(_) => durable::write(&*self.store, |w| w.observe_identity(&hex, identity_key, now.unix_ms))?,
+        };
         match check {
             IdentityCheck::Pinned | IdentityCheck::Same if !self.blocked => Ok(Some(peer)),
             IdentityCheck::Same => Ok(None),
@@ -2113,7 +2146,11 @@ impl PeerMachine {
         let welcome_ack = session.replies.get(&PduType::MlsWelcome).cloned();
         let epoch = session.mls_epoch();
         self.session = Some(session);
+        self.pin = Some((crypto::peer_identity_key(&peer), now.unix_ms));
         self.save_session()?;
+        if self.session.is_none() {
+            return Ok(());
+        }
         // Frames encrypted under an older session are useless now.
         for t in &mut self.outbox {
             t.frames = None;
@@ -2589,7 +2626,11 @@ impl PeerMachine {
             .filter_map(|d| d.parsed.as_ref().ok())
             .flat_map(|p| &p.acks)
             .collect();
-        let (accepted, delivered) = durable::write(&*self.store, |w| {
+        let pin = self.pin.take();
+        let committed = durable::write(&*self.store, |w| {
+            if !pin_in(w, &hex, pin.as_ref())? {
+                return Ok(None);
+            }
             let accepted = w.accept_incoming_batch(&hex, &incoming, state.as_bytes())?;
             if let Some(r) = &record {
                 w.set_handshake(&hex, r)?;
@@ -2600,8 +2641,12 @@ impl PeerMachine {
                     delivered.insert((*a).clone());
                 }
             }
-            Ok((accepted, delivered))
+            Ok(Some((accepted, delivered)))
         })?;
+        let Some((accepted, delivered)) = committed else {
+            self.pin_refused();
+            return Ok(());
+        };
         let mut accepted = accepted.into_iter();
         for d in batch {
             let now = d.now;
@@ -2930,4 +2975,13 @@ pub fn seed_from<R: Rng>(rng: &mut R) -> [u8; 32] {
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     seed
+}
+
+/// Pins a first contact's key inside a transaction: false (with the key
+/// recorded as offered) when another key is pinned already.
+fn pin_in(w: &mut Writer<'_>, peer: &str, pin: Option<&(Vec<u8>, u64)>) -> Result<bool, StoreError> {
+    match pin {
+        Some((key, at_ms)) => Ok(w.observe_identity(peer, key, *at_ms)? != IdentityCheck::Changed),
+        None => Ok(true),
+    }
 }

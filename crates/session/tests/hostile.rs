@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Faults, Sim};
+use strata_cascade::InstallationIdentity;
 use strata_proto::{
     Blob, EncryptionSyncResponse, FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, ResumeAnswer, ResumeStatus,
     SignalSessionComplete, Text,
@@ -299,17 +300,7 @@ fn a_resumed_answer_without_a_matching_proof_falls_back_to_a_handshake() {
 fn a_forged_step_one_in_a_known_name_does_not_pause_the_session() {
     let mut sim = established();
     let seen = sim.nodes[1].events.len();
-    let forged = {
-        let alice = &sim.nodes[0].identity;
-        Pdu::from(KeyPackageRequest {
-            session_id: FixedBytes([0x5a; 16]),
-            installation_id: Text::new(alice.installation_id().to_string()).unwrap(),
-            identity_key: KeyBytes::new(alice.account().identity_key().serialize().to_vec()).unwrap(),
-            profile: Text::new(PROFILE_V0).unwrap(),
-            timestamp: 0,
-        })
-        .encode()
-    };
+    let forged = step_one([0x5a; 16], &sim.nodes[0].identity);
     let mut ids = Vec::new();
     // Past the handshake timeout, so the forged attempt is given up.
     for round in 0..40 {
@@ -337,4 +328,90 @@ fn a_forged_step_one_in_a_known_name_does_not_pause_the_session() {
         })
         .collect();
     assert!(disturbed.is_empty(), "{disturbed:?}");
+}
+
+/// Step 1 as `claimed` would send it; all of it is public.
+fn step_one(session_id: [u8; 16], claimed: &InstallationIdentity) -> Vec<u8> {
+    Pdu::from(KeyPackageRequest {
+        session_id: FixedBytes(session_id),
+        installation_id: Text::new(claimed.installation_id().to_string()).unwrap(),
+        identity_key: KeyBytes::new(claimed.account().identity_key().serialize().to_vec()).unwrap(),
+        profile: Text::new(PROFILE_V0).unwrap(),
+        timestamp: 0,
+    })
+    .encode()
+}
+
+fn contacts(sim: &Sim, i: usize) -> Vec<(String, Vec<u8>)> {
+    let contacts = sim.nodes[i].store().read(|r| r.contacts()).unwrap();
+    contacts
+        .into_iter()
+        .map(|c| (c.installation_id, c.identity_key))
+        .collect()
+}
+
+/// A first contact is pinned when its handshake completes, in the
+/// transaction that saves the session: step 1s from strangers that never
+/// finish leave nothing in the store, however many there are.
+#[test]
+fn only_a_completed_handshake_pins_a_first_contact() {
+    let mut sim = Sim::new(31, Faults::NONE, Config::default());
+    sim.connect();
+    for k in 0..20u8 {
+        let stranger = common::installation(&mut sim.rng);
+        sim.inject(1, step_one([k; 16], &stranger));
+    }
+    sim.run_until(sim.t + Duration::from_secs(2));
+    assert!(contacts(&sim, 1).is_empty(), "a stranger's step 1 was stored");
+    sim.command(0, Command::Open);
+    assert!(sim.run_while(sim.t + Duration::from_secs(30), ready_both));
+    let alice = &sim.nodes[0].identity;
+    assert_eq!(
+        contacts(&sim, 1),
+        vec![(
+            alice.installation_id().to_string(),
+            alice.account().identity_key().serialize().to_vec()
+        )]
+    );
+}
+
+/// The user pins another key for Alice while her first handshake runs:
+/// the handshake's own pin meets it at completion, and the session is
+/// dropped unsaved with the contact blocked, as for any changed key.
+#[test]
+fn a_key_pinned_during_the_first_handshake_wins_over_it() {
+    let mut sim = Sim::new(32, Faults::NONE, Config::default());
+    sim.connect();
+    sim.command(0, Command::Open);
+    assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
+        s.nodes[1]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::HandshakeStarted { .. }))
+    }));
+    let alice = sim.installation_id(0).to_string();
+    let other = common::installation(&mut sim.rng)
+        .account()
+        .identity_key()
+        .serialize()
+        .to_vec();
+    let now_ms = sim.now().unix_ms;
+    sim.nodes[1]
+        .store()
+        .write(|w| w.observe_identity(&alice, &other, now_ms).map(drop))
+        .unwrap();
+    sim.run_until(sim.t + Duration::from_secs(2));
+    assert!(!sim.nodes[1].is_ready());
+    assert!(
+        sim.nodes[1]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::IdentityChanged { .. }))
+    );
+    let contact = sim.nodes[1].store().read(|r| r.contact(&alice)).unwrap().unwrap();
+    assert_eq!(contact.identity_key, other);
+    let real = sim.nodes[0].identity.account().identity_key().serialize().to_vec();
+    assert_eq!(contact.offered_key, Some(real));
+    let saved = sim.nodes[1].store().read(|r| r.handshake(&alice)).unwrap();
+    assert!(saved.is_none(), "the session was saved");
 }
