@@ -2,9 +2,11 @@
 //!
 //! - **Publishing.** The installation pre-keys live in the store
 //!   (`strata_session::prekeys`); [`Published`] signs them into a bundle
-//!   whenever the libp2p transport re-broadcasts. They are replaced at
-//!   start when the bundle's KeyPackage has less than half its lifetime
-//!   left (a peer holding the old bundle then gets the full handshake).
+//!   whenever the libp2p transport re-broadcasts. They are replaced when
+//!   the bundle's KeyPackage has less than half its lifetime left — at
+//!   start, and then on a check every [`RENEWAL_CHECK`] while the node
+//!   runs, which re-publishes at once (a peer holding the old bundle then
+//!   gets the full handshake).
 //! - **Following.** The transport follows the bundle topic of every
 //!   contact, and of a contact URI given to `connect`; it keeps the newest
 //!   verified bundle of each installation.
@@ -12,7 +14,8 @@
 //!   target installation (one round trip instead of three) and falls back
 //!   to the full handshake when it holds none.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use strata_cascade::bundle::{VerifiedBundle, verify_bundle};
 use strata_cascade::{InstallationId, InstallationIdentity, InstallationPreKeys};
@@ -25,10 +28,42 @@ use strata_transport_libp2p::{BundleConfig, BundleSource, Libp2pTransport};
 use crate::error::{AppError, Result};
 use crate::storage::NodeStore;
 
+/// How often a running node checks whether its pre-keys are due for
+/// renewal. With the default 24 h KeyPackage lifetime, renewal is due at
+/// 12 h left, so the published KeyPackage never has less than 11 h.
+pub(crate) const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
 /// This installation's bundle, signed on demand.
 pub(crate) struct Published {
     identity: Arc<InstallationIdentity>,
-    pre_keys: InstallationPreKeys,
+    pre_keys: RwLock<InstallationPreKeys>,
+}
+
+impl Published {
+    /// Replaces the pre-keys (in the store first) when renewal is due;
+    /// true when it did, and the bundle should be re-published. Blocking:
+    /// a store write.
+    pub(crate) fn renew_if_due(
+        &self,
+        store: &NodeStore,
+        session: &strata_session::Config,
+        now_ms: u64,
+    ) -> Result<bool> {
+        let due = renewal_due(
+            &self.identity,
+            &self.pre_keys.read().unwrap_or_else(PoisonError::into_inner),
+            session,
+            now_ms,
+        );
+        if !due {
+            return Ok(false);
+        }
+        let renewed = prekeys::rotate(store, &self.identity, session, now_ms)
+            .map_err(|e| AppError::internal(format!("cannot renew the bundle pre-keys: {e}")))?;
+        tracing::info!(version = renewed.version(), "bundle pre-keys renewed");
+        *self.pre_keys.write().unwrap_or_else(PoisonError::into_inner) = renewed;
+        Ok(true)
+    }
 }
 
 impl BundleSource for Published {
@@ -37,57 +72,75 @@ impl BundleSource for Published {
     }
 
     fn signed_bundle(&self, now_ms: u64) -> std::result::Result<Vec<u8>, SourceError> {
-        Ok(prekeys::signed_bundle(
-            &self.identity,
-            &self.pre_keys,
-            now_ms,
-            Vec::new(),
-        )?)
+        let pre_keys = self.pre_keys.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(prekeys::signed_bundle(&self.identity, &pre_keys, now_ms, Vec::new())?)
     }
 }
 
 /// The bundle configuration of the libp2p transport: publish ours (the
-/// stored pre-keys, re-keyed if due) and follow every contact's.
+/// stored pre-keys, re-keyed if due) and follow every contact's. The
+/// [`Published`] source is returned too, for [`renew_periodically`].
 pub(crate) fn config(
     store: &NodeStore,
     identity: &Arc<InstallationIdentity>,
     session: &strata_session::Config,
     now_ms: u64,
-) -> Result<(BundleConfig, Vec<Topic>)> {
-    let fail = |e: strata_session::SessionError| AppError::internal(format!("cannot prepare the bundle: {e}"));
-    let mut pre_keys = prekeys::ensure(store, identity, session, now_ms).map_err(fail)?;
-    if renewal_due(identity, &pre_keys, session, now_ms) {
-        pre_keys = prekeys::rotate(store, identity, session, now_ms).map_err(fail)?;
-        tracing::info!(version = pre_keys.version(), "bundle pre-keys renewed");
-    }
+) -> Result<(BundleConfig, Vec<Topic>, Arc<Published>)> {
+    let pre_keys = prekeys::ensure(store, identity, session, now_ms)
+        .map_err(|e| AppError::internal(format!("cannot prepare the bundle: {e}")))?;
     let published = Arc::new(Published {
         identity: Arc::clone(identity),
-        pre_keys,
+        pre_keys: RwLock::new(pre_keys),
     });
+    published.renew_if_due(store, session, now_ms)?;
     let verifier = Arc::new(|bytes: &[u8]| verify_bundle(bytes).map(|v| v.header().clone()));
     let contacts = store
         .read(|r| r.contacts())
         .map_err(|e| AppError::internal(format!("cannot read the contacts: {e}")))?;
     let topics = contacts.iter().map(|c| bundle_topic(&c.identity_key)).collect();
-    Ok((BundleConfig::new(verifier).with_source(published), topics))
+    let source: Arc<dyn BundleSource> = published.clone();
+    Ok((BundleConfig::new(verifier).with_source(source), topics, published))
+}
+
+/// Renews the pre-keys whenever due, every `period`, re-publishing the
+/// bundle after a renewal; runs until aborted.
+pub(crate) async fn renew_periodically(
+    published: Arc<Published>,
+    store: Arc<NodeStore>,
+    session: strata_session::Config,
+    libp2p: Libp2pTransport,
+    period: Duration,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        let (published, store, session) = (Arc::clone(&published), Arc::clone(&store), session.clone());
+        let renewed =
+            tokio::task::spawn_blocking(move || published.renew_if_due(&store, &session, crate::ops::now_ms())).await;
+        match renewed {
+            Ok(Ok(true)) => {
+                if let Err(e) = libp2p.refresh_bundle().await {
+                    tracing::warn!(error = %e, "cannot re-publish the renewed bundle");
+                }
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "bundle pre-key renewal failed; retried at the next check"),
+            Err(e) => tracing::warn!(error = %e, "bundle pre-key renewal stopped"),
+        }
+    }
 }
 
 /// Whether the published KeyPackage has less than half its lifetime left
-/// (or the stored pre-keys no longer make a bundle that verifies).
+/// (or no longer verifies: expired).
 fn renewal_due(
     identity: &InstallationIdentity,
     pre_keys: &InstallationPreKeys,
     session: &strata_session::Config,
     now_ms: u64,
 ) -> bool {
-    let Ok(bytes) = prekeys::signed_bundle(identity, pre_keys, now_ms, Vec::new()) else {
-        return true;
-    };
-    let Ok(bundle) = verify_bundle(&bytes) else {
-        return true;
-    };
-    let left = bundle.key_package().not_after_s().saturating_sub(now_ms / 1000);
-    left < session.key_package_lifetime_secs / 2
+    pre_keys.key_package_not_after_s(identity).map_or(true, |not_after| {
+        not_after.saturating_sub(now_ms / 1000) < session.key_package_lifetime_secs / 2
+    })
 }
 
 /// The verified bundle of `installation` (account `identity_key`) that the
@@ -105,4 +158,43 @@ pub(crate) async fn held(
     held.iter()
         .filter_map(|h| verify_bundle(&h.bytes).ok())
         .find(|b| b.peer().installation_id == installation)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use strata_cascade::AccountIdentity;
+    use strata_store::{KeySource, RedbBackend, Store, load_or_create_key_file};
+
+    use super::*;
+
+    #[test]
+    fn pre_keys_are_renewed_at_half_their_lifetime_and_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = load_or_create_key_file(&dir.path().join("key")).unwrap();
+        let backend = RedbBackend::open(&dir.path().join("store.redb")).unwrap();
+        let store = Store::open(backend, KeySource::Key(key)).unwrap();
+        let mut rng = rand::rng();
+        let identity = Arc::new(InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap());
+        let session = strata_session::Config {
+            key_package_lifetime_secs: 3600,
+            ..strata_session::Config::default()
+        };
+        // KeyPackage lifetimes run on the wall clock.
+        let now = crate::ops::now_ms();
+        let (_, _, published) = config(&store, &identity, &session, now).unwrap();
+        let version = |p: &Published| verify_bundle(&p.signed_bundle(now).unwrap()).unwrap().header().version;
+        let first = version(&published);
+        assert!(!published.renew_if_due(&store, &session, now + 60_000).unwrap());
+        assert_eq!(version(&published), first);
+        // 29 minutes left of the hour: due.
+        assert!(published.renew_if_due(&store, &session, now + 31 * 60_000).unwrap());
+        assert_eq!(version(&published), first + 1);
+        let stored = prekeys::ensure(&store, &identity, &session, now).unwrap();
+        assert_eq!(stored.version(), first + 1, "the renewal is in the store");
+        // A restart publishes what the store holds, renewing nothing more.
+        let (_, _, restarted) = config(&store, &identity, &session, now).unwrap();
+        assert_eq!(version(&restarted), first + 1);
+    }
 }

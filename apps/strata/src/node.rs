@@ -55,6 +55,8 @@ pub(crate) struct NodeSessions {
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     peerjs: Option<PeerJsTransport>,
     libp2p: Option<Libp2pTransport>,
+    /// The periodic renewal of the bundle pre-keys (with libp2p).
+    renewal: Option<tokio::task::AbortHandle>,
     store: Arc<NodeStore>,
     events: Arc<EventBus>,
     requests: AtomicU64,
@@ -98,9 +100,22 @@ impl NodeSessions {
             Some(choice) => Some(start_peerjs(config, dir, &addr, &choice).await?),
             None => None,
         };
+        let mut renewal = None;
         let libp2p = if config.libp2p.enabled {
-            let bundles = crate::bundles::config(&store, &identity, &session_config, crate::ops::now_ms())?;
-            Some(start_libp2p(config, dir, &addr, bundles).await?)
+            let (bundles, follow, published) =
+                crate::bundles::config(&store, &identity, &session_config, crate::ops::now_ms())?;
+            let (transport, stream) = start_libp2p(config, dir, &addr, (bundles, follow)).await?;
+            renewal = Some(
+                tokio::spawn(crate::bundles::renew_periodically(
+                    published,
+                    Arc::clone(&store),
+                    session_config.clone(),
+                    transport.clone(),
+                    crate::bundles::RENEWAL_CHECK,
+                ))
+                .abort_handle(),
+            );
+            Some((transport, stream))
         } else {
             None
         };
@@ -142,6 +157,7 @@ impl NodeSessions {
                 thread: std::sync::Mutex::new(Some(thread)),
                 peerjs: peerjs_handle,
                 libp2p: libp2p_handle,
+                renewal,
                 store,
                 events,
                 requests: AtomicU64::new(1),
@@ -152,6 +168,9 @@ impl NodeSessions {
 
     /// Stops the actors (sessions persist in the store) and the transports.
     pub(crate) async fn shutdown(&self) {
+        if let Some(renewal) = &self.renewal {
+            renewal.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.node.send(Shutdown)).await;
         self.system.stop();
         let thread = self

@@ -87,6 +87,17 @@ impl InstallationPreKeys {
         self.version
     }
 
+    /// End of the KeyPackage's lifetime, Unix seconds: when the bundle
+    /// stops verifying, so the owner renews before. Read from the package
+    /// itself, checked as a peer would check it.
+    pub fn key_package_not_after_s(&self, local: &InstallationIdentity) -> Result<u64> {
+        let own = PeerIdentity {
+            identity_key: *local.account().identity_key(),
+            installation_id: local.installation_id(),
+        };
+        Ok(crate::layers::mls::verify_key_package(&self.key_package, &own)?.not_after_s())
+    }
+
     /// The signed public ML-KEM key (in the bundle; also the responder's
     /// answer to step 8).
     pub fn kem_public(&self) -> &SignedKemKey {
@@ -227,6 +238,16 @@ mod tests {
         let stored = InstallationPreKeys::import(pre_keys.export().unwrap().as_bytes()).unwrap();
         assert_eq!(stored.version(), 3);
         assert_eq!(stored.kem_public(), pre_keys.kem_public());
+        // The KeyPackage's lifetime runs on the wall clock (openmls).
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let not_after = stored.key_package_not_after_s(&b).unwrap();
+        assert!(
+            (now_s + 3590..=now_s + 3610).contains(&not_after),
+            "{not_after} vs {now_s}"
+        );
         let bundle = published(&b, &stored, &mut rng);
         assert_eq!(bundle.header().version, 3);
         for _ in 0..2 {
