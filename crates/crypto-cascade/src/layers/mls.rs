@@ -138,7 +138,49 @@ impl Signer for LayerSigner {
     }
 }
 
-pub(crate) type StorageMap = HashMap<Vec<u8>, Vec<u8>>;
+/// A copy of an openmls storage map: group secrets and private keys,
+/// wiped when dropped.
+#[derive(Default)]
+pub(crate) struct StorageMap(HashMap<Vec<u8>, Vec<u8>>);
+
+impl StorageMap {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self(HashMap::with_capacity(n))
+    }
+
+    /// The map itself, for the provider's storage; this wrapper is left
+    /// empty.
+    fn take(&mut self) -> HashMap<Vec<u8>, Vec<u8>> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for StorageMap {
+    type Target = HashMap<Vec<u8>, Vec<u8>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StorageMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for StorageMap {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
+    }
+}
+
+/// Zeroizes every key and value of a storage map, leaving it empty.
+fn wipe(map: &mut HashMap<Vec<u8>, Vec<u8>>) {
+    for (mut k, mut v) in map.drain() {
+        zeroize::Zeroize::zeroize(&mut k);
+        zeroize::Zeroize::zeroize(&mut v);
+    }
+}
 
 /// The MLS layer of one pair of installations.
 pub struct MlsLayer {
@@ -157,6 +199,16 @@ impl fmt::Debug for MlsLayer {
             .field("peer", &self.peer.installation_id)
             .field("epoch", &self.epoch())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MlsLayer {
+    fn drop(&mut self) {
+        // openmls's memory storage does not wipe what it held: the group's
+        // epoch secrets and the KeyPackages' private keys.
+        if let Ok(mut values) = self.provider.storage().values.write() {
+            wipe(&mut values);
+        }
     }
 }
 
@@ -456,7 +508,7 @@ impl MlsLayer {
             .values
             .read()
             .map_err(|_| internal("storage lock"))?;
-        Ok(values.clone())
+        Ok(StorageMap(values.clone()))
     }
 
     fn take_snapshot(&mut self) -> Result<()> {
@@ -491,7 +543,7 @@ impl MlsLayer {
             .storage()
             .values
             .write()
-            .map_err(|_| internal("storage lock"))? = map;
+            .map_err(|_| internal("storage lock"))? = map.take();
         let group = match group_id {
             None => None,
             Some(id) => Some(
@@ -741,9 +793,12 @@ impl Layer for MlsLayer {
     }
 
     fn abort(&mut self) {
-        let Some(snapshot) = self.snapshot.take() else { return };
+        let Some(mut snapshot) = self.snapshot.take() else {
+            return;
+        };
         if let Ok(mut values) = self.provider.storage().values.write() {
-            *values = snapshot;
+            let mut replaced = std::mem::replace(&mut *values, snapshot.take());
+            wipe(&mut replaced);
         }
         if let Some(id) = self.group.as_ref().map(|g| g.group_id().clone()) {
             // Reload the in-memory group from the restored storage.
