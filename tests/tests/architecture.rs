@@ -32,6 +32,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("strata-tests", &[]),
+    // Dev-only: the harness the tests share.
+    (
+        "strata-test-support",
+        &["strata-transport", "strata-cascade", "strata-store", "strata-session"],
+    ),
 ];
 
 const APP: &str = "strata";

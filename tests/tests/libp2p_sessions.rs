@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
@@ -20,14 +19,12 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::at_rest::StorageKey;
 use strata_cascade::{AccountIdentity, InstallationIdentity};
-use strata_session::actors::{
-    Connect, Node, NodeEvent, NodeEventKind, PeerRequest, SessionRequest, SessionSetup, Shutdown, Subscribe,
-};
-use strata_session::{Command, Content, Event};
-use strata_store::{KeySource, RedbBackend, Store, StoreError};
-use strata_transport::{EventStream, PeerAddr};
+use strata_session::Event;
+use strata_session::actors::{NodeEventKind, SessionRequest, SessionSetup};
+use strata_store::{KeySource, RedbBackend, Store};
+use strata_test_support::{TestNode, open_store};
+use strata_transport::EventStream;
 use strata_transport_libp2p::{Config, Libp2pTransport, LinkConfig, StoreConfig};
-use tokio::sync::mpsc;
 
 /// Longest any awaited event may take (wall clock, on a loaded 2-core box).
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -35,25 +32,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// Runs `f` in an actix system (a current-thread Tokio runtime, real time).
 fn run<F: Future>(f: F) -> F::Output {
     actix::System::new().block_on(f)
-}
-
-struct Collector(mpsc::Sender<NodeEvent>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(1024);
-    }
-}
-
-impl Handler<NodeEvent> for Collector {
-    type Result = ResponseFuture<()>;
-    fn handle(&mut self, event: NodeEvent, _ctx: &mut Self::Context) -> Self::Result {
-        let tx = self.0.clone();
-        Box::pin(async move {
-            let _ = tx.send(event).await;
-        })
-    }
 }
 
 async fn tcp_addr(node: &Libp2pTransport) -> Multiaddr {
@@ -81,21 +59,6 @@ async fn start_relay() -> (Libp2pTransport, EventStream) {
     Libp2pTransport::start(config).await.unwrap()
 }
 
-/// Opens the redb store at `path`, waiting (with a deadline) until a
-/// previous node on it has released the file.
-async fn open_store(path: &Path, key: &StorageKey) -> Store<RedbBackend> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match RedbBackend::open(path) {
-            Ok(backend) => return Store::open(backend, KeySource::Key(key.clone())).unwrap(),
-            Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("open {}: {e}", path.display()),
-        }
-    }
-}
-
 /// One installation: its keys, its store file and its libp2p identity
 /// survive a restart; its `Node` and transport do not.
 struct Installation {
@@ -108,13 +71,24 @@ struct Installation {
     relay: Multiaddr,
 }
 
+/// A started installation: its session node, driven through
+/// [`TestNode`], and its libp2p node.
 struct Running {
-    name: &'static str,
-    node: Addr<Node<Libp2pTransport>>,
+    node: TestNode<Libp2pTransport>,
     transport: Libp2pTransport,
-    events: mpsc::Receiver<NodeEvent>,
-    seen: Vec<NodeEvent>,
-    next_request: u64,
+}
+
+impl std::ops::Deref for Running {
+    type Target = TestNode<Libp2pTransport>;
+    fn deref(&self) -> &Self::Target {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.node
+    }
 }
 
 impl Installation {
@@ -141,7 +115,7 @@ impl Installation {
     /// [`Installation::start`], with the transport's configuration adjusted
     /// by `customize` (which may also use the store) first.
     async fn start_with(&self, customize: impl FnOnce(&mut Config, &Store<RedbBackend>)) -> Running {
-        let store = open_store(&self.store_path, &self.key).await;
+        let store = open_store(&self.store_path, KeySource::Key(self.key.clone()), DEADLINE).await;
         let mut config = Config::loopback(self.name);
         config.keypair = Some(self.keypair.clone());
         config.bootstrap = vec![self.relay.clone()];
@@ -154,103 +128,17 @@ impl Installation {
             store: Arc::new(store),
             downloads: self.downloads.clone(),
         };
-        let node = Node::new(setup, transport.clone(), stream).unwrap().start();
-        let (tx, events) = mpsc::channel(1 << 14);
-        node.send(Subscribe(Collector(tx).start().recipient())).await.unwrap();
         Running {
-            name: self.name,
-            node,
+            node: TestNode::start(self.name, setup, transport.clone(), stream, DEADLINE),
             transport,
-            events,
-            seen: Vec::new(),
-            next_request: 0,
         }
     }
 }
 
 impl Running {
-    fn request_id(&mut self) -> u64 {
-        self.next_request += 1;
-        self.next_request
-    }
-
-    async fn connect(&mut self, peer: &str) {
-        let request_id = self.request_id();
-        let reply = self
-            .node
-            .send(Connect {
-                request_id,
-                peer: PeerAddr::new(peer),
-            })
-            .await
-            .unwrap();
-        assert_eq!(reply.request_id, request_id);
-        reply.result.unwrap();
-    }
-
-    async fn send_text(&mut self, peer: &str, text: &str) {
-        self.request(
-            peer,
-            SessionRequest::Command(Command::Send(Content::Text { text: text.into() })),
-        )
-        .await;
-    }
-
-    async fn request(&mut self, peer: &str, request: SessionRequest) {
-        let request_id = self.request_id();
-        let reply = self
-            .node
-            .send(PeerRequest {
-                request_id,
-                peer: PeerAddr::new(peer),
-                request,
-            })
-            .await
-            .unwrap();
-        assert_eq!(reply.request_id, request_id);
-        reply.result.unwrap();
-    }
-
-    /// Waits for the first event (since the last wait) matching `pred`.
-    async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&NodeEvent) -> bool) -> NodeEvent {
-        let name = self.name;
-        let wait = async {
-            loop {
-                let e = self.events.recv().await.expect("node events end");
-                self.seen.push(e.clone());
-                if pred(&e) {
-                    return e;
-                }
-            }
-        };
-        tokio::time::timeout(DEADLINE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: no {what} within {DEADLINE:?}"))
-    }
-
-    /// Waits for `encryptionReady`; true if the session was resumed.
-    async fn wait_ready(&mut self) -> bool {
-        let e = self
-            .wait_for("encryptionReady", |e| {
-                matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
-            })
-            .await;
-        matches!(
-            e.kind,
-            NodeEventKind::Session(Event::EncryptionReady { resumed: true, .. })
-        )
-    }
-
-    async fn wait_text(&mut self, text: &str) {
-        self.wait_for(text, |e| {
-            matches!(&e.kind, NodeEventKind::Session(Event::Received { content: Content::Text { text: t }, .. }) if t == text)
-        })
-        .await;
-    }
-
     /// Stops the session node and its libp2p node: the process is gone.
     async fn stop(self) {
-        self.node.send(Shutdown).await.unwrap();
+        self.node.shutdown().await;
         self.transport.shutdown().await;
     }
 }

@@ -55,6 +55,12 @@ impl From<&str> for PeerAddr {
     }
 }
 
+impl From<&PeerAddr> for PeerAddr {
+    fn from(addr: &PeerAddr) -> Self {
+        addr.clone()
+    }
+}
+
 impl From<String> for PeerAddr {
     fn from(addr: String) -> Self {
         Self(addr)

@@ -16,17 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix::prelude::*;
 use bytes::Bytes;
-use strata_cascade::{AccountIdentity, InstallationIdentity};
-use strata_session::actors::{
-    Connect, Node, NodeEvent, NodeEventKind, PeerRequest, SessionRequest, SessionSetup, Shutdown, Subscribe,
-};
-use strata_session::{Command, Config, Content, Event};
-use strata_store::{KeySource, RedbBackend, Store, StoreError, load_or_create_key_file};
+use strata_cascade::InstallationIdentity;
+use strata_session::Config;
+use strata_session::actors::{SessionRequest, SessionSetup};
+use strata_store::{KeySource, RedbBackend, Store, load_or_create_key_file};
+pub use strata_test_support::{TestNode, fresh_identity};
 use strata_transport::{Capabilities, EventStream, PeerAddr, Topic, Transport, TransportError};
 use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsConfig, PeerJsTransport, RtcConfig, SignalingConfig};
-use tokio::sync::mpsc;
 
 /// Longest any awaited event may take (wall time; a shared 2-core machine
 /// with parallel builds needs the headroom).
@@ -64,33 +61,18 @@ pub fn transport_config(id: &str, port: u16) -> PeerJsConfig {
     config
 }
 
-/// A fresh installation (new account, new device keys).
-pub fn fresh_identity() -> Arc<InstallationIdentity> {
-    let mut rng = rand::rng();
-    Arc::new(InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap())
-}
-
 /// The PeerJS id a node registers: its installation id in hex, as the
 /// daemon and the demo do.
 pub fn peer_id(identity: &InstallationIdentity) -> String {
     hex::encode(identity.installation_id().as_bytes())
 }
 
-/// Opens the sealed redb store in `dir`, waiting (with a deadline) while a
-/// node that just stopped still holds the file.
+/// Opens the sealed redb store in `dir` (key file beside it), waiting
+/// while a node that just stopped still holds the file.
 pub async fn open_store(dir: &Path) -> Store<RedbBackend> {
     std::fs::create_dir_all(dir).unwrap();
     let key = load_or_create_key_file(&dir.join("storage.key")).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match RedbBackend::open(&dir.join("strata.redb")) {
-            Ok(backend) => return Store::open(backend, KeySource::Key(key)).unwrap(),
-            Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("cannot open the store in {}: {e}", dir.display()),
-        }
-    }
+    strata_test_support::open_store(&dir.join("strata.redb"), KeySource::Key(key), Duration::from_secs(10)).await
 }
 
 /// A transport that records every frame it sends: the test compares them
@@ -146,39 +128,29 @@ impl<T: Transport> Transport for Tap<T> {
     }
 }
 
-struct Collector(mpsc::Sender<NodeEvent>);
-
-impl Actor for Collector {
-    type Context = Context<Self>;
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(1024);
-    }
-}
-
-impl Handler<NodeEvent> for Collector {
-    type Result = ResponseFuture<()>;
-    fn handle(&mut self, event: NodeEvent, _ctx: &mut Self::Context) -> Self::Result {
-        let tx = self.0.clone();
-        Box::pin(async move {
-            let _ = tx.send(event).await;
-        })
-    }
-}
-
 /// One Strata node: a session [`Node`] over a transport, with its store in
-/// `dir` and its events collected.
-pub struct PeerNode<T: Transport> {
-    pub name: &'static str,
+/// `dir`; driven through [`TestNode`].
+pub struct PeerNode<T: Transport + Unpin + 'static> {
+    pub node: TestNode<T>,
     pub id: PeerAddr,
     pub identity: Arc<InstallationIdentity>,
     pub dir: PathBuf,
-    pub addr: Addr<Node<T>>,
-    pub events: mpsc::Receiver<NodeEvent>,
-    pub seen: Vec<NodeEvent>,
-    next_request: u64,
 }
 
-impl<T: Transport + Unpin> PeerNode<T> {
+impl<T: Transport + Unpin + 'static> std::ops::Deref for PeerNode<T> {
+    type Target = TestNode<T>;
+    fn deref(&self) -> &Self::Target {
+        &self.node
+    }
+}
+
+impl<T: Transport + Unpin + 'static> std::ops::DerefMut for PeerNode<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.node
+    }
+}
+
+impl<T: Transport + Unpin + 'static> PeerNode<T> {
     /// Starts the actors over `transport` with the store in `dir`.
     pub async fn boot(
         name: &'static str,
@@ -195,135 +167,27 @@ impl<T: Transport + Unpin> PeerNode<T> {
             downloads: dir.join("downloads"),
         };
         let id = transport.local_addr();
-        let node = Node::new(setup, transport, stream).unwrap().start();
-        let (tx, events) = mpsc::channel(1 << 16);
-        let collector = Collector(tx).start();
-        node.send(Subscribe(collector.recipient())).await.unwrap();
         Self {
-            name,
+            node: TestNode::start(name, setup, transport, stream, DEADLINE),
             id,
             identity,
             dir,
-            addr: node,
-            events,
-            seen: Vec::new(),
-            next_request: 1,
         }
     }
 
     /// Stops the node's actors (its store closes with them).
     pub async fn shutdown(self) {
-        self.addr.send(Shutdown).await.unwrap();
-    }
-
-    fn request_id(&mut self) -> u64 {
-        self.next_request += 1;
-        self.next_request
-    }
-
-    /// Opens a session with `peer` (dials and starts the handshake).
-    pub async fn connect(&mut self, peer: &PeerAddr) {
-        let request_id = self.request_id();
-        let reply = self
-            .addr
-            .send(Connect {
-                request_id,
-                peer: peer.clone(),
-            })
-            .await
-            .unwrap();
-        assert_eq!(reply.request_id, request_id);
-        reply.result.unwrap();
-    }
-
-    pub async fn request(&mut self, peer: &PeerAddr, request: SessionRequest) -> Option<String> {
-        let request_id = self.request_id();
-        let reply = self
-            .addr
-            .send(PeerRequest {
-                request_id,
-                peer: peer.clone(),
-                request,
-            })
-            .await
-            .unwrap();
-        assert_eq!(reply.request_id, request_id);
-        reply.result.unwrap()
-    }
-
-    pub async fn send_text(&mut self, peer: &PeerAddr, text: &str) -> String {
-        self.request(
-            peer,
-            SessionRequest::Command(Command::Send(Content::Text { text: text.into() })),
-        )
-        .await
-        .unwrap()
-    }
-
-    /// Waits for the first event (since the last wait) matching `pred`;
-    /// fails on a handshake failure instead of waiting it out.
-    pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&NodeEvent) -> bool) -> NodeEvent {
-        let name = self.name;
-        let wait = async {
-            loop {
-                let e = self.events.recv().await.expect("node events end");
-                self.seen.push(e.clone());
-                if pred(&e) {
-                    return e;
-                }
-                if let NodeEventKind::Session(Event::HandshakeFailed { reason }) = &e.kind {
-                    panic!("{name}: handshake failed while waiting for {what}: {reason}");
-                }
-            }
-        };
-        tokio::time::timeout(DEADLINE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{name}: no {what} within {DEADLINE:?}"))
-    }
-
-    /// Waits for `encryptionReady`; true when the session was resumed.
-    pub async fn wait_ready(&mut self) -> bool {
-        let e = self
-            .wait_for("encryptionReady", |e| {
-                matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
-            })
-            .await;
-        matches!(
-            e.kind,
-            NodeEventKind::Session(Event::EncryptionReady { resumed: true, .. })
-        )
-    }
-
-    pub async fn wait_text(&mut self, text: &str) {
-        self.wait_for(text, |e| {
-            matches!(&e.kind, NodeEventKind::Session(Event::Received { content: Content::Text { text: t }, .. }) if t == text)
-        })
-        .await;
+        self.node.shutdown().await;
     }
 
     /// Streams the file at `path` to `peer`; returns once the peer wrote it
     /// whole (`receiver` sees `FileReceived`) and acknowledged every chunk.
     pub async fn send_file(&mut self, receiver: &mut Self, path: &Path) -> PathBuf {
-        let to = receiver.id.clone();
         let file_id = self
-            .request(&to, SessionRequest::SendFile(path.to_owned()))
+            .request(&receiver.id, SessionRequest::SendFile(path.to_owned()))
             .await
             .unwrap();
-        let received = receiver
-            .wait_for(
-                "the file",
-                |e| matches!(&e.kind, NodeEventKind::FileReceived { file_id: f, .. } if *f == file_id),
-            )
-            .await;
-        self.wait_for(
-            "file sent",
-            |e| matches!(&e.kind, NodeEventKind::FileSent { file_id: f } if *f == file_id),
-        )
-        .await;
-        match received.kind {
-            NodeEventKind::FileReceived { path, .. } => path,
-            _ => unreachable!(),
-        }
+        strata_test_support::file_transferred(&mut self.node, &mut receiver.node, &file_id).await
     }
 }
 

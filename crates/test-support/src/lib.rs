@@ -1,0 +1,230 @@
+//! The harness Strata's tests and benches share (a dev-dependency only):
+//! a session [`Node`] under actix with its events collected
+//! ([`TestNode`]), requests matched to their replies, and waits that fail
+//! with a message after a deadline instead of hanging.
+//!
+//! Panics are this crate's way to fail a test: every function here is
+//! meant to run inside one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rand::SeedableRng as _;
+use rand_chacha::ChaCha20Rng;
+use strata_cascade::{AccountIdentity, InstallationIdentity};
+use strata_session::actors::{
+    Connect, Node, NodeEvent, NodeEventKind, PeerRequest, SessionRequest, SessionSetup, Shutdown, Subscribe,
+};
+use strata_session::{Command, Content, Event};
+use strata_store::{KeySource, RedbBackend, Store, StoreError};
+use strata_transport::{EventStream, PeerAddr, Transport};
+use tokio::sync::mpsc;
+
+/// Forwards a node's events to a channel the test reads.
+struct Collector(mpsc::Sender<NodeEvent>);
+
+impl Actor for Collector {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Handler<NodeEvent> for Collector {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, event: NodeEvent, _ctx: &mut Self::Context) -> Self::Result {
+        let tx = self.0.clone();
+        Box::pin(async move {
+            let _ = tx.send(event).await;
+        })
+    }
+}
+
+/// A running session [`Node`] and the events it published.
+pub struct TestNode<T: Transport + Unpin + 'static> {
+    /// Names the node in failure messages.
+    pub name: &'static str,
+    /// The node actor.
+    pub addr: Addr<Node<T>>,
+    /// Events not yet looked at by a wait.
+    pub events: mpsc::Receiver<NodeEvent>,
+    /// Every event the waits have looked at, in order.
+    pub seen: Vec<NodeEvent>,
+    deadline: Duration,
+    next_request: u64,
+}
+
+impl<T: Transport + Unpin + 'static> TestNode<T> {
+    /// Starts a node over `transport` and collects its events. Every wait
+    /// fails after `deadline` (on the runtime's clock: virtual under a
+    /// paused runtime).
+    pub fn start(
+        name: &'static str,
+        setup: SessionSetup,
+        transport: T,
+        stream: EventStream,
+        deadline: Duration,
+    ) -> Self {
+        let addr = Node::new(setup, transport, stream).unwrap().start();
+        let (tx, events) = mpsc::channel(1 << 16);
+        // A fresh mailbox: the subscription is the first message in it.
+        addr.try_send(Subscribe(Collector(tx).start().recipient())).unwrap();
+        Self {
+            name,
+            addr,
+            events,
+            seen: Vec::new(),
+            deadline,
+            next_request: 0,
+        }
+    }
+
+    /// Stops the node's actors (its store closes with them).
+    pub async fn shutdown(&self) {
+        self.addr.send(Shutdown).await.unwrap();
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request
+    }
+
+    /// Opens a session with `peer` (dials and starts the handshake).
+    pub async fn connect(&mut self, peer: impl Into<PeerAddr>) {
+        let request_id = self.request_id();
+        let reply = self
+            .addr
+            .send(Connect {
+                request_id,
+                peer: peer.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.request_id, request_id);
+        reply.result.unwrap();
+    }
+
+    /// Sends `request` about `peer`; fails the test on an error reply.
+    pub async fn request(&mut self, peer: impl Into<PeerAddr>, request: SessionRequest) -> Option<String> {
+        let request_id = self.request_id();
+        let reply = self
+            .addr
+            .send(PeerRequest {
+                request_id,
+                peer: peer.into(),
+                request,
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.request_id, request_id);
+        reply.result.unwrap()
+    }
+
+    /// Queues a text to `peer`; returns its message id.
+    pub async fn send_text(&mut self, peer: impl Into<PeerAddr>, text: &str) -> String {
+        self.request(
+            peer,
+            SessionRequest::Command(Command::Send(Content::Text { text: text.into() })),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Waits for the first event (since the last wait) matching `pred`. A
+    /// failed handshake fails the wait at once rather than after the
+    /// deadline.
+    pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&NodeEvent) -> bool) -> NodeEvent {
+        let (name, deadline) = (self.name, self.deadline);
+        let wait = async {
+            loop {
+                let e = self.events.recv().await.expect("node events end");
+                self.seen.push(e.clone());
+                if pred(&e) {
+                    return e;
+                }
+                if let NodeEventKind::Session(Event::HandshakeFailed { reason }) = &e.kind {
+                    panic!("{name}: handshake failed while waiting for {what}: {reason}");
+                }
+            }
+        };
+        tokio::time::timeout(deadline, wait)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no {what} within {deadline:?}"))
+    }
+
+    /// Waits for `encryptionReady`; true when the session was resumed.
+    pub async fn wait_ready(&mut self) -> bool {
+        let e = self
+            .wait_for("encryptionReady", |e| {
+                matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
+            })
+            .await;
+        matches!(
+            e.kind,
+            NodeEventKind::Session(Event::EncryptionReady { resumed: true, .. })
+        )
+    }
+
+    /// Waits until a text `text` is received.
+    pub async fn wait_text(&mut self, text: &str) {
+        self.wait_for(text, |e| {
+            matches!(&e.kind, NodeEventKind::Session(Event::Received { content: Content::Text { text: t }, .. }) if t == text)
+        })
+        .await;
+    }
+}
+
+/// Waits until `receiver` has the whole file `file_id` and `sender` knows
+/// it was acknowledged in full; returns where the receiver wrote it.
+pub async fn file_transferred<S, R>(sender: &mut TestNode<S>, receiver: &mut TestNode<R>, file_id: &str) -> PathBuf
+where
+    S: Transport + Unpin + 'static,
+    R: Transport + Unpin + 'static,
+{
+    let received = receiver
+        .wait_for(
+            "the file",
+            |e| matches!(&e.kind, NodeEventKind::FileReceived { file_id: f, .. } if f == file_id),
+        )
+        .await;
+    sender
+        .wait_for(
+            "file sent",
+            |e| matches!(&e.kind, NodeEventKind::FileSent { file_id: f } if f == file_id),
+        )
+        .await;
+    match received.kind {
+        NodeEventKind::FileReceived { path, .. } => path,
+        _ => unreachable!("the wait matched FileReceived"),
+    }
+}
+
+/// An installation from `seed`: the same keys for the same seed.
+pub fn identity(seed: u64) -> Arc<InstallationIdentity> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    Arc::new(InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap())
+}
+
+/// A fresh installation (new account, new device keys).
+pub fn fresh_identity() -> Arc<InstallationIdentity> {
+    let mut rng = rand::rng();
+    Arc::new(InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap())
+}
+
+/// Opens the sealed redb store at `path`, waiting up to `deadline` while a
+/// node that just stopped still holds the file.
+pub async fn open_store(path: &Path, key: KeySource<'_>, deadline: Duration) -> Store<RedbBackend> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        match RedbBackend::open(path) {
+            Ok(backend) => return Store::open(backend, key).unwrap(),
+            Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot open the store {}: {e}", path.display()),
+        }
+    }
+}
