@@ -254,6 +254,13 @@ fn two_session_nodes_handshake_and_talk_over_webrtc_and_only_signaling_crosses_t
                     .as_str()
                     .unwrap_or_else(|| panic!("untyped message: {json}"));
                 assert!(SIGNALING.contains(&ty), "{ty} crossed the broker: {json}");
+                if ty == "ANSWER" {
+                    // The answerer is the DTLS server, listening before the
+                    // offerer's hello (rtc.rs: a client answerer's hello is
+                    // dropped and resent a second later).
+                    let sdp = json["payload"]["sdp"]["sdp"].as_str().unwrap_or_default();
+                    assert!(sdp.contains("a=setup:passive"), "answer SDP: {sdp}");
+                }
                 types.insert(ty.to_owned());
             }
             for expected in ["OPEN", "OFFER", "ANSWER", "CANDIDATE"] {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{API, APIBuilder};
+use webrtc::dtls_transport::dtls_role::DTLSRole;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_server::RTCIceServer;
@@ -79,6 +80,15 @@ impl RtcConfig {
         // As offerer Strata is the controlling agent and often first learns a
         // working pair as peer-reflexive; the 1 s default wait delays opening.
         engine.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
+        // The answerer is the controlled ICE agent and turns connected
+        // first. As DTLS client (webrtc-rs's default) it would send its
+        // ClientHello before the offerer has its DTLS endpoint: webrtc-rs
+        // drops it ("mux: no endpoint") and retransmits only after 1 s, a
+        // one-second stall on about one connect in seven. As DTLS server it
+        // is listening before the offerer, connected a moment later, says
+        // hello. (RFC 8842 lets the answerer pick either role.)
+        // Only `Unspecified` is refused, and `Server` is not that.
+        let _ = engine.set_answering_dtls_role(DTLSRole::Server);
         engine.set_ice_timeouts(
             Some(self.ice_disconnected_timeout),
             Some(self.ice_failed_timeout),
