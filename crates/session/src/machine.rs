@@ -1013,7 +1013,7 @@ impl PeerMachine {
         let record = s.record().to_bytes();
         let state = s.cascade.export()?;
         let hex = self.peer_hex.clone();
-        let pin = self.pin.take();
+        let pin = self.pin.clone();
         let pinned = durable::write(&*self.store, |w| {
             if !pin_in(w, &hex, pin.as_ref())? {
                 return Ok(false);
@@ -1022,6 +1022,7 @@ impl PeerMachine {
             w.set_handshake(&hex, &record)?;
             Ok(true)
         })?;
+        self.pin = None;
         if !pinned {
             self.pin_refused();
         }
@@ -2147,7 +2148,13 @@ impl PeerMachine {
         let epoch = session.mls_epoch();
         self.session = Some(session);
         self.pin = Some((crypto::peer_identity_key(&peer), now.unix_ms));
-        self.save_session()?;
+        if let Err(e) = self.save_session() {
+            // Unsaved, and a first contact unpinned: no later write may
+            // persist this session. The handshake runs again.
+            self.session = None;
+            self.pin = None;
+            return Err(e);
+        }
         if self.session.is_none() {
             return Ok(());
         }
@@ -2626,7 +2633,7 @@ impl PeerMachine {
             .filter_map(|d| d.parsed.as_ref().ok())
             .flat_map(|p| &p.acks)
             .collect();
-        let pin = self.pin.take();
+        let pin = self.pin.clone();
         let committed = durable::write(&*self.store, |w| {
             if !pin_in(w, &hex, pin.as_ref())? {
                 return Ok(None);
@@ -2643,6 +2650,7 @@ impl PeerMachine {
             }
             Ok(Some((accepted, delivered)))
         })?;
+        self.pin = None;
         let Some((accepted, delivered)) = committed else {
             self.pin_refused();
             return Ok(());
@@ -2698,6 +2706,24 @@ impl PeerMachine {
             tracing::debug!(peer = %self.peer_hex, "bundle refused; full handshake");
             self.abandon(id);
             self.start_attempt(now)?;
+        }
+        let forgotten = !refused_bundle
+            && e.code == ErrorCode::Unexpected
+            && self.attempt.as_ref().is_some_and(|a| {
+                a.role == Role::Initiator
+                    && !a.from_bundle
+                    && !a.pending.contains_key(&PduType::KeyPackageRequest)
+                    && e.ref_id.as_ref().is_some_and(|r| r.as_str() == hex::encode(a.id))
+            });
+        if forgotten && let Some(id) = self.attempt.as_ref().map(|a| a.id) {
+            // The responder answered step 1 but no longer knows the session
+            // (it restarted, or could not save it): retransmitting until
+            // the stall would only collect the same refusal for minutes.
+            tracing::debug!(peer = %self.peer_hex, "the peer forgot our handshake; starting again");
+            self.abandon(id);
+            self.emit(Event::HandshakeStalled { session_id: id });
+            self.retry_at = Some(now.at + self.retry_backoff);
+            self.retry_backoff = (self.retry_backoff * 2).min(self.config.handshake_stall);
         }
         if e.code == ErrorCode::DecryptFailed
             && let Some(id) = &e.ref_id

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Faults, Sim};
@@ -13,7 +15,8 @@ use strata_proto::{
     Blob, EncryptionSyncResponse, FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, ResumeAnswer, ResumeStatus,
     SignalSessionComplete, Text,
 };
-use strata_session::{Command, Config, Event, Refusal, ResetReason};
+use strata_session::{Command, Config, Durable, Event, Refusal, ResetReason};
+use strata_store::StoreError;
 
 fn ready_both(sim: &Sim) -> bool {
     sim.nodes.iter().all(common::Node::is_ready)
@@ -414,4 +417,69 @@ fn a_key_pinned_during_the_first_handshake_wins_over_it() {
     assert_eq!(contact.offered_key, Some(real));
     let saved = sim.nodes[1].store().read(|r| r.handshake(&alice)).unwrap();
     assert!(saved.is_none(), "the session was saved");
+}
+
+/// A store whose writes can be made to fail (a full disk, say).
+struct Flaky {
+    inner: strata_store::Store<strata_store::MemoryBackend>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Durable for Flaky {
+    fn read_tx(
+        &self,
+        f: &mut dyn FnMut(&strata_store::Reader<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.read_tx(f)
+    }
+
+    fn write_tx(
+        &self,
+        f: &mut dyn FnMut(&mut strata_store::Writer<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend("injected: no space left on device".into()));
+        }
+        self.inner.write_tx(f)
+    }
+}
+
+/// Bob's store refuses the write that would save his first session with
+/// Alice: the session is dropped unsaved, nothing about Alice is pinned,
+/// and once writes work again a new handshake, started by Alice as soon as
+/// Bob refuses the old one, pins her and carries text.
+#[test]
+fn a_session_whose_save_fails_is_neither_used_nor_pinned() {
+    let mut sim = Sim::new(33, Faults::NONE, Config::default());
+    sim.tolerate_errors = true;
+    let failing = Arc::new(AtomicBool::new(false));
+    sim.nodes[1].durable = Some(Arc::new(Flaky {
+        inner: sim.nodes[1].store(),
+        failing: Arc::clone(&failing),
+    }));
+    sim.boot(1, None);
+    sim.connect();
+    sim.command(0, Command::Open);
+    assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
+        s.nodes[1]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::HandshakeStarted { .. }))
+    }));
+    failing.store(true, Ordering::SeqCst);
+    sim.run_until(sim.t + Duration::from_secs(2));
+    assert!(!sim.nodes[1].errors.is_empty(), "no write was refused");
+    assert!(!sim.nodes[1].is_ready());
+    assert!(contacts(&sim, 1).is_empty(), "a contact was pinned without its session");
+    let alice = sim.installation_id(0).to_string();
+    assert!(sim.nodes[1].store().read(|r| r.handshake(&alice)).unwrap().is_none());
+
+    failing.store(false, Ordering::SeqCst);
+    let id = sim.send_text(0, "after the disk was freed");
+    // Alice hears "unknown session" for her handshake and starts a new one
+    // at once, rather than retransmitting into the 5-minute stall.
+    let limit = sim.t + Duration::from_secs(30);
+    assert!(sim.run_while(limit, |s| s.nodes[1].received.contains_key(&id) && ready_both(s)));
+    let key = sim.nodes[0].identity.account().identity_key().serialize().to_vec();
+    assert_eq!(contacts(&sim, 1), vec![(alice, key)]);
 }

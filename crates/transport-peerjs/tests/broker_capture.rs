@@ -110,6 +110,18 @@ async fn frames_never_cross_the_broker() {
             String::from_utf8_lossy(expected)
         );
     }
+    // The answerer is the DTLS server (rtc.rs): as client it would send its
+    // hello before the offerer's DTLS endpoint exists, and webrtc-rs resends
+    // a dropped hello only after 1 s. Offers say `actpass`, so `passive` can
+    // only come from an answer, and `active` from a client answerer.
+    assert!(
+        contains(&captured, b"a=setup:passive"),
+        "no answer took the DTLS server role"
+    );
+    assert!(
+        !contains(&captured, b"a=setup:active"),
+        "an answerer took the DTLS client role"
+    );
     assert!(
         !contains(&captured, marker.as_bytes()),
         "an application frame crossed the broker"

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha20Rng;
 use strata_cascade::at_rest::StorageKey;
 use strata_cascade::{AccountIdentity, InstallationId, InstallationIdentity};
 use strata_session::machine::seed_from;
-use strata_session::{Command, Config, Content, Event, Input, Now, Output, PeerMachine};
+use strata_session::{Command, Config, Content, Durable, Event, Input, Now, Output, PeerMachine};
 use strata_store::{KeySource, MemoryBackend, Store};
 
 pub const UNIX_BASE: u64 = 1_760_000_000_000;
@@ -66,6 +66,10 @@ pub struct Node {
     pub sent: Vec<String>,
     pub ready_count: u32,
     pub up: bool,
+    /// Boots on this store instead of the in-memory one (fault injection).
+    pub durable: Option<Arc<dyn Durable>>,
+    /// Errors the machine returned, when the sim tolerates them.
+    pub errors: Vec<String>,
 }
 
 impl Node {
@@ -97,6 +101,9 @@ pub struct Sim {
     /// alone never reorders.
     last: [Duration; 2],
     pub partitioned: bool,
+    /// Machine errors are recorded in `Node::errors` instead of failing
+    /// the test (for injected store faults).
+    pub tolerate_errors: bool,
     pub trace: bool,
     /// When set, every frame a node hands to the wire, (from, frame), even
     /// those the faults or a partition then drop.
@@ -136,6 +143,8 @@ impl Sim {
             sent: Vec::new(),
             ready_count: 0,
             up: false,
+            durable: None,
+            errors: Vec::new(),
         };
         let nodes = [node("alice", a, &mut rng), node("bob", b, &mut rng)];
         let mut sim = Self {
@@ -150,6 +159,7 @@ impl Sim {
             seq: 0,
             last: [Duration::ZERO; 2],
             partitioned: false,
+            tolerate_errors: false,
             tap: None,
             trace: std::env::var_os("STRATA_SIM_TRACE").is_some(),
         };
@@ -174,7 +184,10 @@ impl Sim {
     pub fn boot(&mut self, i: usize, peer: Option<InstallationId>) {
         let now = self.now();
         let seed = seed_from(&mut self.rng);
-        let store = Arc::new(self.nodes[i].store());
+        let store: Arc<dyn Durable> = match &self.nodes[i].durable {
+            Some(d) => Arc::clone(d),
+            None => Arc::new(self.nodes[i].store()),
+        };
         let identity = Arc::clone(&self.nodes[i].identity);
         let m = PeerMachine::new(self.config.clone(), identity, store, peer, None, seed, now).unwrap();
         self.nodes[i].machine = Some(m);
@@ -195,8 +208,8 @@ impl Sim {
         let Some(m) = self.nodes[i].machine.as_mut() else {
             return;
         };
-        m.handle(input, now)
-            .unwrap_or_else(|e| panic!("seed {}: {} failed: {e}", self.seed, self.nodes[i].name));
+        let result = m.handle(input, now);
+        self.check(i, result);
         self.drain(i);
     }
 
@@ -221,9 +234,17 @@ impl Sim {
         let Some(m) = self.nodes[i].machine.as_mut() else {
             return;
         };
-        m.handle_frames(burst.iter().map(Vec::as_slice), now)
-            .unwrap_or_else(|e| panic!("seed {}: {} failed: {e}", self.seed, self.nodes[i].name));
+        let result = m.handle_frames(burst.iter().map(Vec::as_slice), now);
+        self.check(i, result);
         self.drain(i);
+    }
+
+    fn check<T>(&mut self, i: usize, result: Result<T, strata_session::SessionError>) {
+        match result {
+            Ok(_) => {}
+            Err(e) if self.tolerate_errors => self.nodes[i].errors.push(e.to_string()),
+            Err(e) => panic!("seed {}: {} failed: {e}", self.seed, self.nodes[i].name),
+        }
     }
 
     pub fn command(&mut self, i: usize, c: Command) {
