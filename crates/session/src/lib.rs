@@ -66,8 +66,16 @@
 //!   has the higher id abandons it and answers the peer's; a side whose
 //!   attempt has the lower id ignores the peer's request (the peer will
 //!   give up its own when it sees ours). Both end in the same session.
-//! - **TOFU.** Steps 1 and 2 carry the identity key; the first one seen
-//!   for an installation is pinned (`observe_identity`). A different key
+//! - **Make before break.** A step 1 (or bundle step 3) while a session is
+//!   established starts a responder attempt *beside* it: the start is
+//!   unauthenticated, so the session keeps working until the new handshake
+//!   completes; only then is the reset reported. An initiator told that the
+//!   responder does not know its handshake (it restarted, or failed to save)
+//!   starts a new one after its backoff.
+//! - **TOFU.** Steps 1 and 2 carry the identity key. For an installation
+//!   seen for the first time it is pinned when the handshake completes, in
+//!   the transaction that saves the session (`observe_identity`): a start
+//!   that never proves anything leaves nothing in the store. A different key
 //!   blocks the peer: [`Event::IdentityChanged`], `protocol-error
 //!   identity-changed`, nothing is sent (messages stay queued) until
 //!   [`Command::AcceptIdentity`], which voids the old session and runs a
