@@ -384,14 +384,7 @@ fn only_a_completed_handshake_pins_a_first_contact() {
 #[test]
 fn a_key_pinned_during_the_first_handshake_wins_over_it() {
     let mut sim = Sim::new(32, Faults::NONE, Config::default());
-    sim.connect();
-    sim.command(0, Command::Open);
-    assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
-        s.nodes[1]
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::HandshakeStarted { .. }))
-    }));
+    open_until_bob_answers(&mut sim);
     let alice = sim.installation_id(0).to_string();
     let other = common::installation(&mut sim.rng)
         .account()
@@ -458,14 +451,7 @@ fn a_session_whose_save_fails_is_neither_used_nor_pinned() {
         failing: Arc::clone(&failing),
     }));
     sim.boot(1, None);
-    sim.connect();
-    sim.command(0, Command::Open);
-    assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
-        s.nodes[1]
-            .events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::HandshakeStarted { .. }))
-    }));
+    open_until_bob_answers(&mut sim);
     failing.store(true, Ordering::SeqCst);
     sim.run_until(sim.t + Duration::from_secs(2));
     assert!(!sim.nodes[1].errors.is_empty(), "no write was refused");
@@ -482,4 +468,16 @@ fn a_session_whose_save_fails_is_neither_used_nor_pinned() {
     assert!(sim.run_while(limit, |s| s.nodes[1].received.contains_key(&id) && ready_both(s)));
     let key = sim.nodes[0].identity.account().identity_key().serialize().to_vec();
     assert_eq!(contacts(&sim, 1), vec![(alice, key)]);
+}
+
+/// Alice opens; returns once Bob has started answering (step 1 is in).
+fn open_until_bob_answers(sim: &mut Sim) {
+    sim.connect();
+    sim.command(0, Command::Open);
+    assert!(sim.run_while(sim.t + Duration::from_secs(10), |s| {
+        s.nodes[1]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::HandshakeStarted { .. }))
+    }));
 }
