@@ -2707,8 +2707,7 @@ impl PeerMachine {
             self.abandon(id);
             self.start_attempt(now)?;
         }
-        let forgotten = !refused_bundle
-            && e.code == ErrorCode::Unexpected
+        let forgotten = e.code == ErrorCode::Unexpected
             && self.attempt.as_ref().is_some_and(|a| {
                 a.role == Role::Initiator
                     && !a.from_bundle
