@@ -51,6 +51,8 @@ const WAIT: Duration = Duration::from_secs(25);
 /// The running session layer.
 pub(crate) struct NodeSessions {
     node: Addr<Node<Wire>>,
+    /// The joined transports, for the links each peer has.
+    wire: Wire,
     system: actix::System,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     peerjs: Option<PeerJsTransport>,
@@ -149,10 +151,11 @@ impl NodeSessions {
             store: store.clone(),
             downloads: dir.root().join("downloads"),
         };
-        let (node, system, thread) = spawn_actors(setup, wire, stream, Arc::clone(&events)).await?;
+        let (node, system, thread) = spawn_actors(setup, wire.clone(), stream, Arc::clone(&events)).await?;
         Ok((
             Self {
                 node,
+                wire,
                 system,
                 thread: std::sync::Mutex::new(Some(thread)),
                 peerjs: peerjs_handle,
@@ -260,6 +263,24 @@ impl NodeSessions {
         .await
     }
 
+    /// The account key a contact URI names, which the installation at
+    /// `peer` must hold (no TOFU window for a URI); `None` for other kinds
+    /// of `<peer>`. A contact already pinned to another key is refused.
+    fn uri_identity(&self, text: &str, peer: &PeerAddr) -> Result<Option<Vec<u8>>> {
+        let Ok(PeerRef::Contact(uri)) = PeerRef::parse(text) else {
+            return Ok(None);
+        };
+        let expected = uri.peer_id.identity_key().serialize().to_vec();
+        let contact = self
+            .store
+            .read(|r| r.contact(peer.as_str()))
+            .map_err(|e| AppError::new(ErrorKind::Storage, format!("cannot read the contacts: {e}")))?;
+        match contact {
+            Some(c) if c.identity_key != expected => Err(uri_mismatch(&uri.peer_id, peer)),
+            _ => Ok(Some(expected)),
+        }
+    }
+
     async fn peer_request(&self, peer: PeerAddr, request: SessionRequest) -> Result<Option<String>> {
         let reply = self
             .node
@@ -275,6 +296,7 @@ impl NodeSessions {
 
     async fn connect(&self, text: &str) -> Result<Value> {
         let peer = self.resolve(text).await?;
+        let expect_identity = self.uri_identity(text, &peer)?;
         let (_, mut live) = self.events.subscribe(None);
         // A stored session may have resumed on its own before we asked.
         let peers = self.node.send(ListPeers).await.map_err(|_| stopped())?;
@@ -302,25 +324,33 @@ impl NodeSessions {
             .send(Connect {
                 request_id: self.request_id(),
                 peer: peer.clone(),
+                expect_identity: expect_identity.clone(),
             })
             .await
             .map_err(|_| stopped())?;
-        if let Err(e) = reply.result {
+        match reply.result {
+            Err(SessionError::IdentityMismatch) => return Err(self.mismatch(text, &peer)),
             // A link that is not up yet is retried by the node; the wait
             // below decides.
-            tracing::debug!(%peer, error = %e, "connect: first attempt");
+            Err(e) => tracing::debug!(%peer, error = %e, "connect: first attempt"),
+            Ok(()) => {}
         }
         let mut steps = Vec::new();
-        let ready = wait_for(&mut live, WAIT, |event| {
+        let outcome = wait_for(&mut live, WAIT, |event| {
             if at(&event.data, "peer") != peer.as_str() {
                 return None;
             }
             steps.push(json!({"event": event.kind, "id": event.id}));
-            (event.kind == "encryption-ready").then(|| event.data.clone())
+            match event.kind.as_str() {
+                "encryption-ready" => Some(Ok(event.data.clone())),
+                "identity-mismatch" => Some(Err(())),
+                _ => None,
+            }
         })
         .await;
-        match ready {
-            Some(ready) => Ok(json!({
+        match outcome {
+            Some(Err(())) => Err(self.mismatch(text, &peer)),
+            Some(Ok(ready)) => Ok(json!({
                 "peer": peer.as_str(),
                 "state": "ready",
                 "resumed": at(&ready, "resumed"),
@@ -335,8 +365,21 @@ impl NodeSessions {
         }
     }
 
+    /// The error of a contact URI whose account another key answered for.
+    fn mismatch(&self, text: &str, peer: &PeerAddr) -> AppError {
+        match PeerRef::parse(text) {
+            Ok(PeerRef::Contact(uri)) => uri_mismatch(&uri.peer_id, peer),
+            _ => AppError::new(
+                ErrorKind::VerificationFailed,
+                format!("{peer} answered with another identity key than expected"),
+            ),
+        }
+    }
+
     async fn send(&self, text: &str, body: SendBody, wait_ack: bool) -> Result<Value> {
         let peer = self.resolve(text).await?;
+        // A URI's account key must be the one pinned for the installation.
+        self.uri_identity(text, &peer)?;
         let (_, mut live) = self.events.subscribe(None);
         let (request, file) = match body {
             SendBody::Text(text) => (SessionRequest::Command(Command::Send(Content::Text { text })), None),
@@ -392,8 +435,13 @@ impl NodeSessions {
             .map(|(peer, status)| {
                 let installation = status.installation.clone().unwrap_or_else(|| peer.to_string());
                 let contact = contacts.iter().find(|c| c.installation_id == installation);
+                // The account key the installation is pinned to.
+                let peer_id = contact
+                    .and_then(|c| crate::identity::PeerId::from_key_bytes(&c.identity_key).ok())
+                    .map(|p| p.to_string());
                 json!({
                     "peer": peer.as_str(),
+                    "peerId": peer_id,
                     "installation": installation,
                     "state": match status.state {
                         SessionState::Idle => "idle",
@@ -412,12 +460,13 @@ impl NodeSessions {
         Ok(json!({ "peers": peers }))
     }
 
-    fn transport_of(&self, _peer: &PeerAddr) -> &'static str {
-        match (&self.peerjs, &self.libp2p) {
-            (Some(_), Some(_)) => "peerjs+libp2p",
-            (Some(_), None) => "peerjs",
-            (None, Some(_)) => "libp2p",
-            (None, None) => "none",
+    /// The paths the duo holds a link to `peer` on now.
+    fn transport_of(&self, peer: &PeerAddr) -> &'static str {
+        match self.wire.links_to(peer) {
+            (true, true) => "webrtc+libp2p",
+            (true, false) => "webrtc",
+            (false, true) => "libp2p",
+            (false, false) => "none",
         }
     }
 }
@@ -465,6 +514,16 @@ fn stopped() -> AppError {
     AppError::internal("the session actors stopped").hint("restart `strata run`; its log says why")
 }
 
+/// A contact URI's account key is not the one that answered for (or is
+/// pinned to) its installation.
+fn uri_mismatch(expected: &crate::identity::PeerId, peer: &PeerAddr) -> AppError {
+    AppError::new(
+        ErrorKind::VerificationFailed,
+        format!("installation {peer} does not belong to {expected}, the peer the contact URI names"),
+    )
+    .hint("the address may be taken by someone else: check the URI with its owner over a channel you trust; nothing was recorded")
+}
+
 fn session_error(e: SessionError) -> AppError {
     match e {
         SessionError::UnknownPeer(p) => AppError::new(ErrorKind::NotFound, format!("unknown peer {p}"))
@@ -474,7 +533,12 @@ fn session_error(e: SessionError) -> AppError {
         SessionError::Unavailable(what) => {
             AppError::new(ErrorKind::Busy, format!("the node is busy: {what}")).hint("try again in a moment")
         }
-        other => AppError::internal(other.to_string()),
+        other => match other.kind() {
+            strata_session::ErrorKind::Storage => AppError::new(ErrorKind::Storage, other.to_string())
+                .hint("the store may be damaged or the disk full; see `strata run -v`"),
+            strata_session::ErrorKind::Verification => AppError::new(ErrorKind::VerificationFailed, other.to_string()),
+            _ => AppError::internal(other.to_string()),
+        },
     }
 }
 
@@ -496,6 +560,9 @@ async fn start_peerjs(
             (s, socket.ip().is_loopback())
         }
         BrokerChoice::External(url) => {
+            if let Some(warning) = crate::config::broker_warning(url) {
+                tracing::warn!("{warning}");
+            }
             let host = url.host_str().unwrap_or_default().to_owned();
             let secure = url.scheme() == "wss";
             let port = url.port().unwrap_or(if secure { 443 } else { 80 });
@@ -519,13 +586,12 @@ async fn start_peerjs(
         RtcConfig::default()
     };
     peerjs.rtc.ice_servers = config
-        .peerjs
-        .ice_servers
-        .iter()
-        .map(|url| IceServer {
-            urls: vec![url.clone()],
-            username: String::new(),
-            credential: String::new(),
+        .ice_servers()?
+        .into_iter()
+        .map(|s| IceServer {
+            urls: vec![s.url],
+            username: s.username,
+            credential: s.credential,
         })
         .collect();
     PeerJsTransport::start(peerjs).await.map_err(|e| {
@@ -655,7 +721,6 @@ impl Handler<SessionNodeEvent> for Bridge {
 /// The API event name and data of a node event. Keys and ciphertexts never
 /// appear; message texts do (the API is the user's own).
 fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
-    let name = |d: &dyn std::fmt::Debug| kebab(&format!("{d:?}"));
     match kind {
         NodeEventKind::Connected => ("connected", json!({})),
         NodeEventKind::Disconnected => ("disconnected", json!({})),
@@ -675,7 +740,7 @@ fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
         NodeEventKind::Session(event) => match event {
             Event::HandshakeStarted { role, from_bundle, .. } => (
                 "handshake-started",
-                json!({"role": name(role), "fromBundle": from_bundle}),
+                json!({"role": role.as_str(), "fromBundle": from_bundle}),
             ),
             Event::EncryptionReady {
                 installation, resumed, ..
@@ -686,8 +751,9 @@ fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
             Event::NotReady => ("not-ready", json!({})),
             Event::HandshakeStalled { .. } => ("handshake-stalled", json!({})),
             Event::HandshakeFailed { reason } => ("handshake-failed", json!({"reason": reason})),
-            Event::SessionReset { reason } => ("session-reset", json!({"reason": name(reason)})),
+            Event::SessionReset { reason } => ("session-reset", json!({"reason": reason.as_str()})),
             Event::IdentityChanged { installation } => ("identity-changed", json!({"installation": installation})),
+            Event::IdentityMismatch { installation } => ("identity-mismatch", json!({"installation": installation})),
             Event::InstallationChanged { old, new } => ("installation-changed", json!({"old": old, "new": new})),
             Event::Queued { message_id } => ("queued", json!({"messageId": message_id})),
             Event::Delivered { message_id } => ("delivered", json!({"messageId": message_id})),
@@ -709,42 +775,187 @@ fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
                     json!({"fileId": file_id, "name": name, "size": size, "index": index, "total": total}),
                 ),
             },
-            Event::Rotated { what } => ("rotated", json!({"what": name(what)})),
-            Event::PeerError { code, reason } => ("peer-error", json!({"code": name(code), "reason": reason})),
-            Event::Refused { why } => ("refused", json!({"why": name(why)})),
+            Event::Rotated { what } => ("rotated", json!({"what": what.as_str()})),
+            Event::PeerError { code, reason } => ("peer-error", json!({"code": code.as_str(), "reason": reason})),
+            Event::Refused { why } => ("refused", json!({"why": why.as_str()})),
         },
     }
-}
-
-/// `PeerLostState` → `peer-lost-state`.
-fn kebab(camel: &str) -> String {
-    let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strata_proto::ErrorCode;
+    use strata_session::{Refusal, ResetReason, Role, Rotation};
 
+    /// One of every event kind, with every value of the enums they carry.
+    fn every_event() -> Vec<NodeEventKind> {
+        let session = |e: Event| NodeEventKind::Session(e);
+        let mut all = vec![
+            NodeEventKind::Connected,
+            NodeEventKind::Disconnected,
+            NodeEventKind::FileReceived {
+                file_id: "f".into(),
+                path: "downloads/f-n".into(),
+            },
+            NodeEventKind::FileProgress {
+                file_id: "f".into(),
+                acked: 1,
+                total: 2,
+                size: 3,
+            },
+            NodeEventKind::FileSent { file_id: "f".into() },
+            NodeEventKind::Failed { reason: "r".into() },
+            NodeEventKind::Lagged { dropped: 4 },
+        ];
+        for role in [Role::Initiator, Role::Responder] {
+            all.push(session(Event::HandshakeStarted {
+                session_id: [1; 16],
+                role,
+                from_bundle: role == Role::Responder,
+            }));
+        }
+        all.extend([
+            session(Event::EncryptionReady {
+                installation: "i".into(),
+                session_id: [1; 16],
+                resumed: true,
+            }),
+            session(Event::NotReady),
+            session(Event::HandshakeStalled { session_id: [1; 16] }),
+            session(Event::HandshakeFailed { reason: "r".into() }),
+        ]);
+        for reason in [
+            ResetReason::PeerLostState,
+            ResetReason::PeerRestarted,
+            ResetReason::IdentityAccepted,
+            ResetReason::StateMismatch,
+        ] {
+            all.push(session(Event::SessionReset { reason }));
+        }
+        all.extend([
+            session(Event::IdentityChanged {
+                installation: "i".into(),
+            }),
+            session(Event::IdentityMismatch {
+                installation: "i".into(),
+            }),
+            session(Event::InstallationChanged {
+                old: "o".into(),
+                new: "n".into(),
+            }),
+            session(Event::Queued { message_id: "m".into() }),
+            session(Event::Delivered { message_id: "m".into() }),
+            session(Event::Received {
+                message_id: "m".into(),
+                seq: 5,
+                content: Content::Text { text: "t".into() },
+            }),
+            session(Event::Received {
+                message_id: "m".into(),
+                seq: 6,
+                content: Content::FileChunk {
+                    file_id: "f".into(),
+                    name: "n".into(),
+                    size: 3,
+                    index: 0,
+                    total: 1,
+                    data: vec![1, 2, 3],
+                },
+            }),
+        ]);
+        for what in [
+            Rotation::KemKey,
+            Rotation::PeerKemKey,
+            Rotation::MlsUpdate,
+            Rotation::PeerMlsUpdate,
+        ] {
+            all.push(session(Event::Rotated { what }));
+        }
+        for code in [
+            ErrorCode::Malformed,
+            ErrorCode::TooLarge,
+            ErrorCode::UnknownType,
+            ErrorCode::Unexpected,
+            ErrorCode::DecryptFailed,
+            ErrorCode::Replay,
+            ErrorCode::RateLimited,
+            ErrorCode::IdentityChanged,
+            ErrorCode::UnknownSession,
+            ErrorCode::Internal,
+            ErrorCode::Other,
+        ] {
+            all.push(session(Event::PeerError {
+                code,
+                reason: "r".into(),
+            }));
+        }
+        for why in [
+            Refusal::Malformed,
+            Refusal::TooLarge,
+            Refusal::UnknownType,
+            Refusal::Unexpected,
+            Refusal::Undecryptable,
+            Refusal::IdentityBlocked,
+            Refusal::UnexpectedIdentity,
+        ] {
+            all.push(session(Event::Refused { why }));
+        }
+        all
+    }
+
+    /// Fails to compile when an event kind is added without a sample in
+    /// [`every_event`] (no wildcard arm).
+    fn sampled(kind: &NodeEventKind) -> bool {
+        match kind {
+            NodeEventKind::Connected
+            | NodeEventKind::Disconnected
+            | NodeEventKind::FileReceived { .. }
+            | NodeEventKind::FileProgress { .. }
+            | NodeEventKind::FileSent { .. }
+            | NodeEventKind::Failed { .. }
+            | NodeEventKind::Lagged { .. } => true,
+            NodeEventKind::Session(e) => match e {
+                Event::HandshakeStarted { .. }
+                | Event::EncryptionReady { .. }
+                | Event::NotReady
+                | Event::HandshakeStalled { .. }
+                | Event::HandshakeFailed { .. }
+                | Event::SessionReset { .. }
+                | Event::IdentityChanged { .. }
+                | Event::IdentityMismatch { .. }
+                | Event::InstallationChanged { .. }
+                | Event::Queued { .. }
+                | Event::Delivered { .. }
+                | Event::Received { .. }
+                | Event::Rotated { .. }
+                | Event::PeerError { .. }
+                | Event::Refused { .. } => true,
+            },
+        }
+    }
+
+    /// The control API's event names and data are a format clients rely
+    /// on: every kind is pinned in `test_vectors/events.golden`. A diff is
+    /// a decision; `STRATA_BLESS=1` rewrites the file.
     #[test]
-    fn event_names_are_kebab_case() {
-        assert_eq!(kebab("PeerLostState"), "peer-lost-state");
-        assert_eq!(kebab("KemKey"), "kem-key");
-        let (kind, data) = describe(&NodeEventKind::Session(Event::SessionReset {
-            reason: strata_session::ResetReason::PeerRestarted,
-        }));
-        assert_eq!(kind, "session-reset");
-        assert_eq!(data["reason"], "peer-restarted");
+    fn event_names_and_data_match_the_golden_file() {
+        let lines: Vec<String> = every_event()
+            .iter()
+            .map(|kind| {
+                assert!(sampled(kind));
+                let (name, data) = describe(kind);
+                format!("{name} {data}")
+            })
+            .collect();
+        let text = lines.join("\n") + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test_vectors/events.golden");
+        if std::env::var_os("STRATA_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text, golden, "event names or data changed (STRATA_BLESS=1 to accept)");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! [`sign_bundle`] signs what an installation broadcasts — its Signal
 //! signed pre-key and Kyber pre-key, one MLS KeyPackage, its
 //! identity-signed ML-KEM-768 key, a version, a timestamp and its paired
-//! installations — with the account identity key (XEdDSA, libsignal), after
-//! checking that every part really belongs to this installation.
+//! installations (the node lists none: pairing is planned, issue #18) —
+//! with the account identity key (XEdDSA, libsignal), after checking that
+//! every part really belongs to this installation.
 //! [`verify_bundle`] is the only way received bundle bytes become a
 //! [`VerifiedBundle`]: bounded decoding, the identity key's signature over
 //! the exact bytes received, then every key inside against the bundle's

@@ -38,6 +38,9 @@
 //! KeyPackage's credential binds its MLS signature key to the identity key:
 //! a receiver checks all of them (`strata_cascade::bundle::verify_bundle`).
 //!
+//! `paired_installations` is part of the format, but Strata's bundles list
+//! none yet: pairing is planned (issue #18).
+//!
 //! # Which bundle wins (re-keying)
 //!
 //! Bundles are kept per (identity key, installation id). A received bundle
@@ -46,11 +49,15 @@
 //! new ML-KEM key, a device paired or removed; 54/X3DH-SESSIONS says the
 //! old bundle then expires), the same version with a later timestamp is the
 //! periodic re-broadcast. Anything else is [`BundleError::Stale`], so a
-//! replayed old bundle can never roll keys back. Independently of what is
-//! held, a bundle signed more than [`MAX_BUNDLE_AGE_MS`] ago is
-//! [`BundleError::Expired`] and one dated more than [`MAX_CLOCK_SKEW_MS`]
-//! ahead is [`BundleError::FromTheFuture`] (a bundle dated far ahead would
-//! otherwise block its own owner's next refresh). See [`check_fresh`].
+//! replayed old bundle can never roll keys back. (Re-keying established
+//! sessions on a newer bundle is planned, issue #18: today the newer bundle
+//! only replaces the held one.)
+//!
+//! Independently of what is held, a bundle signed more than
+//! [`MAX_BUNDLE_AGE_MS`] ago is [`BundleError::Expired`] and one dated more
+//! than [`MAX_CLOCK_SKEW_MS`] ahead is [`BundleError::FromTheFuture`] (a
+//! bundle dated far ahead would otherwise block its own owner's next
+//! refresh). See [`check_fresh`].
 //!
 //! # Caps
 //!
@@ -315,7 +322,8 @@ pub fn signed_message(bundle_bytes: &[u8]) -> [&[u8]; 3] {
 pub enum Admission {
     /// Nothing was held for this installation.
     New,
-    /// A higher version: the held bundle expires and sessions re-key.
+    /// A higher version (a re-keying): it replaces the held bundle. Sessions
+    /// are not re-keyed on it yet (planned, issue #18).
     Rekeyed {
         /// The version it replaces.
         previous_version: u64,

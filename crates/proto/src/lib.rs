@@ -35,6 +35,10 @@
 //! | – | `group-member-left` | [`GroupMemberLeft`] | a member removed from a group |
 //! | – | `group-message` | [`GroupMessage`] | one MLS message to a whole group |
 //!
+//! The three `group-*` PDUs are defined and decoded, but nothing sends
+//! them yet: groups are planned (issue #17), and a pair session refuses
+//! them as unexpected.
+//!
 //! Encoding rules:
 //! - Byte fields are standard padded base64 strings. Decoders also accept the
 //!   P5 form, a JSON array of integers 0–255.

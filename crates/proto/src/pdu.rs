@@ -448,6 +448,25 @@ pub enum ErrorCode {
     Other,
 }
 
+impl ErrorCode {
+    /// The wire name (the JSON value of `code`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too-large",
+            Self::UnknownType => "unknown-type",
+            Self::Unexpected => "unexpected",
+            Self::DecryptFailed => "decrypt-failed",
+            Self::Replay => "replay",
+            Self::RateLimited => "rate-limited",
+            Self::IdentityChanged => "identity-changed",
+            Self::UnknownSession => "unknown-session",
+            Self::Internal => "internal",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// `protocol-error`: tells the peer a PDU was refused. Informative (P8.2:
 /// Profile-v0 has no application-level error codes); rate-limited by senders.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -163,6 +163,7 @@ fn main() {
                 .send(Connect {
                     request_id: i as u64,
                     peer: PeerAddr::new("hub"),
+                    expect_identity: None,
                 })
                 .await
                 .unwrap();

@@ -123,6 +123,7 @@ async fn demo() -> String {
         .send(Connect {
             request_id: 1,
             peer: bob_addr.clone(),
+            expect_identity: None,
         })
         .await
         .unwrap()

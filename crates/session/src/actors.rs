@@ -25,7 +25,7 @@
 //! mailbox is full (the protocol retransmits), so no cycle can deadlock.
 //! Every request carries a [`RequestId`] that its reply echoes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -44,7 +44,7 @@ use crate::crypto;
 use crate::durable::{self, Durable, SessionRecord};
 use crate::error::SessionError;
 use crate::files::Transfers;
-use crate::machine::{Command, Event, Input, Now, Output, PeerMachine};
+use crate::machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine};
 
 /// Correlates a request with its reply.
 pub type RequestId = u64;
@@ -53,9 +53,39 @@ pub type RequestId = u64;
 pub const MAILBOX: usize = 1024;
 /// Events kept for a slow subscriber before the oldest are dropped.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
-/// Most peer sessions one node runs; frames from further addresses are
-/// dropped (a flood of new addresses cannot grow the node without bound).
+/// Most peer sessions one node runs by default ([`NodeLimits`]).
 pub const MAX_SESSIONS: usize = 4096;
+
+/// How many sessions a [`Node`] keeps in memory, and for how long an empty
+/// one may sit idle.
+///
+/// A session is made for any address that sends a frame, so strangers
+/// could otherwise fill the node. Sessions that hold nothing
+/// ([`Footprint::Empty`]) are dropped after `idle`; at `max_sessions`, the
+/// least recently used of the droppable ones makes room for a new one:
+/// empty first, then strangers' handshakes ([`Footprint::Stranger`]), then
+/// stored sessions whose link is down ([`Footprint::Resting`], loaded again
+/// from the store when their peer is back). A node whose sessions are all
+/// busy refuses new addresses until one frees up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// Most sessions in memory at once.
+    pub max_sessions: usize,
+    /// An empty session unused this long is dropped.
+    pub idle: Duration,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: MAX_SESSIONS,
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How often a [`Node`] looks for idle sessions to drop.
+const SWEEP: Duration = Duration::from_secs(15);
 pub use crate::files::FILE_WINDOW;
 
 fn now() -> Now {
@@ -263,10 +293,23 @@ pub enum SessionRequest {
     OpenFromBundle(Box<strata_cascade::bundle::VerifiedBundle>),
 }
 
-/// A session event on its way to the [`Node`].
+/// What a [`PeerSession`] tells the [`Node`].
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct FromSession(pub NodeEvent);
+pub enum FromSession {
+    /// A session event, for subscribers.
+    Event(NodeEvent),
+    /// What the session holds changed (see [`NodeLimits`]).
+    Footprint {
+        /// The peer.
+        peer: PeerAddr,
+        /// What dropping the session would lose.
+        footprint: Footprint,
+        /// The installation of its established session, if any: a session
+        /// made for the peer later loads it from the store.
+        stored: Option<strata_cascade::InstallationId>,
+    },
+}
 
 /// Everything a [`PeerSession`] needs to (re)build its machine.
 #[derive(Clone)]
@@ -290,6 +333,8 @@ pub struct PeerSession {
     node: Recipient<FromSession>,
     timer: Option<SpawnHandle>,
     files: Transfers,
+    /// The footprint last reported to the node.
+    reported: Option<Footprint>,
     /// Every log line of this actor carries the peer.
     span: tracing::Span,
 }
@@ -316,6 +361,7 @@ impl PeerSession {
             node,
             timer: None,
             files: Transfers::new(setup_downloads, peer_for_files),
+            reported: None,
         })
     }
 
@@ -347,7 +393,7 @@ impl PeerSession {
     }
 
     fn publish(&mut self, kind: NodeEventKind, ctx: &mut Context<Self>) {
-        let send = self.node.send(FromSession(NodeEvent {
+        let send = self.node.send(FromSession::Event(NodeEvent {
             peer: self.peer.clone(),
             kind,
         }));
@@ -397,6 +443,32 @@ impl PeerSession {
                 act.step(Input::Timeout, ctx);
             }));
         }
+        self.report_footprint(ctx);
+    }
+
+    /// Tells the node what dropping this session would lose, when that
+    /// changed.
+    fn report_footprint(&mut self, ctx: &mut Context<Self>) {
+        let footprint = if self.files.is_idle() {
+            self.machine.footprint()
+        } else {
+            Footprint::Busy
+        };
+        if self.reported == Some(footprint) {
+            return;
+        }
+        self.reported = Some(footprint);
+        let send = self.node.send(FromSession::Footprint {
+            peer: self.peer.clone(),
+            footprint,
+            stored: self.machine.session_id().and(self.machine.peer()),
+        });
+        ctx.wait(
+            async move {
+                let _ = send.await;
+            }
+            .into_actor(self),
+        );
     }
 
     fn on_event(&mut self, e: &Event, ctx: &mut Context<Self>) {
@@ -570,6 +642,10 @@ pub struct Connect {
     pub request_id: RequestId,
     /// The peer.
     pub peer: PeerAddr,
+    /// The account identity key the peer must present, when the caller
+    /// knows it from outside the handshake (a contact URI): see
+    /// [`Command::OpenExpecting`]. `None` keeps trust on first use.
+    pub expect_identity: Option<Vec<u8>>,
 }
 
 /// Something to do with one peer's session.
@@ -591,12 +667,27 @@ struct Subscriber {
     dropped: u64,
 }
 
+/// A running session, as the node keeps it.
+struct Slot {
+    addr: Addr<PeerSession>,
+    /// What dropping it would lose, as it last reported.
+    footprint: Footprint,
+    /// When the node last handed it anything.
+    used: tokio::time::Instant,
+}
+
 /// The facade apps use: sessions by peer, events to subscribers.
 pub struct Node<T: Transport> {
     setup: SessionSetup,
+    limits: NodeLimits,
     transport: Option<(Box<T>, EventStream)>,
     transport_actor: Option<Addr<TransportActor<T>>>,
-    sessions: BTreeMap<PeerAddr, Addr<PeerSession>>,
+    sessions: BTreeMap<PeerAddr, Slot>,
+    /// Peers whose dropped session has not stopped yet: no second session
+    /// runs beside it, so their frames wait for the retransmission.
+    stopping: BTreeSet<PeerAddr>,
+    /// Peers the transport has a link to.
+    links: BTreeSet<PeerAddr>,
     stored: BTreeMap<PeerAddr, strata_cascade::InstallationId>,
     wanted: BTreeMap<PeerAddr, Duration>,
     subscribers: Vec<Subscriber>,
@@ -612,9 +703,12 @@ impl<T: Transport> Node<T> {
         let span = tracing::info_span!("node", local = %transport.local_addr());
         Ok(Self {
             setup,
+            limits: NodeLimits::default(),
             transport: Some((Box::new(transport), stream)),
             transport_actor: None,
             sessions: BTreeMap::new(),
+            stopping: BTreeSet::new(),
+            links: BTreeSet::new(),
             stored,
             wanted: BTreeMap::new(),
             subscribers: Vec::new(),
@@ -623,12 +717,26 @@ impl<T: Transport> Node<T> {
         })
     }
 
+    /// The same node with other limits.
+    #[must_use]
+    pub fn with_limits(mut self, limits: NodeLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The session of `peer`, made (and told of an open link) if there is
+    /// none.
     fn session(&mut self, peer: &PeerAddr, ctx: &mut Context<Self>) -> Result<Addr<PeerSession>, SessionError> {
-        if let Some(addr) = self.sessions.get(peer).filter(|a| a.connected()) {
-            return Ok(addr.clone());
+        let now = tokio::time::Instant::now();
+        if let Some(slot) = self.sessions.get_mut(peer).filter(|s| s.addr.connected()) {
+            slot.used = now;
+            return Ok(slot.addr.clone());
         }
-        self.sessions.retain(|_, a| a.connected());
-        if self.sessions.len() >= MAX_SESSIONS {
+        if self.stopping.contains(peer) {
+            return Err(SessionError::Unavailable("the peer's previous session is stopping"));
+        }
+        self.sessions.retain(|_, s| s.addr.connected());
+        if self.sessions.len() >= self.limits.max_sessions && !self.reclaim_one(ctx) {
             return Err(SessionError::Unavailable("session limit reached"));
         }
         let transport = self
@@ -644,12 +752,74 @@ impl<T: Transport> Node<T> {
             ctx.address().recipient(),
         )?;
         let addr = session.start();
-        self.sessions.insert(peer.clone(), addr.clone());
+        if self.links.contains(peer) {
+            // A session made again after it was dropped: the link is up.
+            let _ = addr.try_send(Deliver::Connected);
+        }
+        self.sessions.insert(
+            peer.clone(),
+            Slot {
+                addr: addr.clone(),
+                footprint: Footprint::Busy,
+                used: now,
+            },
+        );
         Ok(addr)
     }
 
+    /// Drops the least recently used droppable session (see
+    /// [`NodeLimits`]); false when every session is busy.
+    fn reclaim_one(&mut self, ctx: &mut Context<Self>) -> bool {
+        let victim = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.footprint != Footprint::Busy)
+            .min_by_key(|(_, s)| (s.footprint, s.used))
+            .map(|(p, _)| p.clone());
+        match victim {
+            Some(peer) => {
+                self.drop_session(&peer, ctx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops empty sessions idle for longer than the limit.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let Some(before) = tokio::time::Instant::now().checked_sub(self.limits.idle) else {
+            return;
+        };
+        let idle: Vec<PeerAddr> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.footprint == Footprint::Empty && s.used <= before)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in idle {
+            self.drop_session(&peer, ctx);
+        }
+    }
+
+    /// Stops `peer`'s session and forgets its status; inputs for the peer
+    /// are dropped until it has stopped.
+    fn drop_session(&mut self, peer: &PeerAddr, ctx: &mut Context<Self>) {
+        let Some(slot) = self.sessions.remove(peer) else { return };
+        tracing::debug!(%peer, footprint = ?slot.footprint, "dropping a session");
+        self.status.remove(peer);
+        self.stopping.insert(peer.clone());
+        let peer = peer.clone();
+        ctx.spawn(slot.addr.send(Shutdown).into_actor(self).map(move |_, act, _| {
+            act.stopping.remove(&peer);
+        }));
+    }
+
     fn publish(&mut self, event: NodeEvent, ctx: &mut Context<Self>) {
-        self.status.entry(event.peer.clone()).or_default().observe(&event.kind);
+        // Status is kept for peers with a session or a stored one only, so
+        // a flood of addresses cannot grow it.
+        if self.sessions.contains_key(&event.peer) || self.stored.contains_key(&event.peer) {
+            self.status.entry(event.peer.clone()).or_default().observe(&event.kind);
+        }
         for i in 0..self.subscribers.len() {
             if let Some(s) = self.subscribers.get_mut(i) {
                 if s.queue.len() >= SUBSCRIBER_QUEUE {
@@ -741,6 +911,7 @@ impl<T: Transport> Actor for Node<T> {
             let actor = TransportActor::new(*transport, stream, ctx.address().recipient());
             self.transport_actor = Some(actor.start());
         }
+        ctx.run_interval(SWEEP, |act, ctx| act.sweep(ctx));
         // Stored sessions come back and resume once their peers connect.
         let stored: Vec<PeerAddr> = self.stored.keys().cloned().collect();
         for peer in stored {
@@ -781,6 +952,7 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                     (peer, Deliver::Connected, NodeEventKind::Connected)
                 }
                 TransportEvent::Disconnected { peer, reason } => {
+                    self.links.remove(&peer);
                     if reason == DisconnectReason::ConnectionLost {
                         self.redial(peer.clone(), ctx);
                     }
@@ -792,6 +964,10 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                 self.deliver(peer, Deliver::Frames(burst), ctx);
             }
             self.deliver(peer.clone(), deliver, ctx);
+            if kind == NodeEventKind::Connected {
+                // After the delivery: a session made by it is told once.
+                self.links.insert(peer.clone());
+            }
             self.publish(NodeEvent { peer, kind }, ctx);
         }
         if let Some((peer, burst)) = frames {
@@ -819,8 +995,22 @@ impl<T: Transport> Node<T> {
 impl<T: Transport> Handler<FromSession> for Node<T> {
     type Result = ();
 
-    fn handle(&mut self, FromSession(event): FromSession, ctx: &mut Self::Context) {
-        self.publish(event, ctx);
+    fn handle(&mut self, msg: FromSession, ctx: &mut Self::Context) {
+        match msg {
+            FromSession::Event(event) => self.publish(event, ctx),
+            FromSession::Footprint {
+                peer,
+                footprint,
+                stored,
+            } => {
+                if let Some(slot) = self.sessions.get_mut(&peer) {
+                    slot.footprint = footprint;
+                }
+                if let Some(installation) = stored {
+                    self.stored.insert(peer, installation);
+                }
+            }
+        }
     }
 }
 
@@ -846,11 +1036,15 @@ impl<T: Transport> Handler<Connect> for Node<T> {
         self.wanted.insert(msg.peer.clone(), Duration::from_secs(1));
         let transport = self.transport_actor.clone();
         let peer = msg.peer;
+        let open = match msg.expect_identity {
+            Some(identity_key) => Command::OpenExpecting { identity_key },
+            None => Command::Open,
+        };
         Box::pin(
             async move {
                 let session = session?;
                 session
-                    .send(SessionRequest::Command(Command::Open))
+                    .send(SessionRequest::Command(open))
                     .await
                     .map_err(|_| SessionError::Unavailable("session"))??;
                 let transport = transport.ok_or(SessionError::Unavailable("transport"))?;
@@ -995,7 +1189,10 @@ impl<T: Transport> Handler<Shutdown> for Node<T> {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let sessions: Vec<Addr<PeerSession>> = std::mem::take(&mut self.sessions).into_values().collect();
+        let sessions: Vec<Addr<PeerSession>> = std::mem::take(&mut self.sessions)
+            .into_values()
+            .map(|s| s.addr)
+            .collect();
         let transport = self.transport_actor.take();
         self.wanted.clear();
         Box::pin(

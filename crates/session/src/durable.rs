@@ -98,14 +98,90 @@ pub(crate) struct SessionRecord {
 }
 
 impl SessionRecord {
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The format written now. A record of another version is refused on
+    /// read (a typed storage error), never read as if it were this one.
+    pub(crate) const VERSION: u32 = 1;
+
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(self).map_err(|e| StoreError::Misuse(format!("cannot encode a session record: {e}")))
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        /// Only the version, read first: the other fields of another
+        /// version may mean something else.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let corrupt = |reason: String| StoreError::Corrupt {
             table: "handshakes",
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let Versioned { version } = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if version != Self::VERSION {
+            return Err(corrupt(format!(
+                "session record version {version}, this build reads version {}",
+                Self::VERSION
+            )));
+        }
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SessionRecord {
+        SessionRecord {
+            version: SessionRecord::VERSION,
+            session_id: "000102030405060708090a0b0c0d0e0f".into(),
+            initiator: true,
+            peer_identity_key: "BWlkZW50aXR5LWtleQ==".into(),
+            address: Some("peer-address".into()),
+            replies: vec![("mls-key-package".into(), "cmVwbHk=".into())],
+            pending_commit: Some("Y29tbWl0".into()),
+            pending_rotation: None,
+            kem_key_acked: 2,
+            next_seq: 42,
+            last_kem_rotation_ms: 1_700_000_000_000,
+            last_mls_update_ms: 1_700_000_000_001,
+            peer_kem_key: 3,
+        }
+    }
+
+    /// The record is persisted: its bytes are pinned. A diff here is a
+    /// format change, which needs a new version and a migration.
+    #[test]
+    fn session_record_v1_bytes_are_frozen() {
+        let golden = include_bytes!("../test_vectors/session_record_v1.json");
+        let golden = golden.strip_suffix(b"\n").unwrap_or(golden);
+        assert_eq!(sample().to_bytes().unwrap(), golden);
+        assert_eq!(SessionRecord::from_bytes(golden).unwrap(), sample());
+    }
+
+    #[test]
+    fn other_versions_and_damage_are_typed_storage_errors() {
+        let mut other = serde_json::to_value(sample()).unwrap();
+        other["version"] = 2.into();
+        let other = serde_json::to_vec(&other).unwrap();
+        let e = SessionRecord::from_bytes(&other).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Corrupt {
+                    table: "handshakes",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("version 2"), "{e}");
+        let bytes = sample().to_bytes().unwrap();
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(SessionRecord::from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let no_version = br#"{"sessionId":"00","initiator":true}"#;
+        assert!(SessionRecord::from_bytes(no_version).is_err());
     }
 }

@@ -20,6 +20,10 @@ pub enum SessionError {
     /// identity change that is not pending).
     #[error("invalid request: {0}")]
     Misuse(&'static str),
+    /// The peer's pinned identity key is not the one the caller expects
+    /// (see [`Command::OpenExpecting`](crate::Command::OpenExpecting)).
+    #[error("the peer's identity key is not the expected one")]
+    IdentityMismatch,
     /// The named peer or session does not exist.
     #[error("unknown peer {0}")]
     UnknownPeer(String),
@@ -41,6 +45,8 @@ pub enum ErrorKind {
     Misuse,
     /// Temporarily unavailable (back-pressure, stopped actor).
     Transient,
+    /// The peer is not who the caller expects.
+    Verification,
     /// A bug.
     Internal,
 }
@@ -57,6 +63,7 @@ impl SessionError {
             },
             Self::Misuse(_) | Self::UnknownPeer(_) => ErrorKind::Misuse,
             Self::Unavailable(_) => ErrorKind::Transient,
+            Self::IdentityMismatch => ErrorKind::Verification,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }

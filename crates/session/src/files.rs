@@ -107,6 +107,11 @@ impl Transfers {
         }
     }
 
+    /// Whether no file is on its way, either direction.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.sending.is_empty() && self.receiving.is_empty()
+    }
+
     fn manifests(&self) -> PathBuf {
         self.downloads.join(".transfers")
     }

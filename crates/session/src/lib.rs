@@ -227,4 +227,4 @@ pub use config::Config;
 pub use content::{Content, FILE_CHUNK_BYTES};
 pub use durable::Durable;
 pub use error::{ErrorKind, SessionError};
-pub use machine::{Command, Event, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation};
+pub use machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation};

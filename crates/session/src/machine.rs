@@ -61,6 +61,16 @@ pub enum Role {
     Responder,
 }
 
+impl Role {
+    /// A stable name, for APIs and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Initiator => "initiator",
+            Self::Responder => "responder",
+        }
+    }
+}
+
 /// What happens to a machine.
 #[derive(Debug)]
 pub enum Input<'a> {
@@ -81,6 +91,16 @@ pub enum Input<'a> {
 pub enum Command {
     /// Establish (or resume) a session as soon as the link is up.
     Open,
+    /// [`Command::Open`], with the account identity key the peer must
+    /// present (from a contact URI, which names the account: no TOFU
+    /// window). A handshake presenting another key is refused before
+    /// anything is pinned or stored ([`Event::IdentityMismatch`]); a
+    /// session or contact already pinned to another key fails the command
+    /// with [`SessionError::IdentityMismatch`].
+    OpenExpecting {
+        /// The serialized identity key (as steps 1 and 2 carry it).
+        identity_key: Vec<u8>,
+    },
     /// Send `content`; answered by [`Event::Queued`] with its message id.
     Send(Content),
     /// Accept the peer's changed identity key (after [`Event::IdentityChanged`]).
@@ -105,6 +125,18 @@ pub enum ResetReason {
     StateMismatch,
 }
 
+impl ResetReason {
+    /// A stable name, for APIs and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PeerLostState => "peer-lost-state",
+            Self::PeerRestarted => "peer-restarted",
+            Self::IdentityAccepted => "identity-accepted",
+            Self::StateMismatch => "state-mismatch",
+        }
+    }
+}
+
 /// A failure class of input refused by the machine, for observers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -120,6 +152,24 @@ pub enum Refusal {
     Undecryptable,
     /// From an installation whose identity key changed.
     IdentityBlocked,
+    /// An identity key other than the one the user expects at this address
+    /// (see [`Command::OpenExpecting`]).
+    UnexpectedIdentity,
+}
+
+impl Refusal {
+    /// A stable name, for APIs and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too-large",
+            Self::UnknownType => "unknown-type",
+            Self::Unexpected => "unexpected",
+            Self::Undecryptable => "undecryptable",
+            Self::IdentityBlocked => "identity-blocked",
+            Self::UnexpectedIdentity => "unexpected-identity",
+        }
+    }
 }
 
 /// What a machine tells its owner.
@@ -166,6 +216,15 @@ pub enum Event {
     /// is sent to it until [`Command::AcceptIdentity`].
     IdentityChanged {
         /// The peer installation, hex.
+        installation: String,
+    },
+    /// The peer presented an identity key other than the one the user
+    /// expects (a contact URI's account key, [`Command::OpenExpecting`]):
+    /// the handshake was refused, nothing was pinned or stored, and the
+    /// session is not opened again until asked. Someone else may hold the
+    /// address.
+    IdentityMismatch {
+        /// The installation the peer claimed, hex.
         installation: String,
     },
     /// A different installation now answers at this peer's address.
@@ -224,6 +283,35 @@ pub enum Rotation {
     MlsUpdate,
     /// An MLS commit of the peer we processed.
     PeerMlsUpdate,
+}
+
+impl Rotation {
+    /// A stable name, for APIs and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::KemKey => "kem-key",
+            Self::PeerKemKey => "peer-kem-key",
+            Self::MlsUpdate => "mls-update",
+            Self::PeerMlsUpdate => "peer-mls-update",
+        }
+    }
+}
+
+/// What a machine holds that only its memory keeps, for an owner deciding
+/// which machines it can drop (see [`PeerMachine::footprint`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Footprint {
+    /// Nothing: no session, no handshake, no messages in or out, and the
+    /// user did not ask for a session. Dropping it loses nothing.
+    Empty,
+    /// Only a handshake the peer started, with nothing stored and no
+    /// messages: dropping it costs that peer a new handshake.
+    Stranger,
+    /// A stored session with its link down and nothing in flight: a machine
+    /// built anew for the installation loads it back from the store.
+    Resting,
+    /// Anything else: work in progress only this machine holds.
+    Busy,
 }
 
 /// What a machine asks its owner to do.
@@ -344,7 +432,7 @@ impl Session {
         use base64::Engine as _;
         let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
         SessionRecord {
-            version: 1,
+            version: SessionRecord::VERSION,
             session_id: hex::encode(self.id),
             initiator: self.initiator,
             peer_identity_key: b64(&crypto::peer_identity_key(&self.peer)),
@@ -435,6 +523,9 @@ pub struct PeerMachine {
     /// transaction that saves the session it completed: an attempt that
     /// never proves anything leaves nothing in the store.
     pin: Option<(Vec<u8>, u64)>,
+    /// The identity key the user expects the peer to present
+    /// ([`Command::OpenExpecting`]); any other is refused.
+    expected_identity: Option<Vec<u8>>,
     attempt: Option<Attempt>,
     session: Option<Session>,
     abandoned: VecDeque<[u8; 16]>,
@@ -586,6 +677,7 @@ impl PeerMachine {
             wants_session: false,
             blocked: false,
             pin: None,
+            expected_identity: None,
             attempt: None,
             session: None,
             abandoned: VecDeque::new(),
@@ -619,6 +711,26 @@ impl PeerMachine {
             && !self.blocked
             && self.attempt.as_ref().is_none_or(|a| a.replacing)
             && self.session.as_ref().is_some_and(|s| s.confirmed)
+    }
+
+    /// What dropping this machine now would lose (see [`Footprint`]).
+    /// Acknowledgements owed, messages decrypted but not yet committed and
+    /// an identity change pending keep it [`Footprint::Busy`].
+    pub fn footprint(&self) -> Footprint {
+        let quiet = self.outbox.is_empty()
+            && self.pending_acks.is_empty()
+            && self.decrypted.is_empty()
+            && self.out.is_empty()
+            && !self.blocked;
+        if !quiet {
+            return Footprint::Busy;
+        }
+        match (&self.session, &self.attempt) {
+            (None, None) if !self.wants_session => Footprint::Empty,
+            (None, Some(a)) if a.role == Role::Responder && !self.wants_session => Footprint::Stranger,
+            (Some(_), None) if !self.link_up => Footprint::Resting,
+            _ => Footprint::Busy,
+        }
     }
 
     /// Whether an identity change blocks this peer.
@@ -803,6 +915,7 @@ impl PeerMachine {
             Refusal::Unexpected => ErrorCode::Unexpected,
             Refusal::Undecryptable => ErrorCode::DecryptFailed,
             Refusal::IdentityBlocked => ErrorCode::IdentityChanged,
+            Refusal::UnexpectedIdentity => ErrorCode::Unexpected,
         };
         let reason: String = reason.chars().take(200).collect();
         let pdu = ProtocolError {
@@ -1010,7 +1123,7 @@ impl PeerMachine {
             return self.commit_decrypted();
         }
         let Some(s) = &self.session else { return Ok(()) };
-        let record = s.record().to_bytes();
+        let record = s.record().to_bytes()?;
         let state = s.cascade.export()?;
         let hex = self.peer_hex.clone();
         let pin = self.pin.clone();
@@ -1052,6 +1165,10 @@ impl PeerMachine {
                 }
                 Ok(None)
             }
+            Command::OpenExpecting { identity_key } => {
+                self.expect_identity(identity_key)?;
+                self.on_command(Command::Open, now)
+            }
             Command::Send(content) => Ok(self.queue(vec![content], now)?.pop()),
             Command::AcceptIdentity => {
                 if !self.blocked {
@@ -1064,6 +1181,8 @@ impl PeerMachine {
                     w.clear_layer_state(&hex)
                 })?;
                 self.blocked = false;
+                // The user chose the new key over any earlier expectation.
+                self.expected_identity = None;
                 if self.session.take().is_some() {
                     self.emit(Event::SessionReset {
                         reason: ResetReason::IdentityAccepted,
@@ -1085,6 +1204,27 @@ impl PeerMachine {
                 Ok(None)
             }
         }
+    }
+
+    /// Records the identity key the user expects at this address. A session
+    /// or a contact already pinned to another key refuses it at once.
+    fn expect_identity(&mut self, identity_key: Vec<u8>) -> Step {
+        let pinned = match (&self.session, self.peer) {
+            (Some(s), _) => Some(crypto::peer_identity_key(&s.peer)),
+            (None, Some(_)) => {
+                let hex = self.peer_hex.clone();
+                durable::read(&*self.store, |r| r.contact(&hex))?.map(|c| c.identity_key)
+            }
+            (None, None) => None,
+        };
+        if pinned.is_some_and(|k| k != identity_key) {
+            self.emit(Event::IdentityMismatch {
+                installation: self.peer_hex.clone(),
+            });
+            return Err(SessionError::IdentityMismatch);
+        }
+        self.expected_identity = Some(identity_key);
+        Ok(())
     }
 
     /// Queues `contents`, in order, in one store transaction; returns their
@@ -1144,7 +1284,7 @@ impl PeerMachine {
             burst.push((m.message_id.clone(), frames));
         }
         let state = if burst.is_empty() { None } else { Some(self.state()?) };
-        let record = self.session.as_ref().map(|s| s.record().to_bytes());
+        let record = self.session.as_ref().map(|s| s.record().to_bytes()).transpose()?;
         durable::write(&*self.store, |w| {
             for (_, m) in &messages {
                 w.queue_outgoing(m)?;
@@ -1473,6 +1613,32 @@ impl PeerMachine {
         };
         if inst == self.local_id {
             self.refuse(Refusal::Unexpected, "own installation id", Some(ty), None, now);
+            return Ok(None);
+        }
+        if self.expected_identity.as_deref().is_some_and(|k| k != identity_key) {
+            // Refused before binding: nothing of this installation is
+            // loaded, pinned or stored. Our own attempt, answered by the
+            // wrong key, is given up rather than retried against it.
+            if ty == PduType::KeyPackage
+                && let Some(id) = self
+                    .attempt
+                    .as_ref()
+                    .filter(|a| a.role == Role::Initiator)
+                    .map(|a| a.id)
+            {
+                self.abandon(id);
+                self.wants_session = false;
+            }
+            self.emit(Event::IdentityMismatch {
+                installation: installation.as_str().to_owned(),
+            });
+            self.refuse(
+                Refusal::UnexpectedIdentity,
+                "unexpected identity key",
+                Some(ty),
+                None,
+                now,
+            );
             return Ok(None);
         }
         let Some(peer) = crypto::peer_identity(identity_key, inst) else {
@@ -2292,7 +2458,7 @@ impl PeerMachine {
             return Ok(());
         }
         let state = self.state()?;
-        let record = self.session.as_ref().map(|s| s.record().to_bytes());
+        let record = self.session.as_ref().map(|s| s.record().to_bytes()).transpose()?;
         durable::write(&*self.store, |w| {
             w.record_encrypted_batch(&hex, burst.clone(), state.as_bytes())?;
             if let Some(r) = &record {
@@ -2605,7 +2771,7 @@ impl PeerMachine {
         let batch = std::mem::take(&mut self.decrypted);
         let hex = self.peer_hex.clone();
         let state = self.state()?;
-        let record = self.session.as_ref().map(|s| s.record().to_bytes());
+        let record = self.session.as_ref().map(|s| s.record().to_bytes()).transpose()?;
         let incoming: Vec<IncomingMessage> = batch
             .iter()
             .filter_map(|d| match &d.parsed {

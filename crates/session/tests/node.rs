@@ -261,3 +261,235 @@ fn an_identity_change_is_detected_and_blocks_until_accepted() {
         impostor.wait_text("held back").await;
     });
 }
+
+/// An installation of the account `account_seed`; the installation id is
+/// the same whatever the account (a fixed seed), so two of them claim one
+/// installation with two different keys.
+fn installation_of(account_seed: u64) -> std::sync::Arc<strata_cascade::InstallationIdentity> {
+    use strata_cascade::{AccountIdentity, InstallationIdentity};
+    let mut account_rng = rand_chacha::ChaCha20Rng::seed_from_u64(account_seed);
+    let mut id_rng = rand_chacha::ChaCha20Rng::seed_from_u64(99);
+    std::sync::Arc::new(
+        InstallationIdentity::generate(AccountIdentity::generate(&mut account_rng), &mut id_rng).unwrap(),
+    )
+}
+
+fn boot_as(
+    net: &MemoryNetwork,
+    name: &'static str,
+    identity: std::sync::Arc<strata_cascade::InstallationIdentity>,
+    dir: std::path::PathBuf,
+    key_seed: u64,
+) -> TestNode {
+    let (t, s) = net.join(name).unwrap();
+    TestNode::boot(
+        name,
+        t,
+        s,
+        identity,
+        strata_store::MemoryBackend::new(),
+        strata_cascade::at_rest::StorageKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(key_seed)),
+        dir,
+    )
+}
+
+/// A contact URI names the account key: a session opened with it has no
+/// TOFU window. A forger holding the address answers in Bob's installation
+/// name with its own key: the handshake is refused, nothing is pinned or
+/// stored, and the real Bob, once back at the address, gets a session.
+#[test]
+fn a_responder_with_another_key_than_expected_is_refused_and_nothing_is_pinned() {
+    use strata_session::SessionError;
+    use strata_session::actors::Shutdown;
+    use strata_transport::PeerAddr;
+
+    run(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new(9);
+        let mut alice = TestNode::start("alice", &net, 21, dir.path().join("a"));
+        let real = installation_of(1);
+        let bob_key = real.account().identity_key().serialize().to_vec();
+        let mut forger = boot_as(&net, "bob", installation_of(2), dir.path().join("f"), 5);
+
+        alice.try_connect("bob", Some(bob_key.clone())).await.unwrap();
+        let refused = alice
+            .wait_for("identity mismatch", |e| {
+                matches!(e.kind, NodeEventKind::Session(Event::IdentityMismatch { .. }))
+            })
+            .await;
+        let NodeEventKind::Session(Event::IdentityMismatch { installation }) = refused.kind else {
+            unreachable!()
+        };
+        assert_eq!(
+            installation,
+            real.installation_id().to_string(),
+            "the claimed installation"
+        );
+        // Well past the handshake's retransmissions: still nothing.
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let store = alice.store();
+        let hex = real.installation_id().to_string();
+        assert!(store.read(|r| r.contacts()).unwrap().is_empty(), "a contact was pinned");
+        assert!(
+            store.read(|r| r.handshake(&hex)).unwrap().is_none(),
+            "a session was stored"
+        );
+        assert!(
+            store.read(|r| r.layer_state(&hex)).unwrap().is_none(),
+            "layers were stored"
+        );
+        while let Ok(e) = alice.events.try_recv() {
+            assert!(
+                !matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. })),
+                "alice became ready with the forger"
+            );
+        }
+        while let Ok(e) = forger.events.try_recv() {
+            assert!(
+                !matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. })),
+                "the forger became ready"
+            );
+        }
+
+        // The real Bob takes his address back: the same expectation holds.
+        forger.addr.send(Shutdown).await.unwrap();
+        let (t, s) = net.restart(&PeerAddr::new("bob")).unwrap();
+        let mut bob = TestNode::boot(
+            "bob",
+            t,
+            s,
+            real,
+            strata_store::MemoryBackend::new(),
+            strata_cascade::at_rest::StorageKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(6)),
+            dir.path().join("b"),
+        );
+        alice.try_connect("bob", Some(bob_key.clone())).await.unwrap();
+        alice.wait_ready().await;
+        bob.wait_ready().await;
+        alice.send_text("bob", "it is you").await;
+        bob.wait_text("it is you").await;
+        let contacts = alice.store().read(|r| r.contacts()).unwrap();
+        assert_eq!(contacts.len(), 1);
+        assert_eq!(contacts[0].identity_key, bob_key);
+
+        // Asking for another key than the one now pinned fails at once.
+        let other = installation_of(3).account().identity_key().serialize().to_vec();
+        let e = alice.try_connect("bob", Some(other)).await.unwrap_err();
+        assert!(matches!(e, SessionError::IdentityMismatch), "{e:?}");
+    });
+}
+
+/// Step 1 as a stranger sends it, in the name of installation `id`.
+fn stranger_step_one(id: [u8; 16], identity_key: &[u8]) -> bytes::Bytes {
+    use strata_proto::{FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, Text};
+    bytes::Bytes::from(
+        Pdu::from(KeyPackageRequest {
+            session_id: FixedBytes(id),
+            installation_id: Text::new(hex::encode(id)).unwrap(),
+            identity_key: KeyBytes::new(identity_key.to_vec()).unwrap(),
+            profile: Text::new(PROFILE_V0).unwrap(),
+            timestamp: 0,
+        })
+        .encode(),
+    )
+}
+
+/// Strangers' step 1s from 10,000 addresses: the node keeps at most its
+/// session limit (dropping strangers least recently used first), its peer
+/// status map stays bounded with it, and a known contact still resumes and
+/// talks, as does a new one.
+#[test]
+fn a_flood_of_strangers_is_bounded_and_contacts_still_talk() {
+    use futures::StreamExt as _;
+    use strata_session::actors::{ListPeers, NodeLimits};
+    use strata_transport::{PeerAddr, Transport as _};
+
+    const LIMIT: usize = 32;
+    const STRANGERS: u32 = 10_000;
+    run(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new(10);
+        let limits = NodeLimits {
+            max_sessions: LIMIT,
+            ..NodeLimits::default()
+        };
+        let mut node = TestNode::start_limited("node", &net, 31, dir.path().join("n"), limits);
+        let mut alice = TestNode::start("alice", &net, 32, dir.path().join("a"));
+        alice.connect("node").await;
+        alice.wait_ready().await;
+        node.wait_ready().await;
+        alice.send_text("node", "before").await;
+        node.wait_text("before").await;
+
+        let stranger_key = installation_of(7).account().identity_key().serialize().to_vec();
+        let target = PeerAddr::new("node");
+        let mut most = 0;
+        let mut strangers = Vec::new();
+        for k in 0..STRANGERS {
+            let (t, events) = net.join(format!("stranger-{k}")).unwrap();
+            t.connect(&target).await.unwrap();
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&k.to_be_bytes());
+            id[15] = 0x5a;
+            t.send(&target, stranger_step_one(id, &stranger_key)).await.unwrap();
+            strangers.push((t, events));
+            if k % 250 == 249 {
+                // Let the node take this batch in (virtual time passes only
+                // once it is idle).
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                most = most.max(node.addr.send(ListPeers).await.unwrap().len());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let peers = node.addr.send(ListPeers).await.unwrap();
+        most = most.max(peers.len());
+        assert!(
+            most <= LIMIT + 1,
+            "{most} peers tracked (limit {LIMIT} + the stored contact)"
+        );
+        // The latest strangers were answered: their sessions got room by
+        // dropping older ones, not by being turned away at the limit.
+        for (t, events) in strangers.iter_mut().rev().take(LIMIT / 2) {
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while let Some(e) = events.next().await {
+                    if let strata_transport::TransportEvent::Frame { bytes, .. } = e {
+                        return Some(bytes);
+                    }
+                }
+                None
+            })
+            .await
+            .ok()
+            .flatten();
+            let answer = answer.unwrap_or_else(|| panic!("{} got no answer", t.local_addr()));
+            assert!(
+                matches!(strata_proto::Pdu::decode(&answer), Ok(strata_proto::Pdu::KeyPackage(_))),
+                "{} got something else than step 2",
+                t.local_addr()
+            );
+        }
+        // Gone, as a flood's senders are.
+        for (t, _) in &strangers {
+            t.disconnect(&target).await.ok();
+        }
+        drop(strangers);
+        // Idle strangers' sessions go once their handshakes stall and the
+        // idle time passes.
+        tokio::time::sleep(std::time::Duration::from_secs(400)).await;
+        let left = node.addr.send(ListPeers).await.unwrap();
+        assert!(left.len() <= 2, "left after the idle time: {left:?}");
+
+        // The known contact resumes and talks; a new one connects.
+        let mut alice = alice.restart(&net).await;
+        assert!(alice.wait_ready().await, "alice resumed");
+        alice.send_text("node", "after").await;
+        node.wait_text("after").await;
+        node.send_text("alice", "still here").await;
+        alice.wait_text("still here").await;
+        let mut carol = TestNode::start("carol", &net, 33, dir.path().join("c"));
+        carol.connect("node").await;
+        carol.wait_ready().await;
+        carol.send_text("node", "new here").await;
+        node.wait_text("new here").await;
+    });
+}

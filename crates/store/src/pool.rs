@@ -16,6 +16,9 @@
 //!
 //! The store keeps the packages' public bytes and metadata; their private
 //! keys live in the MLS state of the layer that made them.
+//!
+//! Only the tests fill and claim this pool today: the node does not draw
+//! its KeyPackages from it yet (planned, issue #16).
 
 use serde::{Deserialize, Serialize};
 

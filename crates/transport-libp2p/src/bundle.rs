@@ -18,10 +18,11 @@
 //! [`bundle_topic`]`(identity key)` at start, every
 //! [`BundleConfig::rebroadcast`] (default 6 h, as Status), and at once on
 //! [`Libp2pTransport::refresh_bundle`](crate::Libp2pTransport::refresh_bundle),
-//! which the owner calls after a change (new pre-keys, a paired device: a
-//! new version). Every publication is signed anew, so its timestamp is
-//! fresh and its gossip id new. Bundles are not ephemeral: relays that
-//! serve their store replay them to nodes that come back ([`crate::store`]).
+//! which the owner calls after a change of its pre-keys (a new version; the
+//! app does so when it renews them). Every publication is signed anew, so
+//! its timestamp is fresh and its gossip id new. Bundles are not
+//! ephemeral: relays that serve their store replay them to nodes that come
+//! back ([`crate::store`]).
 //!
 //! # Receiving
 //!
@@ -53,25 +54,16 @@
 //!
 //! So A's first flight is 3, 5 (dropped), 7, 8 and 10 at once and B
 //! answers 4 and 11: one round trip instead of three, and nothing of B's
-//! needs B online until that answer. What the session layer would need for
-//! that (not wired yet; `strata-session` owns it):
+//! needs B online until that answer. `strata-session` runs it ("Opening
+//! from a bundle" in its docs): B keeps the private halves of what it
+//! publishes installation-wide in the store (`strata_session::prekeys`),
+//! A starts with `PeerMachine::open_from_bundle`, and step 3 names the
+//! bundle version so B seeds the new session from the right keys.
 //!
-//! 1. B keeps the private halves of what it publishes *independently of any
-//!    peer*: today `SignalLayer::pre_key_bundle` and `MlsLayer::key_package`
-//!    store them inside the layer of one peer's session, so B needs an
-//!    installation-wide pre-key store (signed pre-key, Kyber pre-key,
-//!    last-resort KeyPackage, ML-KEM receive key), from which the layers of
-//!    a new session are seeded when the first flight arrives.
-//! 2. A `PeerMachine` input "start from this `VerifiedBundle`" on the
-//!    initiator, which pins the identity from the bundle, calls
-//!    `create_group` with its KeyPackage, `process_bundle` with its Signal
-//!    pre-keys and `set_peer_key` with its ML-KEM key, and sends 3, 7, 8
-//!    and 10 together; and on the responder, accepting 7/8/10 for a session
-//!    it never answered steps 2 and 6 for, naming the bundle version and
-//!    key ids used (a new field in step 3) so B picks the right private keys.
-//! 3. On a bundle of a higher version (re-keying, 54/X3DH-SESSIONS), a
-//!    session that has not finished its handshake restarts from the new
-//!    bundle; established sessions are unaffected.
+//! Not built: acting on a bundle of a higher version (re-keying,
+//! 54/X3DH-SESSIONS). The node ignores the `Published` event, so a newer
+//! bundle only replaces the held one here; restarting or re-keying
+//! sessions on it is planned (issue #18).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -123,6 +123,12 @@ impl<A: Transport, B: Transport> Duo<A, B> {
     fn links(&self, peer: &PeerAddr) -> Links {
         links_of(&self.links, peer)
     }
+
+    /// Which sides hold a link to `peer` now: `(first, second)`.
+    pub fn links_to(&self, peer: &PeerAddr) -> (bool, bool) {
+        let links = self.links(peer);
+        (links.a, links.b)
+    }
 }
 
 /// Forwards both sides' events, folding their link events into one link

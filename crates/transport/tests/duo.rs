@@ -136,6 +136,9 @@ async fn connecting_succeeds_when_only_one_path_reaches_the_peer() {
     let connected = |e: &TransportEvent| matches!(e, TransportEvent::Connected { .. });
     expect_event(&mut b_events, "b sees a", connected, Duration::from_secs(5)).await;
     expect_event(&mut a_events, "a sees b", connected, Duration::from_secs(5)).await;
+    // The link table says which path holds the peer, per peer.
+    assert_eq!(a.links_to(&b.local_addr()), (false, true));
+    assert_eq!(a.links_to(&PeerAddr::new("nobody")), (false, false));
     a.send(&b.local_addr(), Bytes::from_static(b"hi")).await.unwrap();
     assert_eq!(&recv_frame(&mut b_events, &a.local_addr()).await[..], b"hi");
     assert_eq!(a.capabilities().max_frame_len, b.capabilities().max_frame_len);

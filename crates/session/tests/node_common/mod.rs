@@ -13,7 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use strata_cascade::InstallationIdentity;
 use strata_cascade::at_rest::StorageKey;
 use strata_session::Config;
-use strata_session::actors::SessionSetup;
+use strata_session::actors::{Node, NodeLimits, SessionSetup};
 use strata_store::{KeySource, MemoryBackend, Store};
 pub use strata_test_support::{file_transferred, identity};
 use strata_transport::PeerAddr;
@@ -72,6 +72,28 @@ impl TestNode {
         )
     }
 
+    /// Starts a node at `name` on `net` with a fresh store and `limits`.
+    pub fn start_limited(
+        name: &'static str,
+        net: &MemoryNetwork,
+        seed: u64,
+        downloads: PathBuf,
+        limits: NodeLimits,
+    ) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0xabc);
+        let (transport, stream) = net.join(name).unwrap();
+        let store = MemoryBackend::new();
+        let key = StorageKey::generate(&mut rng);
+        Self::boot_limited(
+            name,
+            (transport, stream),
+            identity(seed),
+            (store, key),
+            downloads,
+            limits,
+        )
+    }
+
     pub fn boot(
         name: &'static str,
         transport: MemoryTransport,
@@ -81,6 +103,24 @@ impl TestNode {
         key: StorageKey,
         downloads: PathBuf,
     ) -> Self {
+        Self::boot_limited(
+            name,
+            (transport, stream),
+            identity,
+            (backend, key),
+            downloads,
+            NodeLimits::default(),
+        )
+    }
+
+    fn boot_limited(
+        name: &'static str,
+        (transport, stream): (MemoryTransport, strata_transport::EventStream),
+        identity: Arc<InstallationIdentity>,
+        (backend, key): (MemoryBackend, StorageKey),
+        downloads: PathBuf,
+        limits: NodeLimits,
+    ) -> Self {
         let store = Store::open(backend.clone(), KeySource::Key(key.clone())).unwrap();
         let setup = SessionSetup {
             config: Config::default(),
@@ -88,8 +128,9 @@ impl TestNode {
             store: Arc::new(store),
             downloads: downloads.clone(),
         };
+        let node = Node::new(setup, transport, stream).unwrap().with_limits(limits);
         Self {
-            node: strata_test_support::TestNode::start(name, setup, transport, stream, DEADLINE),
+            node: strata_test_support::TestNode::from_node(name, node, DEADLINE),
             identity,
             backend,
             key,
