@@ -568,10 +568,11 @@ fn stored_peers(store: &storage::NodeStore) -> Result<serde_json::Value> {
         .map(|c| {
             serde_json::json!({
                 "peer": c.installation_id,
+                "peerId": crate::identity::PeerId::from_key_bytes(&c.identity_key).ok().map(|p| p.to_string()),
                 "installation": c.installation_id,
                 "state": if c.offered_key.is_some() { "blocked" } else { "stopped" },
                 "connected": false,
-                "transport": "none (no daemon)",
+                "transport": "none",
                 "verified": c.verified,
                 "identityChangePending": c.offered_key.is_some(),
             })

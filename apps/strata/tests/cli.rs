@@ -1021,6 +1021,14 @@ fn two_daemons_talk_survive_sigkill_and_leak_nothing_to_logs() {
         .unwrap_or_else(|| panic!("{peers}"))
         .clone();
     assert_eq!(entry["state"], "ready", "{peers}");
+    // The row names the account the session is pinned to, and the paths
+    // the link to that peer takes now (WebRTC: the broker signalled it).
+    assert_eq!(entry["peerId"], a_init["peerId"], "{peers}");
+    let transport = entry["transport"].as_str().unwrap_or_default();
+    assert!(
+        ["webrtc", "webrtc+libp2p"].contains(&transport),
+        "per-peer transport: {peers}"
+    );
 
     // SIGKILL bob, send him a message while he is down, restart him.
     drop(b_daemon); // kill -9
@@ -1110,4 +1118,37 @@ fn two_daemons_talk_over_libp2p_alone() {
     let peers = json_of(&alice.ok(&["peers", "--json"]));
     assert_eq!(peers["peers"][0]["transport"], "libp2p", "{peers}");
     assert_eq!(peers["peers"][0]["state"], "ready", "{peers}");
+}
+
+/// A contact URI names the account: one whose installation answers with
+/// another account's key (here Alice's installation under Carol's peer id)
+/// is refused with `verification-failed`, and nothing is pinned. The real
+/// URI connects afterwards.
+#[test]
+fn connect_refuses_a_uri_whose_installation_belongs_to_another_account() {
+    let (alice, bob, carol) = (Node::new(), Node::new(), Node::new());
+    let a_init = alice.init();
+    bob.init();
+    let c_init = carol.init();
+    let a_uri = a_init["contactUri"].as_str().unwrap().to_owned();
+    let a_installation = a_init["installationId"].as_str().unwrap();
+    let _a_daemon = alice.daemon();
+    let broker = started_broker(&alice);
+    let _b_daemon = bob.daemon_with(&[("STRATA_PEERJS__BROKER", broker.as_str())]);
+    let forged = format!("strata:{}/{a_installation}", c_init["peerId"].as_str().unwrap());
+
+    let refused = bob.fails(&["connect", &forged], 12);
+    assert!(refused.contains("someone else"), "{refused}");
+    // Nothing pinned: the installation is no contact of Bob's.
+    bob.fails(&["verify", a_installation], 11);
+    let peers = json_of(&bob.ok(&["peers", "--json"]));
+    for p in peers["peers"].as_array().unwrap() {
+        assert!(p["peerId"].is_null(), "a key was pinned: {peers}");
+    }
+    // Sending with the forged URI is refused the same way once the real
+    // account is pinned; first the real URI connects.
+    let connect = json_of(&bob.ok(&["connect", &a_uri, "--json"]));
+    assert_eq!(connect["state"], "ready", "{connect}");
+    bob.fails(&["send", &forged, "to the wrong account"], 12);
+    bob.fails(&["connect", &forged], 12);
 }

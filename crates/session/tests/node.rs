@@ -400,7 +400,6 @@ fn stranger_step_one(id: [u8; 16], identity_key: &[u8]) -> bytes::Bytes {
 /// talks, as does a new one.
 #[test]
 fn a_flood_of_strangers_is_bounded_and_contacts_still_talk() {
-    use futures::StreamExt as _;
     use strata_session::actors::{ListPeers, NodeLimits};
     use strata_transport::{PeerAddr, Transport as _};
 
