@@ -36,7 +36,7 @@ pub(crate) enum ErrorKind {
     Unauthorized,
     /// The peer or contact is unknown.
     NotFound,
-    /// Safety numbers differ.
+    /// Safety numbers differ, or a contact URI names another account.
     VerificationFailed,
     /// An address could not be bound or reached.
     Network,
@@ -117,7 +117,9 @@ impl ErrorKind {
             ErrorKind::NoDaemon => "the command needs a running `strata run`",
             ErrorKind::Unauthorized => "the control API refused the token",
             ErrorKind::NotFound => "unknown peer, contact or file",
-            ErrorKind::VerificationFailed => "the safety numbers differ; nothing was recorded",
+            ErrorKind::VerificationFailed => {
+                "the peer is not who the safety number or contact URI says; nothing was recorded"
+            }
             ErrorKind::Network => "an address could not be bound or reached",
             ErrorKind::NotAvailable => "the feature is turned off by the configuration",
         }

@@ -9,7 +9,8 @@
 //!
 //! - [`Node`]: the facade. Routes transport events to the session of the
 //!   sending address, creates sessions on demand (and, at start, for every
-//!   stored session, so they resume), reconnects lost links with backoff,
+//!   stored session, so they resume), drops idle and strangers' sessions
+//!   within [`NodeLimits`], reconnects lost links with backoff,
 //!   and publishes [`NodeEvent`]s to every subscribed `Recipient<NodeEvent>`
 //!   through a bounded queue per subscriber.
 //! - [`TransportActor`]: owns one [`Transport`] and its event stream; never

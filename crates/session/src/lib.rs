@@ -82,6 +82,14 @@
 //!   new handshake. Every layer then checks its keys against the pinned
 //!   identity (MLS credential binding, Signal bundle identity, signed
 //!   ML-KEM keys). Safety numbers: `SessionRequest::SafetyNumber`.
+//! - **An expected key: no TOFU window.** A caller that knows the peer's
+//!   account key from outside the handshake (a contact URI names it) opens
+//!   with [`Command::OpenExpecting`]. A step 1 or 2 presenting another key
+//!   is refused before the machine binds to the claimed installation
+//!   (nothing loaded, pinned or stored): [`Event::IdentityMismatch`], and
+//!   our own attempt, answered by the wrong key, is given up rather than
+//!   retried. A session or contact already pinned to another key fails the
+//!   command with [`SessionError::IdentityMismatch`].
 //! - **Cascade mapping.** Step 2 is `MlsLayer::key_package`; A runs
 //!   `create_group` (its Welcome is step 10) and B `join_group`. Step 6 is
 //!   `SignalLayer::pre_key_bundle`, A runs `process_bundle`; step 7 is the
@@ -211,6 +219,14 @@
 //!
 //! See [`actors`]: bounded mailboxes, request ids, events to subscribed
 //! `Recipient<NodeEvent>`; `examples/auto_reply.rs` is a custom actor.
+//!
+//! A session is made for any address that sends a frame, so the node
+//! bounds them ([`actors::NodeLimits`]): each session reports its
+//! [`Footprint`] (what dropping it would lose); empty ones are dropped
+//! after an idle minute, and at the session limit the least recently used
+//! droppable one (empty, then a stranger's handshake, then a stored
+//! session whose link is down) makes room. A stored session is loaded
+//! again when its peer comes back.
 #![forbid(unsafe_code)]
 
 pub mod actors;

@@ -278,5 +278,5 @@ pub fn skip_or_fail(why: &str) {
     if under_ci() {
         panic!("CI is set but {why}: under CI a missing prerequisite fails the test instead of skipping it");
     }
-    eprintln!("SKIPPED: {why} (under CI, with `CI` set, this test fails instead) <<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<<");
+    eprintln!("SKIPPED: {why} (under CI, with `CI` set, this test fails instead)");
 }
