@@ -59,7 +59,7 @@ impl Published {
             return Ok(false);
         }
         let renewed = prekeys::rotate(store, &self.identity, session, now_ms)
-            .map_err(|e| AppError::internal(format!("cannot renew the bundle pre-keys: {e}")))?;
+            .map_err(|e| AppError::caused("cannot renew the bundle pre-keys", &e))?;
         tracing::info!(version = renewed.version(), "bundle pre-keys renewed");
         *self.pre_keys.write().unwrap_or_else(PoisonError::into_inner) = renewed;
         Ok(true)
@@ -87,7 +87,7 @@ pub(crate) fn config(
     now_ms: u64,
 ) -> Result<(BundleConfig, Vec<Topic>, Arc<Published>)> {
     let pre_keys = prekeys::ensure(store, identity, session, now_ms)
-        .map_err(|e| AppError::internal(format!("cannot prepare the bundle: {e}")))?;
+        .map_err(|e| AppError::caused("cannot prepare the bundle", &e))?;
     let published = Arc::new(Published {
         identity: Arc::clone(identity),
         pre_keys: RwLock::new(pre_keys),
@@ -96,7 +96,7 @@ pub(crate) fn config(
     let verifier = Arc::new(|bytes: &[u8]| verify_bundle(bytes).map(|v| v.header().clone()));
     let contacts = store
         .read(|r| r.contacts())
-        .map_err(|e| AppError::internal(format!("cannot read the contacts: {e}")))?;
+        .map_err(|e| AppError::caused("cannot read the contacts", &e))?;
     let topics = contacts.iter().map(|c| bundle_topic(&c.identity_key)).collect();
     let source: Arc<dyn BundleSource> = published.clone();
     Ok((BundleConfig::new(verifier).with_source(source), topics, published))

@@ -562,7 +562,7 @@ pub(crate) async fn peers(ctx: &Ctx) -> Result<()> {
 fn stored_peers(store: &storage::NodeStore) -> Result<serde_json::Value> {
     let contacts = store
         .read(|r| r.contacts())
-        .map_err(|e| AppError::internal(format!("cannot read the contacts: {e}")))?;
+        .map_err(|e| AppError::caused("cannot read the contacts", &e))?;
     let peers: Vec<serde_json::Value> = contacts
         .iter()
         .map(|c| {

@@ -385,14 +385,59 @@ impl fmt::Debug for IceServerConfig {
     }
 }
 
+/// What the node's transports need of the configuration, as typed values:
+/// parsed once, where the daemon starts, from what loading checked.
+#[derive(Clone, Debug)]
+pub(crate) struct Network {
+    /// The PeerJS broker, `None` with PeerJS off.
+    pub(crate) broker: Option<BrokerChoice>,
+    /// The broker key.
+    pub(crate) peerjs_key: String,
+    /// `peerjs.ice_servers`.
+    pub(crate) ice_servers: Vec<IceServerConfig>,
+    /// The libp2p transport, `None` when it is off.
+    pub(crate) libp2p: Option<Libp2pNetwork>,
+}
+
+/// The `[libp2p]` section, parsed.
+#[derive(Clone, Debug)]
+pub(crate) struct Libp2pNetwork {
+    /// Where to listen.
+    pub(crate) listen: Vec<libp2p::Multiaddr>,
+    /// Peers to dial at start.
+    pub(crate) bootstrap: Vec<libp2p::Multiaddr>,
+    /// Local discovery.
+    pub(crate) mdns: bool,
+}
+
 impl Config {
-    /// `peerjs.ice_servers`, parsed (checked at load).
-    pub(crate) fn ice_servers(&self) -> Result<Vec<IceServerConfig>> {
-        self.peerjs
+    /// The network settings, typed (every value was checked at load).
+    pub(crate) fn network(&self) -> Result<Network> {
+        let ice_servers = self
+            .peerjs
             .ice_servers
             .iter()
             .map(|s| parse_ice_server(s).map_err(|_| invalid_after_load("peerjs.ice_servers")))
-            .collect()
+            .collect::<Result<_>>()?;
+        let multiaddrs = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|a| a.parse().map_err(|_| invalid_after_load(key)))
+                .collect::<Result<Vec<libp2p::Multiaddr>>>()
+        };
+        let libp2p = match self.libp2p.enabled {
+            true => Some(Libp2pNetwork {
+                listen: multiaddrs("libp2p.listen", &self.libp2p.listen)?,
+                bootstrap: multiaddrs("libp2p.bootstrap", &self.libp2p.bootstrap)?,
+                mdns: self.libp2p.mdns,
+            }),
+            false => None,
+        };
+        Ok(Network {
+            broker: self.broker_choice()?,
+            peerjs_key: self.peerjs.key.clone(),
+            ice_servers,
+            libp2p,
+        })
     }
 }
 

@@ -79,7 +79,8 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
     let local = Arc::new(local);
     tracing::info!(peer_id = %local.peer_id(), installation_id = %local.installation_id(), "store open");
 
-    let broker = match config.broker_choice()? {
+    let mut network = config.network()?;
+    let broker = match network.broker {
         Some(BrokerChoice::Embedded(addr)) => {
             let broker_config = BrokerConfig {
                 key: config.peerjs.key.clone(),
@@ -98,7 +99,7 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
         }
         Some(BrokerChoice::External(_)) | None => None,
     };
-    let broker_url = match (&broker, config.broker_choice()?) {
+    let broker_url = match (&broker, &network.broker) {
         (Some(broker), _) => Some(format!("ws://{}/", broker.local_addr())),
         (None, Some(BrokerChoice::External(url))) => Some(url.to_string()),
         _ => None,
@@ -106,20 +107,12 @@ pub(crate) async fn run(ctx: &Ctx) -> Result<()> {
 
     let store = Arc::new(store);
     let events = Arc::new(EventBus::new(EVENT_HISTORY, EVENT_LAG));
-    let broker_choice = match (&broker, config.broker_choice()?) {
+    if let (Some(broker), Some(BrokerChoice::Embedded(_))) = (&broker, &network.broker) {
         // Bound to port 0, the embedded broker's real port is only known now.
-        (Some(broker), Some(BrokerChoice::Embedded(_))) => Some(BrokerChoice::Embedded(broker.local_addr())),
-        (_, choice) => choice,
-    };
-    let (sessions, reachable) = NodeSessions::start(
-        &config,
-        &ctx.dir,
-        &local,
-        Arc::clone(&store),
-        Arc::clone(&events),
-        broker_choice,
-    )
-    .await?;
+        network.broker = Some(BrokerChoice::Embedded(broker.local_addr()));
+    }
+    let (sessions, reachable) =
+        NodeSessions::start(&network, &ctx.dir, &local, Arc::clone(&store), Arc::clone(&events)).await?;
     let sessions = Arc::new(sessions);
 
     let api_addr = config.api_addr()?;

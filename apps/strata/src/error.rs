@@ -221,6 +221,65 @@ impl AppError {
     }
 }
 
+/// A library error that knows its class (Arti's `HasKind`): the one path
+/// from a store, cascade or session failure to the CLI's exit code and the
+/// API's error code, so a storage failure is reported as one, not as
+/// `internal`.
+pub(crate) trait HasKind: fmt::Display {
+    /// The class of the error.
+    fn kind(&self) -> ErrorKind;
+}
+
+impl HasKind for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::WrongKey | StoreError::KeyFile(_) => ErrorKind::Locked,
+            StoreError::InUse { .. } => ErrorKind::Busy,
+            StoreError::Misuse(_) => ErrorKind::Internal,
+            _ => ErrorKind::Storage,
+        }
+    }
+}
+
+impl HasKind for strata_cascade::CascadeError {
+    fn kind(&self) -> ErrorKind {
+        match self.class() {
+            strata_cascade::ErrorClass::Storage => ErrorKind::Storage,
+            strata_cascade::ErrorClass::BadPeerInput => ErrorKind::VerificationFailed,
+            strata_cascade::ErrorClass::Misuse | strata_cascade::ErrorClass::Internal => ErrorKind::Internal,
+        }
+    }
+}
+
+impl HasKind for strata_session::SessionError {
+    fn kind(&self) -> ErrorKind {
+        match strata_session::SessionError::kind(self) {
+            strata_session::ErrorKind::Storage => ErrorKind::Storage,
+            strata_session::ErrorKind::Misuse => ErrorKind::Usage,
+            strata_session::ErrorKind::Transient => ErrorKind::Busy,
+            strata_session::ErrorKind::Verification => ErrorKind::VerificationFailed,
+            strata_session::ErrorKind::Internal => ErrorKind::Internal,
+        }
+    }
+}
+
+impl AppError {
+    /// `context: error`, of the error's own kind (see [`HasKind`]).
+    pub(crate) fn caused(context: &str, error: &impl HasKind) -> Self {
+        let kind = error.kind();
+        let error = Self::new(kind, format!("{context}: {error}"));
+        match kind {
+            ErrorKind::Internal => {
+                error.hint("this is unexpected; rerun with RUST_LOG=debug and report it with the output")
+            }
+            ErrorKind::Storage => {
+                error.hint("the store may be damaged or the disk full; check the disk, then see `strata run -v`")
+            }
+            _ => error,
+        }
+    }
+}
+
 impl fmt::Display for AppError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;

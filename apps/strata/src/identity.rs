@@ -129,7 +129,7 @@ impl Local {
         let mut rng = rand::rng();
         let account = AccountIdentity::generate(&mut rng);
         let installation = InstallationIdentity::generate(account, &mut rng)
-            .map_err(|e| AppError::internal(format!("cannot generate the installation keys: {e}")))?;
+            .map_err(|e| AppError::caused("cannot generate the installation keys", &e))?;
         Ok(Self::from_installation(installation))
     }
 
@@ -165,7 +165,7 @@ impl Local {
         let exported = self
             .installation
             .export()
-            .map_err(|e| AppError::internal(format!("cannot export the identity: {e}")))?;
+            .map_err(|e| AppError::caused("cannot export the identity", &e))?;
         store
             .write(|w| w.set_identity(exported.as_bytes()))
             .map_err(|e| AppError::store(e, store_path))
@@ -196,7 +196,7 @@ impl Local {
             remote_id.as_bytes(),
             remote.identity_key(),
         )
-        .map_err(|e| AppError::internal(format!("cannot compute the safety number: {e}")))
+        .map_err(|e| AppError::caused("cannot compute the safety number", &e))
     }
 
     /// This account's half of every safety number it is part of: 30 digits.
@@ -208,7 +208,7 @@ impl Local {
         let digits = self
             .safety_number(&self.peer_id)?
             .digits()
-            .map_err(|e| AppError::internal(format!("cannot compute the safety number: {e}")))?;
+            .map_err(|e| AppError::caused("cannot compute the safety number", &e))?;
         digits
             .get(..digits.len() / 2)
             .map(str::to_owned)

@@ -28,11 +28,13 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
+use strata_cascade::InstallationId;
 use strata_transport::PeerAddr;
 
 use crate::content::{Content, FILE_CHUNK_BYTES};
 use crate::durable::{self, Durable};
 use crate::error::SessionError;
+use crate::machine::{Event, Now, PeerMachine};
 
 /// File chunks of one transfer in flight at once: 1.5 MiB, enough to keep
 /// a fast link busy while acknowledgements (sent every
@@ -84,6 +86,20 @@ pub(crate) struct Progress {
     pub(crate) finished: bool,
 }
 
+/// What a transfer tells the user, from a machine event.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FileEvent {
+    /// The peer acknowledged one more chunk of a file we send.
+    Progress(Progress),
+    /// A whole file arrived and was written to `path`.
+    Received {
+        /// The transfer id.
+        file_id: String,
+        /// Where it is.
+        path: PathBuf,
+    },
+}
+
 /// The file transfers of one peer session.
 pub(crate) struct Transfers {
     downloads: PathBuf,
@@ -105,6 +121,56 @@ impl Transfers {
             receiving: BTreeMap::new(),
             done: BTreeSet::new(),
         }
+    }
+
+    /// Follows the machine event `e`: an acknowledged chunk of ours, or a
+    /// chunk of the peer's (`installation`) written to its file.
+    pub(crate) fn on_event(
+        &mut self,
+        store: &dyn Durable,
+        installation: Option<InstallationId>,
+        e: &Event,
+    ) -> Option<FileEvent> {
+        match e {
+            Event::Delivered { message_id } => self.delivered(message_id).map(FileEvent::Progress),
+            Event::Received {
+                message_id,
+                content: chunk @ Content::FileChunk { file_id, .. },
+                ..
+            } => {
+                let installation = installation.map(|i| i.to_string());
+                match self.received(store, installation.as_deref(), message_id, chunk) {
+                    Ok(Some(path)) => Some(FileEvent::Received {
+                        file_id: file_id.clone(),
+                        path,
+                    }),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, error = %e, "cannot write a received file");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Queues the next chunks of outgoing files on `machine` while their
+    /// windows allow, all in one burst (one outbox transaction, one
+    /// encryption commit); true when it queued any. Reads from disk a
+    /// window at a time: a file is never in memory whole.
+    pub(crate) fn pump(&mut self, machine: &mut PeerMachine, now: Now) -> Result<bool, SessionError> {
+        if !machine.is_ready() {
+            return Ok(false);
+        }
+        let chunks = self.next_chunks()?;
+        if chunks.is_empty() {
+            return Ok(false);
+        }
+        let keys = Self::keys(&chunks);
+        let ids = machine.send_all(chunks, now)?;
+        self.queued(&keys, ids);
+        Ok(true)
     }
 
     /// Whether no file is on its way, either direction.

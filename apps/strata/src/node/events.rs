@@ -1,0 +1,266 @@
+//! The control API's names for node events, and their data: the one place
+//! that maps the session layer's typed events to the API's JSON. Pinned by
+//! `test_vectors/events.golden`.
+
+use serde_json::{Value, json};
+use strata_session::actors::NodeEventKind;
+use strata_session::{Content, Event};
+
+/// The API event name and data of a node event. Keys and ciphertexts never
+/// appear; message texts do (the API is the user's own).
+pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
+    match kind {
+        NodeEventKind::Connected => ("connected", json!({})),
+        NodeEventKind::Disconnected => ("disconnected", json!({})),
+        NodeEventKind::FileReceived { file_id, path } => ("file-received", json!({"fileId": file_id, "path": path})),
+        NodeEventKind::FileProgress {
+            file_id,
+            acked,
+            total,
+            size,
+        } => (
+            "file-progress",
+            json!({"fileId": file_id, "acked": acked, "total": total, "size": size}),
+        ),
+        NodeEventKind::FileSent { file_id } => ("file-sent", json!({"fileId": file_id})),
+        NodeEventKind::Failed { reason } => ("session-failed", json!({"reason": reason})),
+        NodeEventKind::Lagged { dropped } => ("lagged", json!({"dropped": dropped})),
+        NodeEventKind::Session(event) => match event {
+            Event::HandshakeStarted { role, from_bundle, .. } => (
+                "handshake-started",
+                json!({"role": role.as_str(), "fromBundle": from_bundle}),
+            ),
+            Event::EncryptionReady {
+                installation, resumed, ..
+            } => (
+                "encryption-ready",
+                json!({"installation": installation, "resumed": resumed}),
+            ),
+            Event::NotReady => ("not-ready", json!({})),
+            Event::HandshakeStalled { .. } => ("handshake-stalled", json!({})),
+            Event::HandshakeFailed { reason } => ("handshake-failed", json!({"reason": reason})),
+            Event::SessionReset { reason } => ("session-reset", json!({"reason": reason.as_str()})),
+            Event::IdentityChanged { installation } => ("identity-changed", json!({"installation": installation})),
+            Event::IdentityMismatch { installation } => ("identity-mismatch", json!({"installation": installation})),
+            Event::InstallationChanged { old, new } => ("installation-changed", json!({"old": old, "new": new})),
+            Event::Queued { message_id } => ("queued", json!({"messageId": message_id})),
+            Event::Delivered { message_id } => ("delivered", json!({"messageId": message_id})),
+            Event::Received {
+                message_id,
+                seq,
+                content,
+            } => match content {
+                Content::Text { text } => ("message", json!({"messageId": message_id, "seq": seq, "text": text})),
+                Content::FileChunk {
+                    file_id,
+                    name,
+                    size,
+                    index,
+                    total,
+                    ..
+                } => (
+                    "file-chunk",
+                    json!({"fileId": file_id, "name": name, "size": size, "index": index, "total": total}),
+                ),
+            },
+            Event::Rotated { what } => ("rotated", json!({"what": what.as_str()})),
+            Event::PeerError { code, reason } => ("peer-error", json!({"code": code.as_str(), "reason": reason})),
+            Event::Refused { why } => ("refused", json!({"why": why.as_str()})),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_proto::ErrorCode;
+    use strata_session::{Refusal, ResetReason, Role, Rotation};
+
+    /// One of every event kind, with every value of the enums they carry.
+    fn every_event() -> Vec<NodeEventKind> {
+        let session = |e: Event| NodeEventKind::Session(e);
+        let mut all = vec![
+            NodeEventKind::Connected,
+            NodeEventKind::Disconnected,
+            NodeEventKind::FileReceived {
+                file_id: "f".into(),
+                path: "downloads/f-n".into(),
+            },
+            NodeEventKind::FileProgress {
+                file_id: "f".into(),
+                acked: 1,
+                total: 2,
+                size: 3,
+            },
+            NodeEventKind::FileSent { file_id: "f".into() },
+            NodeEventKind::Failed { reason: "r".into() },
+            NodeEventKind::Lagged { dropped: 4 },
+        ];
+        for role in [Role::Initiator, Role::Responder] {
+            all.push(session(Event::HandshakeStarted {
+                session_id: [1; 16],
+                role,
+                from_bundle: role == Role::Responder,
+            }));
+        }
+        all.extend([
+            session(Event::EncryptionReady {
+                installation: "i".into(),
+                session_id: [1; 16],
+                resumed: true,
+            }),
+            session(Event::NotReady),
+            session(Event::HandshakeStalled { session_id: [1; 16] }),
+            session(Event::HandshakeFailed { reason: "r".into() }),
+        ]);
+        for reason in [
+            ResetReason::PeerLostState,
+            ResetReason::PeerRestarted,
+            ResetReason::IdentityAccepted,
+            ResetReason::StateMismatch,
+        ] {
+            all.push(session(Event::SessionReset { reason }));
+        }
+        all.extend([
+            session(Event::IdentityChanged {
+                installation: "i".into(),
+            }),
+            session(Event::IdentityMismatch {
+                installation: "i".into(),
+            }),
+            session(Event::InstallationChanged {
+                old: "o".into(),
+                new: "n".into(),
+            }),
+            session(Event::Queued { message_id: "m".into() }),
+            session(Event::Delivered { message_id: "m".into() }),
+            session(Event::Received {
+                message_id: "m".into(),
+                seq: 5,
+                content: Content::Text { text: "t".into() },
+            }),
+            session(Event::Received {
+                message_id: "m".into(),
+                seq: 6,
+                content: Content::FileChunk {
+                    file_id: "f".into(),
+                    name: "n".into(),
+                    size: 3,
+                    index: 0,
+                    total: 1,
+                    data: vec![1, 2, 3],
+                },
+            }),
+        ]);
+        for what in [
+            Rotation::KemKey,
+            Rotation::PeerKemKey,
+            Rotation::MlsUpdate,
+            Rotation::PeerMlsUpdate,
+        ] {
+            all.push(session(Event::Rotated { what }));
+        }
+        for code in [
+            ErrorCode::Malformed,
+            ErrorCode::TooLarge,
+            ErrorCode::UnknownType,
+            ErrorCode::Unexpected,
+            ErrorCode::DecryptFailed,
+            ErrorCode::Replay,
+            ErrorCode::RateLimited,
+            ErrorCode::IdentityChanged,
+            ErrorCode::UnknownSession,
+            ErrorCode::Internal,
+            ErrorCode::Other,
+        ] {
+            all.push(session(Event::PeerError {
+                code,
+                reason: "r".into(),
+            }));
+        }
+        for why in [
+            Refusal::Malformed,
+            Refusal::TooLarge,
+            Refusal::UnknownType,
+            Refusal::Unexpected,
+            Refusal::Undecryptable,
+            Refusal::IdentityBlocked,
+            Refusal::UnexpectedIdentity,
+        ] {
+            all.push(session(Event::Refused { why }));
+        }
+        all
+    }
+
+    /// Fails to compile when an event kind is added without a sample in
+    /// [`every_event`] (no wildcard arm).
+    fn sampled(kind: &NodeEventKind) -> bool {
+        match kind {
+            NodeEventKind::Connected
+            | NodeEventKind::Disconnected
+            | NodeEventKind::FileReceived { .. }
+            | NodeEventKind::FileProgress { .. }
+            | NodeEventKind::FileSent { .. }
+            | NodeEventKind::Failed { .. }
+            | NodeEventKind::Lagged { .. } => true,
+            NodeEventKind::Session(e) => match e {
+                Event::HandshakeStarted { .. }
+                | Event::EncryptionReady { .. }
+                | Event::NotReady
+                | Event::HandshakeStalled { .. }
+                | Event::HandshakeFailed { .. }
+                | Event::SessionReset { .. }
+                | Event::IdentityChanged { .. }
+                | Event::IdentityMismatch { .. }
+                | Event::InstallationChanged { .. }
+                | Event::Queued { .. }
+                | Event::Delivered { .. }
+                | Event::Received { .. }
+                | Event::Rotated { .. }
+                | Event::PeerError { .. }
+                | Event::Refused { .. } => true,
+            },
+        }
+    }
+
+    /// The control API's event names and data are a format clients rely
+    /// on: every kind is pinned in `test_vectors/events.golden`. A diff is
+    /// a decision; `STRATA_BLESS=1` rewrites the file.
+    #[test]
+    fn event_names_and_data_match_the_golden_file() {
+        let lines: Vec<String> = every_event()
+            .iter()
+            .map(|kind| {
+                assert!(sampled(kind));
+                let (name, data) = describe(kind);
+                format!("{name} {data}")
+            })
+            .collect();
+        let text = lines.join("\n") + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("test_vectors/events.golden");
+        if std::env::var_os("STRATA_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text, golden, "event names or data changed (STRATA_BLESS=1 to accept)");
+    }
+
+    #[test]
+    fn file_chunks_are_described_without_their_bytes() {
+        let (kind, data) = describe(&NodeEventKind::Session(Event::Received {
+            message_id: "m".into(),
+            seq: 1,
+            content: Content::FileChunk {
+                file_id: "f".into(),
+                name: "n".into(),
+                size: 3,
+                index: 0,
+                total: 1,
+                data: b"secret-bytes".to_vec(),
+            },
+        }));
+        assert_eq!(kind, "file-chunk");
+        assert!(!data.to_string().contains("secret"), "{data}");
+    }
+}
