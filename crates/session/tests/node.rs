@@ -492,3 +492,65 @@ fn a_flood_of_strangers_is_bounded_and_contacts_still_talk() {
         node.wait_text("new here").await;
     });
 }
+
+/// `AwaitReady` answers with a typed `Ready` carrying the request id: once
+/// the handshake completes, and at once when the session is ready already;
+/// a refused identity answers with the typed error.
+#[test]
+fn await_ready_answers_typed_and_correlated() {
+    use strata_session::SessionError;
+    use strata_session::actors::AwaitReady;
+
+    run(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new(11);
+        let mut alice = TestNode::start("alice", &net, 41, dir.path().join("a"));
+        let _bob = TestNode::start("bob", &net, 42, dir.path().join("b"));
+        let waiting = alice.addr.send(AwaitReady {
+            request_id: 7,
+            peer: "bob".into(),
+        });
+        alice.connect("bob").await;
+        let reply = waiting.await.unwrap();
+        assert_eq!(reply.request_id, 7);
+        let ready = reply.result.unwrap();
+        assert!(!ready.resumed);
+        assert_eq!(
+            ready.installation,
+            strata_test_support::identity(42).installation_id().to_string()
+        );
+        let again = alice
+            .addr
+            .send(AwaitReady {
+                request_id: 8,
+                peer: "bob".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!((again.request_id, again.result.unwrap()), (8, ready));
+
+        let mut carol = TestNode::start("carol", &net, 43, dir.path().join("c"));
+        let _impostor = boot_as(&net, "dave", installation_of(8), dir.path().join("d"), 9);
+        let expected = installation_of(10).account().identity_key().serialize().to_vec();
+        carol.try_connect("dave", Some(expected)).await.unwrap();
+        // Asked after the refusal was seen: answered from the node's state.
+        carol
+            .wait_for("identity mismatch", |e| {
+                matches!(e.kind, NodeEventKind::Session(Event::IdentityMismatch { .. }))
+            })
+            .await;
+        let refused = carol
+            .addr
+            .send(AwaitReady {
+                request_id: 9,
+                peer: "dave".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(refused.request_id, 9);
+        assert!(
+            matches!(refused.result, Err(SessionError::IdentityMismatch)),
+            "{refused:?}"
+        );
+    });
+}

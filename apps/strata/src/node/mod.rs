@@ -448,6 +448,7 @@ impl NodeSessions {
                         SessionState::Handshaking => "handshaking",
                         SessionState::Ready => "ready",
                         SessionState::Blocked => "blocked",
+                        SessionState::Refused => "refused",
                     },
                     "connected": status.connected,
                     "transport": self.transport_of(&peer),

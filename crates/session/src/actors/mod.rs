@@ -315,6 +315,10 @@ pub enum SessionState {
     /// The peer's identity key changed; nothing is sent until the user
     /// accepts or verifies it.
     Blocked,
+    /// The peer presented another identity key than the caller expects
+    /// (a contact URI's): nothing was pinned, and the node does not retry
+    /// until asked again.
+    Refused,
 }
 
 /// One peer as the node sees it.
@@ -351,6 +355,7 @@ impl PeerStatus {
                 Event::NotReady | Event::HandshakeStalled { .. } | Event::HandshakeFailed { .. } => {
                     self.state = SessionState::Idle;
                 }
+                Event::IdentityMismatch { .. } => self.state = SessionState::Refused,
                 Event::IdentityChanged { installation } => {
                     self.state = SessionState::Blocked;
                     self.installation = Some(installation.clone());

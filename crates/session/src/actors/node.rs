@@ -401,6 +401,12 @@ impl<T: Transport> Handler<Connect> for Node<T> {
     fn handle(&mut self, msg: Connect, ctx: &mut Self::Context) -> Self::Result {
         let request_id = msg.request_id;
         let session = self.session(&msg.peer, ctx);
+        if let Some(status) = self.status.get_mut(&msg.peer)
+            && status.state == SessionState::Refused
+        {
+            // A new attempt: an earlier refusal no longer settles waits.
+            status.state = SessionState::Idle;
+        }
         self.wanted.insert(msg.peer.clone(), Duration::from_secs(1));
         let transport = self.transport_actor.clone();
         let peer = msg.peer;
@@ -495,21 +501,17 @@ impl<T: Transport> Handler<AwaitReady> for Node<T> {
 
     fn handle(&mut self, msg: AwaitReady, _ctx: &mut Self::Context) -> Self::Result {
         let request_id = msg.request_id;
-        let ready = self
-            .status
-            .get(&msg.peer)
-            .filter(|s| s.state == SessionState::Ready)
-            .map(|s| Ready {
+        // Settled already: ready, or refused since the last attempt began.
+        let settled = self.status.get(&msg.peer).and_then(|s| match s.state {
+            SessionState::Ready => Some(Ok(Ready {
                 installation: s.installation.clone().unwrap_or_default(),
                 resumed: s.resumed,
-            });
-        if let Some(ready) = ready {
-            return Box::pin(async move {
-                Reply {
-                    request_id,
-                    result: Ok(ready),
-                }
-            });
+            })),
+            SessionState::Refused => Some(Err(SessionError::IdentityMismatch)),
+            _ => None,
+        });
+        if let Some(result) = settled {
+            return Box::pin(async move { Reply { request_id, result } });
         }
         // Callers that gave up are forgotten first, so the bound holds.
         self.waiters.retain(|_, w| {
