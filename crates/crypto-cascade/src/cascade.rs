@@ -97,27 +97,13 @@ impl Cascade {
     /// crate reads no wall clock). Every layer's staged change is committed
     /// only if all layers succeed.
     pub fn encrypt(&mut self, plaintext: &[u8], now_ms: u64, rng: &mut dyn CryptoRng) -> Result<CascadedPayload> {
-        let mut layers: Vec<&mut dyn Layer> = self.layers.iter_mut().map(|l| &mut **l as &mut dyn Layer).collect();
-        Composition {
-            layers: &mut layers,
-            local: self.local,
-            remote: self.remote,
-            stopwatch: &*self.stopwatch,
-        }
-        .encrypt(plaintext, now_ms, rng)
+        self.compose(|c| c.encrypt(plaintext, now_ms, rng))
     }
 
     /// Decrypts a payload from the remote installation. On any error no
     /// plaintext is returned and no layer's state changes.
     pub fn decrypt(&mut self, payload: &CascadedPayload, rng: &mut dyn CryptoRng) -> Result<Vec<u8>> {
-        let mut layers: Vec<&mut dyn Layer> = self.layers.iter_mut().map(|l| &mut **l as &mut dyn Layer).collect();
-        Composition {
-            layers: &mut layers,
-            local: self.local,
-            remote: self.remote,
-            stopwatch: &*self.stopwatch,
-        }
-        .decrypt(payload, rng)
+        self.compose(|c| c.decrypt(payload, rng))
     }
 
     /// Encrypts through layers the caller keeps (e.g. a Signal layer used on
@@ -131,15 +117,7 @@ impl Cascade {
         now_ms: u64,
         rng: &mut dyn CryptoRng,
     ) -> Result<CascadedPayload> {
-        check_count(layers.len())?;
-        let stopwatch = MonotonicStopwatch::default();
-        Composition {
-            layers,
-            local,
-            remote,
-            stopwatch: &stopwatch,
-        }
-        .encrypt(plaintext, now_ms, rng)
+        Self::compose_kept(layers, local, remote, |c| c.encrypt(plaintext, now_ms, rng))
     }
 
     /// Decrypts through layers the caller keeps; see
@@ -151,15 +129,35 @@ impl Cascade {
         payload: &CascadedPayload,
         rng: &mut dyn CryptoRng,
     ) -> Result<Vec<u8>> {
+        Self::compose_kept(layers, local, remote, |c| c.decrypt(payload, rng))
+    }
+
+    /// Runs `run` on this cascade's layers as one [`Composition`].
+    fn compose<R>(&mut self, run: impl FnOnce(&mut Composition<'_, '_>) -> R) -> R {
+        let mut layers: Vec<&mut dyn Layer> = self.layers.iter_mut().map(|l| &mut **l as &mut dyn Layer).collect();
+        run(&mut Composition {
+            layers: &mut layers,
+            local: self.local,
+            remote: self.remote,
+            stopwatch: &*self.stopwatch,
+        })
+    }
+
+    /// Runs `run` on layers the caller keeps, timed by a fresh stopwatch.
+    fn compose_kept<R>(
+        layers: &mut [&mut dyn Layer],
+        local: InstallationId,
+        remote: InstallationId,
+        run: impl FnOnce(&mut Composition<'_, '_>) -> Result<R>,
+    ) -> Result<R> {
         check_count(layers.len())?;
         let stopwatch = MonotonicStopwatch::default();
-        Composition {
+        run(&mut Composition {
             layers,
             local,
             remote,
             stopwatch: &stopwatch,
-        }
-        .decrypt(payload, rng)
+        })
     }
 
     /// Every layer's state, in encrypt order, to persist.
@@ -188,6 +186,31 @@ impl Composition<'_, '_> {
         now_ms: u64,
         rng: &mut dyn CryptoRng,
     ) -> Result<CascadedPayload> {
+        let result = self.seal_all(plaintext, now_ms, rng);
+        self.settle(result)
+    }
+
+    /// Decrypts a payload from the remote installation. On any error no
+    /// plaintext is returned and no layer's state changes.
+    pub(crate) fn decrypt(&mut self, payload: &CascadedPayload, rng: &mut dyn CryptoRng) -> Result<Vec<u8>> {
+        let ciphertext = self.check_shape(payload)?;
+        let result = self.decrypt_checked(payload, ciphertext, rng);
+        self.settle(result)
+    }
+
+    /// Ends a two-phase call: every layer commits what it staged if
+    /// `result` is a success, and drops it otherwise.
+    fn settle<T>(&mut self, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(_) => self.layers.iter_mut().for_each(|l| l.commit()),
+            Err(_) => self.layers.iter_mut().for_each(|l| l.abort()),
+        }
+        result
+    }
+
+    /// Every layer seals in turn, staging its change; then the payload is
+    /// assembled.
+    fn seal_all(&mut self, plaintext: &[u8], now_ms: u64, rng: &mut dyn CryptoRng) -> Result<CascadedPayload> {
         let total_start = self.stopwatch.now_micros();
         let envelope = Envelope {
             sender: self.local,
@@ -201,7 +224,6 @@ impl Composition<'_, '_> {
         let mut headers: Vec<LayerParameters> = Vec::with_capacity(self.layers.len());
         let mut contributions: Vec<Contribution> = Vec::new();
         let mut metadata = Vec::with_capacity(self.layers.len());
-        let mut failed = None;
         for layer in self.layers.iter_mut() {
             let start = self.stopwatch.now_micros();
             let info = layer.info();
@@ -213,40 +235,15 @@ impl Composition<'_, '_> {
                 contributions: &contributions,
                 rng: &mut *rng,
             };
-            let sealed = match layer.seal(&data, &mut ctx) {
-                Ok(s) => s,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
+            let sealed = layer.seal(&data, &mut ctx)?;
             let elapsed = self.stopwatch.now_micros().saturating_sub(start);
-            match layer_metadata(info, now_ms, data.len(), sealed.output.len(), elapsed) {
-                Ok(m) => metadata.push(m),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
+            metadata.push(layer_metadata(info, now_ms, data.len(), sealed.output.len(), elapsed)?);
             data = sealed.output;
             infos.push(info);
             headers.push(sealed.params);
             contributions.extend(sealed.contribution);
         }
-        let payload = match failed {
-            Some(e) => Err(e),
-            None => self.assemble(data, headers, metadata, plaintext.len(), now_ms, total_start),
-        };
-        match payload {
-            Ok(p) => {
-                self.layers.iter_mut().for_each(|l| l.commit());
-                Ok(p)
-            }
-            Err(e) => {
-                self.layers.iter_mut().for_each(|l| l.abort());
-                Err(e)
-            }
-        }
+        self.assemble(data, headers, metadata, plaintext.len(), now_ms, total_start)
     }
 
     fn assemble(
@@ -271,23 +268,6 @@ impl Composition<'_, '_> {
             final_size,
             timestamp: Some(now_ms),
         })
-    }
-
-    /// Decrypts a payload from the remote installation. On any error no
-    /// plaintext is returned and no layer's state changes.
-    pub(crate) fn decrypt(&mut self, payload: &CascadedPayload, rng: &mut dyn CryptoRng) -> Result<Vec<u8>> {
-        let ciphertext = self.check_shape(payload)?;
-        let result = self.decrypt_checked(payload, ciphertext, rng);
-        match result {
-            Ok(p) => {
-                self.layers.iter_mut().for_each(|l| l.commit());
-                Ok(p)
-            }
-            Err(e) => {
-                self.layers.iter_mut().for_each(|l| l.abort());
-                Err(e)
-            }
-        }
     }
 
     /// Checks the payload against this stack before any cryptography: the

@@ -18,8 +18,10 @@
 //! (TOFU or safety number) *before* using the bound key.
 
 use std::fmt;
+use std::str::FromStr;
 
 use libsignal_protocol_syft::{IdentityKey, IdentityKeyPair};
+use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{BasicCredential, Ciphersuite, CredentialWithKey, SignatureScheme};
 use openmls_basic_credential::SignatureKeyPair;
 use rand::{CryptoRng, Rng};
@@ -117,6 +119,12 @@ impl InstallationId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    /// Lowercase hex, 32 digits: the id's form in PDUs, URIs and store
+    /// keys. [`FromStr`] reads it back.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
 }
 
 impl fmt::Debug for InstallationId {
@@ -125,10 +133,47 @@ impl fmt::Debug for InstallationId {
     }
 }
 
+/// Lowercase hex, as [`InstallationId::to_hex`].
 impl fmt::Display for InstallationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex(&self.0))
+        f.write_str(&self.to_hex())
     }
+}
+
+/// Parses the hex form: exactly 32 hex digits, lower- or uppercase.
+impl FromStr for InstallationId {
+    type Err = ParseInstallationIdError;
+
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        let digits = text.as_bytes();
+        if digits.len() != 32 {
+            return Err(ParseInstallationIdError::Length(digits.len()));
+        }
+        let digit = |c: u8| {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+                .ok_or(ParseInstallationIdError::NotHex)
+        };
+        let mut bytes = [0u8; 16];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            for &c in pair {
+                *byte = *byte << 4 | digit(c)?;
+            }
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// Why a string is not an [`InstallationId`]: one is exactly 32 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseInstallationIdError {
+    /// The string is not 32 bytes long (it is this many).
+    #[error("an installation id is 32 hex digits, not {0} bytes")]
+    Length(usize),
+    /// A character is not a hex digit.
+    #[error("an installation id is 32 hex digits")]
+    NotHex,
 }
 
 /// The public, pinned identity of a remote installation: what a session is
@@ -232,7 +277,7 @@ impl InstallationIdentity {
         w.bytes(self.account.export().as_bytes())
             .raw(&self.installation_id.0)
             .u32(self.registration_id)
-            .bytes(crate::layers::mls::encode_signer(&self.mls_signer)?.as_bytes())
+            .bytes(encode_signer(&self.mls_signer)?.as_bytes())
             .bytes(&self.mls_binding);
         Ok(w.finish())
     }
@@ -243,7 +288,7 @@ impl InstallationIdentity {
         let account = AccountIdentity::import(r.bytes(1024)?)?;
         let installation_id = InstallationId(r.array()?);
         let registration_id = r.u32()?;
-        let mls_signer = crate::layers::mls::decode_signer(r.bytes(1024)?)?;
+        let mls_signer = decode_signer(r.bytes(1024)?)?;
         let mls_binding = r.bytes(128)?.to_vec();
         r.finish()?;
         Ok(Self {
@@ -266,6 +311,19 @@ impl fmt::Debug for InstallationIdentity {
             .field("mls_private_key", &"[redacted]")
             .finish()
     }
+}
+
+/// The MLS signer's TLS encoding (private key, public key, scheme): the
+/// only way openmls_basic_credential exposes the private key outside tests.
+pub(crate) fn encode_signer(s: &SignatureKeyPair) -> Result<SecretBytes> {
+    s.tls_serialize_detached()
+        .map(SecretBytes::new)
+        .map_err(|e| CascadeError::internal("MLS", format!("{e:?}")))
+}
+
+/// Reads back what [`encode_signer`] wrote.
+pub(crate) fn decode_signer(bytes: &[u8]) -> Result<SignatureKeyPair> {
+    SignatureKeyPair::tls_deserialize_exact(bytes).map_err(|_| CascadeError::CorruptState("MLS signature key"))
 }
 
 fn mls_binding_parts<'a>(
@@ -360,4 +418,56 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installation_ids_round_trip_through_hex() {
+        let id = InstallationId::from_bytes([
+            0x00, 0x01, 0x7f, 0x80, 0xab, 0xcd, 0xef, 0xff, 9, 10, 11, 12, 13, 14, 15, 16,
+        ]);
+        let text = id.to_hex();
+        assert_eq!(text, "00017f80abcdefff090a0b0c0d0e0f10");
+        assert_eq!(id.to_string(), text);
+        assert_eq!(text.parse::<InstallationId>(), Ok(id));
+        assert_eq!(text.to_uppercase().parse::<InstallationId>(), Ok(id));
+        let random = InstallationId::generate(&mut rand::rng());
+        assert_eq!(random.to_hex().parse::<InstallationId>(), Ok(random));
+    }
+
+    #[test]
+    fn installation_ids_of_the_wrong_length_are_refused() {
+        for text in ["", "00", &"0".repeat(31), &"0".repeat(33), &"0".repeat(64)] {
+            assert_eq!(
+                text.parse::<InstallationId>(),
+                Err(ParseInstallationIdError::Length(text.len())),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn installation_ids_with_other_characters_are_refused() {
+        let good = "00112233445566778899aabbccddeeff";
+        for bad in [
+            good.replace('f', "g"),
+            good.replacen('0', " ", 1),
+            format!("+{}", &good[1..]),
+            format!("0x{}", &good[2..]),
+            format!("{}é", &good[..30]),
+        ] {
+            assert_eq!(
+                bad.parse::<InstallationId>(),
+                Err(ParseInstallationIdError::NotHex),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            ParseInstallationIdError::NotHex.to_string(),
+            "an installation id is 32 hex digits"
+        );
+    }
 }

@@ -166,7 +166,7 @@ mod secret;
 
 pub use cascade::{Cascade, FrozenStopwatch, MonotonicStopwatch, Stopwatch};
 pub use error::{CascadeError, ErrorClass, Result};
-pub use identity::{AccountIdentity, InstallationId, InstallationIdentity, PeerIdentity};
+pub use identity::{AccountIdentity, InstallationId, InstallationIdentity, ParseInstallationIdError, PeerIdentity};
 pub use layer::{Contribution, Layer, LayerContext, LayerInfo, Sealed};
 pub use layers::aes::AesGcmLayer;
 pub use layers::mlkem::{KemKeyPair, MlKemLayer, SignedKemKey};

@@ -68,31 +68,25 @@ impl PairCascade {
 
     /// Encrypts `plaintext` at `now_ms` (Unix milliseconds).
     pub fn encrypt(&mut self, plaintext: &[u8], now_ms: u64, rng: &mut dyn CryptoRng) -> Result<CascadedPayload> {
-        let (local, remote) = (self.local, self.remote);
-        let stopwatch = &*self.stopwatch;
-        let mut layers: [&mut dyn Layer; 4] = [&mut self.mls, &mut self.signal, &mut self.kem, &mut self.aes];
-        Composition {
-            layers: &mut layers,
-            local,
-            remote,
-            stopwatch,
-        }
-        .encrypt(plaintext, now_ms, rng)
+        self.compose(|c| c.encrypt(plaintext, now_ms, rng))
     }
 
     /// Decrypts a payload from the remote installation; on error nothing
     /// changes.
     pub fn decrypt(&mut self, payload: &CascadedPayload, rng: &mut dyn CryptoRng) -> Result<Vec<u8>> {
-        let (local, remote) = (self.local, self.remote);
-        let stopwatch = &*self.stopwatch;
+        self.compose(|c| c.decrypt(payload, rng))
+    }
+
+    /// Runs `run` on the four layers, in cascade order, as one
+    /// [`Composition`].
+    fn compose<R>(&mut self, run: impl FnOnce(&mut Composition<'_, '_>) -> R) -> R {
         let mut layers: [&mut dyn Layer; 4] = [&mut self.mls, &mut self.signal, &mut self.kem, &mut self.aes];
-        Composition {
+        run(&mut Composition {
             layers: &mut layers,
-            local,
-            remote,
-            stopwatch,
-        }
-        .decrypt(payload, rng)
+            local: self.local,
+            remote: self.remote,
+            stopwatch: &*self.stopwatch,
+        })
     }
 
     /// The MLS layer, read-only (group id, epoch).

@@ -91,11 +91,7 @@ impl InstallationPreKeys {
     /// stops verifying, so the owner renews before. Read from the package
     /// itself, checked as a peer would check it.
     pub fn key_package_not_after_s(&self, local: &InstallationIdentity) -> Result<u64> {
-        let own = PeerIdentity {
-            identity_key: *local.account().identity_key(),
-            installation_id: local.installation_id(),
-        };
-        Ok(crate::layers::mls::verify_key_package(&self.key_package, &own)?.not_after_s())
+        Ok(crate::layers::mls::verify_key_package(&self.key_package, &local.peer_identity())?.not_after_s())
     }
 
     /// The signed public ML-KEM key (in the bundle; also the responder's

@@ -448,10 +448,6 @@ fn installation() -> strata_cascade::InstallationIdentity {
         .unwrap()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -463,10 +459,7 @@ pub fn peer_key_packages_are_checked_keyed_and_consumed<H: Harness>(h: &mut H) {
     use strata_cascade::{KeyPackageKind, MlsLayer};
     let store = Store::open(h.fresh(), key()).unwrap();
     let (alice, bob, carol) = (installation(), installation(), installation());
-    let (bob_hex, carol_hex) = (
-        hex(bob.installation_id().as_bytes()),
-        hex(carol.installation_id().as_bytes()),
-    );
+    let (bob_hex, carol_hex) = (bob.installation_id().to_hex(), carol.installation_id().to_hex());
     let mut bob_mls = MlsLayer::new(&bob, alice.peer_identity()).unwrap();
     let short = bob_mls.key_package(KeyPackageKind::OneTime, 3600).unwrap();
     let long = bob_mls.key_package(KeyPackageKind::OneTime, 7200).unwrap();
@@ -506,7 +499,7 @@ pub fn peer_key_packages_are_checked_keyed_and_consumed<H: Harness>(h: &mut H) {
     // then the last-resort one; then none.
     let mut order = Vec::new();
     while let Some(p) = store.write(|w| w.take_peer_key_package(&bob_hex, now)).unwrap() {
-        order.push(p.bytes);
+        order.push(p.key_package.bytes);
     }
     assert_eq!(order, [short.clone(), long, last]);
     assert_eq!(stored(&store, &bob_hex), 0);

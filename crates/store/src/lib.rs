@@ -102,14 +102,17 @@ pub mod pool;
 pub mod records;
 pub mod redb_backend;
 pub mod schema;
+mod sealing;
 mod store;
 
 pub use error::StoreError;
 pub use kv::{Backend, Table};
 pub use memory::MemoryBackend;
-pub use peer_key_packages::PeerKeyPackage;
 pub use pool::{Claim, LowKeyPackages, PoolStatus, PooledKeyPackage};
-pub use records::{Accepted, Contact, IdentityCheck, IncomingMessage, KeyChange, OutgoingMessage};
+pub use records::{
+    Accepted, Contact, IdentityCheck, IncomingMessage, KeyChange, OutgoingMessage, PeerKeyPackage, StoredKeyPackage,
+};
 pub use redb_backend::RedbBackend;
 pub use schema::SCHEMA_VERSION;
-pub use store::{KeySource, Reader, Store, Writer, load_or_create_key_file};
+pub use sealing::{KeySource, load_or_create_key_file};
+pub use store::{Reader, Store, Writer};

@@ -12,57 +12,15 @@
 //! - each use consumes one package ([`Writer::take_peer_key_package`]):
 //!   one-time packages first, soonest-expiring first.
 
-use serde::{Deserialize, Serialize};
-use strata_cascade::{PeerIdentity, VerifiedKeyPackage, verify_key_package};
+use strata_cascade::{PeerIdentity, verify_key_package};
 
 use crate::error::StoreError;
 use crate::kv::Table;
-use crate::records::b64;
+use crate::records::PeerKeyPackage;
 use crate::store::{Writer, peer_key};
-
-/// A peer's KeyPackage, as stored after its check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerKeyPackage {
-    /// The peer installation (lower-case hex), the one it was checked
-    /// against.
-    pub installation_id: String,
-    /// Its RFC 9420 `KeyPackageRef`.
-    #[serde(with = "b64")]
-    pub key_ref: Vec<u8>,
-    /// Its HPKE `init_key`.
-    #[serde(with = "b64")]
-    pub init_key: Vec<u8>,
-    /// End of its lifetime, Unix seconds.
-    pub not_after_s: u64,
-    /// Whether the peer marked it last-resort.
-    pub last_resort: bool,
-    /// The serialized KeyPackage (`MLSMessage`), as received.
-    #[serde(with = "b64")]
-    pub bytes: Vec<u8>,
-}
-
-/// The store's form of an installation id: lower-case hex, as sessions key
-/// their rows.
-pub(crate) fn installation_hex(id: strata_cascade::InstallationId) -> String {
-    id.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-impl From<&VerifiedKeyPackage> for PeerKeyPackage {
-    fn from(kp: &VerifiedKeyPackage) -> Self {
-        Self {
-            installation_id: installation_hex(kp.installation_id()),
-            key_ref: kp.key_ref().to_vec(),
-            init_key: kp.init_key().to_vec(),
-            not_after_s: kp.not_after_s(),
-            last_resort: kp.last_resort(),
-            bytes: kp.bytes().to_vec(),
-        }
-    }
 }
 
 impl Writer<'_> {
@@ -79,14 +37,15 @@ impl Writer<'_> {
         let verified =
             verify_key_package(bytes, peer).map_err(|e| StoreError::KeyPackageRejected { reason: e.to_string() })?;
         let package = PeerKeyPackage::from(&verified);
-        if package.not_after_s < now_s {
+        let new = &package.key_package;
+        if new.not_after_s < now_s {
             return Err(StoreError::KeyPackageRejected {
                 reason: "expired".into(),
             });
         }
-        let key = peer_key(&package.installation_id, &hex(&package.key_ref))?;
+        let key = peer_key(&package.installation_id, &hex(&new.key_ref))?;
         for other in self.peer_key_packages(&package.installation_id)? {
-            if other.init_key == package.init_key && other.key_ref != package.key_ref {
+            if other.key_package.init_key == new.init_key && other.key_package.key_ref != new.key_ref {
                 return Err(StoreError::KeyPackageRejected {
                     reason: "init_key repeated across the peer's KeyPackages".into(),
                 });
@@ -102,14 +61,17 @@ impl Writer<'_> {
     pub fn take_peer_key_package(&mut self, peer: &str, now_s: u64) -> Result<Option<PeerKeyPackage>, StoreError> {
         let mut usable = Vec::new();
         for package in self.peer_key_packages(peer)? {
-            let key = peer_key(peer, &hex(&package.key_ref))?;
-            if package.not_after_s < now_s {
+            let key = peer_key(peer, &hex(&package.key_package.key_ref))?;
+            if package.key_package.not_after_s < now_s {
                 self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
             } else {
                 usable.push((key, package));
             }
         }
-        let Some((key, package)) = usable.into_iter().min_by_key(|(_, p)| (p.last_resort, p.not_after_s)) else {
+        let Some((key, package)) = usable
+            .into_iter()
+            .min_by_key(|(_, p)| (p.key_package.last_resort, p.key_package.not_after_s))
+        else {
             return Ok(None);
         };
         self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
@@ -124,7 +86,7 @@ impl Writer<'_> {
             let package: PeerKeyPackage = self
                 .record(Table::PeerKeyPackages, &key)?
                 .ok_or_else(|| StoreError::Misuse("KeyPackage vanished mid-transaction".into()))?;
-            if package.not_after_s < now_s {
+            if package.key_package.not_after_s < now_s {
                 self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
                 expired += 1;
             }

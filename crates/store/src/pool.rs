@@ -20,11 +20,9 @@
 //! Only the tests fill and claim this pool today: the node does not draw
 //! its KeyPackages from it yet (planned, issue #16).
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::StoreError;
 use crate::kv::Table;
-use crate::records::b64;
+use crate::records::StoredKeyPackage;
 use crate::store::Writer;
 
 /// Row prefixes inside [`Table::KeyPackages`].
@@ -33,24 +31,9 @@ const INIT_KEY: u8 = b'i';
 const LAST_RESORT: &[u8] = b"r";
 const LAST_RESORT_USED: &[u8] = b"u";
 
-/// A KeyPackage of ours, with what the pool needs to know of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PooledKeyPackage {
-    /// The KeyPackage's hash reference (RFC 9420 `KeyPackageRef`).
-    #[serde(with = "b64")]
-    pub key_ref: Vec<u8>,
-    /// Its HPKE `init_key`, unique across the pool.
-    #[serde(with = "b64")]
-    pub init_key: Vec<u8>,
-    /// End of its lifetime, Unix seconds.
-    pub not_after_s: u64,
-    /// Whether it is the reusable last-resort package.
-    pub last_resort: bool,
-    /// The TLS-serialized KeyPackage, as handed out.
-    #[serde(with = "b64")]
-    pub bytes: Vec<u8>,
-}
+/// A KeyPackage of ours in the pool; its `init_key` is unique across the
+/// pool.
+pub type PooledKeyPackage = StoredKeyPackage;
 
 /// Raised when a claim leaves fewer one-time packages than the threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! version and a migration.
 
 use serde::{Deserialize, Serialize};
+use strata_cascade::VerifiedKeyPackage;
 
 /// Serde helpers: byte fields as standard base64.
 pub(crate) mod b64 {
@@ -161,4 +162,59 @@ pub enum Accepted {
     /// Seen before; nothing was written. Acknowledge it again (the first ack
     /// may have been lost) but do not deliver it twice.
     Duplicate,
+}
+
+/// A KeyPackage as the store keeps it, ours in the pool or a peer's
+/// ([`PeerKeyPackage`]): its public bytes and what the rules need to know
+/// of it. Its private keys
+/// live in the MLS state of the layer that made it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredKeyPackage {
+    /// Its RFC 9420 `KeyPackageRef`.
+    #[serde(with = "b64")]
+    pub key_ref: Vec<u8>,
+    /// Its HPKE `init_key`, unique among the packages of one owner.
+    #[serde(with = "b64")]
+    pub init_key: Vec<u8>,
+    /// End of its lifetime, Unix seconds.
+    pub not_after_s: u64,
+    /// Whether it is its owner's reusable last-resort package.
+    pub last_resort: bool,
+    /// The serialized KeyPackage (`MLSMessage`), as handed out or received.
+    #[serde(with = "b64")]
+    pub bytes: Vec<u8>,
+}
+
+impl From<&VerifiedKeyPackage> for StoredKeyPackage {
+    fn from(kp: &VerifiedKeyPackage) -> Self {
+        Self {
+            key_ref: kp.key_ref().to_vec(),
+            init_key: kp.init_key().to_vec(),
+            not_after_s: kp.not_after_s(),
+            last_resort: kp.last_resort(),
+            bytes: kp.bytes().to_vec(),
+        }
+    }
+}
+
+/// A peer's KeyPackage, as stored after its check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerKeyPackage {
+    /// The peer installation (lower-case hex), the one it was checked
+    /// against.
+    pub installation_id: String,
+    /// The package; its `init_key` is unique among the peer's packages.
+    #[serde(flatten)]
+    pub key_package: StoredKeyPackage,
+}
+
+impl From<&VerifiedKeyPackage> for PeerKeyPackage {
+    fn from(kp: &VerifiedKeyPackage) -> Self {
+        Self {
+            installation_id: kp.installation_id().to_hex(),
+            key_package: kp.into(),
+        }
+    }
 }

@@ -11,7 +11,7 @@ use strata_cascade::at_rest::{KdfParams, StorageKey};
 
 use crate::error::StoreError;
 use crate::kv::{Backend, Table, WriteTx};
-use crate::store::{KeySource, open_sealed, put_sealed};
+use crate::sealing::{KeySource, open_sealed, put_sealed};
 
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -1,66 +1,15 @@
 //! [`Store`]: sealed, typed records over a [`Backend`], and the atomicity
 //! rules as single methods (one method, one transaction).
 
-use std::fs;
-use std::io::Write as _;
-use std::path::Path;
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use strata_cascade::at_rest::{KdfParams, StorageKey};
+use strata_cascade::at_rest::StorageKey;
 
 use crate::error::StoreError;
 use crate::kv::{Backend, ReadTx, Table, WriteTx};
-use crate::records::{Accepted, Contact, IdentityCheck, IncomingMessage, KeyChange, OutgoingMessage};
+use crate::records::{Accepted, Contact, IdentityCheck, IncomingMessage, KeyChange, OutgoingMessage, PeerKeyPackage};
 use crate::schema::{self, SCHEMA_VERSION};
-
-/// How the storage key is obtained.
-pub enum KeySource<'a> {
-    /// Derive it from a passphrase with Argon2id. The salt and the cost are
-    /// stored in the database when it is created.
-    Passphrase {
-        /// The passphrase.
-        passphrase: &'a [u8],
-        /// Argon2id cost for a new database (an existing one keeps its own).
-        params: KdfParams,
-    },
-    /// Use this key (e.g. from [`load_or_create_key_file`]).
-    Key(StorageKey),
-}
-
-/// Reads the 32-byte storage key from `path`, or creates the file with a
-/// fresh key and mode 0600. Refuses a key file that others can read.
-pub fn load_or_create_key_file(path: &Path) -> Result<StorageKey, StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-
-    match fs::metadata(path) {
-        Ok(meta) => {
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(StoreError::KeyFile(format!(
-                    "{} is readable by others (mode {:o}); chmod 600 it",
-                    path.display(),
-                    meta.permissions().mode() & 0o777
-                )));
-            }
-            let bytes = zeroize::Zeroizing::new(fs::read(path).map_err(|e| StoreError::KeyFile(e.to_string()))?);
-            StorageKey::from_bytes(&bytes).map_err(|e| StoreError::KeyFile(e.to_string()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = StorageKey::generate(&mut rand::rng());
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| StoreError::KeyFile(e.to_string()))?;
-            file.write_all(key.expose_bytes())
-                .map_err(|e| StoreError::KeyFile(e.to_string()))?;
-            file.sync_all().map_err(|e| StoreError::KeyFile(e.to_string()))?;
-            Ok(key)
-        }
-        Err(e) => Err(StoreError::KeyFile(e.to_string())),
-    }
-}
+use crate::sealing::{KeySource, open_sealed, open_value, put_sealed};
 
 /// Durable, sealed state of one installation.
 pub struct Store<B: Backend> {
@@ -108,46 +57,6 @@ pub(crate) fn peer_key(peer: &str, rest: &str) -> Result<Vec<u8>, StoreError> {
     key.extend_from_slice(peer.as_bytes());
     key.extend_from_slice(rest.as_bytes());
     Ok(key)
-}
-
-/// The slot a sealed value belongs to: sealing binds it, so a value copied
-/// into another row fails to open.
-fn slot(table: Table, key: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(table.name().len() + 1 + key.len());
-    aad.extend_from_slice(table.name().as_bytes());
-    aad.push(0);
-    aad.extend_from_slice(key);
-    aad
-}
-
-pub(crate) fn open_sealed(
-    tx: &dyn ReadTx,
-    key: &StorageKey,
-    table: Table,
-    k: &[u8],
-) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
-    let Some(sealed) = tx.get(table, k)? else {
-        return Ok(None);
-    };
-    key.open(&slot(table, k), &sealed)
-        .map(Some)
-        .map_err(|_| StoreError::Corrupt {
-            table: table.name(),
-            reason: "value failed to authenticate".into(),
-        })
-}
-
-pub(crate) fn put_sealed(
-    tx: &mut dyn WriteTx,
-    key: &StorageKey,
-    table: Table,
-    k: &[u8],
-    plaintext: &[u8],
-) -> Result<(), StoreError> {
-    let sealed = key
-        .seal(&slot(table, k), plaintext, &mut rand::rng())
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
-    tx.put(table, k, &sealed)
 }
 
 fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T, StoreError> {
@@ -246,7 +155,7 @@ macro_rules! reads {
 
             /// The stored KeyPackages of installation `peer` (hex), expired
             /// ones included (they are deleted by the writers).
-            pub fn peer_key_packages(&self, peer: &str) -> Result<Vec<crate::PeerKeyPackage>, StoreError> {
+            pub fn peer_key_packages(&self, peer: &str) -> Result<Vec<PeerKeyPackage>, StoreError> {
                 self.scan_records(Table::PeerKeyPackages, &peer_key(peer, "")?)
             }
 
@@ -261,13 +170,7 @@ macro_rules! reads {
             fn scan_records<T: DeserializeOwned>(&self, table: Table, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
                 let mut out = Vec::new();
                 for (k, sealed) in self.tx.scan(table, prefix, usize::MAX)? {
-                    let bytes = self
-                        .key
-                        .open(&slot(table, &k), &sealed)
-                        .map_err(|_| StoreError::Corrupt {
-                            table: table.name(),
-                            reason: "value failed to authenticate".into(),
-                        })?;
+                    let bytes = open_value(self.key, table, &k, &sealed)?;
                     out.push(decode(table, &bytes)?);
                 }
                 Ok(out)
@@ -409,13 +312,7 @@ impl Writer<'_> {
         frames: Vec<Vec<u8>>,
         layer_state: &[u8],
     ) -> Result<(), StoreError> {
-        let k = peer_key(peer, message_id)?;
-        let mut message: OutgoingMessage = self
-            .record(Table::Outbox, &k)?
-            .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
-        message.frames = frames;
-        self.put_record(Table::Outbox, &k, &message)?;
-        self.set_layer_state(peer, layer_state)
+        self.record_encrypted_batch(peer, vec![(message_id.to_owned(), frames)], layer_state)
     }
 
     /// Rule 1 for a burst: several queued messages to `peer`, encrypted one
@@ -430,25 +327,34 @@ impl Writer<'_> {
         layer_state: &[u8],
     ) -> Result<(), StoreError> {
         for (message_id, frames) in messages {
-            let k = peer_key(peer, &message_id)?;
-            let mut message: OutgoingMessage = self
-                .record(Table::Outbox, &k)?
-                .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
-            message.frames = frames;
-            self.put_record(Table::Outbox, &k, &message)?;
+            self.update_queued(peer, &message_id, |message| message.frames = frames)?;
         }
         self.set_layer_state(peer, layer_state)
     }
 
     /// Counts one more transmission of a queued message.
     pub fn record_attempt(&mut self, peer: &str, message_id: &str) -> Result<u32, StoreError> {
+        let message = self.update_queued(peer, message_id, |message| {
+            message.attempts = message.attempts.saturating_add(1);
+        })?;
+        Ok(message.attempts)
+    }
+
+    /// Applies `change` to the queued message `message_id` to `peer` and
+    /// stores it; refuses a message that is not queued.
+    fn update_queued(
+        &mut self,
+        peer: &str,
+        message_id: &str,
+        change: impl FnOnce(&mut OutgoingMessage),
+    ) -> Result<OutgoingMessage, StoreError> {
         let k = peer_key(peer, message_id)?;
         let mut message: OutgoingMessage = self
             .record(Table::Outbox, &k)?
             .ok_or_else(|| StoreError::Misuse(format!("message {message_id} is not queued")))?;
-        message.attempts = message.attempts.saturating_add(1);
+        change(&mut message);
         self.put_record(Table::Outbox, &k, &message)?;
-        Ok(message.attempts)
+        Ok(message)
     }
 
     /// Rule: a message leaves the outbox only when the peer acknowledges it.

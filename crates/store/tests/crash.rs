@@ -301,9 +301,9 @@ fn claim(alice: &mut Side, bob: &mut Side, maker: &mut MlsLayer, alice_identity:
         .store
         .write(|w| w.receive_peer_key_package(alice_identity, &claim.package.bytes, now_s))
         .unwrap();
-    report(&format!("G {}", hex::encode(&stored.key_ref)));
+    report(&format!("G {}", hex::encode(&stored.key_package.key_ref)));
     if let Some(used) = bob.store.write(|w| w.take_peer_key_package(&bob.peer, now_s)).unwrap() {
-        report(&format!("U {}", hex::encode(&used.key_ref)));
+        report(&format!("U {}", hex::encode(&used.key_package.key_ref)));
     }
 }
 
@@ -520,7 +520,7 @@ fn check(dir: &Path, a_hex: &str, b_hex: &str, ledger: &mut Ledger, run: &Run, r
         .read(|r| r.peer_key_packages(a_hex))
         .unwrap()
         .iter()
-        .map(|p| hex::encode(&p.key_ref))
+        .map(|p| hex::encode(&p.key_package.key_ref))
         .collect();
     // The one commit a kill can leave unreported may explain one surprise
     // (a take or a store that happened but was not reported); a run that

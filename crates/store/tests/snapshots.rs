@@ -83,11 +83,13 @@ fn pooled_key_package_encoding() {
 fn peer_key_package_encoding() {
     let p = strata_store::PeerKeyPackage {
         installation_id: "0a0b".into(),
-        key_ref: vec![1, 2],
-        init_key: vec![3, 4],
-        not_after_s: 1_800_000_000,
-        last_resort: false,
-        bytes: vec![5],
+        key_package: strata_store::StoredKeyPackage {
+            key_ref: vec![1, 2],
+            init_key: vec![3, 4],
+            not_after_s: 1_800_000_000,
+            last_resort: false,
+            bytes: vec![5],
+        },
     };
     let json = serde_json::to_string(&p).unwrap();
     assert_eq!(

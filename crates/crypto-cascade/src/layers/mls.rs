@@ -15,8 +15,8 @@ use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _, VLBytes};
 use openmls::prelude::{
     BasicCredential, Capabilities, CredentialWithKey, ExtensionType, GroupId, KeyPackage, KeyPackageIn,
     LeafNodeParameters, Lifetime, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, ProcessMessageError, ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender,
-    SenderRatchetConfiguration, StagedWelcome, ValidationError,
+    MlsMessageOut, ProcessMessageError, ProcessedMessage, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
+    Sender, SenderRatchetConfiguration, StagedWelcome, ValidationError,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -27,7 +27,7 @@ use strata_proto::{LayerParameters, ParamValue};
 
 use crate::codec::{Reader, Writer};
 use crate::error::{CascadeError, Result};
-use crate::identity::{InstallationIdentity, MLS_CIPHERSUITE, MlsBinding, PeerIdentity};
+use crate::identity::{InstallationIdentity, MLS_CIPHERSUITE, MlsBinding, PeerIdentity, decode_signer, encode_signer};
 use crate::layer::{Contribution, Layer, LayerContext, LayerInfo, Sealed};
 use crate::schedule::{MAX_FORWARD_GAP, MAX_SKIPPED_KEYS};
 use crate::secret::{Secret32, SecretBytes};
@@ -58,6 +58,12 @@ pub enum KeyPackageKind {
     LastResort,
 }
 
+/// What a call that needs the pair's group answers before there is one.
+const NO_GROUP: CascadeError = CascadeError::NotReady {
+    layer: MLS_ALGORITHM,
+    why: "no group",
+};
+
 fn internal(e: impl fmt::Debug) -> CascadeError {
     CascadeError::internal(MLS_ALGORITHM, format!("{e:?}"))
 }
@@ -73,16 +79,6 @@ fn join_config() -> MlsGroupJoinConfig {
         .use_ratchet_tree_extension(true)
         .sender_ratchet_configuration(sender_ratchet())
         .build()
-}
-
-/// The signer's TLS encoding (private key, public key, scheme): the only
-/// way openmls_basic_credential exposes the private key outside tests.
-pub(crate) fn encode_signer(s: &SignatureKeyPair) -> Result<SecretBytes> {
-    s.tls_serialize_detached().map(SecretBytes::new).map_err(internal)
-}
-
-pub(crate) fn decode_signer(bytes: &[u8]) -> Result<SignatureKeyPair> {
-    SignatureKeyPair::tls_deserialize_exact(bytes).map_err(|_| CascadeError::CorruptState("MLS signature key"))
 }
 
 fn clone_signer(s: &SignatureKeyPair) -> Result<SignatureKeyPair> {
@@ -384,10 +380,7 @@ impl MlsLayer {
     /// who must process it ([`MlsLayer::process_commit`]) before it can read
     /// messages of the new epoch.
     pub fn self_update(&mut self) -> Result<Vec<u8>> {
-        let group = self.group.as_mut().ok_or(CascadeError::NotReady {
-            layer: MLS_ALGORITHM,
-            why: "no group",
-        })?;
+        let group = self.group.as_mut().ok_or(NO_GROUP)?;
         let bundle = group
             .self_update(&self.provider, &self.signer, LeafNodeParameters::default())
             .map_err(internal)?;
@@ -420,20 +413,7 @@ impl MlsLayer {
     }
 
     fn process_commit_inner(&mut self, message: ProtocolMessage) -> Result<u64> {
-        let group = self.group.as_mut().ok_or(CascadeError::NotReady {
-            layer: MLS_ALGORITHM,
-            why: "no group",
-        })?;
-        let own = group.own_leaf_index();
-        let processed = group
-            .process_message(&self.provider, message)
-            .map_err(map_process_error)?;
-        if !matches!(processed.sender(), Sender::Member(i) if *i != own) {
-            return Err(CascadeError::PeerProtocol {
-                layer: MLS_ALGORITHM,
-                detail: "commit not from the peer's leaf".into(),
-            });
-        }
+        let processed = self.process_from_peer(message, "commit")?;
         let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
             return Err(CascadeError::Malformed {
                 what: "MLS message is not a commit",
@@ -454,19 +434,30 @@ impl MlsLayer {
             let (credential, key) = (leaf.credential().clone(), leaf.signature_key().as_slice().to_vec());
             self.check_member(credential, &key)?;
         }
-        let group = self.group.as_mut().ok_or(CascadeError::NotReady {
-            layer: MLS_ALGORITHM,
-            why: "no group",
-        })?;
+        let group = self.group.as_mut().ok_or(NO_GROUP)?;
         group.merge_staged_commit(&self.provider, *staged).map_err(internal)?;
         Ok(group.epoch().as_u64())
     }
 
+    /// Processes `message` in the group, and refuses it unless the peer's
+    /// leaf sent it (`what` names it in the error).
+    fn process_from_peer(&mut self, message: ProtocolMessage, what: &str) -> Result<ProcessedMessage> {
+        let group = self.group.as_mut().ok_or(NO_GROUP)?;
+        let own = group.own_leaf_index();
+        let processed = group
+            .process_message(&self.provider, message)
+            .map_err(map_process_error)?;
+        if !matches!(processed.sender(), Sender::Member(i) if *i != own) {
+            return Err(CascadeError::PeerProtocol {
+                layer: MLS_ALGORITHM,
+                detail: format!("{what} not from the peer's leaf"),
+            });
+        }
+        Ok(processed)
+    }
+
     fn group(&self) -> Result<&MlsGroup> {
-        self.group.as_ref().ok_or(CascadeError::NotReady {
-            layer: MLS_ALGORITHM,
-            why: "no group",
-        })
+        self.group.as_ref().ok_or(NO_GROUP)
     }
 
     /// The exporter secret of the current epoch (cached per epoch).
@@ -714,10 +705,7 @@ impl Layer for MlsLayer {
     fn seal(&mut self, input: &[u8], _ctx: &mut LayerContext<'_>) -> Result<Sealed> {
         let (epoch, secret) = self.exporter_secret()?;
         self.take_snapshot()?;
-        let group = self.group.as_mut().ok_or(CascadeError::NotReady {
-            layer: MLS_ALGORITHM,
-            why: "no group",
-        })?;
+        let group = self.group.as_mut().ok_or(NO_GROUP)?;
         let message = group
             .create_message(&self.provider, &self.signer, input)
             .map_err(internal)?;
@@ -762,24 +750,7 @@ impl Layer for MlsLayer {
             });
         }
         self.take_snapshot()?;
-        let group = self.group.as_mut().ok_or(CascadeError::NotReady {
-            layer: MLS_ALGORITHM,
-            why: "no group",
-        })?;
-        let own = group.own_leaf_index();
-        let processed = group
-            .process_message(&self.provider, message)
-            .map_err(map_process_error)?;
-        match processed.sender() {
-            Sender::Member(i) if *i != own => {}
-            _ => {
-                return Err(CascadeError::PeerProtocol {
-                    layer: MLS_ALGORITHM,
-                    detail: "message not from the peer's leaf".into(),
-                });
-            }
-        }
-        match processed.into_content() {
+        match self.process_from_peer(message, "message")?.into_content() {
             ProcessedMessageContent::ApplicationMessage(m) => Ok(m.into_bytes()),
             _ => Err(CascadeError::PeerProtocol {
                 layer: MLS_ALGORITHM,

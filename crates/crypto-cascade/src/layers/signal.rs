@@ -461,15 +461,7 @@ impl SignalLayer {
         }
         let mut overlay = Overlay::default();
         {
-            let mut session = SessionView {
-                base: self.session.as_ref(),
-                overlay: &mut overlay.session,
-            };
-            let mut identity = IdentityView {
-                layer_identity: &self.identity,
-                registration_id: self.registration_id,
-                peer: &self.peer,
-            };
+            let (mut session, mut identity) = self.session_views(&mut overlay.session);
             run_ready(process_prekey_bundle(
                 &self.address,
                 &mut session,
@@ -563,15 +555,7 @@ impl Layer for SignalLayer {
         let now = system_time(ctx.envelope.timestamp.unwrap_or(0));
         let mut overlay = Overlay::default();
         let message = {
-            let mut session = SessionView {
-                base: self.session.as_ref(),
-                overlay: &mut overlay.session,
-            };
-            let mut identity = IdentityView {
-                layer_identity: &self.identity,
-                registration_id: self.registration_id,
-                peer: &self.peer,
-            };
+            let (mut session, mut identity) = self.session_views(&mut overlay.session);
             let mut rng = ctx.rng();
             run_ready(message_encrypt(
                 input,
@@ -603,15 +587,7 @@ impl Layer for SignalLayer {
     fn open(&mut self, input: &[u8], params: &LayerParameters, ctx: &mut LayerContext<'_>) -> Result<Vec<u8>> {
         let mut overlay = Overlay::default();
         let plaintext = {
-            let mut session = SessionView {
-                base: self.session.as_ref(),
-                overlay: &mut overlay.session,
-            };
-            let mut identity = IdentityView {
-                layer_identity: &self.identity,
-                registration_id: self.registration_id,
-                peer: &self.peer,
-            };
+            let (mut session, mut identity) = self.session_views(&mut overlay.session);
             let mut rng = ctx.rng();
             match params.uint("type") {
                 Some(2) => {
@@ -711,6 +687,38 @@ impl Layer for SignalLayer {
 
 // ---- store views ---------------------------------------------------------
 
+impl SignalLayer {
+    /// The session and identity stores lent to libsignal for one message:
+    /// the session it writes goes to `overlay`.
+    fn session_views<'a>(&'a self, overlay: &'a mut Option<SessionRecord>) -> (SessionView<'a>, IdentityView<'a>) {
+        let session = SessionView {
+            base: self.session.as_ref(),
+            overlay,
+        };
+        let identity = IdentityView {
+            layer_identity: &self.identity,
+            registration_id: self.registration_id,
+            peer: &self.peer,
+        };
+        (session, identity)
+    }
+}
+
+/// A copy of pre-key record `id`, or `missing` when there is none.
+fn lend<R: Clone>(
+    records: &BTreeMap<u32, R>,
+    id: u32,
+    missing: SignalProtocolError,
+) -> std::result::Result<R, SignalProtocolError> {
+    records.get(&id).cloned().ok_or(missing)
+}
+
+/// The pre-key views only lend records: libsignal saves pre-keys when they
+/// are made, never while it decrypts.
+fn read_only(method: &'static str) -> SignalProtocolError {
+    SignalProtocolError::InvalidState(method, "not supported while decrypting".into())
+}
+
 struct SessionView<'a> {
     base: Option<&'a SessionRecord>,
     overlay: &'a mut Option<SessionRecord>,
@@ -793,7 +801,7 @@ impl PreKeyStore for PreKeyView<'_> {
         if self.removed.contains(&id) {
             return Err(SignalProtocolError::InvalidPreKeyId);
         }
-        self.base.get(&id).cloned().ok_or(SignalProtocolError::InvalidPreKeyId)
+        lend(self.base, id, SignalProtocolError::InvalidPreKeyId)
     }
 
     async fn save_pre_key(
@@ -801,10 +809,7 @@ impl PreKeyStore for PreKeyView<'_> {
         _id: PreKeyId,
         _record: &PreKeyRecord,
     ) -> std::result::Result<(), SignalProtocolError> {
-        Err(SignalProtocolError::InvalidState(
-            "save_pre_key",
-            "not supported while decrypting".into(),
-        ))
+        Err(read_only("save_pre_key"))
     }
 
     async fn remove_pre_key(&mut self, id: PreKeyId) -> std::result::Result<(), SignalProtocolError> {
@@ -823,10 +828,7 @@ impl SignedPreKeyStore for SignedPreKeyView<'_> {
         &self,
         id: SignedPreKeyId,
     ) -> std::result::Result<SignedPreKeyRecord, SignalProtocolError> {
-        self.base
-            .get(&u32::from(id))
-            .cloned()
-            .ok_or(SignalProtocolError::InvalidSignedPreKeyId)
+        lend(self.base, u32::from(id), SignalProtocolError::InvalidSignedPreKeyId)
     }
 
     async fn save_signed_pre_key(
@@ -834,10 +836,7 @@ impl SignedPreKeyStore for SignedPreKeyView<'_> {
         _id: SignedPreKeyId,
         _record: &SignedPreKeyRecord,
     ) -> std::result::Result<(), SignalProtocolError> {
-        Err(SignalProtocolError::InvalidState(
-            "save_signed_pre_key",
-            "not supported".into(),
-        ))
+        Err(read_only("save_signed_pre_key"))
     }
 }
 
@@ -856,10 +855,7 @@ impl KyberPreKeyStore for KyberView<'_> {
         &self,
         id: KyberPreKeyId,
     ) -> std::result::Result<KyberPreKeyRecord, SignalProtocolError> {
-        self.base
-            .get(&u32::from(id))
-            .cloned()
-            .ok_or(SignalProtocolError::InvalidKyberPreKeyId)
+        lend(self.base, u32::from(id), SignalProtocolError::InvalidKyberPreKeyId)
     }
 
     async fn save_kyber_pre_key(
@@ -867,10 +863,7 @@ impl KyberPreKeyStore for KyberView<'_> {
         _id: KyberPreKeyId,
         _record: &KyberPreKeyRecord,
     ) -> std::result::Result<(), SignalProtocolError> {
-        Err(SignalProtocolError::InvalidState(
-            "save_kyber_pre_key",
-            "not supported".into(),
-        ))
+        Err(read_only("save_kyber_pre_key"))
     }
 
     async fn mark_kyber_pre_key_used(
