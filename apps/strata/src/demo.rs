@@ -78,7 +78,7 @@ impl Node {
         store.write(|w| w.set_identity(exported.as_bytes()))?;
         let installation = Arc::new(InstallationIdentity::import(exported.as_bytes())?);
 
-        let addr = PeerAddr::new(hex::encode(local.installation_id().as_bytes()));
+        let addr = PeerAddr::new(local.installation_id().to_hex());
         let mut signaling = SignalingConfig::new(broker.ip().to_string(), broker.port());
         signaling.secure = false;
         let mut config = PeerJsConfig::new(addr.as_str(), signaling);

@@ -108,15 +108,6 @@ impl fmt::Debug for PeerId {
     }
 }
 
-/// Parses the hex form of an installation id.
-pub(crate) fn parse_installation(text: &str) -> std::result::Result<InstallationId, String> {
-    let bytes = hex::decode(text).map_err(|_| "an installation id is 32 hex digits".to_owned())?;
-    let bytes: [u8; 16] = bytes
-        .try_into()
-        .map_err(|_| "an installation id is 32 hex digits".to_owned())?;
-    Ok(InstallationId::from_bytes(bytes))
-}
-
 /// This installation's keys and the names derived from them.
 pub(crate) struct Local {
     installation: InstallationIdentity,
@@ -251,7 +242,7 @@ impl ContactUri {
             .split_once('/')
             .ok_or("a contact URI is strata:<peer id>/<installation id>")?;
         let peer_id = PeerId::parse(peer).map_err(|e| format!("bad peer id: {e}"))?;
-        let installation = parse_installation(installation)?;
+        let installation: InstallationId = installation.parse().map_err(|e| format!("{e}"))?;
         let mut broker = None;
         let mut addrs = Vec::new();
         for (key, value) in url.query_pairs() {
@@ -331,7 +322,7 @@ impl PeerRef {
         {
             return Ok(Self::PeerId(peer));
         }
-        if let Ok(installation) = parse_installation(text) {
+        if let Ok(installation) = text.parse::<InstallationId>() {
             return Ok(Self::Installation(installation));
         }
         if strata_transport_peerjs::protocol::is_valid_peer_id(text) {

@@ -55,7 +55,7 @@ fn a_file_transfer_resumes_after_either_side_restarts() {
 
         // Nothing of the file is left behind: no chunk in the inbox, no
         // part file, no manifest.
-        let alice_installation = hex::encode(alice.identity.installation_id().as_bytes());
+        let alice_installation = alice.identity.installation_id().to_hex();
         let inbox = bob.store().read(|r| r.inbox(&alice_installation)).unwrap();
         let chunks = inbox
             .iter()

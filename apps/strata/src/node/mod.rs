@@ -210,9 +210,9 @@ impl NodeSessions {
                         }
                     }
                 }
-                Ok(PeerAddr::new(hex::encode(uri.installation.as_bytes())))
+                Ok(PeerAddr::new(uri.installation.to_hex()))
             }
-            PeerRef::Installation(id) => Ok(PeerAddr::new(hex::encode(id.as_bytes()))),
+            PeerRef::Installation(id) => Ok(PeerAddr::new(id.to_hex())),
             PeerRef::PeerJsId(id) => Ok(PeerAddr::new(id)),
             PeerRef::PeerId(peer) => {
                 let contacts = self

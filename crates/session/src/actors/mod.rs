@@ -40,7 +40,6 @@ use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, Trans
 use tracing::Instrument as _;
 
 use crate::config::Config;
-use crate::crypto;
 use crate::durable::{self, Durable, SessionRecord};
 use crate::error::SessionError;
 use crate::files::Transfers;

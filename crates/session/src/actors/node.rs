@@ -263,7 +263,7 @@ fn stored_sessions(store: &dyn Durable) -> Result<BTreeMap<PeerAddr, strata_casc
         let Some(record) = record.and_then(|b| SessionRecord::from_bytes(&b).ok()) else {
             continue;
         };
-        if let (Some(address), Some(id)) = (record.address, crypto::parse_installation(&c.installation_id)) {
+        if let (Some(address), Some(id)) = (record.address, c.installation_id.parse().ok()) {
             out.insert(PeerAddr::new(address), id);
         }
     }
@@ -461,7 +461,7 @@ impl<T: Transport> Handler<ListPeers> for Node<T> {
         for (peer, installation) in &self.stored {
             let entry = out.entry(peer.clone()).or_default();
             if entry.installation.is_none() {
-                entry.installation = Some(hex::encode(installation.as_bytes()));
+                entry.installation = Some(installation.to_hex());
             }
         }
         for peer in self.sessions.keys() {
