@@ -191,3 +191,142 @@ fn only_the_cascade_touches_primitives() {
         "primitive crates outside strata-cascade: {violations:?}"
     );
 }
+
+// ---- module rules -------------------------------------------------------------
+
+/// The workspace root (this package is `tests/`).
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Every `.rs` file below `dir`, recursively.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The source folders whose modules the rules below read.
+fn source_dirs() -> Vec<std::path::PathBuf> {
+    let root = root();
+    let mut dirs: Vec<_> = std::fs::read_dir(root.join("crates"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("src"))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.push(root.join("apps/strata/src"));
+    dirs.sort();
+    dirs
+}
+
+/// A file's code without its comments and its trailing `#[cfg(test)]`
+/// module (tests may reach anywhere).
+fn code_of(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = text.split("\n#[cfg(test)]").next().unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The crate's top-level module `path` belongs to (`None` for the root).
+fn top_module(src: &std::path::Path, path: &std::path::Path) -> Option<String> {
+    let rel = path.strip_prefix(src).unwrap();
+    let first = rel.components().next()?.as_os_str().to_str()?.trim_end_matches(".rs");
+    (!matches!(first, "lib" | "main")).then(|| first.to_owned())
+}
+
+/// No two top-level modules of a crate import each other, directly or
+/// through others: the house has no circles (issue #15), so each module
+/// can be read, and moved, without the rest.
+#[test]
+fn no_module_circles_inside_a_crate() {
+    let mut circles = Vec::new();
+    for src in source_dirs() {
+        let files = rust_files(&src);
+        let modules: BTreeSet<String> = files.iter().filter_map(|f| top_module(&src, f)).collect();
+        let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for file in &files {
+            let Some(from) = top_module(&src, file) else { continue };
+            let code = code_of(file);
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name != from && modules.contains(&name) {
+                    edges.entry(from.clone()).or_default().insert(name);
+                }
+            }
+        }
+        // Depth-first search for a path back to the start.
+        for start in &modules {
+            let mut stack = vec![(start.clone(), vec![start.clone()])];
+            let mut seen = BTreeSet::new();
+            while let Some((at, path)) = stack.pop() {
+                for next in edges.get(&at).into_iter().flatten() {
+                    if next == start {
+                        let mut cycle = path.clone();
+                        cycle.push(start.clone());
+                        circles.push(format!("{}: {}", src.display(), cycle.join(" -> ")));
+                    } else if seen.insert(next.clone()) {
+                        let mut longer = path.clone();
+                        longer.push(next.clone());
+                        stack.push((next.clone(), longer));
+                    }
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "module circles:\n{}", circles.join("\n"));
+}
+
+/// One room per concern: no source file of the session crate or the app
+/// grows past 900 lines (issue #15); a larger one is split by concern.
+#[test]
+fn no_source_file_of_the_session_or_the_app_is_over_900_lines() {
+    let root = root();
+    let mut long = Vec::new();
+    for dir in ["crates/session/src", "apps/strata/src"] {
+        for file in rust_files(&root.join(dir)) {
+            let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+            if lines > 900 {
+                long.push(format!("{} ({lines} lines)", file.strip_prefix(&root).unwrap().display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "split these by concern: {long:?}");
+}
+
+/// The daemon's session layer (`apps/strata/src/node/`) waits on typed
+/// replies and events; the API's JSON events are made in `events.rs` and
+/// read by API clients only, never parsed back by the daemon.
+#[test]
+fn the_daemon_never_parses_its_own_event_json() {
+    let dir = root().join("apps/strata/src/node");
+    for file in rust_files(&dir) {
+        if file.ends_with("events.rs") {
+            continue;
+        }
+        let code = code_of(&file);
+        for forbidden in ["control::events::NodeEvent", "json::at", "events.subscribe("] {
+            assert!(
+                !code.contains(forbidden),
+                "{} reads the API's JSON events ({forbidden})",
+                file.display()
+            );
+        }
+    }
+}
