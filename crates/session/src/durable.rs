@@ -4,11 +4,23 @@
 //! that it acknowledges has committed, and a frame cannot leave before the
 //! ratchet step that produced it is on disk.
 //!
-//! The session's own record (`SessionRecord`) is kept, sealed, in the
-//! store's handshake table; the cascade state in its layer table.
+//! The persistence of a session lives here too: its record
+//! (`SessionRecord`, kept sealed in the store's handshake table, the
+//! cascade state beside it in the layer table), made from the machine's
+//! in-memory session and restored into it, and the pin of a first
+//! contact's key, written in the same transaction as the session it
+//! completed (see the crate docs, "TOFU").
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use strata_store::{Backend, Reader, Store, StoreError, Writer};
+use strata_cascade::{InstallationId, PairCascade};
+use strata_proto::{Pdu, PduType};
+use strata_store::{Backend, IdentityCheck, Reader, Store, StoreError, Writer};
+
+use crate::crypto;
+use crate::error::SessionError;
+use crate::machine::{Now, Retx, Session};
 
 /// Transactions on a store, object-safe so a machine can hold any backend.
 pub trait Durable {
@@ -125,6 +137,118 @@ impl SessionRecord {
             )));
         }
         serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+/// Pins a first contact's key inside a transaction: false (with the key
+/// recorded as offered) when another key is pinned already.
+pub(crate) fn pin_in(w: &mut Writer<'_>, peer: &str, pin: Option<&(Vec<u8>, u64)>) -> Result<bool, StoreError> {
+    match pin {
+        Some((key, at_ms)) => Ok(w.observe_identity(peer, key, *at_ms)? != IdentityCheck::Changed),
+        None => Ok(true),
+    }
+}
+
+/// Bytes as a record field: base64.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A record field back to bytes, if it is base64.
+fn unb64(field: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(field.as_bytes()).ok()
+}
+
+impl Session {
+    /// The session as persisted (the cascade state is stored apart).
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            version: SessionRecord::VERSION,
+            session_id: hex::encode(self.id),
+            initiator: self.initiator,
+            peer_identity_key: b64(&crypto::peer_identity_key(&self.peer)),
+            address: self.address.clone(),
+            replies: self
+                .replies
+                .iter()
+                .map(|(t, f)| (t.as_str().to_owned(), b64(f)))
+                .collect(),
+            pending_commit: self.pending_commit.as_ref().map(|r| b64(&r.frame)),
+            pending_rotation: self.pending_rotation.as_ref().map(|(_, r)| b64(&r.frame)),
+            kem_key_acked: self.kem_key_acked,
+            next_seq: self.next_seq,
+            last_kem_rotation_ms: self.last_kem_rotation_ms,
+            last_mls_update_ms: self.last_mls_update_ms,
+            peer_kem_key: self.peer_kem_key,
+        }
+    }
+
+    /// The session's record, encoded for the handshake table.
+    pub(crate) fn record_bytes(&self) -> Result<Vec<u8>, StoreError> {
+        self.record().to_bytes()
+    }
+
+    /// The stored session with `peer`, from its `record` and cascade state
+    /// (`layers`); refused when made with another key than `pinned_key`.
+    /// Its unanswered control PDUs go again as soon as the link is up,
+    /// then every `rto` (doubling).
+    pub(crate) fn restore(
+        record: &[u8],
+        layers: &[u8],
+        pinned_key: &[u8],
+        peer: Option<InstallationId>,
+        rto: Duration,
+        now: Now,
+    ) -> Result<Self, SessionError> {
+        let bad = || SessionError::Internal("corrupt session record".into());
+        let record = SessionRecord::from_bytes(record)?;
+        let peer_id = peer.ok_or_else(bad)?;
+        let key = unb64(&record.peer_identity_key).ok_or_else(bad)?;
+        if key != pinned_key {
+            return Err(SessionError::Misuse(
+                "session made with an identity key no longer pinned",
+            ));
+        }
+        let peer = crypto::peer_identity(&key, peer_id).ok_or_else(bad)?;
+        let id: [u8; 16] = hex::decode(&record.session_id)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(bad)?;
+        let cascade = PairCascade::import(layers)?;
+        let replies = record
+            .replies
+            .iter()
+            .filter_map(|(t, f)| Some((PduType::from_name(t)?, unb64(f)?)))
+            .collect();
+        let retx = |f: &Option<String>| -> Option<Retx> {
+            f.as_deref().and_then(unb64).map(|frame| Retx::due(frame, now.at, rto))
+        };
+        let pending_rotation = retx(&record.pending_rotation).and_then(|r| match Pdu::decode(&r.frame) {
+            Ok(Pdu::RotationTimestampBroadcast(b)) => Some((b.key_id, r)),
+            _ => None,
+        });
+        Ok(Self {
+            id,
+            initiator: record.initiator,
+            peer,
+            cascade,
+            confirmed: false,
+            probe: None,
+            replies,
+            pending_commit: retx(&record.pending_commit),
+            pending_rotation,
+            kem_key_acked: record.kem_key_acked,
+            next_seq: record.next_seq,
+            last_kem_rotation_ms: record.last_kem_rotation_ms,
+            last_mls_update_ms: record.last_mls_update_ms,
+            sent_since_kem: 0,
+            sent_since_mls: 0,
+            owe_kem_ack: None,
+            peer_kem_key: record.peer_kem_key,
+            address: record.address,
+        })
     }
 }
 

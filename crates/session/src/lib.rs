@@ -2,12 +2,16 @@
 //! Chat P3 handshake and the encrypted traffic after it, and the actix
 //! actors around it.
 //!
-//! - [`machine::PeerMachine`]: one per remote installation.
-//!   `handle(Input, Now)`, then `poll_output()` (frames to send, events)
-//!   and `poll_timeout()`. Time is passed in, randomness comes from a
-//!   ChaCha20 generator seeded by the caller, storage is a provider
+//! - [`machine::PeerMachine`]: one per remote installation (the pair
+//!   machine). `handle(Input, Now)`, then `poll_output()` (frames to send,
+//!   events) and `poll_timeout()`. Time is passed in, randomness comes from
+//!   a ChaCha20 generator seeded by the caller, storage is a provider
 //!   ([`Durable`], the store) used synchronously inside a step. It never
 //!   reads a clock, never does network I/O, never panics on peer input.
+//!   One type over several files, one `impl` block per concern (see
+//!   [Where to find what](#where-to-find-what)).
+//! - [`durable`]: storage as a provider, and the persistence of a session
+//!   (its record, restoring it, pinning a first contact's key).
 //! - [`actors`]: `Node` (the facade), `TransportActor<T: Transport>`, one
 //!   `PeerSession` per peer. Thin shells: they move frames, run timers,
 //!   stream files and publish events.
@@ -17,6 +21,29 @@
 //!
 //! This crate knows the `Transport` trait only, never a concrete transport,
 //! and it never sends a `message` PDU before `encryptionReady`.
+//!
+//! # Where to find what
+//!
+//! The pair machine is the `machine/` module: `mod.rs` holds its public
+//! face and state, each other file one concern of [`machine::PeerMachine`].
+//!
+//! | to find | look in |
+//! | --- | --- |
+//! | `Input`, `Output`, `Event`, `Command`; `handle`, `poll_output`, `poll_timeout` | `machine/mod.rs` |
+//! | the handshake, steps 1–11, and opening from a bundle | `machine/handshake.rs` |
+//! | which PDU belongs to a handshake in progress; duplicates, strays | `machine/attempt.rs` |
+//! | binding to a peer installation; TOFU, an expected key, a changed key | `machine/peer.rs` |
+//! | resuming a stored session (probes and answers) | `machine/resume.rs` |
+//! | sending: the outbox, encrypted bursts, acknowledgements | `machine/outgoing.rs` |
+//! | receiving: frames dispatched, chunks, decryption, the commit, the peer's errors | `machine/incoming.rs` |
+//! | a rotation rule: when ML-KEM keys rotate, who commits MLS updates | `machine/rotation.rs` |
+//! | retransmission, stalls, retries, the link coming up | `machine/retransmission.rs` |
+//! | the rate limit of `protocol-error` replies | `machine/ratelimit.rs` |
+//! | the persistence of a session: its record, restoring it, the pin of a first contact | `durable.rs` |
+//! | the actors around the machine | `actors.rs`; file transfers in `files.rs` |
+//!
+//! Machines of other kinds (groups, key exchange) will sit beside
+//! `machine/` as modules of their own.
 //!
 //! # The handshake (P3), as Strata runs it
 //!

@@ -1,0 +1,178 @@
+//! Timers and the link: what happens when the link comes up
+//! ([`Input::Connected`](super::Input::Connected)) and when a timer fires
+//! ([`Input::Timeout`](super::Input::Timeout)). Handshake requests, resume
+//! probes, MLS commits and rotation broadcasts are retransmitted ([`Retx`],
+//! 1 s doubling to 16 s) until answered; a handshake that stalls is
+//! abandoned and retried with backoff; messages of the outbox are
+//! retransmitted (2 s doubling to 60 s) and re-encrypted when the peer
+//! cannot decrypt them. The rules are in the crate docs, "Retransmission"
+//! and "Traffic".
+
+use std::time::{Duration, Instant};
+
+use super::{Event, Now, PeerMachine, Role, Session, Step};
+
+/// A frame that is retransmitted until answered.
+#[derive(Debug)]
+pub(crate) struct Retx {
+    /// The encoded PDU.
+    pub(crate) frame: Vec<u8>,
+    /// When it goes again.
+    pub(super) next: Instant,
+    /// The current retransmission timeout.
+    pub(super) rto: Duration,
+}
+
+impl Retx {
+    /// `frame`, sent at `now`: it goes again after `rto`.
+    pub(super) fn new(frame: Vec<u8>, now: Instant, rto: Duration) -> Self {
+        Self {
+            frame,
+            next: now + rto,
+            rto,
+        }
+    }
+
+    /// `frame`, restored from the store: it goes again at `now` (as soon
+    /// as the link is up), then after `rto`.
+    pub(crate) const fn due(frame: Vec<u8>, now: Instant, rto: Duration) -> Self {
+        Self { frame, next: now, rto }
+    }
+
+    /// Due at `now`: doubles the timeout (up to `max`) and returns the
+    /// frame to send again.
+    fn backoff(&mut self, now: Instant, max: Duration) -> Vec<u8> {
+        self.rto = (self.rto * 2).min(max);
+        self.next = now + self.rto;
+        self.frame.clone()
+    }
+}
+
+impl Session {
+    /// The session's frames waiting for an answer: our resume probe, MLS
+    /// commit and rotation broadcast.
+    pub(super) fn retransmitted(&self) -> impl Iterator<Item = &Retx> {
+        self.probe
+            .iter()
+            .map(|(r, _)| r)
+            .chain(&self.pending_commit)
+            .chain(self.pending_rotation.iter().map(|(_, r)| r))
+    }
+
+    /// [`Self::retransmitted`], to re-arm.
+    fn retransmitted_mut(&mut self) -> impl Iterator<Item = &mut Retx> {
+        self.probe
+            .iter_mut()
+            .map(|(r, _)| r)
+            .chain(self.pending_commit.iter_mut())
+            .chain(self.pending_rotation.iter_mut().map(|(_, r)| r))
+    }
+}
+
+impl PeerMachine {
+    /// The link is up: what was waiting for it goes now (a handshake's
+    /// requests, a resume probe, or a new handshake the user asked for).
+    pub(super) fn on_connected(&mut self, now: Now) -> Step {
+        self.link_up = true;
+        if let Some(a) = &mut self.attempt {
+            a.pending.values_mut().for_each(|r| r.next = now.at);
+            return Ok(());
+        }
+        if self.blocked {
+            return Ok(());
+        }
+        if self.session.is_some() {
+            self.send_probe(now)?;
+        } else if self.wants_session {
+            self.start_attempt(now)?;
+        }
+        Ok(())
+    }
+
+    /// A timer fired: retransmissions, a stalled handshake, a retry, an
+    /// expired reassembly, acknowledgements and rotations due.
+    pub(super) fn on_timeout(&mut self, now: Now) -> Step {
+        let max = self.config.handshake_rto_max;
+        // Handshake retransmissions and stall.
+        let mut stalled = None;
+        let mut resend = Vec::new();
+        if let Some(a) = &mut self.attempt {
+            if now.at >= a.started + self.config.handshake_stall {
+                stalled = Some((a.id, a.role));
+            } else {
+                resend.extend(
+                    a.pending
+                        .values_mut()
+                        .filter(|r| r.next <= now.at)
+                        .map(|r| r.backoff(now.at, max)),
+                );
+            }
+        }
+        if let Some((id, role)) = stalled {
+            self.abandon(id);
+            self.emit(Event::HandshakeStalled { session_id: id });
+            if role == Role::Initiator || self.wants_session {
+                self.schedule_retry(now);
+            }
+        }
+        if self.retry_at.is_some_and(|r| r <= now.at) {
+            self.retry_at = None;
+            if self.link_up && self.attempt.is_none() && !self.blocked {
+                self.start_attempt(now)?;
+            }
+        }
+        if let Some(s) = &mut self.session {
+            resend.extend(
+                s.retransmitted_mut()
+                    .filter(|r| r.next <= now.at)
+                    .map(|r| r.backoff(now.at, max)),
+            );
+        }
+        for f in resend {
+            self.transmit(f);
+        }
+        for id in self.reassembler.expire(now.at) {
+            tracing::debug!(message = %id, "chunked message timed out");
+        }
+        if self.is_ready() {
+            self.retransmit_due(now)?;
+            if self.ack_at.is_some_and(|a| a <= now.at) {
+                self.flush_acks(now)?;
+            }
+            self.rotate_if_due(now)?;
+        }
+        Ok(())
+    }
+
+    /// Arms a new handshake after the backoff, and doubles the backoff (up
+    /// to the stall time).
+    pub(super) fn schedule_retry(&mut self, now: Now) {
+        self.retry_at = Some(now.at + self.retry_backoff);
+        self.retry_backoff = (self.retry_backoff * 2).min(self.config.handshake_stall);
+    }
+
+    /// Retransmits what is due; re-encrypts what the peer cannot decrypt.
+    fn retransmit_due(&mut self, now: Now) -> Step {
+        let epoch = self.session.as_ref().map_or(0, Session::mls_epoch);
+        let max = self.config.message_rto_max;
+        let mut again = Vec::new();
+        let mut resend = Vec::new();
+        for t in &mut self.outbox {
+            if t.frames.is_none() || t.next > now.at {
+                continue;
+            }
+            if t.stale || t.mls_epoch < epoch {
+                t.frames = None;
+                again.push(t.id.clone());
+                continue;
+            }
+            t.rto = (t.rto * 2).min(max);
+            t.next = now.at + t.rto;
+            resend.extend(t.frames.iter().flatten().cloned());
+        }
+        for f in resend {
+            self.transmit(f);
+        }
+        self.encrypt_burst(&again, now)
+    }
+}
