@@ -40,7 +40,8 @@ use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, Trans
 use tracing::Instrument as _;
 
 use crate::config::Config;
-use crate::durable::{self, Durable, SessionRecord};
+use crate::durable::{self, Durable};
+use crate::machine::SessionRecord;
 use crate::error::SessionError;
 use crate::files::Transfers;
 use crate::machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine};

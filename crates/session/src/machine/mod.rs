@@ -34,6 +34,7 @@
 //! contact's key in the same transaction) is [`crate::durable`].
 
 mod attempt;
+mod durable;
 mod handshake;
 mod incoming;
 mod outgoing;
@@ -55,6 +56,7 @@ use strata_cascade::{
 use strata_proto::{ErrorCode, Id, Pdu, PduType, ProtocolError, Reassembler, Text};
 
 use self::attempt::Attempt;
+pub(crate) use self::durable::SessionRecord;
 use self::incoming::Decrypted;
 use self::outgoing::Tracked;
 use self::ratelimit::RateLimit;
@@ -350,7 +352,7 @@ pub enum Output {
 }
 
 /// An established session (persisted as a
-/// [`SessionRecord`](crate::durable::SessionRecord), see [`crate::durable`]).
+/// [`SessionRecord`], see `machine/durable.rs`).
 pub(crate) struct Session {
     pub(crate) id: [u8; 16],
     pub(crate) initiator: bool,
