@@ -196,7 +196,10 @@ fn only_the_cascade_touches_primitives() {
 
 /// The workspace root (this package is `tests/`).
 fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Every `.rs` file below `dir`, recursively.
@@ -303,7 +306,10 @@ fn no_source_file_of_the_session_or_the_app_is_over_900_lines() {
         for file in rust_files(&root.join(dir)) {
             let lines = std::fs::read_to_string(&file).unwrap().lines().count();
             if lines > 900 {
-                long.push(format!("{} ({lines} lines)", file.strip_prefix(&root).unwrap().display()));
+                long.push(format!(
+                    "{} ({lines} lines)",
+                    file.strip_prefix(&root).unwrap().display()
+                ));
             }
         }
     }

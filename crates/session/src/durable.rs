@@ -12,7 +12,6 @@
 
 use strata_store::{Backend, IdentityCheck, Reader, Store, StoreError, Writer};
 
-
 /// Transactions on a store, object-safe so a machine can hold any backend.
 pub trait Durable {
     /// Runs `f` on a consistent snapshot.

@@ -41,9 +41,9 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::durable::{self, Durable};
-use crate::machine::SessionRecord;
 use crate::error::SessionError;
 use crate::files::Transfers;
+use crate::machine::SessionRecord;
 use crate::machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine};
 
 /// Correlates a request with its reply.

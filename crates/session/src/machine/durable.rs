@@ -90,7 +90,6 @@ impl SessionRecord {
     }
 }
 
-
 /// Bytes as a record field: base64.
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
