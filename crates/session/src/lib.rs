@@ -10,8 +10,8 @@
 //!   reads a clock, never does network I/O, never panics on peer input.
 //!   One type over several files, one `impl` block per concern (see
 //!   [Where to find what](#where-to-find-what)).
-//! - [`durable`]: storage as a provider, and the persistence of a session
-//!   (its record, restoring it, pinning a first contact's key).
+//! - [`durable`]: storage as a provider (and the pin of a first contact's
+//!   key, written with the session it completed).
 //! - [`actors`]: `Node` (the facade), `TransportActor<T: Transport>`, one
 //!   `PeerSession` per peer. Thin shells: they move frames, run timers,
 //!   stream files and publish events.
@@ -39,8 +39,12 @@
 //! | a rotation rule: when ML-KEM keys rotate, who commits MLS updates | `machine/rotation.rs` |
 //! | retransmission, stalls, retries, the link coming up | `machine/retransmission.rs` |
 //! | the rate limit of `protocol-error` replies | `machine/ratelimit.rs` |
-//! | the persistence of a session: its record, restoring it, the pin of a first contact | `durable.rs` |
-//! | the actors around the machine | `actors.rs`; file transfers in `files.rs` |
+//! | the persistence of a session: its record (a frozen format), restoring it | `machine/durable.rs` |
+//! | the storage provider; the pin of a first contact | `durable.rs` |
+//! | the node: routing, session limits, subscribers, `AwaitReady` | `actors/node.rs` |
+//! | one peer's actor: machine steps, timer, footprint | `actors/session.rs` |
+//! | the transport actor | `actors/transport.rs`; the messages in `actors/mod.rs` |
+//! | file transfers: chunks out (pumping), chunks in, resuming after a restart | `files.rs` |
 //!
 //! Machines of other kinds (groups, key exchange) will sit beside
 //! `machine/` as modules of their own.
