@@ -15,38 +15,19 @@
 //! `cargo bench -j 2 -p strata-tests --bench peerjs_sessions`; knobs:
 //! `PEERJS_BENCH_CONNECTS` (default 10), `PEERJS_BENCH_REPS` (3),
 //! `PEERJS_BENCH_MIB` (64), `PEERJS_BENCH_SKIP_JS`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::print_stdout)]
 
 #[path = "../tests/peerjs_common/mod.rs"]
 mod peerjs_common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use peerjs_common::{PeerNode, random_file, run};
 use strata_session::actors::NodeEventKind;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let m = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[m]
-    } else {
-        (xs[m - 1] + xs[m]) / 2.0
-    }
-}
+use strata_test_support::bench::{flag, knob, median, peerjs_baseline};
+use strata_test_support::peerjs;
+use strata_transport_peerjs::BrokerConfig;
 
 /// One fresh pair: connect → data channel open at Alice, and connect →
 /// `encryptionReady` on both sides, in ms.
@@ -108,37 +89,12 @@ async fn transfers(port: u16, mib: usize, reps: usize) -> Vec<f64> {
     out
 }
 
-/// Runs the JS baseline; `None` (with the reason) where it cannot run.
-fn js_baseline(connects: usize, mib: usize, reps: usize) -> Option<serde_json::Value> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let tool = root.join("../shared/tools/peerjs-baseline.cjs");
-    let interop = root.join("tests/interop");
-    if !tool.exists() || !interop.join("node_modules/peerjs").exists() {
-        eprintln!(
-            "JS baseline unavailable: need {} and npm ci in tests/interop",
-            tool.display()
-        );
-        return None;
-    }
-    let output = Command::new("node")
-        .arg(&tool)
-        .current_dir(&interop)
-        .env("PJB_CONNECT_N", connects.to_string())
-        .env("PJB_MODES", "raw64k")
-        .env("PJB_SIZE_MIB", mib.to_string())
-        .env("PJB_REPS", reps.to_string())
-        .output()
-        .ok()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.lines().last()?).ok()
-}
-
 fn main() {
-    let connects = knob("PEERJS_BENCH_CONNECTS", 10);
+    let connects: usize = knob("PEERJS_BENCH_CONNECTS", 10);
     let reps = knob("PEERJS_BENCH_REPS", 3);
     let mib = knob("PEERJS_BENCH_MIB", 64);
     let (open, ready, throughput) = run(async move {
-        let broker = peerjs_common::broker().await;
+        let broker = peerjs::broker(BrokerConfig::default()).await;
         let port = broker.local_addr().port();
         let mut open = Vec::new();
         let mut ready = Vec::new();
@@ -157,16 +113,15 @@ fn main() {
     println!("strata connect->encryptionReady ms: median {ready_median:.1} samples {ready:.1?}");
     println!("strata {mib} MiB file through the cascade MB/s: median {mbps_median:.1} runs {throughput:.1?}");
 
-    if std::env::var_os("PEERJS_BENCH_SKIP_JS").is_some() {
+    if flag("PEERJS_BENCH_SKIP_JS") {
         return;
     }
-    let Some(js) = js_baseline(connects.max(10), mib, reps) else {
-        return;
-    };
-    let js_connect = js["summary"]["connectMsMedian"].as_f64();
-    let js_raw = js["summary"]["raw64kMBpsMedian"].as_f64();
-    println!("peerjs JS<->JS connect->open ms: median {js_connect:?}; raw 64 KiB MB/s: median {js_raw:?}");
-    if let (Some(js_connect), Some(js_raw)) = (js_connect, js_raw) {
+    let js = peerjs_baseline(&[
+        ("PJB_CONNECT_N", connects.max(10).to_string()),
+        ("PJB_SIZE_MIB", mib.to_string()),
+        ("PJB_REPS", reps.to_string()),
+    ]);
+    if let Some((js_connect, js_raw)) = js.and_then(|js| js.report()) {
         println!(
             "ratio connect->encryptionReady / peerjs connect->open (target <= 1.5): {:.2}",
             ready_median / js_connect

@@ -12,13 +12,7 @@
 //   {"ev":"published","kind":"bad-bytes"|"empty-payload"|"bad-link-frames"|"valid"} after each publish
 // Exits when stdin closes or after --timeout-ms.
 
-// Node 20 lacks Promise.withResolvers (Node >= 22); it-queue (via libp2p's peer store) calls it.
-Promise.withResolvers ??= () => {
-  let resolve, reject
-  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-  return { promise, resolve, reject }
-}
-
+import { args, out, hex, stopOnStdinEnd } from './line-peer.mjs'
 import { createLibp2p } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
@@ -30,12 +24,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { sha256 } from '@noble/hashes/sha256'
 import { proto_message } from '@waku/proto'
 
-const args = {}
-for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, '')] = process.argv[i + 1]
 const PUBSUB = args.pubsub ?? '/waku/2/rs/42/0'
-const timeoutMs = Number(args['timeout-ms'] ?? 30000)
-const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-const hex = (u8) => (u8 ? Buffer.from(u8).toString('hex') : null)
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 const wakuRelay = (components) => {
@@ -87,10 +76,7 @@ relay.addEventListener('gossipsub:message', (e) => {
 relay.subscribe(PUBSUB)
 out({ ev: 'listening', peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(String) })
 
-const stop = async (code) => { try { await node.stop() } finally { process.exit(code) } }
-process.stdin.on('end', () => stop(0))
-process.stdin.resume()
-setTimeout(() => { out({ ev: 'timeout' }); stop(3) }, timeoutMs).unref()
+stopOnStdinEnd(node)
 
 // Without --dial, wait for the Rust node to dial us.
 if (args.dial) await node.dial(multiaddr(args.dial))

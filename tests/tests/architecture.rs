@@ -32,10 +32,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("strata-tests", &[]),
-    // Dev-only: the harness the tests share.
+    // Dev-only: the harness the tests share. It names the concrete transports
+    // for their harnesses (an embedded PeerJS broker, libp2p nodes on
+    // loopback), which their own tests and the cross-crate tests share.
     (
         "strata-test-support",
-        &["strata-transport", "strata-cascade", "strata-store", "strata-session"],
+        &[
+            "strata-transport",
+            "strata-transport-peerjs",
+            "strata-transport-libp2p",
+            "strata-cascade",
+            "strata-store",
+            "strata-session",
+        ],
     ),
 ];
 

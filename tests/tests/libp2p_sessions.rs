@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use libp2p::multiaddr::Protocol;
 use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::at_rest::StorageKey;
@@ -22,6 +21,7 @@ use strata_cascade::{AccountIdentity, InstallationIdentity};
 use strata_session::Event;
 use strata_session::actors::{NodeEventKind, SessionRequest, SessionSetup};
 use strata_store::{KeySource, RedbBackend, Store};
+use strata_test_support::libp2p::{publication, tcp_addr};
 use strata_test_support::{TestNode, open_store};
 use strata_transport::EventStream;
 use strata_transport_libp2p::{Config, Libp2pTransport, LinkConfig, StoreConfig};
@@ -32,15 +32,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 /// Runs `f` in an actix system (a current-thread Tokio runtime, real time).
 fn run<F: Future>(f: F) -> F::Output {
     actix::System::new().block_on(f)
-}
-
-async fn tcp_addr(node: &Libp2pTransport) -> Multiaddr {
-    node.listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-        .unwrap()
 }
 
 /// Short link timers, so that a peer that went away is noticed in seconds
@@ -212,7 +203,6 @@ mod bundles {
     use strata_cascade::{KemKeyPair, KeyPackageKind, MlsLayer, SignalLayer};
     use strata_proto::bundle::{Admission, BundleError, MAX_BUNDLE_BYTES};
     use strata_session::prekeys;
-    use strata_transport::conformance::expect_event;
     use strata_transport::{Topic, Transport as _, TransportEvent};
     use strata_transport_libp2p::bundle::SourceError;
     use strata_transport_libp2p::topic::bundle_topic;
@@ -419,17 +409,7 @@ mod bundles {
     }
 
     async fn next_bundle(events: &mut EventStream, topic: &Topic, what: &str) -> Bytes {
-        match expect_event(
-            events,
-            what,
-            |e| matches!(e, TransportEvent::Published { topic: t, .. } if t == topic),
-            DEADLINE,
-        )
-        .await
-        {
-            TransportEvent::Published { bytes, .. } => bytes,
-            other => panic!("{what}: got {other:?}"),
-        }
+        publication(events, topic, what, DEADLINE).await.1
     }
 
     async fn held_of(node: &Libp2pTransport, source: &Source) -> HeldBundle {

@@ -11,9 +11,10 @@ mod peerjs_common;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use peerjs_common::{PeerNode, fresh_identity, peer_id, random_file, run, transport_config};
+use peerjs_common::{PeerNode, fresh_identity, peer_id, random_file, run};
 use strata_proto::{Pdu, PduType};
 use strata_session::actors::{NodeEventKind, SessionRequest};
+use strata_test_support::peerjs::{self, Doomed};
 use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -183,7 +184,7 @@ const SIGNALING: [&str; 9] = [
 #[test]
 fn two_session_nodes_handshake_and_talk_over_webrtc_and_only_signaling_crosses_the_broker() {
     run(async {
-        let broker = peerjs_common::broker().await;
+        let broker = peerjs::broker(BrokerConfig::default()).await;
         let (port, capture) = recording_proxy(broker.local_addr().port()).await;
         let dir = tempfile::tempdir().unwrap();
         let (mut alice, alice_tap) = PeerNode::start_tapped("alice", port, dir.path().join("alice")).await;
@@ -297,41 +298,10 @@ fn two_session_nodes_handshake_and_talk_over_webrtc_and_only_signaling_crosses_t
     });
 }
 
-/// Runs a transport on its own runtime, so that shutting the runtime down
-/// kills it the way a crash would: no close message, no SCTP shutdown.
-struct Doomed {
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Doomed {
-    fn new() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        Self { runtime }
-    }
-
-    async fn transport(
-        &self,
-        config: strata_transport_peerjs::PeerJsConfig,
-    ) -> (PeerJsTransport, strata_transport::EventStream) {
-        self.runtime
-            .spawn(async move { PeerJsTransport::start(config).await.unwrap() })
-            .await
-            .unwrap()
-    }
-
-    fn crash(self) {
-        self.runtime.shutdown_background();
-    }
-}
-
 #[test]
 fn a_node_rides_out_a_broker_restart_and_a_crashed_peer() {
     run(async {
-        let broker = peerjs_common::broker().await;
+        let broker = peerjs::broker(BrokerConfig::default()).await;
         let broker_addr = broker.local_addr();
         let port = broker_addr.port();
         let dir = tempfile::tempdir().unwrap();
@@ -340,10 +310,10 @@ fn a_node_rides_out_a_broker_restart_and_a_crashed_peer() {
         // Bob's transport lives on a runtime the test can kill; he keeps his
         // broker token, as a node that persists it would.
         let bob_identity = fresh_identity();
-        let mut bob_config = transport_config(&peer_id(&bob_identity), port);
+        let mut bob_config = peerjs::config(&peer_id(&bob_identity), port);
         bob_config.signaling.token = Some("bobstoken".to_owned());
         let doomed = Doomed::new();
-        let (transport, stream) = doomed.transport(bob_config.clone()).await;
+        let (transport, stream) = doomed.start(bob_config.clone()).await;
         let bob_dir = dir.path().join("bob");
         let mut bob = PeerNode::boot("bob", Arc::clone(&bob_identity), bob_dir.clone(), transport, stream).await;
         let (alice_id, bob_id) = (alice.id.clone(), bob.id.clone());

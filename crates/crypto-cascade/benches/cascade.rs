@@ -4,14 +4,8 @@
 //! cascade / (openmls alone + libsignal alone) at 256 B, and the wire size
 //! of a 256 B message. `cargo bench -p strata-cascade -- figures` prints
 //! only those (no criterion benchmark matches the filter).
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stdout,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(missing_docs, clippy::print_stdout)]
 
 #[path = "../tests/common/mod.rs"]
 mod common;

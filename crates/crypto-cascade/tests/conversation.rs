@@ -1,12 +1,7 @@
 //! Done-when: two parties from nothing to a working cascade, 1,000 messages
 //! both ways, interleaved, some out of order; reload mid-conversation.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::print_stderr)]
 
 mod common;
 

@@ -4,13 +4,8 @@
 //!
 //! They need Node 20 and the harness's packages, which `scripts/setup`
 //! installs (`npm ci` in `crates/crypto-cascade/tests/interop`).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    unreachable_pub
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(unreachable_pub)]
 
 mod common;
 

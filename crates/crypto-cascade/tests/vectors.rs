@@ -74,19 +74,8 @@ fn appendix_a_v2_profile_order_mock_cascade() {
 #[test]
 fn appendix_a_v3_cascaded_payload_shape() {
     // V3 as published (a shape example: its one-entry `layers` does not
-    // match its five ciphertext bytes).
-    let v3 = r#"{
-      "encrypted": true,
-      "cascaded": true,
-      "cascadedPayload": {
-        "finalCiphertext": [72, 105, 1, 2, 3],
-        "layerParameters": [{}],
-        "layers": [{ "algorithm": "MLS", "version": "1.0.0-golden" }],
-        "originalSize": 2,
-        "finalSize": 5,
-        "timestamp": 1717000000000
-      }
-    }"#;
+    // match its five ciphertext bytes), kept beside the PDU vectors.
+    let v3 = include_str!("../../proto/test_vectors/appendix_a_v3.json");
     let parsed: EncryptedMessage = serde_json::from_str(v3).unwrap();
     assert!(parsed.encrypted && parsed.cascaded);
     let p = &parsed.cascaded_payload;

@@ -137,22 +137,10 @@ fn decoders_accept_the_p5_byte_array_form() {
 /// Appendix A V3: the `cascadedPayload` shape, wrapped in a `message`.
 #[test]
 fn v3_cascaded_payload_shape_decodes() {
-    let v3 = r#"{
-      "type": "message",
-      "messageId": "v3",
-      "encryptedMessage": {
-        "encrypted": true,
-        "cascaded": true,
-        "cascadedPayload": {
-          "finalCiphertext": [72, 105, 1, 2, 3],
-          "layerParameters": [{}],
-          "layers": [{ "algorithm": "MLS", "version": "1.0.0-golden" }],
-          "originalSize": 2,
-          "finalSize": 5,
-          "timestamp": 1717000000000
-        }
-      }
-    }"#;
+    let v3 = format!(
+        r#"{{"type": "message", "messageId": "v3", "encryptedMessage": {}}}"#,
+        include_str!("../test_vectors/appendix_a_v3.json")
+    );
     let Pdu::Message(m) = Pdu::decode(v3.as_bytes()).unwrap() else {
         panic!("not a message")
     };

@@ -169,13 +169,6 @@ fn main() {
 mod tests {
     #[test]
     fn the_bot_answers() {
-        let system = actix::System::with_tokio_rt(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .start_paused(true)
-                .build()
-                .unwrap()
-        });
-        assert_eq!(system.block_on(super::demo()), "echo: hello");
+        assert_eq!(strata_test_support::run_paused(super::demo()), "echo: hello");
     }
 }

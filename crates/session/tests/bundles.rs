@@ -7,13 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Faults, Sim};
+use common::{Faults, Sim, ready_both};
 use strata_cascade::bundle::{VerifiedBundle, verify_bundle};
 use strata_session::{Config, Event, Role, prekeys};
-
-fn ready_both(sim: &Sim) -> bool {
-    sim.nodes.iter().all(common::Node::is_ready)
-}
 
 /// Node `i`'s bundle as a peer holding it would have it: published from
 /// its stored pre-keys (made on first use), signed, verified.
@@ -41,18 +37,6 @@ fn started(sim: &Sim, i: usize) -> Vec<(Role, bool)> {
             _ => None,
         })
         .collect()
-}
-
-fn exchange(sim: &mut Sim, n: usize) {
-    let mut ids = Vec::new();
-    for k in 0..n {
-        ids.push((0, sim.send_text(0, &format!("a{k}"))));
-        ids.push((1, sim.send_text(1, &format!("b{k}"))));
-    }
-    let limit = sim.t + Duration::from_secs(600);
-    assert!(sim.run_while(limit, |s| ids.iter().all(|(i, id)| {
-        s.nodes[1 - i].received.get(id) == Some(&1) && s.nodes[*i].delivered.contains_key(id)
-    })));
 }
 
 #[test]
@@ -95,7 +79,7 @@ fn a_held_bundle_opens_the_session_in_one_round_trip() {
     assert_eq!(started(&sim, 1), vec![(Role::Responder, true)]);
     // The session is a real one: traffic both ways, and both sides pinned
     // each other.
-    exchange(&mut sim, 5);
+    sim.exchange_exactly_once(5);
     for i in 0..2 {
         let peer = sim.installation_id(1 - i).to_string();
         let contact = sim.nodes[i].store().read(|r| r.contact(&peer)).unwrap();
@@ -114,7 +98,7 @@ fn one_round_trip_holds_up_under_loss_duplication_and_reordering() {
             sim.run_while(Duration::from_secs(300), ready_both),
             "seed {seed}: not ready"
         );
-        exchange(&mut sim, 3);
+        sim.exchange_exactly_once(3);
     }
 }
 
@@ -140,7 +124,7 @@ fn a_bundle_of_an_older_version_falls_back_to_the_full_handshake() {
         started(&sim, 0),
         vec![(Role::Initiator, true), (Role::Initiator, false)]
     );
-    exchange(&mut sim, 2);
+    sim.exchange_exactly_once(2);
     // The new bundle works.
     let mut sim = Sim::new(23, Faults::NONE, Config::default());
     let store = sim.nodes[1].store();
@@ -205,5 +189,5 @@ fn a_first_flight_in_someone_elses_name_goes_nowhere() {
     // A's own bundle handshake still goes through.
     open_from(&mut sim, 0, &bundle);
     assert!(sim.run_while(sim.t + Duration::from_secs(400), ready_both));
-    exchange(&mut sim, 2);
+    sim.exchange_exactly_once(2);
 }

@@ -30,11 +30,7 @@ fn a_file_transfer_resumes_after_either_side_restarts() {
         std::fs::write(&source, &content).unwrap();
 
         let net = MemoryNetwork::new(6);
-        let mut alice = TestNode::start("alice", &net, 17, dir.path().join("a"));
-        let mut bob = TestNode::start("bob", &net, 18, dir.path().join("b"));
-        alice.connect("bob").await;
-        alice.wait_ready().await;
-        bob.wait_ready().await;
+        let (mut alice, bob) = node_common::ready_pair(&net, 17, dir.path()).await;
         let file_id = alice
             .request("bob", SessionRequest::SendFile(source.clone()))
             .await

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Faults, Sim};
+use common::{Faults, Sim, ready_both};
 use strata_cascade::InstallationIdentity;
 use strata_proto::{
     Blob, EncryptionSyncResponse, FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, ResumeAnswer, ResumeStatus,
@@ -17,10 +17,6 @@ use strata_proto::{
 };
 use strata_session::{Command, Config, Durable, Event, Refusal, ResetReason};
 use strata_store::StoreError;
-
-fn ready_both(sim: &Sim) -> bool {
-    sim.nodes.iter().all(common::Node::is_ready)
-}
 
 /// Everything Bob's store holds about Alice.
 fn snapshot(sim: &Sim) -> Vec<Option<Vec<u8>>> {

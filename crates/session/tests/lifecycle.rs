@@ -7,15 +7,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Faults, Sim, installation};
+use common::{Faults, Sim, installation, ready_both};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::{AccountIdentity, InstallationIdentity};
 use strata_session::{Command, Config, Event, ResetReason, Rotation};
-
-fn ready_both(sim: &Sim) -> bool {
-    sim.nodes.iter().all(common::Node::is_ready)
-}
 
 fn established(seed: u64, faults: Faults, config: Config) -> Sim {
     let mut sim = Sim::new(seed, faults, config);
@@ -25,24 +21,6 @@ fn established(seed: u64, faults: Faults, config: Config) -> Sim {
     sim
 }
 
-fn exchange(sim: &mut Sim, n: usize) {
-    let mut ids = Vec::new();
-    for k in 0..n {
-        ids.push((0, sim.send_text(0, &format!("a{k}"))));
-        ids.push((1, sim.send_text(1, &format!("b{k}"))));
-    }
-    let limit = sim.t + Duration::from_secs(600);
-    assert!(
-        sim.run_while(limit, |s| ids
-            .iter()
-            .all(
-                |(i, id)| s.nodes[1 - i].received.contains_key(id) && s.nodes[*i].delivered.contains_key(id)
-            )),
-        "seed {}: exchange incomplete",
-        sim.seed
-    );
-}
-
 fn count(sim: &Sim, i: usize, f: impl Fn(&Event) -> bool) -> usize {
     sim.nodes[i].events.iter().filter(|(_, e)| f(e)).count()
 }
@@ -50,7 +28,7 @@ fn count(sim: &Sim, i: usize, f: impl Fn(&Event) -> bool) -> usize {
 #[test]
 fn both_sides_restart_and_resume_without_a_handshake() {
     let mut sim = established(7, Faults::NONE, Config::default());
-    exchange(&mut sim, 3);
+    sim.exchange(3);
     let session = sim.nodes[0].machine().session_id();
     let peers = [sim.nodes[0].machine().peer(), sim.nodes[1].machine().peer()];
     sim.disconnect();
@@ -70,7 +48,7 @@ fn both_sides_restart_and_resume_without_a_handshake() {
             .iter()
             .any(|(_, e)| matches!(e, Event::EncryptionReady { resumed: true, .. }))
     );
-    exchange(&mut sim, 3);
+    sim.exchange(3);
 }
 
 #[test]
@@ -96,7 +74,7 @@ fn restart_with_messages_in_flight_loses_none_and_duplicates_none() {
 #[test]
 fn a_side_that_lost_its_state_gets_a_new_handshake_and_the_user_is_told() {
     let mut sim = established(9, Faults::NONE, Config::default());
-    exchange(&mut sim, 2);
+    sim.exchange(2);
     let old = sim.nodes[0].machine().session_id();
     let peer_of_bob = sim.nodes[1].machine().peer().unwrap().to_string();
     // Bob loses his session state (not his identity or contacts).
@@ -130,13 +108,13 @@ fn a_side_that_lost_its_state_gets_a_new_handshake_and_the_user_is_told() {
         "Alice is told"
     );
     assert_eq!(sim.nodes[0].machine().session_id(), sim.nodes[1].machine().session_id());
-    exchange(&mut sim, 2);
+    sim.exchange(2);
 }
 
 #[test]
 fn a_side_holding_another_state_for_the_session_falls_back_to_a_handshake() {
     let mut sim = established(11, Faults::NONE, Config::default());
-    exchange(&mut sim, 2);
+    sim.exchange(2);
     let alice = sim.nodes[1].machine().peer().unwrap().to_string();
     let first = sim.nodes[1]
         .store()
@@ -159,7 +137,7 @@ fn a_side_holding_another_state_for_the_session_falls_back_to_a_handshake() {
     let old = sim.nodes[0].machine().session_id();
     assert!(sim.run_while(sim.t + Duration::from_secs(60), |s| ready_both(s)
         && s.nodes[0].machine.as_ref().unwrap().session_id() != old));
-    exchange(&mut sim, 2);
+    sim.exchange(2);
     let second = sim.nodes[0].machine().session_id();
     // ...then Bob's cascade goes back to the first session's while his
     // record still names the second: same session id, same MLS epoch
@@ -186,7 +164,7 @@ fn a_side_holding_another_state_for_the_session_falls_back_to_a_handshake() {
         "nothing resumed on a mismatched state"
     );
     assert_eq!(sim.nodes[0].machine().session_id(), sim.nodes[1].machine().session_id());
-    exchange(&mut sim, 2);
+    sim.exchange(2);
 }
 
 #[test]
@@ -206,7 +184,7 @@ fn a_changed_identity_key_blocks_sending_until_accepted() {
     sim.connect();
     sim.command(0, Command::Open);
     assert!(sim.run_while(Duration::from_secs(30), ready_both));
-    exchange(&mut sim, 1);
+    sim.exchange(1);
 
     // "Bob" comes back with the same installation id and another account key.
     let impostor = Arc::new(
@@ -260,7 +238,7 @@ fn keys_rotate_on_schedule_and_messages_across_rotations_decrypt() {
         ..Config::default()
     };
     let mut sim = established(11, Faults::LOSSY, config);
-    exchange(&mut sim, 40);
+    sim.exchange(40);
     let rotations =
         |i: usize, what: Rotation| count(&sim, i, |e| matches!(e, Event::Rotated { what: w } if *w == what));
     for i in 0..2 {

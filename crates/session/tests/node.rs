@@ -7,7 +7,7 @@ mod node_common;
 
 use std::io::{Read as _, Write as _};
 
-use node_common::{TestNode, run};
+use node_common::{TestNode, handshake, ready_pair, run};
 use rand::{RngCore as _, SeedableRng};
 use strata_session::actors::{NodeEventKind, SessionRequest};
 use strata_session::{Command, Event, Rotation};
@@ -41,11 +41,7 @@ fn restart_resumes_without_a_new_handshake() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let net = MemoryNetwork::new(2);
-        let mut alice = TestNode::start("alice", &net, 3, dir.path().join("a"));
-        let mut bob = TestNode::start("bob", &net, 4, dir.path().join("b"));
-        alice.connect("bob").await;
-        alice.wait_ready().await;
-        bob.wait_ready().await;
+        let (mut alice, mut bob) = ready_pair(&net, 3, dir.path()).await;
         alice.send_text("bob", "before").await;
         bob.wait_text("before").await;
 
@@ -70,11 +66,7 @@ fn keys_rotate_and_traffic_goes_on() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let net = MemoryNetwork::new(3);
-        let mut alice = TestNode::start("alice", &net, 5, dir.path().join("a"));
-        let mut bob = TestNode::start("bob", &net, 6, dir.path().join("b"));
-        alice.connect("bob").await;
-        alice.wait_ready().await;
-        bob.wait_ready().await;
+        let (mut alice, mut bob) = ready_pair(&net, 5, dir.path()).await;
         alice.request("bob", SessionRequest::Command(Command::RotateKeys)).await;
         alice.request("bob", SessionRequest::Command(Command::UpdateMls)).await;
         for k in 0..5 {
@@ -125,11 +117,7 @@ fn a_large_file_streams_in_chunks() {
             f.write_all(b"tail").unwrap();
         }
         let net = MemoryNetwork::new(4);
-        let mut alice = TestNode::start("alice", &net, 7, dir.path().join("a"));
-        let mut bob = TestNode::start("bob", &net, 8, dir.path().join("b"));
-        alice.connect("bob").await;
-        alice.wait_ready().await;
-        bob.wait_ready().await;
+        let (mut alice, mut bob) = ready_pair(&net, 7, dir.path()).await;
         let file_id = alice
             .request("bob", SessionRequest::SendFile(source.clone()))
             .await
@@ -162,9 +150,7 @@ fn a_hostile_peer_leaves_other_sessions_untouched() {
         let mut alice = TestNode::start("alice", &net, 11, dir.path().join("a"));
         let mut bob = TestNode::start("bob", &net, 12, dir.path().join("b"));
         let (mallory, _mallory_events) = net.join("mallory").unwrap();
-        alice.connect("bob").await;
-        alice.wait_ready().await;
-        bob.wait_ready().await;
+        handshake(&mut alice, &mut bob).await;
         use strata_transport::Transport as _;
         let alice_addr = strata_transport::PeerAddr::new("alice");
         mallory.connect(&alice_addr).await.unwrap();
@@ -224,9 +210,7 @@ fn an_identity_change_is_detected_and_blocks_until_accepted() {
             strata_cascade::at_rest::StorageKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(2)),
             dir.path().join("b"),
         );
-        alice.connect("bob").await;
-        alice.wait_ready().await;
-        bob.wait_ready().await;
+        handshake(&mut alice, &mut bob).await;
 
         // Bob's installation comes back with another account key.
         bob.addr.send(strata_session::actors::Shutdown).await.unwrap();
@@ -414,9 +398,7 @@ fn a_flood_of_strangers_is_bounded_and_contacts_still_talk() {
         };
         let mut node = TestNode::start_limited("node", &net, 31, dir.path().join("n"), limits);
         let mut alice = TestNode::start("alice", &net, 32, dir.path().join("a"));
-        alice.connect("node").await;
-        alice.wait_ready().await;
-        node.wait_ready().await;
+        handshake(&mut alice, &mut node).await;
         alice.send_text("node", "before").await;
         node.wait_text("before").await;
 

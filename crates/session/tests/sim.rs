@@ -7,29 +7,20 @@
 //! `STRATA_SIM_THREADS` the worker count, default one per core).
 //! `STRATA_SIM_SEED=n` replays one seed and `STRATA_SIM_TRACE=1` prints
 //! every step.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::print_stderr)]
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Faults, Sim};
+use common::{Faults, Sim, ready_both};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use strata_session::{Command, Config, Content, Event, Role};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn ready_both(sim: &Sim) -> bool {
-    sim.nodes.iter().all(common::Node::is_ready)
 }
 
 #[test]

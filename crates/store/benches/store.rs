@@ -14,17 +14,8 @@
 //!    it and loads one session (`/proc/self/status` VmRSS, VmHWM).
 //!
 //! Figures are printed; timing targets live here, never in tests.
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stdout,
-    clippy::indexing_slicing
-)]
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(missing_docs, clippy::print_stdout)]
 
 use std::path::Path;
 use std::process::Command;
@@ -32,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use strata_cascade::PairCascade;
 use strata_store::{IncomingMessage, KeySource, OutgoingMessage, RedbBackend, Store, load_or_create_key_file};
+use strata_test_support::cascade;
 
 const OPEN_ENV: &str = "STRATA_BENCH_OPEN";
 const PEERS: usize = 10_000;
@@ -73,19 +65,24 @@ impl Sides {
         assert_eq!(self.bob.decrypt(&m, &mut rng).unwrap(), body);
     }
 
-    /// The same message with every write the atomicity rules ask for.
-    fn persisted_step(&mut self, body: &[u8]) {
-        let mut rng = rand::rng();
-        self.n += 1;
-        let id = format!("m{}", self.n);
-        let out = OutgoingMessage {
-            message_id: id.clone(),
+    /// Alice's message `id`, new in her outbox.
+    fn outgoing(&self, id: &str, body: &[u8]) -> OutgoingMessage {
+        OutgoingMessage {
+            message_id: id.to_owned(),
             peer: self.a_peer.clone(),
             created_ms: now_ms(),
             body: body.to_vec(),
             frames: Vec::new(),
             attempts: 0,
-        };
+        }
+    }
+
+    /// The same message with every write the atomicity rules ask for.
+    fn persisted_step(&mut self, body: &[u8]) {
+        let mut rng = rand::rng();
+        self.n += 1;
+        let id = format!("m{}", self.n);
+        let out = self.outgoing(&id, body);
         self.a_store.write(|w| w.queue_outgoing(&out)).unwrap();
         let m = self.alice.encrypt(body, now_ms(), &mut rng).unwrap();
         let frames = vec![serde_json::to_vec(&m).unwrap()];
@@ -121,14 +118,7 @@ impl Sides {
         self.a_store
             .write(|w| {
                 for id in &ids {
-                    w.queue_outgoing(&OutgoingMessage {
-                        message_id: id.clone(),
-                        peer: self.a_peer.clone(),
-                        created_ms: now_ms(),
-                        body: body.to_vec(),
-                        frames: Vec::new(),
-                        attempts: 0,
-                    })?;
+                    w.queue_outgoing(&self.outgoing(id, body))?;
                 }
                 Ok(())
             })
@@ -167,7 +157,7 @@ impl Sides {
 }
 
 fn per_message_figures(dir: &Path) {
-    let pair = common::established(now_ms());
+    let pair = cascade::established(&mut rand::rng(), now_ms());
     let a_peer = hex(pair.bob_id.installation_id().as_bytes());
     let b_peer = hex(pair.alice_id.installation_id().as_bytes());
     let mut s = Sides {
@@ -224,7 +214,7 @@ fn many_sessions_figures(dir: &Path) {
     // rows are not all alike.
     let states: Vec<Vec<u8>> = (0..10)
         .map(|_| {
-            common::established(now_ms())
+            cascade::established(&mut rand::rng(), now_ms())
                 .alice
                 .export()
                 .unwrap()

@@ -17,14 +17,8 @@
 //!
 //! 50 runs by default; `STRATA_CRASH_RUNS=N` for a soak and
 //! `STRATA_CRASH_SEED=S` to replay one.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -43,8 +37,7 @@ use strata_cascade::{
 use strata_store::{
     IncomingMessage, KeySource, OutgoingMessage, PooledKeyPackage, RedbBackend, Store, load_or_create_key_file,
 };
-
-mod common;
+use strata_test_support::cascade::{self, Pair};
 
 const CHILD_ENV: &str = "STRATA_CRASH_CHILD";
 const TEST_NAME: &str = "sigkill_at_random_points_loses_nothing_and_reuses_no_key";
@@ -88,12 +81,12 @@ fn installation_hex(id: InstallationId) -> String {
 /// handshake of the whole test), persisted with a KeyPackage pool.
 fn setup(dir: &Path) -> (String, String) {
     let now = now_ms();
-    let common::Pair {
+    let Pair {
         alice_id,
         alice,
         bob_id,
         bob,
-    } = common::established(now);
+    } = cascade::established(&mut rand::rng(), now);
     let (a, b) = (alice_id.installation_id(), bob_id.installation_id());
 
     let mut maker = MlsLayer::new(&alice_id, alice_id.peer_identity()).unwrap();

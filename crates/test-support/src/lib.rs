@@ -3,11 +3,21 @@
 //! ([`TestNode`]), requests matched to their replies, and waits that fail
 //! with a message after a deadline instead of hanging; and
 //! [`skip_or_fail`], the one rule for a test that may skip when something
-//! it needs (Chromium) is missing.
+//! it needs (Chromium) is missing. Beside it, one module a concern:
+//!
+//! - [`js`]: the JS interop peers (Node, the npm harness folders, their
+//!   JSON-lines protocol);
+//! - [`peerjs`]: an embedded PeerJS broker, hermetic PeerJS transports, a
+//!   transport that can crash;
+//! - [`libp2p`]: libp2p nodes on loopback;
+//! - [`cascade`]: two installations with a working cascade, from the layer
+//!   APIs;
+//! - [`bench`](mod@bench): knobs, medians and the JS baselines the benches compare
+//!   against.
 //!
 //! Panics are this crate's way to fail a test: every function here is
 //! meant to run inside one.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +34,25 @@ use strata_session::{Command, Content, Event};
 use strata_store::{KeySource, RedbBackend, Store, StoreError};
 use strata_transport::{EventStream, PeerAddr, Transport};
 use tokio::sync::mpsc;
+
+pub mod bench;
+pub mod cascade;
+pub mod js;
+pub mod libp2p;
+pub mod peerjs;
+
+/// Runs `f` in an actix system on a paused current-thread runtime: waits
+/// cost no wall time.
+pub fn run_paused<F: Future>(f: F) -> F::Output {
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(f)
+}
 
 /// Forwards a node's events to a channel the test reads.
 struct Collector(mpsc::Sender<NodeEvent>);

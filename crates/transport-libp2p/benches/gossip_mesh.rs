@@ -14,15 +14,8 @@
 //! `GB_GRACE_MS` (5000); `TP_MSGS` (5000) for the throughput runs;
 //! `BENCH_THREADS` (2; 1 gives a current-thread runtime, like Node's loop).
 //! Prints one JSON line on stdout and a summary on stderr.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stdout,
-    clippy::print_stderr,
-    missing_docs
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::print_stdout, clippy::print_stderr, missing_docs)]
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -30,13 +23,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libp2p::Multiaddr;
-use libp2p::multiaddr::Protocol;
 use serde_json::{Value, json};
+use strata_test_support::bench::{js_baseline, knob, shared_tool};
+use strata_test_support::js::interop_dir;
+use strata_test_support::libp2p::tcp_addr;
 use strata_transport::{EventStream, PeerAddr, Topic, Transport, TransportError, TransportEvent};
 use strata_transport_libp2p::{Config, Libp2pTransport};
 
 fn env(key: &str, default: u64) -> u64 {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    knob(key, default)
 }
 
 /// Longest wait for a throughput run's messages.
@@ -92,15 +87,6 @@ fn dist(mut v: Vec<f64>) -> Value {
     let r = |x: Option<f64>| x.map(|x| (x * 100.0).round() / 100.0);
     json!({ "n": v.len(), "min": r(v.first().copied()), "p50": r(quantile(&v, 0.5)), "p90": r(quantile(&v, 0.9)),
             "p99": r(quantile(&v, 0.99)), "max": r(v.last().copied()) })
-}
-
-async fn tcp_addr(node: &Libp2pTransport) -> Multiaddr {
-    node.listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-        .unwrap()
 }
 
 type Received = Arc<Mutex<Vec<Vec<Option<Instant>>>>>;
@@ -326,32 +312,13 @@ async fn wait_connected(events: &mut EventStream, peer: &PeerAddr) {
 }
 
 /// Runs the JS baseline with the same knobs; `None` if it cannot run.
-fn js_baseline() -> Option<Value> {
+fn gossip_baseline() -> Option<Value> {
     if env("GB_SKIP_JS", 0) == 1 {
         eprintln!("JS baseline skipped (GB_SKIP_JS=1)");
         return None;
     }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let interop = manifest.join("../../tests/interop");
-    let script = std::env::var_os("GB_BASELINE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../../shared/tools/gossip-baseline.mjs"));
-    if !script.exists() || !interop.join("node_modules/@chainsafe/libp2p-gossipsub").is_dir() {
-        eprintln!(
-            "JS baseline NOT RUN: need {} and `npm ci` in {}",
-            script.display(),
-            interop.display()
-        );
-        return None;
-    }
-    let output = std::process::Command::new("node")
-        .arg(&script)
-        .current_dir(&interop)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .ok()?;
-    let line = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(line.trim()).ok()
+    let script = std::env::var_os("GB_BASELINE").map_or_else(|| shared_tool("gossip-baseline.mjs"), PathBuf::from);
+    js_baseline(&script, &interop_dir(), "@chainsafe/libp2p-gossipsub", &[])
 }
 
 fn main() {
@@ -366,7 +333,7 @@ fn main() {
         mesh_min: env("GB_MESH_MIN", 3) as usize,
         grace: Duration::from_millis(env("GB_GRACE_MS", 5000)),
     };
-    let js = js_baseline();
+    let js = gossip_baseline();
     // Two workers by default (the machine's cores); `BENCH_THREADS=1` runs
     // everything on one thread like the baseline's single Node event loop
     // (measured: p50 and throughput worse, p99 no better).

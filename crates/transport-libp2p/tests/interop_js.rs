@@ -22,86 +22,19 @@
 //! `crates/transport-libp2p/tests/interop` (`scripts/setup` does both).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde_json::Value;
-use strata_transport::conformance::{DEADLINE, expect_event};
-use strata_transport::{Topic, Transport, TransportEvent};
+use strata_test_support::js::{JsPeer, interop_dir};
+use strata_test_support::libp2p::{publication, tcp_addr};
+use strata_transport::conformance::DEADLINE;
+use strata_transport::{EventStream, Topic, Transport};
 use strata_transport_libp2p::topic::{bundle_topic, installation_topic};
 use strata_transport_libp2p::{Config, Libp2pTransport};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop")
-}
-
-struct JsPeer {
-    _child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    /// Lines read but not yet matched by an `expect`, in order.
-    unmatched: Vec<Value>,
-}
-
-impl JsPeer {
-    /// Runs `script` from `dir` (which must hold `node_modules/<marker>`).
-    fn spawn(dir: PathBuf, marker: &str, script: &str, args: &[&str]) -> Self {
-        assert!(
-            dir.join("node_modules").join(marker).is_dir(),
-            "JS interop peers are not installed: run `npm ci` in {}",
-            dir.display()
-        );
-        let mut child = Command::new("node")
-            .arg(script)
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn node (Node.js 20+ must be installed)");
-        let stdout = child.stdout.take().unwrap();
-        Self {
-            _child: child,
-            lines: BufReader::new(stdout).lines(),
-            unmatched: Vec::new(),
-        }
-    }
-
-    /// The first JSON line with `"ev": ev` satisfying `pred`, including
-    /// lines read earlier while waiting for something else.
-    async fn expect(&mut self, ev: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let matches = |value: &Value| value["ev"] == ev && pred(value);
-        if let Some(i) = self.unmatched.iter().position(&matches) {
-            return self.unmatched.remove(i);
-        }
-        let unmatched = &mut self.unmatched;
-        let lines = &mut self.lines;
-        let wait = async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("JS peer exited while we waited for {ev}"));
-                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad line {line:?}: {e}"));
-                if matches(&value) {
-                    return value;
-                }
-                unmatched.push(value);
-            }
-        };
-        tokio::time::timeout(DEADLINE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {ev} from the JS peer"))
-    }
-}
 
 /// The JS peer's first listen address, ending in `/p2p/<its peer id>`.
 fn js_addr(listening: &Value) -> Multiaddr {
@@ -128,30 +61,62 @@ fn init_logs() {
         .try_init();
 }
 
+/// A Strata node subscribed to `js_topic` that published `bundle` on
+/// `bundle_topic` before any peer exists: the queue must hold it.
+async fn strata_node(
+    name: &str,
+    js_topic: &Topic,
+    bundle_topic: &Topic,
+    bundle: &Bytes,
+) -> (Libp2pTransport, EventStream) {
+    let (strata, events) = Libp2pTransport::start(Config::loopback(name)).await.unwrap();
+    strata.subscribe(js_topic).await.unwrap();
+    strata.publish(bundle_topic, bundle.clone()).await.unwrap();
+    (strata, events)
+}
+
+/// Runs the JS peer `script` from `dir` (which holds
+/// `node_modules/<package>`) with `args`; Strata dials it if `rust_dials`,
+/// else it dials Strata.
+async fn meet(
+    strata: &Libp2pTransport,
+    rust_dials: bool,
+    (dir, package, script): (&Path, &str, &str),
+    args: &[&str],
+) -> JsPeer {
+    let rust_addr = tcp_addr(strata).await.to_string();
+    let mut args = args.to_vec();
+    if !rust_dials {
+        args.extend(["--dial", rust_addr.as_str()]);
+    }
+    let mut js = JsPeer::spawn(dir, package, script, &args);
+    let listening = js.expect("listening", |_| true).await;
+    if rust_dials {
+        strata.dial(js_addr(&listening)).await.unwrap();
+    }
+    js
+}
+
+/// The JS peer's decoding of Strata's WakuMessage on `topic`, checked to
+/// carry `bundle` as version 0, not ephemeral.
+async fn bundle_received(js: &mut JsPeer, topic: &Topic, bundle: &Bytes) -> Value {
+    let got = js.expect("message", |m| m["contentTopic"] == topic.as_str()).await;
+    assert_eq!(got["payloadHex"], hex::encode(bundle));
+    assert_eq!(got["version"], 0);
+    assert_eq!(got["ephemeral"], false);
+    got
+}
+
 async fn interop(rust_dials: bool) {
     init_logs();
     let js_topic = Topic::from("/strata/1/interop-js/proto");
     let bundle_topic = bundle_topic(&[0x02; 33]);
     // A bundle-sized opaque frame with every byte value.
     let bundle: Bytes = (0..2048u32).map(|i| (i % 251) as u8).collect();
+    let (strata, mut events) = strata_node("strata-interop", &js_topic, &bundle_topic, &bundle).await;
 
-    let (strata, mut events) = Libp2pTransport::start(Config::loopback("strata-interop"))
-        .await
-        .unwrap();
-    strata.subscribe(&js_topic).await.unwrap();
-    // Published before any peer exists: the queue must hold it.
-    strata.publish(&bundle_topic, bundle.clone()).await.unwrap();
-
-    let rust_addr: Multiaddr = strata
-        .listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-        .unwrap();
-    let rust_addr = rust_addr.to_string();
     let link_topic = installation_topic(&strata.local_addr());
-    let mut args = vec![
+    let args = [
         "--publish-topic",
         js_topic.as_str(),
         "--bad",
@@ -159,27 +124,17 @@ async fn interop(rust_dials: bool) {
         "--link-topic",
         link_topic.as_str(),
     ];
-    if !rust_dials {
-        args.extend(["--dial", rust_addr.as_str()]);
-    }
-    let mut js = JsPeer::spawn(
-        interop_dir(),
-        "@chainsafe/libp2p-gossipsub",
-        "waku-relay-peer.mjs",
+    let dir = interop_dir();
+    let mut js = meet(
+        &strata,
+        rust_dials,
+        (&dir, "@chainsafe/libp2p-gossipsub", "waku-relay-peer.mjs"),
         &args,
-    );
-    let listening = js.expect("listening", |_| true).await;
-    if rust_dials {
-        strata.dial(js_addr(&listening)).await.unwrap();
-    }
+    )
+    .await;
 
     // JS decodes Strata's WakuMessage on the bundle topic.
-    let got = js
-        .expect("message", |m| m["contentTopic"] == bundle_topic.as_str())
-        .await;
-    assert_eq!(got["payloadHex"], hex::encode(&bundle));
-    assert_eq!(got["version"], 0);
-    assert_eq!(got["ephemeral"], false);
+    let got = bundle_received(&mut js, &bundle_topic, &bundle).await;
     assert_eq!(got["idOk"], true, "gossip message id must be sha256(data)");
     let ts: i128 = got["timestamp"].as_str().unwrap().parse().unwrap();
     assert!(
@@ -188,16 +143,7 @@ async fn interop(rust_dials: bool) {
     );
 
     // Strata receives the valid JS message, having rejected the two bad ones.
-    let event = expect_event(
-        &mut events,
-        "the JS publication",
-        |e| matches!(e, TransportEvent::Published { topic, .. } if *topic == js_topic),
-        DEADLINE,
-    )
-    .await;
-    let TransportEvent::Published { bytes, from, .. } = event else {
-        unreachable!()
-    };
+    let (from, bytes) = publication(&mut events, &js_topic, "the JS publication", DEADLINE).await;
     assert_eq!(bytes, "hello from js-libp2p");
     assert_eq!(from, None, "anonymous gossip names no publisher");
     let status = strata.status().await.unwrap();
@@ -231,62 +177,25 @@ async fn interop_js_waku(rust_dials: bool) {
     let js_topic = Topic::from("/strata/1/interop-js-waku/proto");
     let bundle_topic = bundle_topic(&[0x03; 33]);
     let bundle: Bytes = (0..1024u32).map(|i| (i % 253) as u8).collect();
+    let (strata, mut events) = strata_node("strata-js-waku", &js_topic, &bundle_topic, &bundle).await;
 
-    let (strata, mut events) = Libp2pTransport::start(Config::loopback("strata-js-waku"))
-        .await
-        .unwrap();
-    strata.subscribe(&js_topic).await.unwrap();
-    strata.publish(&bundle_topic, bundle.clone()).await.unwrap();
-    let rust_addr = strata
-        .listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-        .unwrap()
-        .to_string();
-    let mut args = vec![
+    let args = [
         "--subscribe-topic",
         bundle_topic.as_str(),
         "--publish-topic",
         js_topic.as_str(),
     ];
-    if !rust_dials {
-        args.extend(["--dial", rust_addr.as_str()]);
-    }
-    let mut js = JsPeer::spawn(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop"),
-        "@waku/sdk",
-        "waku-sdk-peer.mjs",
-        &args,
-    );
-    let listening = js.expect("listening", |_| true).await;
-    if rust_dials {
-        strata.dial(js_addr(&listening)).await.unwrap();
-    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let mut js = meet(&strata, rust_dials, (&dir, "@waku/sdk", "waku-sdk-peer.mjs"), &args).await;
 
-    let got = js
-        .expect("message", |m| m["contentTopic"] == bundle_topic.as_str())
-        .await;
-    assert_eq!(got["payloadHex"], hex::encode(&bundle));
-    assert_eq!(got["version"], 0);
-    assert_eq!(got["ephemeral"], false);
+    let got = bundle_received(&mut js, &bundle_topic, &bundle).await;
     let ts_ms = got["timestampMs"].as_i64().unwrap();
     assert!(
         (now_ns() / 1_000_000 - i128::from(ts_ms)).abs() < 60_000,
         "js-waku read timestamp {ts_ms} ms"
     );
 
-    let event = expect_event(
-        &mut events,
-        "the js-waku publication",
-        |e| matches!(e, TransportEvent::Published { topic, .. } if *topic == js_topic),
-        DEADLINE,
-    )
-    .await;
-    let TransportEvent::Published { bytes, .. } = event else {
-        unreachable!()
-    };
+    let (_, bytes) = publication(&mut events, &js_topic, "the js-waku publication", DEADLINE).await;
     assert_eq!(bytes, "hello from js-waku");
     let published = js.expect("published", |_| true).await;
     assert!(published["recipients"].as_u64().unwrap() >= 1, "{published}");

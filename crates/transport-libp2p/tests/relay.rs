@@ -6,20 +6,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use libp2p::Multiaddr;
-use libp2p::multiaddr::Protocol;
+use strata_test_support::libp2p::{publication, tcp_addr};
 use strata_transport::conformance::{DEADLINE, connect_pair, expect_event, recv_frame};
 use strata_transport::{EventStream, Topic, Transport, TransportEvent};
 use strata_transport_libp2p::{Config, Libp2pTransport, StoreConfig};
-
-async fn tcp_addr(node: &Libp2pTransport) -> Multiaddr {
-    node.listen_addrs()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|a| a.iter().any(|p| matches!(p, Protocol::Tcp(_))))
-        .unwrap()
-}
 
 async fn start(name: &str, bootstrap: &[&Libp2pTransport], store: bool) -> (Libp2pTransport, EventStream) {
     start_with(name, bootstrap, store, &[]).await
@@ -43,17 +33,7 @@ async fn start_with(
 }
 
 async fn expect_publication(events: &mut EventStream, topic: &Topic, what: &str) -> Bytes {
-    let event = expect_event(
-        events,
-        what,
-        |e| matches!(e, TransportEvent::Published { topic: t, .. } if t == topic),
-        DEADLINE,
-    )
-    .await;
-    match event {
-        TransportEvent::Published { bytes, .. } => bytes,
-        other => panic!("expected a publication, got {other:?}"),
-    }
+    publication(events, topic, what, DEADLINE).await.1
 }
 
 /// Alice and Bob only know the relay: the link handshake and 200 frames

@@ -15,34 +15,24 @@
 //! (its node_modules). The end-to-end targets (connect →
 //! `encryptionReady`, 64 MiB through the full cascade) need the session
 //! layer; these are the transport's share of them.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(clippy::print_stdout)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use strata_test_support::bench::{flag, knob, median, peerjs_baseline};
+use strata_test_support::peerjs;
 use strata_transport::{EventStream, PeerAddr, Transport, TransportEvent};
-use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsConfig, PeerJsTransport, RtcConfig, SignalingConfig};
+use strata_transport_peerjs::{BrokerConfig, PeerJsTransport};
 
 const CONNECTS: usize = 20;
 const TRANSFER: usize = 64 << 20;
 const REPS: usize = 3;
 
 async fn node(id: &str, port: u16) -> (PeerJsTransport, EventStream) {
-    let mut config = PeerJsConfig::new(id, SignalingConfig::new("127.0.0.1", port));
-    config.rtc = RtcConfig::loopback();
-    if let Some(chunk) = std::env::var("PEERJS_BENCH_CHUNK").ok().and_then(|c| c.parse().ok()) {
-        config.chunk_size = chunk;
-    }
+    let mut config = peerjs::config(id, port);
+    config.chunk_size = knob("PEERJS_BENCH_CHUNK", config.chunk_size);
     PeerJsTransport::start(config).await.unwrap()
 }
 
@@ -57,16 +47,6 @@ async fn wait_for(events: &mut EventStream, mut f: impl FnMut(&TransportEvent) -
     })
     .await
     .expect("bench event timed out");
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let m = xs.len() / 2;
-    if xs.len() % 2 == 1 {
-        xs[m]
-    } else {
-        (xs[m - 1] + xs[m]) / 2.0
-    }
 }
 
 async fn strata_connect(
@@ -123,10 +103,7 @@ async fn strata_transfer(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut Even
 
 /// The "8 KiB" frame size: `PEERJS_BENCH_SMALL_FRAME`, else 8192.
 fn small_frame() -> usize {
-    std::env::var("PEERJS_BENCH_SMALL_FRAME")
-        .ok()
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(8 << 10)
+    knob("PEERJS_BENCH_SMALL_FRAME", 8 << 10)
 }
 
 /// 64 MiB in 8 KiB frames over A→B and C→D at once, three times.
@@ -148,40 +125,13 @@ async fn two_links(a: &PeerJsTransport, b: &PeerJsTransport, be: &mut EventStrea
     }
 }
 
-/// Runs the JS baseline; `None` (with the reason) where it cannot run.
-fn js_baseline() -> Option<serde_json::Value> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let tool = root.join("../shared/tools/peerjs-baseline.cjs");
-    let interop = root.join("tests/interop");
-    if !tool.exists() || !interop.join("node_modules/peerjs").exists() {
-        eprintln!(
-            "JS baseline unavailable: need {} and npm ci in tests/interop",
-            tool.display()
-        );
-        return None;
-    }
-    let output = Command::new("node")
-        .arg(&tool)
-        .current_dir(&interop)
-        .env("PJB_CONNECT_N", CONNECTS.to_string())
-        .env("PJB_MODES", "raw64k")
-        .env("PJB_REPS", REPS.to_string())
-        .output()
-        .ok()?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.lines().last()?).ok()
-}
-
 #[tokio::main]
 async fn main() {
-    strata_transport_peerjs::install_crypto_provider();
-    let broker = Broker::bind(SocketAddr::from(([127, 0, 0, 1], 0)), BrokerConfig::default())
-        .await
-        .unwrap();
+    let broker = peerjs::broker(BrokerConfig::default()).await;
     let port = broker.local_addr().port();
     let (a, mut ae) = node("bench-a", port).await;
     let (b, mut be) = node("bench-b", port).await;
-    if std::env::var_os("PEERJS_BENCH_TWO_LINKS").is_some() {
+    if flag("PEERJS_BENCH_TWO_LINKS") {
         two_links(&a, &b, &mut be, port).await;
         return;
     }
@@ -203,14 +153,11 @@ async fn main() {
     drop((a, b));
     broker.shutdown().await;
 
-    if std::env::var_os("PEERJS_BENCH_SKIP_JS").is_some() {
+    if flag("PEERJS_BENCH_SKIP_JS") {
         return;
     }
-    let Some(js) = js_baseline() else { return };
-    let js_connect = js["summary"]["connectMsMedian"].as_f64();
-    let js_raw = js["summary"]["raw64kMBpsMedian"].as_f64();
-    println!("peerjs JS<->JS connect->open ms: median {js_connect:?}; raw 64 KiB MB/s: median {js_raw:?}");
-    if let (Some(js_connect), Some(js_raw)) = (js_connect, js_raw) {
+    let js = peerjs_baseline(&[("PJB_CONNECT_N", CONNECTS.to_string()), ("PJB_REPS", REPS.to_string())]);
+    if let Some((js_connect, js_raw)) = js.and_then(|js| js.report()) {
         println!(
             "ratio connect (strata / peerjs, lower is better): {:.2}",
             connect_median / js_connect

@@ -11,132 +11,49 @@
 //!   is installed they fail under CI (`CI` set) and are skipped loudly
 //!   elsewhere (`strata_test_support::skip_or_fail`);
 //! - close detection both ways.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
-
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
+use strata_test_support::js::{self, DEADLINE, JsPeer};
 use strata_transport::conformance::{expect_event, recv_frame};
 use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, TransportEvent};
 use strata_transport_peerjs::{BrokerConfig, PeerJsTransport, Serialization};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn interop_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop");
-    assert!(
-        dir.join("node_modules/peerjs").is_dir(),
-        "the interop harness is not installed: run scripts/setup (npm ci in tests/interop)"
-    );
-    dir
+/// Runs a script of the PeerJS harness in `tests/interop`.
+fn spawn_js(script: &str, args: &[&str]) -> JsPeer {
+    JsPeer::spawn(&js::interop_dir(), "peerjs", script, args)
 }
 
-/// A Node process printing one JSON event per line.
-struct Js {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    name: String,
+/// Waits for the script's `ok` and its successful exit.
+async fn expect_success(mut js: JsPeer) {
+    js.next_event("ok").await;
+    js.wait_success().await;
 }
 
-impl Js {
-    fn spawn(script: &str, args: &[&str]) -> Self {
-        let dir = interop_dir();
-        let mut child = Command::new("node")
-            .arg(dir.join(script))
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node is not installed");
-        let stdout = child.stdout.take().unwrap();
-        Self {
-            child,
-            lines: BufReader::new(stdout).lines(),
-            name: format!("{script} {}", args.join(" ")),
+/// Waits for the script to end; fails if it reported `unavailable` (the
+/// test found Chromium, so the driver must too).
+async fn finish(mut js: JsPeer) {
+    while let Some(value) = js.next_line().await {
+        if value["event"] == "unavailable" {
+            panic!(
+                "{} found no Chromium, though this test did: {}",
+                js.name(),
+                value["reason"]
+            );
         }
+        js.log(&value.to_string());
     }
-
-    /// The next event named `event`, skipping others; fails on `fail`.
-    async fn expect(&mut self, event: &str) -> Value {
-        let wait = async {
-            loop {
-                let line = self.lines.next_line().await.unwrap();
-                let Some(line) = line else {
-                    panic!("{} exited while we waited for {event}", self.name);
-                };
-                let value: Value =
-                    serde_json::from_str(&line).unwrap_or_else(|_| json!({ "event": "log", "line": line }));
-                match value["event"].as_str() {
-                    Some(e) if e == event => return value,
-                    Some("fail") => panic!("{} failed: {}", self.name, value["reason"]),
-                    _ => eprintln!("[{}] {line}", self.name),
-                }
-            }
-        };
-        tokio::time::timeout(DEADLINE, wait)
-            .await
-            .unwrap_or_else(|_| panic!("{} sent no {event} within {DEADLINE:?}", self.name))
-    }
-
-    /// Waits for the process to end; fails if it reported `unavailable`
-    /// (the test found Chromium, so the driver must too).
-    async fn finish(mut self) {
-        loop {
-            let line = tokio::time::timeout(DEADLINE, self.lines.next_line())
-                .await
-                .unwrap_or_else(|_| panic!("{} silent for {DEADLINE:?}", self.name))
-                .unwrap();
-            let Some(line) = line else { break };
-            let value: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({ "event": "log", "line": line }));
-            match value["event"].as_str() {
-                Some("unavailable") => {
-                    panic!(
-                        "{} found no Chromium, though this test did: {}",
-                        self.name, value["reason"]
-                    )
-                }
-                Some("fail") => panic!("{} failed: {}", self.name, value["reason"]),
-                _ => eprintln!("[{}] {line}", self.name),
-            }
-        }
-        let status = tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "{} exited with {status}", self.name);
-    }
-
-    async fn expect_success(mut self) {
-        self.expect("ok").await;
-        let status = tokio::time::timeout(DEADLINE, self.child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "{} exited with {status}", self.name);
-    }
+    js.wait_success().await;
 }
 
 /// The reference `peer` broker; returns it and its port.
-async fn reference_broker() -> (Js, u16) {
-    let mut broker = Js::spawn("peerjs-broker.cjs", &[]);
-    let listening = broker.expect("listening").await;
+async fn reference_broker() -> (JsPeer, u16) {
+    let mut broker = spawn_js("peerjs-broker.cjs", &[]);
+    let listening = broker.next_event("listening").await;
     let port = u16::try_from(listening["port"].as_u64().unwrap()).unwrap();
     (broker, port)
 }
@@ -182,7 +99,7 @@ async fn peerjs_opens_to_strata_in_every_mode() {
     for serialization in ["binary", "json", "raw"] {
         for reliable in ["true", "false"] {
             let id = format!("js-{serialization}-{reliable}");
-            let js = Js::spawn(
+            let js = spawn_js(
                 "peerjs-peer.cjs",
                 &[
                     "connect",
@@ -193,7 +110,7 @@ async fn peerjs_opens_to_strata_in_every_mode() {
                     reliable,
                 ],
             );
-            js.expect_success().await;
+            expect_success(js).await;
             // PeerJS's conn.close() is seen promptly as the peer closing.
             let peer = PeerAddr::new(id.clone());
             next_matching(&mut others, &format!("Disconnected from {id}"), |e| {
@@ -223,8 +140,8 @@ fn frames_for(serialization: Serialization) -> Vec<Bytes> {
 async fn strata_opens_to_peerjs_in_every_mode() {
     common::init_tracing();
     let (_broker, port) = reference_broker().await;
-    let mut js = Js::spawn("peerjs-peer.cjs", &["echo", &port.to_string(), "js-echo"]);
-    js.expect("open").await;
+    let mut js = spawn_js("peerjs-peer.cjs", &["echo", &port.to_string(), "js-echo"]);
+    js.next_event("open").await;
     let js_addr = PeerAddr::from("js-echo");
     for serialization in [Serialization::Binary, Serialization::Json, Serialization::Raw] {
         let id = format!("strata-{serialization}");
@@ -241,7 +158,7 @@ async fn strata_opens_to_peerjs_in_every_mode() {
         )
         .await;
 
-        let seen = js.expect("connection").await;
+        let seen = js.next_event("connection").await;
         assert_eq!(seen["peer"], id.as_str());
         assert_eq!(seen["serialization"], serialization.as_str());
         assert_eq!(seen["reliable"], true);
@@ -260,7 +177,7 @@ async fn strata_opens_to_peerjs_in_every_mode() {
         }
         // Our disconnect reaches PeerJS as its connection's `close`.
         node.disconnect(&js_addr).await.unwrap();
-        let closed = js.expect("close").await;
+        let closed = js.next_event("close").await;
         assert_eq!(closed["peer"], id.as_str());
         node.shutdown().await;
     }
@@ -272,18 +189,18 @@ async fn peerjs_clients_meet_on_the_embedded_broker() {
     let broker = common::broker(BrokerConfig::default()).await;
     let port = broker.local_addr().port().to_string();
     // No id: the client asks the broker's GET /peerjs/id first.
-    let mut js = Js::spawn("peerjs-peer.cjs", &["echo", &port, "-"]);
-    let open = js.expect("open").await;
+    let mut js = spawn_js("peerjs-peer.cjs", &["echo", &port, "-"]);
+    let open = js.next_event("open").await;
     let echo_id = open["id"].as_str().unwrap().to_owned();
     assert_eq!(echo_id.len(), 36, "a UUID from /id: {echo_id}");
     for serialization in ["binary", "json", "raw"] {
         let id = format!("client-{serialization}");
-        let client = Js::spawn(
+        let client = spawn_js(
             "peerjs-peer.cjs",
             &["connect", &port, &id, &echo_id, serialization, "true"],
         );
-        client.expect_success().await;
-        js.expect("close").await;
+        expect_success(client).await;
+        js.next_event("close").await;
     }
     broker.shutdown().await;
 }
@@ -317,7 +234,7 @@ async fn chromium_peerjs_opens_to_strata() {
     let port = broker.local_addr().port();
     let (node, events) = common::node("strata-for-chrome", port).await;
     let mut others = echo(node, events);
-    let js = Js::spawn(
+    let js = spawn_js(
         "peerjs-browser.cjs",
         &[
             "connect",
@@ -329,7 +246,7 @@ async fn chromium_peerjs_opens_to_strata() {
             "raw",
         ],
     );
-    js.finish().await;
+    finish(js).await;
     let chrome = PeerAddr::from("chrome-client");
     for _ in ["binary", "json", "raw"] {
         next_matching(
@@ -350,15 +267,15 @@ async fn strata_opens_to_chromium_peerjs() {
     }
     let broker = common::broker(BrokerConfig::default()).await;
     let port = broker.local_addr().port();
-    let mut js = Js::spawn("peerjs-browser.cjs", &["echo", &port.to_string(), "chrome-echo"]);
-    js.expect("open").await;
+    let mut js = spawn_js("peerjs-browser.cjs", &["echo", &port.to_string(), "chrome-echo"]);
+    js.next_event("open").await;
     let chrome = PeerAddr::from("chrome-echo");
     for serialization in [Serialization::Binary, Serialization::Json, Serialization::Raw] {
         let mut config = common::node_config(&format!("strata-to-chrome-{serialization}"), port);
         config.serialization = serialization;
         let (node, mut events) = PeerJsTransport::start(config).await.unwrap();
         node.connect(&chrome).await.unwrap();
-        let seen = js.expect("connection").await;
+        let seen = js.next_event("connection").await;
         assert_eq!(seen["serialization"], serialization.as_str());
         for frame in frames_for(serialization) {
             node.send(&chrome, frame.clone()).await.unwrap();
@@ -370,7 +287,7 @@ async fn strata_opens_to_chromium_peerjs() {
             );
         }
         node.disconnect(&chrome).await.unwrap();
-        js.expect("close").await;
+        js.next_event("close").await;
         node.shutdown().await;
     }
     broker.shutdown().await;

@@ -7,10 +7,11 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use strata_test_support::peerjs::Doomed;
 use strata_transport::conformance::{connect_pair, expect_event, recv_frame};
 use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, TransportError, TransportEvent};
 use strata_transport_peerjs::signaling::SignalingError;
-use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsConfig, PeerJsTransport, StartError};
+use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsTransport, StartError};
 
 /// ICE reports `disconnected` after 4 s of silence (see `RtcConfig`); the
 /// rest is headroom for a machine shared with parallel builds. (PeerJS itself
@@ -59,47 +60,6 @@ async fn survives_a_broker_restart() {
     exchange(&b, &mut b_events, &c, &mut c_events).await;
     exchange(&a, &mut a_events, &b, &mut b_events).await;
     broker.shutdown().await;
-}
-
-/// Runs a node on its own runtime, so that shutting the runtime down kills it
-/// the way a crash would: no close message, no SCTP shutdown, sockets gone.
-struct Doomed {
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Doomed {
-    fn new() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        Self { runtime }
-    }
-
-    async fn node(&self, id: &str, port: u16) -> (PeerJsTransport, EventStream) {
-        self.start(common::node_config(id, port)).await
-    }
-
-    async fn start(&self, config: PeerJsConfig) -> (PeerJsTransport, EventStream) {
-        self.runtime
-            .spawn(async move { PeerJsTransport::start(config).await.unwrap() })
-            .await
-            .unwrap()
-    }
-
-    async fn connect(&self, node: &PeerJsTransport, peer: &PeerAddr) {
-        let (node, peer) = (node.clone(), peer.clone());
-        self.runtime
-            .spawn(async move { node.connect(&peer).await })
-            .await
-            .unwrap()
-            .unwrap();
-    }
-
-    fn crash(self) {
-        self.runtime.shutdown_background();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

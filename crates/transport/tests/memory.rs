@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use strata_transport::memory::{Faults, MemoryConfig, MemoryNetwork, MemoryTransport, TraceEntry};
 use strata_transport::{
-    DisconnectReason, ErrorKind, EventStream, PeerAddr, Topic, Transport, TransportError, TransportEvent,
+    Capabilities, DisconnectReason, ErrorKind, EventStream, PeerAddr, Topic, Transport, TransportError, TransportEvent,
 };
 use tokio::time::Instant;
 
@@ -96,16 +96,24 @@ async fn send_numbered(network: &MemoryNetwork, a: &Node, b: &mut Node, n: u32) 
     numbers(&drain(&mut b.events))
 }
 
-async fn lossy_run(seed: u64) -> Vec<u32> {
-    let network = network(
-        seed,
-        Faults {
-            drop_rate: 0.2,
-            ..Faults::none()
-        },
-    );
+/// No faults but those `set` sets.
+fn faults(set: impl FnOnce(&mut Faults)) -> Faults {
+    let mut faults = Faults::none();
+    set(&mut faults);
+    faults
+}
+
+/// Frames `0..n` over a fresh pair on a network with `faults`: the link's
+/// capabilities, and the numbers that arrived.
+async fn numbered_over(seed: u64, faults: Faults, n: u32) -> (Capabilities, Vec<u32>) {
+    let network = network(seed, faults);
     let (a, mut b) = connected_pair(&network).await;
-    send_numbered(&network, &a, &mut b, 2000).await
+    let caps = a.t.capabilities();
+    (caps, send_numbered(&network, &a, &mut b, n).await)
+}
+
+async fn lossy_run(seed: u64) -> Vec<u32> {
+    numbered_over(seed, faults(|f| f.drop_rate = 0.2), 2000).await.1
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,18 +128,8 @@ async fn drop_rate_loses_a_seeded_share_of_frames() {
 
 #[tokio::test(start_paused = true)]
 async fn duplicate_rate_delivers_some_frames_twice() {
-    let network = network(
-        3,
-        Faults {
-            duplicate_rate: 0.3,
-            ..Faults::none()
-        },
-    );
-    let (a, mut b) = connected_pair(&network).await;
-    let caps = a.t.capabilities();
+    let (caps, got) = numbered_over(3, faults(|f| f.duplicate_rate = 0.3), 1000).await;
     assert!(!caps.reliable && caps.ordered, "{caps:?}");
-
-    let got = send_numbered(&network, &a, &mut b, 1000).await;
     let mut counts = BTreeMap::new();
     for n in &got {
         *counts.entry(*n).or_insert(0) += 1;
@@ -144,18 +142,8 @@ async fn duplicate_rate_delivers_some_frames_twice() {
 
 #[tokio::test(start_paused = true)]
 async fn reorder_rate_lets_later_frames_overtake() {
-    let network = network(
-        4,
-        Faults {
-            reorder_rate: 0.3,
-            ..Faults::none()
-        },
-    );
-    let (a, mut b) = connected_pair(&network).await;
-    let caps = a.t.capabilities();
+    let (caps, got) = numbered_over(4, faults(|f| f.reorder_rate = 0.3), 1000).await;
     assert!(caps.reliable && !caps.ordered, "{caps:?}");
-
-    let got = send_numbered(&network, &a, &mut b, 1000).await;
     let mut sorted = got.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..1000).collect::<Vec<_>>(), "each frame exactly once");
@@ -166,13 +154,7 @@ async fn reorder_rate_lets_later_frames_overtake() {
 #[tokio::test(start_paused = true)]
 async fn delay_stays_within_bounds_and_keeps_order() {
     let (min, max) = (10 * MS, 50 * MS);
-    let network = network(
-        5,
-        Faults {
-            delay: (min, max),
-            ..Faults::none()
-        },
-    );
+    let network = network(5, faults(|f| f.delay = (min, max)));
     let (a, mut b) = connected_pair(&network).await;
     let caps = a.t.capabilities();
     assert!(caps.reliable && caps.ordered, "jitter alone keeps a link ordered");
@@ -214,10 +196,7 @@ async fn delay_stays_within_bounds_and_keeps_order() {
 async fn link_faults_override_the_network_per_direction() {
     let network = network(6, Faults::none());
     let (mut a, mut b) = connected_pair(&network).await;
-    let lossy = Faults {
-        drop_rate: 1.0,
-        ..Faults::none()
-    };
+    let lossy = faults(|f| f.drop_rate = 1.0);
     network.set_link_faults(&a.addr, &b.addr, lossy).unwrap();
     assert!(!a.t.capabilities().reliable);
 
@@ -233,22 +212,10 @@ async fn link_faults_override_the_network_per_direction() {
 async fn faults_are_validated() {
     let network = network(0, Faults::none());
     let bad = [
-        Faults {
-            drop_rate: 1.5,
-            ..Faults::none()
-        },
-        Faults {
-            duplicate_rate: -0.1,
-            ..Faults::none()
-        },
-        Faults {
-            reorder_rate: f64::NAN,
-            ..Faults::none()
-        },
-        Faults {
-            delay: (2 * MS, MS),
-            ..Faults::none()
-        },
+        faults(|f| f.drop_rate = 1.5),
+        faults(|f| f.duplicate_rate = -0.1),
+        faults(|f| f.reorder_rate = f64::NAN),
+        faults(|f| f.delay = (2 * MS, MS)),
     ];
     for faults in bad {
         assert!(network.set_faults(faults).is_err(), "{faults:?} accepted");
@@ -264,13 +231,7 @@ async fn faults_are_validated() {
 
 #[tokio::test(start_paused = true)]
 async fn partition_drops_links_and_in_flight_frames_until_healed() {
-    let network = network(
-        9,
-        Faults {
-            delay: (5 * MS, 5 * MS),
-            ..Faults::none()
-        },
-    );
+    let network = network(9, faults(|f| f.delay = (5 * MS, 5 * MS)));
     let (mut a, mut b) = connected_pair(&network).await;
     let topic = Topic::from("t");
     b.t.subscribe(&topic).await.unwrap();
@@ -319,13 +280,7 @@ async fn partition_drops_links_and_in_flight_frames_until_healed() {
 
 #[tokio::test(start_paused = true)]
 async fn restart_closes_the_old_incarnation_and_returns_a_fresh_one() {
-    let network = network(
-        10,
-        Faults {
-            delay: (5 * MS, 5 * MS),
-            ..Faults::none()
-        },
-    );
+    let network = network(10, faults(|f| f.delay = (5 * MS, 5 * MS)));
     let (mut a, mut b) = connected_pair(&network).await;
     let topic = Topic::from("t");
     b.t.subscribe(&topic).await.unwrap();
@@ -447,10 +402,7 @@ async fn in_flight_frames_are_capped() {
     };
     let network = MemoryNetwork::with_config(15, config);
     network
-        .set_faults(Faults {
-            delay: (Duration::from_secs(1), Duration::from_secs(1)),
-            ..Faults::none()
-        })
+        .set_faults(faults(|f| f.delay = (Duration::from_secs(1), Duration::from_secs(1))))
         .unwrap();
     let (a, mut b) = connected_pair(&network).await;
     for i in 0..10 {

@@ -2,16 +2,9 @@
 //! PeerJS broker on loopback, with real WebRTC, real redb stores and fresh
 //! identities: shared by `tests/peerjs_sessions.rs` and the
 //! `peerjs_sessions` bench.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,9 +14,10 @@ use strata_cascade::InstallationIdentity;
 use strata_session::Config;
 use strata_session::actors::{SessionRequest, SessionSetup};
 use strata_store::{KeySource, RedbBackend, Store, load_or_create_key_file};
+use strata_test_support::peerjs;
 pub use strata_test_support::{TestNode, fresh_identity};
 use strata_transport::{Capabilities, EventStream, PeerAddr, Topic, Transport, TransportError};
-use strata_transport_peerjs::{Broker, BrokerConfig, PeerJsConfig, PeerJsTransport, RtcConfig, SignalingConfig};
+use strata_transport_peerjs::PeerJsTransport;
 
 /// Longest any awaited event may take (wall time; a shared 2-core machine
 /// with parallel builds needs the headroom).
@@ -40,25 +34,6 @@ pub fn run<F: Future>(f: F) -> F::Output {
             .unwrap()
     });
     system.block_on(f)
-}
-
-/// An embedded broker on an ephemeral loopback port.
-pub async fn broker() -> Broker {
-    strata_transport_peerjs::install_crypto_provider();
-    Broker::bind(SocketAddr::from(([127, 0, 0, 1], 0)), BrokerConfig::default())
-        .await
-        .unwrap()
-}
-
-/// A hermetic transport config for `id` on the broker at `port`; signaling
-/// reconnects quickly so broker restarts are short.
-pub fn transport_config(id: &str, port: u16) -> PeerJsConfig {
-    let mut signaling = SignalingConfig::new("127.0.0.1", port);
-    signaling.reconnect_initial = Duration::from_millis(50);
-    signaling.reconnect_max = Duration::from_millis(500);
-    let mut config = PeerJsConfig::new(id, signaling);
-    config.rtc = RtcConfig::loopback();
-    config
 }
 
 /// The PeerJS id a node registers: its installation id in hex, as the
@@ -195,7 +170,7 @@ impl PeerNode<PeerJsTransport> {
     /// A node with a fresh identity and store, registered on the broker.
     pub async fn start(name: &'static str, port: u16, dir: PathBuf) -> Self {
         let identity = fresh_identity();
-        let (transport, stream) = PeerJsTransport::start(transport_config(&peer_id(&identity), port))
+        let (transport, stream) = PeerJsTransport::start(peerjs::config(&peer_id(&identity), port))
             .await
             .unwrap();
         Self::boot(name, identity, dir, transport, stream).await
@@ -206,7 +181,7 @@ impl PeerNode<Tap<PeerJsTransport>> {
     /// As [`PeerNode::start`], recording the frames the node sends.
     pub async fn start_tapped(name: &'static str, port: u16, dir: PathBuf) -> (Self, Tap<PeerJsTransport>) {
         let identity = fresh_identity();
-        let (transport, stream) = PeerJsTransport::start(transport_config(&peer_id(&identity), port))
+        let (transport, stream) = PeerJsTransport::start(peerjs::config(&peer_id(&identity), port))
             .await
             .unwrap();
         let tap = Tap::new(transport);

@@ -2,16 +2,8 @@
 //! directly (no tokio, no actors): virtual time, a lossy wire with drop,
 //! duplicate, reorder and delay faults, partitions and restarts. Every
 //! decision comes from one ChaCha20 generator, so a seed replays.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::print_stderr,
-    clippy::type_complexity
-)]
+#![allow(dead_code, unreachable_pub, clippy::print_stderr, clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -399,6 +391,33 @@ impl Sim {
         }
     }
 
+    /// Sends `n` texts each way and runs (for up to 600 s more) until every
+    /// one was received and its delivery reported.
+    pub fn exchange(&mut self, n: usize) {
+        self.exchange_until(n, |times| times >= 1);
+    }
+
+    /// [`Sim::exchange`], where each text must be received exactly once.
+    pub fn exchange_exactly_once(&mut self, n: usize) {
+        self.exchange_until(n, |times| times == 1);
+    }
+
+    fn exchange_until(&mut self, n: usize, received: impl Fn(u32) -> bool) {
+        let mut ids = Vec::new();
+        for k in 0..n {
+            ids.push((0, self.send_text(0, &format!("a{k}"))));
+            ids.push((1, self.send_text(1, &format!("b{k}"))));
+        }
+        let limit = self.t + Duration::from_secs(600);
+        let done = |s: &Sim| {
+            ids.iter().all(|(i, id)| {
+                s.nodes[1 - i].received.get(id).is_some_and(|&times| received(times))
+                    && s.nodes[*i].delivered.contains_key(id)
+            })
+        };
+        assert!(self.run_while(limit, done), "seed {}: exchange incomplete", self.seed);
+    }
+
     /// Runs until `done` holds or `limit` of virtual time passes; returns
     /// whether it held.
     pub fn run_while(&mut self, limit: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
@@ -412,6 +431,11 @@ impl Sim {
         }
         true
     }
+}
+
+/// Whether both sides have a ready session.
+pub fn ready_both(sim: &Sim) -> bool {
+    sim.nodes.iter().all(Node::is_ready)
 }
 
 fn describe(input: &Input<'_>) -> String {

@@ -4,7 +4,7 @@
 //! that survives a restart.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,15 +23,22 @@ use strata_transport::memory::{MemoryNetwork, MemoryTransport};
 pub const DEADLINE: Duration = Duration::from_secs(900);
 
 /// Runs `f` in an actix system on a paused current-thread runtime.
-pub fn run<F: Future>(f: F) -> F::Output {
-    let system = actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    });
-    system.block_on(f)
+pub use strata_test_support::run_paused as run;
+
+/// `a` opens a session with `b`; both wait until it is ready.
+pub async fn handshake(a: &mut TestNode, b: &mut TestNode) {
+    a.connect(b.node.name).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+}
+
+/// Alice and Bob on `net` (seeds `seed` and `seed + 1`, downloads in
+/// `dir`'s `a` and `b`), with a session open between them.
+pub async fn ready_pair(net: &MemoryNetwork, seed: u64, dir: &Path) -> (TestNode, TestNode) {
+    let mut alice = TestNode::start("alice", net, seed, dir.join("a"));
+    let mut bob = TestNode::start("bob", net, seed + 1, dir.join("b"));
+    handshake(&mut alice, &mut bob).await;
+    (alice, bob)
 }
 
 /// A node on the memory network, with the store and keys a restart keeps.

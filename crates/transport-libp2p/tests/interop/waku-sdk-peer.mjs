@@ -9,13 +9,7 @@
 //   message {contentTopic, payloadHex, timestampMs, version, ephemeral, metaHex}, published {recipients}.
 // Exits when stdin closes or after --timeout-ms.
 
-// Node 20 lacks Promise.withResolvers (Node >= 22).
-Promise.withResolvers ??= () => {
-  let resolve, reject
-  const promise = new Promise((res, rej) => { resolve = res; reject = rej })
-  return { promise, resolve, reject }
-}
-
+import { args, out, hex, stopOnStdinEnd } from '../../../../tests/interop/line-peer.mjs'
 import { createRelayNode } from '@waku/sdk/relay'
 import { createEncoder, createDecoder, waitForRemotePeer } from '@waku/sdk'
 import { Protocols } from '@waku/interfaces'
@@ -23,10 +17,6 @@ import { tcp } from '@libp2p/tcp'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { multiaddr } from '@multiformats/multiaddr'
 
-const args = {}
-for (let i = 2; i < process.argv.length; i += 2) args[process.argv[i].replace(/^--/, '')] = process.argv[i + 1]
-const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-const hex = (u8) => (u8 ? Buffer.from(u8).toString('hex') : null)
 const shardInfo = { clusterId: 42, shard: 0 }
 
 const node = await createRelayNode({
@@ -41,10 +31,7 @@ const node = await createRelayNode({
 await node.start()
 out({ ev: 'listening', peerId: node.libp2p.peerId.toString(), addrs: node.libp2p.getMultiaddrs().map(String) })
 
-const stop = async (code) => { try { await node.stop() } finally { process.exit(code) } }
-process.stdin.on('end', () => stop(0))
-process.stdin.resume()
-setTimeout(() => { out({ ev: 'timeout' }); stop(3) }, Number(args['timeout-ms'] ?? 30000)).unref()
+stopOnStdinEnd(node)
 
 await node.relay.subscribeWithUnsubscribe([createDecoder(args['subscribe-topic'], shardInfo)], (m) => {
   out({
