@@ -186,16 +186,26 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A stable name, for APIs and logs.
+    /// A stable name, for APIs and logs: the wire's own name where the
+    /// class is a `protocol-error` code of its own.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Malformed => "malformed",
-            Self::TooLarge => "too-large",
-            Self::UnknownType => "unknown-type",
-            Self::Unexpected => "unexpected",
+            Self::Malformed | Self::TooLarge | Self::UnknownType | Self::Unexpected => self.code().as_str(),
             Self::Undecryptable => "undecryptable",
             Self::IdentityBlocked => "identity-blocked",
             Self::UnexpectedIdentity => "unexpected-identity",
+        }
+    }
+
+    /// The `protocol-error` code the peer is told.
+    pub const fn code(self) -> ErrorCode {
+        match self {
+            Self::Malformed => ErrorCode::Malformed,
+            Self::TooLarge => ErrorCode::TooLarge,
+            Self::UnknownType => ErrorCode::UnknownType,
+            Self::Unexpected | Self::UnexpectedIdentity => ErrorCode::Unexpected,
+            Self::Undecryptable => ErrorCode::DecryptFailed,
+            Self::IdentityBlocked => ErrorCode::IdentityChanged,
         }
     }
 }
@@ -704,15 +714,7 @@ impl PeerMachine {
         if !self.errors.allow(now.at) {
             return;
         }
-        let code = match why {
-            Refusal::Malformed => ErrorCode::Malformed,
-            Refusal::TooLarge => ErrorCode::TooLarge,
-            Refusal::UnknownType => ErrorCode::UnknownType,
-            Refusal::Unexpected => ErrorCode::Unexpected,
-            Refusal::Undecryptable => ErrorCode::DecryptFailed,
-            Refusal::IdentityBlocked => ErrorCode::IdentityChanged,
-            Refusal::UnexpectedIdentity => ErrorCode::Unexpected,
-        };
+        let code = why.code();
         let reason: String = reason.chars().take(200).collect();
         let pdu = ProtocolError {
             code,
