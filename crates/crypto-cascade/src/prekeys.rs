@@ -19,7 +19,7 @@ use crate::codec::{Reader, Writer};
 use crate::error::{CascadeError, Result};
 use crate::identity::{InstallationId, InstallationIdentity, PeerIdentity};
 use crate::layers::mlkem::{KemKeyPair, MlKemLayer, SignedKemKey};
-use crate::layers::mls::{MlsLayer, StorageMap};
+use crate::layers::mls::{KeyPackageKind, MlsLayer, StorageMap};
 use crate::layers::signal::{SignalBundle, SignalLayer};
 use crate::secret::SecretBytes;
 
@@ -68,7 +68,8 @@ impl InstallationPreKeys {
     ) -> Result<Self> {
         let signal_id = signal_id(version);
         let (signed, kyber, signal_bundle) = SignalLayer::reusable_pre_keys(local, signal_id, now_ms, rng)?;
-        let (key_package, mls_entries) = MlsLayer::detached_key_package(local, key_package_lifetime_secs)?;
+        let (key_package, mls_entries) =
+            MlsLayer::detached_key_package(local, KeyPackageKind::LastResort, key_package_lifetime_secs)?;
         let kem = KemKeyPair::generate(local, KEM_KEY_ID, rng)?;
         Ok(Self {
             version,

@@ -13,15 +13,16 @@ use std::fmt;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _, VLBytes};
 use openmls::prelude::{
-    BasicCredential, Capabilities, CredentialWithKey, ExtensionType, GroupId, KeyPackage, KeyPackageIn,
-    LeafNodeParameters, Lifetime, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, ProcessMessageError, ProcessedMessage, ProcessedMessageContent, ProtocolMessage, ProtocolVersion,
-    Sender, SenderRatchetConfiguration, StagedWelcome, ValidationError,
+    BasicCredential, Capabilities, CredentialWithKey, ExtensionType, GroupId, KeyPackage, KeyPackageBundle,
+    KeyPackageIn, KeyPackageRef, LeafNodeParameters, Lifetime, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessMessageError, ProcessedMessage, ProcessedMessageContent,
+    ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome, ValidationError,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::signatures::{Signer, SignerError};
+use openmls_traits::storage::StorageProvider as _;
 use openmls_traits::types::SignatureScheme;
 use strata_proto::{LayerParameters, ParamValue};
 
@@ -223,18 +224,43 @@ impl MlsLayer {
         })
     }
 
-    /// A last-resort KeyPackage of `local` that no layer holds yet, and the
-    /// storage entries with its private keys (for
-    /// [`MlsLayer::with_key_package`]).
+    /// A KeyPackage of `local` that no layer holds yet, and the storage
+    /// entries with its private keys (for [`MlsLayer::with_key_package`]).
     pub(crate) fn detached_key_package(
         local: &InstallationIdentity,
+        kind: KeyPackageKind,
         lifetime_secs: u64,
     ) -> Result<(Vec<u8>, StorageMap)> {
         // A scratch layer: only its storage (the KeyPackage's private keys)
         // is kept; the peer is irrelevant to building a KeyPackage.
         let mut layer = Self::new(local, local.peer_identity())?;
-        let bytes = layer.key_package(KeyPackageKind::LastResort, lifetime_secs)?;
+        let bytes = layer.key_package(kind, lifetime_secs)?;
         Ok((bytes, layer.storage_map()?))
+    }
+
+    /// Whether this layer's storage holds the private bundle of the
+    /// KeyPackage `key_ref` (its RFC 9420 `KeyPackageRef`), that bundle is
+    /// for that very package, and the package is this installation's (its
+    /// leaf has this layer's signature key).
+    pub(crate) fn holds_key_package(&self, key_ref: &[u8]) -> Result<bool> {
+        let corrupt = |_| CascadeError::CorruptState("MLS KeyPackage reference");
+        let encoded = VLBytes::from(key_ref).tls_serialize_detached().map_err(corrupt)?;
+        let wanted = KeyPackageRef::tls_deserialize_exact(encoded).map_err(corrupt)?;
+        let bundle: Option<KeyPackageBundle> = self
+            .provider
+            .storage()
+            .key_package(&wanted)
+            .map_err(|_| CascadeError::CorruptState("MLS KeyPackage bundle"))?;
+        let Some(bundle) = bundle else {
+            return Ok(false);
+        };
+        let actual = bundle
+            .key_package()
+            .hash_ref(self.provider.crypto())
+            .map_err(internal)?;
+        let own_key =
+            bundle.key_package().leaf_node().signature_key().as_slice() == self.credential.signature_key.as_slice();
+        Ok(actual == wanted && own_key)
     }
 
     /// A layer for `local` talking to `peer` that holds the private keys of
