@@ -281,14 +281,34 @@ pub fn peers_do_not_see_each_others_rows<H: Harness>(h: &mut H) {
     assert_eq!(store.read(|r| r.outbox("bob")).unwrap().len(), 1);
 }
 
-fn package(n: u8, last_resort: bool, not_after_s: u64) -> crate::PooledKeyPackage {
-    crate::PooledKeyPackage {
-        key_ref: vec![n; 32],
-        init_key: vec![n ^ 0x55; 32],
-        not_after_s,
-        last_resort,
-        bytes: vec![n; 100],
+/// A stand-in package for the pool's bookkeeping (which never parses a
+/// package nor its private parts): distinct bytes per `n`, so a claim that
+/// hands back another package's private parts is seen.
+/// [`pooled_packages_give_back_working_private_parts`] uses real ones.
+fn package(n: u8, last_resort: bool, not_after_s: u64) -> crate::PoolEntry {
+    crate::PoolEntry {
+        package: crate::PooledKeyPackage {
+            key_ref: vec![n; 32],
+            init_key: vec![n ^ 0x55; 32],
+            not_after_s,
+            last_resort,
+            bytes: vec![n; 100],
+        },
+        secrets: strata_cascade::SecretBytes::from_vec(vec![n ^ 0xAA; 48]),
     }
+}
+
+/// `entry` under another `key_ref`.
+fn with_key_ref(mut entry: crate::PoolEntry, key_ref: Vec<u8>) -> crate::PoolEntry {
+    entry.package.key_ref = key_ref;
+    entry
+}
+
+/// The private parts a claim must hand back with the package numbered by
+/// its `key_ref`'s first byte.
+fn secrets_of(claim: &crate::Claim) -> strata_cascade::SecretBytes {
+    let n = claim.package.key_ref[0];
+    package(n, claim.package.last_resort, 0).secrets
 }
 
 pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
@@ -297,10 +317,7 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     stock.push(package(99, true, 1000));
     store.write(|w| w.add_key_packages(&stock)).unwrap();
     // init_key is unique: a batch repeating one is refused whole.
-    let dup = crate::PooledKeyPackage {
-        key_ref: vec![7; 32],
-        ..package(1, false, 1000)
-    };
+    let dup = with_key_ref(package(1, false, 1000), vec![7; 32]);
     let err = store
         .write(|w| w.add_key_packages(&[package(5, false, 1000), dup]))
         .unwrap_err();
@@ -316,6 +333,7 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     for i in 0..4u64 {
         let claim = store.write(|w| w.claim_key_package(10, 3)).unwrap();
         assert!(!claim.package.last_resort);
+        assert_eq!(claim.secrets, secrets_of(&claim), "its own private parts");
         seen.push(claim.package.key_ref.clone());
         let left = 3 - i;
         assert_eq!(claim.low.map(|l| l.available), (left < 3).then_some(left), "claim {i}");
@@ -327,6 +345,7 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     for _ in 0..3 {
         let claim = store.write(|w| w.claim_key_package(10, 3)).unwrap();
         assert!(claim.package.last_resort);
+        assert_eq!(claim.secrets, secrets_of(&claim), "kept for the next claim");
         let low = claim.low.unwrap();
         assert_eq!((low.available, low.threshold, low.last_resort_used), (0, 3, true));
     }
@@ -337,12 +356,7 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     assert!(status.has_last_resort && !status.last_resort_used);
     // The old last-resort init_key left the pool with it.
     store
-        .write(|w| {
-            w.add_key_packages(&[crate::PooledKeyPackage {
-                key_ref: vec![1; 32],
-                ..package(99, false, 1000)
-            }])
-        })
+        .write(|w| w.add_key_packages(&[with_key_ref(package(99, false, 1000), vec![1; 32])]))
         .unwrap();
 
     // Expired packages are deleted and never handed out.
@@ -352,6 +366,7 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     assert_eq!(store.write(|w| w.expire_key_packages(100)).unwrap(), 1);
     let claim = store.write(|w| w.claim_key_package(2000, 0)).unwrap();
     assert_eq!(claim.package.key_ref, vec![21; 32], "the unexpired package");
+    assert_eq!(claim.secrets, secrets_of(&claim));
 
     // Rotation replaces everything at once and needs a last-resort package.
     assert!(store.write(|w| w.replace_pool(&[package(30, false, 9000)])).is_err());
@@ -376,7 +391,11 @@ where
     let claims: Vec<_> = (0..100)
         .map(|_| {
             let store = store.clone();
-            std::thread::spawn(move || store.write(|w| w.claim_key_package(10, 4)).unwrap().package)
+            std::thread::spawn(move || {
+                let claim = store.write(|w| w.claim_key_package(10, 4)).unwrap();
+                assert_eq!(claim.secrets, secrets_of(&claim));
+                claim.package
+            })
         })
         .collect::<Vec<_>>()
         .into_iter()
@@ -392,6 +411,62 @@ where
     one_time.dedup();
     assert_eq!(one_time.len(), 16, "each one-time package handed out once");
     assert_eq!(claims.iter().filter(|p| p.last_resort).count(), 84);
+}
+
+/// Real packages of this installation: each claim gives back the private
+/// parts of the package it hands out, after a restart too, and with them a
+/// layer built later joins the group a peer made from that package. A
+/// one-time package's private parts leave the store with it.
+pub fn pooled_packages_give_back_working_private_parts<H: Harness>(h: &mut H) {
+    use strata_cascade::{KeyPackageKind, KeyPackageSecrets, MlsLayer, generate_key_package};
+    let (owner, peer) = (installation(), installation());
+    let made: Vec<_> = [
+        KeyPackageKind::OneTime,
+        KeyPackageKind::OneTime,
+        KeyPackageKind::LastResort,
+    ]
+    .into_iter()
+    .map(|kind| generate_key_package(&owner, kind, 3600).unwrap())
+    .collect();
+    let entries: Vec<crate::PoolEntry> = made.iter().map(crate::PoolEntry::from).collect();
+    drop(made);
+    let store = Store::open(h.fresh(), key()).unwrap();
+    store.write(|w| w.add_key_packages(&entries)).unwrap();
+    let store = Store::open(h.reopen(store.into_backend()), key()).unwrap();
+
+    // The peer claims each package in turn (the last one twice: it is the
+    // last resort), and joins with it, as it would days later.
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        let claim = store.write(|w| w.claim_key_package(unix_now(), 0)).unwrap();
+        let entry = entries
+            .iter()
+            .find(|e| e.package.key_ref == claim.package.key_ref)
+            .expect("a package that was added");
+        assert_eq!(claim.package, entry.package);
+        assert_eq!(claim.secrets, entry.secrets);
+        claimed.push(claim);
+    }
+    let kinds: Vec<bool> = claimed.iter().map(|c| c.package.last_resort).collect();
+    assert_eq!(kinds, [false, false, true, true]);
+    assert_ne!(claimed[0].package.key_ref, claimed[1].package.key_ref);
+    for claim in &claimed {
+        let mut creator = MlsLayer::new(&peer, owner.peer_identity()).unwrap();
+        let welcome = creator.create_group(&claim.package.bytes).unwrap();
+        let secrets = KeyPackageSecrets::from_bytes(claim.secrets.as_bytes()).unwrap();
+        let mut joiner = MlsLayer::with_key_package_secrets(&owner, peer.peer_identity(), &secrets).unwrap();
+        joiner.join_group(&welcome).unwrap();
+        assert_eq!(joiner.epoch(), creator.epoch());
+    }
+
+    // Only the last resort's private parts are left, beside it.
+    let raw = store.into_backend();
+    let rows = raw
+        .read(|tx| tx.scan(crate::kv::Table::KeyPackages, b"s", usize::MAX))
+        .unwrap();
+    let last_resort_ref = &claimed[3].package.key_ref;
+    let left: Vec<_> = rows.into_iter().map(|(k, _)| k[1..].to_vec()).collect();
+    assert_eq!(left, vec![last_resort_ref.clone()]);
 }
 
 pub fn a_burst_commits_one_state<H: Harness>(h: &mut H) {
@@ -544,6 +619,7 @@ macro_rules! store_conformance {
             concurrent_claims_never_share_a_package,
             a_burst_commits_one_state,
             peer_key_packages_are_checked_keyed_and_consumed,
+            pooled_packages_give_back_working_private_parts,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {

@@ -14,26 +14,52 @@
 //! - identity rotation replaces the whole pool in one transaction
 //!   ([`Writer::replace_pool`]).
 //!
-//! The store keeps the packages' public bytes and metadata; their private
-//! keys live in the MLS state of the layer that made them.
+//! Each package's private parts (the cascade's `KeyPackageSecrets` blob,
+//! opaque here) are sealed in a row of their own beside it, added with it,
+//! handed back by the claim that hands out the package (in the same
+//! transaction), and deleted with it.
 //!
 //! Only the tests fill and claim this pool today: the node does not draw
 //! its KeyPackages from it yet (planned, issue #16).
 
+use strata_cascade::{GeneratedKeyPackage, SecretBytes};
+
 use crate::error::StoreError;
 use crate::kv::Table;
 use crate::records::StoredKeyPackage;
+use crate::sealing::{open_sealed, put_sealed};
 use crate::store::Writer;
 
 /// Row prefixes inside [`Table::KeyPackages`].
 const PACKAGE: u8 = b'p';
 const INIT_KEY: u8 = b'i';
+/// The sealed private parts of the package with this `key_ref`.
+const SECRETS: u8 = b's';
 const LAST_RESORT: &[u8] = b"r";
 const LAST_RESORT_USED: &[u8] = b"u";
 
 /// A KeyPackage of ours in the pool; its `init_key` is unique across the
 /// pool.
 pub type PooledKeyPackage = StoredKeyPackage;
+
+/// A package of ours with its private parts, as added to the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolEntry {
+    /// The package's public bytes and what the rules need to know of it.
+    pub package: PooledKeyPackage,
+    /// Its private parts (`KeyPackageSecrets` bytes, opaque to the store),
+    /// sealed beside it.
+    pub secrets: SecretBytes,
+}
+
+impl From<&GeneratedKeyPackage> for PoolEntry {
+    fn from(made: &GeneratedKeyPackage) -> Self {
+        Self {
+            package: (&made.package).into(),
+            secrets: SecretBytes::from_vec(made.secrets.as_bytes().to_vec()),
+        }
+    }
+}
 
 /// Raised when a claim leaves fewer one-time packages than the threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +77,10 @@ pub struct LowKeyPackages {
 pub struct Claim {
     /// The package.
     pub package: PooledKeyPackage,
+    /// Its private parts, as added. A one-time package's are no longer in
+    /// the store: the caller keeps them until a Welcome for the package
+    /// arrives or it expires.
+    pub secrets: SecretBytes,
     /// Set when the pool needs refilling.
     pub low: Option<LowKeyPackages>,
 }
@@ -78,11 +108,11 @@ impl Writer<'_> {
     /// current last-resort one). Refuses the whole batch if any `init_key`
     /// is already in the pool or repeated in the batch, or if it holds more
     /// than one last-resort package.
-    pub fn add_key_packages(&mut self, packages: &[PooledKeyPackage]) -> Result<(), StoreError> {
-        if packages.iter().filter(|p| p.last_resort).count() > 1 {
+    pub fn add_key_packages(&mut self, entries: &[PoolEntry]) -> Result<(), StoreError> {
+        if entries.iter().filter(|e| e.package.last_resort).count() > 1 {
             return Err(StoreError::Misuse("more than one last-resort KeyPackage".into()));
         }
-        for package in packages {
+        for PoolEntry { package, secrets } in entries {
             let index = row(INIT_KEY, &package.init_key);
             if self.raw().get(Table::KeyPackages, &index)?.is_some() {
                 return Err(StoreError::Misuse("KeyPackage init_key already in the pool".into()));
@@ -95,6 +125,14 @@ impl Writer<'_> {
                 self.put_pool_record(&row(PACKAGE, &package.key_ref), package)?;
             }
             self.raw_mut().put(Table::KeyPackages, &index, &package.key_ref)?;
+            let (tx, key) = self.sealing();
+            put_sealed(
+                tx,
+                key,
+                Table::KeyPackages,
+                &row(SECRETS, &package.key_ref),
+                secrets.as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -111,23 +149,28 @@ impl Writer<'_> {
                 self.raw_mut().delete(Table::KeyPackages, &key)?;
                 self.raw_mut()
                     .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
-                package
+                let secrets = self.pool_secrets(&package)?;
+                self.raw_mut()
+                    .delete(Table::KeyPackages, &row(SECRETS, &package.key_ref))?;
+                (package, secrets)
             }
             None => {
                 let package: PooledKeyPackage = self.pool_record(LAST_RESORT).map_err(|_| {
                     StoreError::Misuse("the KeyPackage pool is empty and has no last-resort package".into())
                 })?;
                 self.raw_mut().put(Table::KeyPackages, LAST_RESORT_USED, &[1])?;
-                package
+                let secrets = self.pool_secrets(&package)?;
+                (package, secrets)
             }
         };
+        let (package, secrets) = package;
         let status = self.key_package_status(now_s)?;
         let low = (status.available < threshold).then_some(LowKeyPackages {
             available: status.available,
             threshold,
             last_resort_used: status.last_resort_used,
         });
-        Ok(Claim { package, low })
+        Ok(Claim { package, secrets, low })
     }
 
     /// Deletes every package whose lifetime ended before `now_s`; returns
@@ -140,6 +183,8 @@ impl Writer<'_> {
                 self.raw_mut().delete(Table::KeyPackages, &key)?;
                 self.raw_mut()
                     .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
+                self.raw_mut()
+                    .delete(Table::KeyPackages, &row(SECRETS, &package.key_ref))?;
                 expired += 1;
             }
         }
@@ -153,17 +198,17 @@ impl Writer<'_> {
     }
 
     /// Installs a fresh last-resort package after the old one was served.
-    pub fn replace_last_resort(&mut self, package: &PooledKeyPackage) -> Result<(), StoreError> {
-        if !package.last_resort {
+    pub fn replace_last_resort(&mut self, entry: &PoolEntry) -> Result<(), StoreError> {
+        if !entry.package.last_resort {
             return Err(StoreError::Misuse("not a last-resort KeyPackage".into()));
         }
-        self.add_key_packages(std::slice::from_ref(package))
+        self.add_key_packages(std::slice::from_ref(entry))
     }
 
     /// Identity rotation: drops every package and installs `packages` (which
     /// must include a last-resort one), all in this transaction.
-    pub fn replace_pool(&mut self, packages: &[PooledKeyPackage]) -> Result<(), StoreError> {
-        if !packages.iter().any(|p| p.last_resort) {
+    pub fn replace_pool(&mut self, entries: &[PoolEntry]) -> Result<(), StoreError> {
+        if !entries.iter().any(|e| e.package.last_resort) {
             return Err(StoreError::Misuse(
                 "a rotated pool needs a last-resort KeyPackage".into(),
             ));
@@ -171,7 +216,7 @@ impl Writer<'_> {
         for (key, _) in self.raw().scan(Table::KeyPackages, &[], usize::MAX)? {
             self.raw_mut().delete(Table::KeyPackages, &key)?;
         }
-        self.add_key_packages(packages)
+        self.add_key_packages(entries)
     }
 
     /// The pool's stock at `now_s` (expired packages do not count).
@@ -197,9 +242,22 @@ impl Writer<'_> {
         if let Ok(old) = self.pool_record::<PooledKeyPackage>(LAST_RESORT) {
             self.raw_mut()
                 .delete(Table::KeyPackages, &row(INIT_KEY, &old.init_key))?;
+            self.raw_mut().delete(Table::KeyPackages, &row(SECRETS, &old.key_ref))?;
         }
         self.raw_mut().delete(Table::KeyPackages, LAST_RESORT)?;
         Ok(())
+    }
+
+    /// The sealed private parts of `package`; a package without them is a
+    /// damaged pool.
+    fn pool_secrets(&self, package: &PooledKeyPackage) -> Result<SecretBytes, StoreError> {
+        let (tx, key) = self.sealing_read();
+        let mut secrets =
+            open_sealed(tx, key, Table::KeyPackages, &row(SECRETS, &package.key_ref))?.ok_or(StoreError::Corrupt {
+                table: Table::KeyPackages.name(),
+                reason: "a pooled KeyPackage without its private parts".into(),
+            })?;
+        Ok(SecretBytes::from_vec(std::mem::take(&mut *secrets)))
     }
 
     fn pool_record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<T, StoreError> {

@@ -166,8 +166,8 @@ pub enum Accepted {
 
 /// A KeyPackage as the store keeps it, ours in the pool or a peer's
 /// ([`PeerKeyPackage`]): its public bytes and what the rules need to know
-/// of it. Its private keys
-/// live in the MLS state of the layer that made it.
+/// of it. The private parts of a pooled one are sealed in a row of their
+/// own ([`crate::PoolEntry`]); a peer's have none here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredKeyPackage {

@@ -191,6 +191,16 @@ impl Writer<'_> {
         &mut *self.tx
     }
 
+    /// The transaction and the storage key, to seal a value into a row.
+    pub(crate) fn sealing(&mut self) -> (&mut dyn WriteTx, &StorageKey) {
+        (&mut *self.tx, self.key)
+    }
+
+    /// The transaction and the storage key, to open a sealed row.
+    pub(crate) fn sealing_read(&self) -> (&dyn ReadTx, &StorageKey) {
+        (&*self.tx, self.key)
+    }
+
     pub(crate) fn put_record<T: Serialize>(&mut self, table: Table, k: &[u8], value: &T) -> Result<(), StoreError> {
         put_sealed(self.tx, self.key, table, k, &encode(value)?)
     }

@@ -31,20 +31,17 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use strata_cascade::layers::mls::DEFAULT_KEY_PACKAGE_LIFETIME_SECS;
 use strata_cascade::{
-    IdentityKey, InstallationId, InstallationIdentity, KeyPackageKind, Layer as _, MlsLayer, PairCascade, PeerIdentity,
-    seal_fingerprints, verify_key_package,
+    IdentityKey, InstallationId, InstallationIdentity, KeyPackageKind, KeyPackageSecrets, MlsLayer, PairCascade,
+    PeerIdentity, generate_key_package, seal_fingerprints,
 };
 use strata_store::{
-    IncomingMessage, KeySource, OutgoingMessage, PooledKeyPackage, RedbBackend, Store, load_or_create_key_file,
+    IncomingMessage, KeySource, OutgoingMessage, PoolEntry, RedbBackend, Store, load_or_create_key_file,
 };
 use strata_test_support::cascade::{self, Pair};
 
 const CHILD_ENV: &str = "STRATA_CRASH_CHILD";
 const TEST_NAME: &str = "sigkill_at_random_points_loses_nothing_and_reuses_no_key";
 const MARK: &str = "@@ ";
-/// The pseudo-peer row holding the MLS layer that makes this
-/// installation's KeyPackages (their private keys live in its state).
-const MAKER: &str = "key-package-maker";
 const STEPS_PER_RUN: u32 = 24;
 const POOL_THRESHOLD: u64 = 3;
 
@@ -62,15 +59,9 @@ fn open_store(dir: &Path, name: &str) -> Store<RedbBackend> {
     Store::open(backend, KeySource::Key(key)).unwrap()
 }
 
-fn pooled(bytes: Vec<u8>, owner: &PeerIdentity) -> PooledKeyPackage {
-    let v = verify_key_package(&bytes, owner).unwrap();
-    PooledKeyPackage {
-        key_ref: v.key_ref().to_vec(),
-        init_key: v.init_key().to_vec(),
-        not_after_s: v.not_after_s(),
-        last_resort: v.last_resort(),
-        bytes,
-    }
+/// A KeyPackage of `owner` for its pool, private parts included.
+fn pooled(owner: &InstallationIdentity, kind: KeyPackageKind) -> PoolEntry {
+    PoolEntry::from(&generate_key_package(owner, kind, DEFAULT_KEY_PACKAGE_LIFETIME_SECS).unwrap())
 }
 
 fn installation_hex(id: InstallationId) -> String {
@@ -89,20 +80,8 @@ fn setup(dir: &Path) -> (String, String) {
     } = cascade::established(&mut rand::rng(), now);
     let (a, b) = (alice_id.installation_id(), bob_id.installation_id());
 
-    let mut maker = MlsLayer::new(&alice_id, alice_id.peer_identity()).unwrap();
-    let own = alice_id.peer_identity();
-    let mut pool: Vec<_> = (0..6)
-        .map(|_| {
-            let kp = maker
-                .key_package(KeyPackageKind::OneTime, DEFAULT_KEY_PACKAGE_LIFETIME_SECS)
-                .unwrap();
-            pooled(kp, &own)
-        })
-        .collect();
-    let lr = maker
-        .key_package(KeyPackageKind::LastResort, DEFAULT_KEY_PACKAGE_LIFETIME_SECS)
-        .unwrap();
-    pool.push(pooled(lr, &own));
+    let mut pool: Vec<_> = (0..6).map(|_| pooled(&alice_id, KeyPackageKind::OneTime)).collect();
+    pool.push(pooled(&alice_id, KeyPackageKind::LastResort));
 
     let (a_hex, b_hex) = (installation_hex(a), installation_hex(b));
     let alice_store = open_store(dir, "alice");
@@ -111,7 +90,6 @@ fn setup(dir: &Path) -> (String, String) {
             w.set_identity(alice_id.export().unwrap().as_bytes())?;
             w.observe_identity(&b_hex, &bob_id.account().identity_key().serialize(), now)?;
             w.set_layer_state(&b_hex, alice.export().unwrap().as_bytes())?;
-            w.set_layer_state(MAKER, maker.export_state().unwrap().as_bytes())?;
             w.add_key_packages(&pool)
         })
         .unwrap();
@@ -245,7 +223,7 @@ fn send(from: &mut Side, to: &mut Side, id: &str, rng: &mut ChaCha8Rng) {
 
 /// Bob claims one of Alice's KeyPackages, checks and stores it, and uses
 /// one; Alice refills her pool when it runs low.
-fn claim(alice: &mut Side, bob: &mut Side, maker: &mut MlsLayer, alice_identity: &PeerIdentity) {
+fn claim(alice: &mut Side, bob: &mut Side, owner: &InstallationIdentity, alice_identity: &PeerIdentity) {
     let now_s = now_ms() / 1000;
     let claim = alice
         .store
@@ -256,38 +234,17 @@ fn claim(alice: &mut Side, bob: &mut Side, maker: &mut MlsLayer, alice_identity:
         hex::encode(&claim.package.key_ref),
         u8::from(claim.package.last_resort)
     ));
+    // The private parts came back with the package, whole, across kills:
+    // a layer built from them holds the package's private bundle.
+    let secrets = KeyPackageSecrets::from_bytes(claim.secrets.as_bytes()).unwrap();
+    MlsLayer::with_key_package_secrets(owner, *alice_identity, &secrets).unwrap();
     if let Some(low) = claim.low {
-        // Keys of handed-out packages stay in the maker until a Welcome uses
-        // them or they expire, which never happens here: start a new maker
-        // now and then so long soaks stay under the MLS state's bounds.
-        if maker.export_state().unwrap().as_bytes().len() > 256 << 10 {
-            let identity = alice.store.read(|r| r.identity()).unwrap().unwrap();
-            let own = InstallationIdentity::import(&identity).unwrap();
-            *maker = MlsLayer::new(&own, own.peer_identity()).unwrap();
-        }
-        let mut fresh: Vec<_> = (0..4)
-            .map(|_| {
-                let kp = maker
-                    .key_package(KeyPackageKind::OneTime, DEFAULT_KEY_PACKAGE_LIFETIME_SECS)
-                    .unwrap();
-                pooled(kp, alice_identity)
-            })
-            .collect();
+        let mut fresh: Vec<_> = (0..4).map(|_| pooled(owner, KeyPackageKind::OneTime)).collect();
         if low.last_resort_used {
-            let lr = maker
-                .key_package(KeyPackageKind::LastResort, DEFAULT_KEY_PACKAGE_LIFETIME_SECS)
-                .unwrap();
-            fresh.push(pooled(lr, alice_identity));
+            fresh.push(pooled(owner, KeyPackageKind::LastResort));
         }
-        // The packages and the private keys behind them commit together.
-        let state = maker.export_state().unwrap();
-        alice
-            .store
-            .write(|w| {
-                w.add_key_packages(&fresh)?;
-                w.set_layer_state(MAKER, state.as_bytes())
-            })
-            .unwrap();
+        // The packages and their private parts commit together.
+        alice.store.write(|w| w.add_key_packages(&fresh)).unwrap();
         report(&format!("R {}", fresh.len()));
     }
     let stored = bob
@@ -311,8 +268,7 @@ fn child_main(spec: &str) {
 
     let mut alice = load_side(&dir, "A", "alice", b_hex);
     let mut bob = load_side(&dir, "B", "bob", a_hex);
-    let maker_state = alice.store.read(|r| r.layer_state(MAKER)).unwrap().unwrap();
-    let mut maker = MlsLayer::import_state(&maker_state).unwrap();
+    let owner = InstallationIdentity::import(&alice.store.read(|r| r.identity()).unwrap().unwrap()).unwrap();
     let alice_key = bob.store.read(|r| r.contact(a_hex)).unwrap().unwrap().identity_key;
     let alice_identity = PeerIdentity {
         identity_key: IdentityKey::decode(&alice_key).unwrap(),
@@ -331,7 +287,7 @@ fn child_main(spec: &str) {
                 flush(&mut alice, &mut bob);
                 flush(&mut bob, &mut alice);
             }
-            _ => claim(&mut alice, &mut bob, &mut maker, &alice_identity),
+            _ => claim(&mut alice, &mut bob, &owner, &alice_identity),
         }
     }
     flush(&mut alice, &mut bob);
