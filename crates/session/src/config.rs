@@ -40,6 +40,9 @@ pub struct Config {
     pub error_burst: u32,
     /// Lifetime of the KeyPackages handed out in step 2, seconds.
     pub key_package_lifetime_secs: u64,
+    /// How this installation's KeyPackage pool is kept
+    /// ([`crate::pool::keep_stocked`]): 64 one-time packages by default.
+    pub key_package_pool: crate::pool::PoolConfig,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             error_rate: 5,
             error_burst: 20,
             key_package_lifetime_secs: 24 * 3600,
+            key_package_pool: crate::pool::PoolConfig::default(),
         }
     }
 }

@@ -268,6 +268,7 @@ pub mod durable;
 pub mod error;
 mod files;
 pub mod machine;
+pub mod pool;
 pub mod prekeys;
 
 pub use config::Config;
@@ -275,3 +276,4 @@ pub use content::{Content, FILE_CHUNK_BYTES};
 pub use durable::Durable;
 pub use error::{ErrorKind, SessionError};
 pub use machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation};
+pub use pool::{PoolConfig, Restock, keep_stocked};
