@@ -818,6 +818,46 @@ fn trace_logs_never_contain_secrets() {
     }
 }
 
+/// At start the daemon stocks its KeyPackage pool (64 one-time packages and
+/// a last resort, each with its private parts), and a restart finds it full.
+#[test]
+fn the_daemon_stocks_its_key_package_pool_at_start() {
+    use strata_store::{KeySource, RedbBackend, Store, load_or_create_key_file};
+    let node = Node::new();
+    node.init();
+    let status = || {
+        let key = load_or_create_key_file(&node.dir().join("storage.key")).unwrap();
+        let backend = RedbBackend::open(&node.dir().join("store.redb")).unwrap();
+        let store = Store::open(backend, KeySource::Key(key)).unwrap();
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        store.write(|w| w.key_package_status(now_s)).unwrap()
+    };
+    assert_eq!(status().available, 0, "init makes no pool");
+    for _ in 0..2 {
+        let daemon = node.daemon_with(&[("RUST_LOG", "strata=info")]);
+        assert!(daemon.terminate().success());
+        let status = status();
+        assert_eq!(
+            (status.available, status.has_last_resort, status.last_resort_used),
+            (64, true, false)
+        );
+    }
+    let log = std::fs::read_to_string(node.tmp.path().join("daemon.log")).unwrap();
+    let stocked: Vec<_> = log.lines().filter(|l| l.contains("KeyPackage pool stocked")).collect();
+    assert_eq!(stocked.len(), 2, "{log}");
+    assert!(
+        stocked[0].contains("added=64") && stocked[0].contains("last_resort=true"),
+        "{log}"
+    );
+    assert!(
+        stocked[1].contains("added=0") && stocked[1].contains("last_resort=false"),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_killed_daemon_leaves_nothing_that_blocks_a_restart() {
     let node = Node::new();

@@ -19,8 +19,9 @@
 //! handed back by the claim that hands out the package (in the same
 //! transaction), and deleted with it.
 //!
-//! Only the tests fill and claim this pool today: the node does not draw
-//! its KeyPackages from it yet (planned, issue #16).
+//! The node keeps this pool stocked (`strata_session::pool`, at start) but
+//! does not draw its KeyPackages from it yet: step 2 and claims over
+//! sessions are planned (issue #16).
 
 use strata_cascade::{GeneratedKeyPackage, SecretBytes};
 

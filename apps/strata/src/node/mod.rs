@@ -77,6 +77,34 @@ pub(crate) struct NodeSessions {
     requests: AtomicU64,
 }
 
+/// Keeps this installation's KeyPackage pool stocked at start: expired
+/// packages swept, the one-time stock topped up, a last resort made if
+/// none (`strata_session::pool`). Nothing claims from it yet (issue #16).
+async fn stock_key_packages(
+    store: &Arc<NodeStore>,
+    identity: &Arc<InstallationIdentity>,
+    session: &strata_session::Config,
+) -> Result<()> {
+    let (store, identity, pool) = (
+        Arc::clone(store),
+        Arc::clone(identity),
+        session.key_package_pool.clone(),
+    );
+    let restock = tokio::task::spawn_blocking(move || {
+        strata_session::keep_stocked(&*store, &identity, &pool, crate::ops::now_ms() / 1000)
+    })
+    .await
+    .map_err(|e| AppError::internal(format!("the KeyPackage pool task failed: {e}")))?
+    .map_err(|e| AppError::caused("cannot stock the KeyPackage pool", &e))?;
+    tracing::info!(
+        expired = restock.expired,
+        added = restock.added,
+        last_resort = restock.last_resort,
+        "KeyPackage pool stocked"
+    );
+    Ok(())
+}
+
 /// Where the started node can be reached.
 pub(crate) struct Reachable {
     /// The libp2p addresses it listens on (with `/p2p/<id>`).
@@ -110,6 +138,7 @@ impl NodeSessions {
                 .map_err(|e| AppError::caused("cannot load the identity", &e))?,
         );
         let session_config = strata_session::Config::default();
+        stock_key_packages(&store, &identity, &session_config).await?;
         let peerjs = match &network.broker {
             Some(choice) => Some(start_peerjs(network, dir, &addr, choice).await?),
             None => None,
