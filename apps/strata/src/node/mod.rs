@@ -70,6 +70,8 @@ pub(crate) struct NodeSessions {
     libp2p: Option<Libp2pTransport>,
     /// The periodic renewal of the bundle pre-keys (with libp2p).
     renewal: Option<tokio::task::AbortHandle>,
+    /// The periodic upkeep of the KeyPackage pool.
+    pool_upkeep: tokio::task::AbortHandle,
     store: Arc<NodeStore>,
     events: Arc<EventBus>,
     /// Node events, typed, for the daemon's own waits.
@@ -77,32 +79,51 @@ pub(crate) struct NodeSessions {
     requests: AtomicU64,
 }
 
-/// Keeps this installation's KeyPackage pool stocked at start: expired
-/// packages swept, the one-time stock topped up, a last resort made if
-/// none (`strata_session::pool`). Nothing claims from it yet (issue #16).
+/// How often a running node tops up its KeyPackage pool and sweeps expired
+/// packages (it does so at start too). Pooled packages live 28 days, so a
+/// daemon that runs longer still has unexpired ones and a last resort.
+const POOL_UPKEEP: Duration = Duration::from_secs(3600);
+
+/// Keeps this installation's KeyPackage pool stocked: expired packages
+/// swept, the one-time stock topped up, a last resort made if none or
+/// served (`strata_session::pool`). Nothing claims from it yet (issue #16).
 async fn stock_key_packages(
     store: &Arc<NodeStore>,
     identity: &Arc<InstallationIdentity>,
-    session: &strata_session::Config,
+    pool: &strata_session::PoolConfig,
 ) -> Result<()> {
-    let (store, identity, pool) = (
-        Arc::clone(store),
-        Arc::clone(identity),
-        session.key_package_pool.clone(),
-    );
+    let (store, identity, pool) = (Arc::clone(store), Arc::clone(identity), pool.clone());
     let restock = tokio::task::spawn_blocking(move || {
         strata_session::keep_stocked(&*store, &identity, &pool, crate::ops::now_ms() / 1000)
     })
     .await
     .map_err(|e| AppError::internal(format!("the KeyPackage pool task failed: {e}")))?
     .map_err(|e| AppError::caused("cannot stock the KeyPackage pool", &e))?;
-    tracing::info!(
-        expired = restock.expired,
-        added = restock.added,
-        last_resort = restock.last_resort,
-        "KeyPackage pool stocked"
-    );
+    if restock != strata_session::Restock::default() {
+        tracing::info!(
+            expired = restock.expired,
+            added = restock.added,
+            last_resort = restock.last_resort,
+            "KeyPackage pool stocked"
+        );
+    }
     Ok(())
+}
+
+/// [`stock_key_packages`] every `period`; runs until aborted.
+async fn stock_key_packages_periodically(
+    store: Arc<NodeStore>,
+    identity: Arc<InstallationIdentity>,
+    pool: strata_session::PoolConfig,
+    period: Duration,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = stock_key_packages(&store, &identity, &pool).await {
+            tracing::warn!(error = %e, "KeyPackage pool upkeep failed; retried at the next check");
+        }
+    }
 }
 
 /// Where the started node can be reached.
@@ -138,7 +159,7 @@ impl NodeSessions {
                 .map_err(|e| AppError::caused("cannot load the identity", &e))?,
         );
         let session_config = strata_session::Config::default();
-        stock_key_packages(&store, &identity, &session_config).await?;
+        stock_key_packages(&store, &identity, &session_config.key_package_pool).await?;
         let peerjs = match &network.broker {
             Some(choice) => Some(start_peerjs(network, dir, &addr, choice).await?),
             None => None,
@@ -173,6 +194,14 @@ impl NodeSessions {
         let (wire, stream) = Duo::new(peerjs, libp2p, 1024)
             .map_err(|e| AppError::internal(format!("cannot join the transports: {e}")))?;
 
+        // Started once nothing else can fail, so no task outlives a failed
+        // start.
+        let upkeep = stock_key_packages_periodically(
+            Arc::clone(&store),
+            Arc::clone(&identity),
+            session_config.key_package_pool.clone(),
+            POOL_UPKEEP,
+        );
         let setup = SessionSetup {
             config: session_config,
             local: identity,
@@ -182,6 +211,7 @@ impl NodeSessions {
         let (observed, _) = broadcast::channel(OBSERVED_LAG);
         let (node, system, thread) =
             spawn_actors(setup, wire.clone(), stream, Arc::clone(&events), observed.clone()).await?;
+        let pool_upkeep = tokio::spawn(upkeep).abort_handle();
         Ok((
             Self {
                 node,
@@ -191,6 +221,7 @@ impl NodeSessions {
                 peerjs: peerjs_handle,
                 libp2p: libp2p_handle,
                 renewal,
+                pool_upkeep,
                 store,
                 events,
                 observed,
@@ -205,6 +236,7 @@ impl NodeSessions {
         if let Some(renewal) = &self.renewal {
             renewal.abort();
         }
+        self.pool_upkeep.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.node.send(Shutdown)).await;
         self.system.stop();
         let thread = self
