@@ -7,8 +7,10 @@
 //! [`keep_stocked`] sweeps expired packages, tops the one-time stock up to
 //! [`PoolConfig::stock`], and makes a last-resort package when there is
 //! none or the current one has been served. The node calls it at start and
-//! whenever a claim reports `LowKeyPackages`. Nothing claims from the pool
-//! yet: the handshake's step 2 and claims over sessions are later slices.
+//! every hour; a claim that reports `LowKeyPackages` will call it too, but
+//! nothing claims from the pool yet: the handshake's step 2 and claims over
+//! sessions are later slices. [`replace_all`] is for identity rotation,
+//! which the node does not have yet.
 
 use strata_cascade::layers::mls::DEFAULT_KEY_PACKAGE_LIFETIME_SECS;
 use strata_cascade::{InstallationIdentity, KeyPackageKind, generate_key_package};
@@ -88,6 +90,26 @@ pub fn keep_stocked(
         added: missing,
         last_resort,
     })
+}
+
+/// Identity rotation (polyproto-mls: new KeyPackages with the new
+/// credential): replaces the whole pool, in one transaction, with
+/// `config.stock` fresh one-time packages of `local` and a fresh last
+/// resort. Returns how many one-time packages it holds.
+pub fn replace_all(
+    store: &dyn Durable,
+    local: &InstallationIdentity,
+    config: &PoolConfig,
+) -> Result<u64, SessionError> {
+    let mut entries = Vec::new();
+    for _ in 0..config.stock {
+        let made = generate_key_package(local, KeyPackageKind::OneTime, config.lifetime_secs)?;
+        entries.push(PoolEntry::from(&made));
+    }
+    let made = generate_key_package(local, KeyPackageKind::LastResort, config.lifetime_secs)?;
+    entries.push(PoolEntry::from(&made));
+    durable::write(store, |w| w.replace_pool(&entries))?;
+    Ok(config.stock)
 }
 
 #[cfg(test)]
@@ -187,6 +209,49 @@ mod tests {
             (status.available, status.has_last_resort, status.last_resort_used),
             (6, true, false)
         );
+    }
+
+    #[test]
+    fn rotation_replaces_the_whole_pool() {
+        let store = Store::open(
+            MemoryBackend::new(),
+            KeySource::Key(StorageKey::generate(&mut rand::rng())),
+        )
+        .unwrap();
+        let owner = installation();
+        let now = now_s();
+        keep_stocked(&store, &owner, &small(), now).unwrap();
+        // Serve the last resort, then add one-time packages without
+        // replacing it: the pool holds 5 old one-time packages and an old,
+        // served last resort.
+        let claims: Vec<_> = (0..7)
+            .map(|_| store.write(|w| w.claim_key_package(now, 2)).unwrap())
+            .collect();
+        let old_last_resort = claims[6].package.clone();
+        assert!(old_last_resort.last_resort);
+        let old: Vec<_> = (0..5)
+            .map(|_| PoolEntry::from(&generate_key_package(&owner, KeyPackageKind::OneTime, 3600).unwrap()))
+            .collect();
+        store.write(|w| w.add_key_packages(&old)).unwrap();
+        let status = store.write(|w| w.key_package_status(now)).unwrap();
+        assert_eq!((status.available, status.last_resort_used), (5, true));
+
+        assert_eq!(replace_all(&store, &owner, &small()).unwrap(), 6);
+        let status = store.write(|w| w.key_package_status(now)).unwrap();
+        assert_eq!(
+            (status.available, status.has_last_resort, status.last_resort_used),
+            (6, true, false),
+            "only the new packages: the old ones left with the rotation"
+        );
+        let claims: Vec<_> = (0..7)
+            .map(|_| store.write(|w| w.claim_key_package(now, 2)).unwrap())
+            .collect();
+        let last = &claims[6].package;
+        assert!(last.last_resort);
+        assert_ne!(last.key_ref, old_last_resort.key_ref);
+        for claim in &claims[..6] {
+            assert!(old.iter().all(|o| o.package.key_ref != claim.package.key_ref));
+        }
     }
 
     #[test]
