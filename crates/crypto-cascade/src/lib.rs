@@ -128,7 +128,10 @@
 //! commits only when all layers succeeded ([`Layer`]): a tampered, replayed
 //! or out-of-window message changes no state, and a failed send burns no
 //! key. Identity bindings are in [`identity`]; safety numbers in [`safety`];
-//! signed broadcast bundles (Waku 53/54 style) in [`bundle`].
+//! signed broadcast bundles (Waku 53/54 style) in [`bundle`]; KeyPackages
+//! for an installation's pool, with their private parts detached for
+//! sealed storage, from [`generate_key_package`] (joined later with
+//! [`MlsLayer::with_key_package_secrets`]).
 //!
 //! # How this is checked
 //!
