@@ -38,7 +38,8 @@ pub struct Config {
     pub error_rate: u32,
     /// `protocol-error` burst.
     pub error_burst: u32,
-    /// Lifetime of the KeyPackages handed out in step 2, seconds.
+    /// Lifetime of the KeyPackages made outside the pool (the bundle's, and
+    /// step 2's when there is no pool to claim from), seconds.
     pub key_package_lifetime_secs: u64,
     /// How this installation's KeyPackage pool is kept
     /// ([`crate::pool::keep_stocked`]): 64 one-time packages by default.

@@ -55,7 +55,7 @@
 //!
 //! ```text
 //!  A                                              B
-//!  1  mls-key-package-request  ─────────────────►    TOFU(A's identity key); fresh KeyPackage
+//!  1  mls-key-package-request  ─────────────────►    TOFU(A's identity key); claim a pooled KeyPackage
 //!     ◄──────────────────────────────────────────  2  mls-key-package
 //!  TOFU(B); create the 2-member MLS group from B's KeyPackage; ML-KEM key pair
 //!  3  mls-encryption-sync-request ──────────────►
@@ -121,7 +121,20 @@
 //!   our own attempt, answered by the wrong key, is given up rather than
 //!   retried. A session or contact already pinned to another key fails the
 //!   command with [`SessionError::IdentityMismatch`].
-//! - **Cascade mapping.** Step 2 is `MlsLayer::key_package`; A runs
+//! - **Step 2's KeyPackage comes from the pool.** B claims one package of
+//!   its KeyPackage pool ([`pool`]) per attempt, in one store transaction:
+//!   a one-time package, deleted as it is handed out, or the last-resort
+//!   package when no one-time package is left (step 2 then says
+//!   `lastResort`). B's MLS layer is built from the claimed package's
+//!   private parts (`MlsLayer::with_key_package_secrets`) and joins from
+//!   step 10's Welcome. A duplicate step 1 of the same attempt gets the
+//!   cached step 2 again and claims nothing. A claim that leaves fewer
+//!   one-time packages than [`PoolConfig::refill_below`] raises
+//!   [`Event::LowKeyPackages`]; the node refills the pool
+//!   ([`keep_stocked`]). When there is no pool at all (a store never
+//!   stocked: no one-time package and no last resort), B makes a fresh
+//!   one-time package, `MlsLayer::key_package`, as before the pool.
+//! - **Cascade mapping.** Step 2 is a claimed pooled package (above); A runs
 //!   `create_group` (its Welcome is step 10) and B `join_group`. Step 6 is
 //!   `SignalLayer::pre_key_bundle`, A runs `process_bundle`; step 7 is the
 //!   first Signal message (a PreKey message over the session id), made by

@@ -536,3 +536,50 @@ fn await_ready_answers_typed_and_correlated() {
         );
     });
 }
+
+/// Issue #16: a handshake's step 2 claims from the responder's pool, and a
+/// claim that leaves it low is refilled by the node itself.
+#[test]
+fn a_low_pool_is_refilled_by_the_node_after_a_handshake() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new(1);
+        let mut alice = TestNode::start("alice", &net, 1, dir.path().join("a"));
+        let mut bob = TestNode::start("bob", &net, 2, dir.path().join("b"));
+        let pool = strata_session::Config::default().key_package_pool;
+        let now_s = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        // Three one-time packages and a last resort: one claim leaves Bob
+        // below the threshold.
+        let small = strata_session::PoolConfig {
+            stock: 3,
+            ..pool.clone()
+        };
+        strata_session::keep_stocked(&bob.store(), &bob.identity, &small, now_s()).unwrap();
+        handshake(&mut alice, &mut bob).await;
+        // Step 2 came before Bob's encryptionReady, and so did the signal.
+        let low: Vec<_> = bob
+            .seen
+            .iter()
+            .filter_map(|e| match e.kind {
+                NodeEventKind::Session(Event::LowKeyPackages { available, .. }) => Some(available),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(low, vec![2], "one claim, two one-time packages left");
+        // The node tops the stock up to its configured size on its own.
+        let mut available = 0;
+        for _ in 0..600 {
+            available = bob.store().write(|w| w.key_package_status(now_s())).unwrap().available;
+            if available == pool.stock {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(available, pool.stock, "refilled");
+    });
+}

@@ -66,6 +66,10 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
             Event::Rotated { what } => ("rotated", json!({"what": what.as_str()})),
             Event::PeerError { code, reason } => ("peer-error", json!({"code": code.as_str(), "reason": reason})),
             Event::Refused { why } => ("refused", json!({"why": why.as_str()})),
+            Event::LowKeyPackages { available, threshold } => (
+                "low-key-packages",
+                json!({"available": available, "threshold": threshold}),
+            ),
         },
     }
 }
@@ -189,6 +193,10 @@ mod tests {
         ] {
             all.push(session(Event::Refused { why }));
         }
+        all.push(session(Event::LowKeyPackages {
+            available: 3,
+            threshold: 16,
+        }));
         all
     }
 
@@ -218,7 +226,8 @@ mod tests {
                 | Event::Received { .. }
                 | Event::Rotated { .. }
                 | Event::PeerError { .. }
-                | Event::Refused { .. } => true,
+                | Event::Refused { .. }
+                | Event::LowKeyPackages { .. } => true,
             },
         }
     }

@@ -86,7 +86,8 @@ const POOL_UPKEEP: Duration = Duration::from_secs(3600);
 
 /// Keeps this installation's KeyPackage pool stocked: expired packages
 /// swept, the one-time stock topped up, a last resort made if none or
-/// served (`strata_session::pool`). Nothing claims from it yet (issue #16).
+/// served (`strata_session::pool`). The handshake's step 2 claims from it;
+/// a claim that leaves it low is refilled by the session node at once.
 async fn stock_key_packages(
     store: &Arc<NodeStore>,
     identity: &Arc<InstallationIdentity>,

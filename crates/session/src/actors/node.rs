@@ -37,6 +37,8 @@ pub struct Node<T: Transport> {
     status: BTreeMap<PeerAddr, PeerStatus>,
     /// [`AwaitReady`] requests, per peer, until their session settles.
     waiters: BTreeMap<PeerAddr, Vec<Waiter>>,
+    /// A refill of the KeyPackage pool is running (one at a time).
+    refilling: bool,
     span: tracing::Span,
 }
 
@@ -61,6 +63,7 @@ impl<T: Transport> Node<T> {
             subscribers: Vec::new(),
             status: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            refilling: false,
             span,
         })
     }
@@ -179,6 +182,36 @@ impl<T: Transport> Node<T> {
             // A caller that stopped waiting dropped its receiver.
             let _ = waiter.send(ready.clone().ok_or(SessionError::IdentityMismatch));
         }
+    }
+
+    /// A session's claim left the KeyPackage pool low: tops it up
+    /// ([`crate::pool::keep_stocked`]) on a blocking thread, KeyPackage
+    /// generation being slow. One refill at a time; a signal that arrives
+    /// during one is covered by it (it tops up to the full stock).
+    fn refill_key_packages(&mut self, ctx: &mut Context<Self>) {
+        if self.refilling {
+            return;
+        }
+        self.refilling = true;
+        let store = Arc::clone(&self.setup.store);
+        let local = Arc::clone(&self.setup.local);
+        let pool = self.setup.config.key_package_pool.clone();
+        let refill = tokio::task::spawn_blocking(move || {
+            crate::pool::keep_stocked(&*store, &local, &pool, now().unix_ms / 1000)
+        });
+        ctx.spawn(refill.into_actor(self).map(|done, act, _ctx| {
+            act.refilling = false;
+            match done {
+                Ok(Ok(restock)) => tracing::info!(
+                    added = restock.added,
+                    expired = restock.expired,
+                    last_resort = restock.last_resort,
+                    "KeyPackage pool refilled"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "KeyPackage pool refill failed"),
+                Err(e) => tracing::warn!(error = %e, "KeyPackage pool refill task failed"),
+            }
+        }));
     }
 
     fn publish(&mut self, event: NodeEvent, ctx: &mut Context<Self>) {
@@ -365,7 +398,12 @@ impl<T: Transport> Handler<FromSession> for Node<T> {
 
     fn handle(&mut self, msg: FromSession, ctx: &mut Self::Context) {
         match msg {
-            FromSession::Event(event) => self.publish(event, ctx),
+            FromSession::Event(event) => {
+                if matches!(event.kind, NodeEventKind::Session(Event::LowKeyPackages { .. })) {
+                    self.refill_key_packages(ctx);
+                }
+                self.publish(event, ctx);
+            }
             FromSession::Footprint {
                 peer,
                 footprint,

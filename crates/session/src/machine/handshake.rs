@@ -7,8 +7,8 @@
 //! [`peer`](super::peer).
 
 use strata_cascade::{
-    AesGcmLayer, InstallationPreKeys, KemKeyPair, KeyPackageKind, MlKemLayer, MlsLayer, PairCascade, PeerIdentity,
-    SignalBundle, SignalLayer, SignedKemKey, bundle::VerifiedBundle,
+    AesGcmLayer, InstallationPreKeys, KemKeyPair, KeyPackageKind, KeyPackageSecrets, MlKemLayer, MlsLayer, PairCascade,
+    PeerIdentity, SignalBundle, SignalLayer, SignedKemKey, bundle::VerifiedBundle,
 };
 use strata_proto::{
     BoundedVec, BundleStart, EncryptionSyncRequest, EncryptionSyncResponse, FixedBytes, Id, KeyPackage,
@@ -291,8 +291,7 @@ impl PeerMachine {
         if let Some(old) = self.attempt.as_ref().map(|a| a.id) {
             self.abandon(old);
         }
-        let mut mls = MlsLayer::new(&self.local, peer)?;
-        let key_package = mls.key_package(KeyPackageKind::OneTime, self.config.key_package_lifetime_secs)?;
+        let (mls, key_package, last_resort) = self.step_two_key_package(peer, now)?;
         let layers = self.fresh_layers(peer)?;
         let (installation_id, identity_key) = self.own_identity_fields();
         let reply = KeyPackage {
@@ -301,7 +300,7 @@ impl PeerMachine {
             identity_key,
             key_package: strata_proto::Blob::new(key_package)
                 .map_err(|_| SessionError::Internal("KeyPackage over the field cap".into()))?,
-            last_resort: false,
+            last_resort,
         };
         let frame = self.transmit_pdu(reply.into());
         let mut attempt = Attempt::new(id, Role::Responder, now.at);
@@ -310,6 +309,42 @@ impl PeerMachine {
         attempt.replacing = self.session.is_some();
         self.begin(attempt);
         Ok(())
+    }
+
+    /// Step 2's KeyPackage, for a new attempt: a package claimed from this
+    /// installation's pool (one store transaction; the last resort when no
+    /// one-time package is left), or, when there is no pool at all (never
+    /// stocked), a fresh one-time package. Returns the MLS layer that holds
+    /// its private parts, the package and whether it is the last resort. A
+    /// claim that leaves the stock low raises [`Event::LowKeyPackages`].
+    fn step_two_key_package(
+        &mut self,
+        peer: PeerIdentity,
+        now: Now,
+    ) -> Result<(MlsLayer, Vec<u8>, bool), SessionError> {
+        let now_s = now.unix_ms / 1000;
+        let threshold = self.config.key_package_pool.refill_below;
+        let claim = durable::write(&*self.store, |w| {
+            let status = w.key_package_status(now_s)?;
+            if status.available == 0 && !status.has_last_resort {
+                return Ok(None);
+            }
+            w.claim_key_package(now_s, threshold).map(Some)
+        })?;
+        let Some(claim) = claim else {
+            let mut mls = MlsLayer::new(&self.local, peer)?;
+            let key_package = mls.key_package(KeyPackageKind::OneTime, self.config.key_package_lifetime_secs)?;
+            return Ok((mls, key_package, false));
+        };
+        let secrets = KeyPackageSecrets::from_bytes(claim.secrets.as_bytes())?;
+        let mls = MlsLayer::with_key_package_secrets(&self.local, peer, &secrets)?;
+        if let Some(low) = claim.low {
+            self.emit(Event::LowKeyPackages {
+                available: low.available,
+                threshold: low.threshold,
+            });
+        }
+        Ok((mls, claim.package.bytes, claim.package.last_resort))
     }
 
     /// Step 2 received: the initiator pipelines steps 3, 5, 8 and 10.

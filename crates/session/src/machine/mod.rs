@@ -308,6 +308,16 @@ pub enum Event {
         /// Why.
         why: Refusal,
     },
+    /// A claim from this installation's KeyPackage pool (the handshake's
+    /// step 2) left fewer one-time packages than
+    /// [`PoolConfig::refill_below`](crate::PoolConfig::refill_below): the
+    /// owner refills it ([`crate::keep_stocked`]; the node does).
+    LowKeyPackages {
+        /// One-time packages left.
+        available: u64,
+        /// The threshold that was crossed.
+        threshold: u64,
+    },
 }
 
 /// Which keys a rotation renewed.
