@@ -134,6 +134,14 @@ mod tests {
         SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
     }
 
+    fn memory_store() -> Store<MemoryBackend> {
+        Store::open(
+            MemoryBackend::new(),
+            KeySource::Key(StorageKey::generate(&mut rand::rng())),
+        )
+        .unwrap()
+    }
+
     fn small() -> PoolConfig {
         PoolConfig {
             stock: 6,
@@ -144,11 +152,7 @@ mod tests {
 
     #[test]
     fn an_empty_pool_is_stocked_and_a_full_one_left_alone() {
-        let store = Store::open(
-            MemoryBackend::new(),
-            KeySource::Key(StorageKey::generate(&mut rand::rng())),
-        )
-        .unwrap();
+        let store = memory_store();
         let (owner, peer) = (installation(), installation());
         let now = now_s();
         let done = keep_stocked(&store, &owner, &small(), now).unwrap();
@@ -178,11 +182,7 @@ mod tests {
 
     #[test]
     fn a_low_pool_is_refilled_and_a_served_last_resort_replaced() {
-        let store = Store::open(
-            MemoryBackend::new(),
-            KeySource::Key(StorageKey::generate(&mut rand::rng())),
-        )
-        .unwrap();
+        let store = memory_store();
         let owner = installation();
         let now = now_s();
         keep_stocked(&store, &owner, &small(), now).unwrap();
@@ -214,11 +214,7 @@ mod tests {
 
     #[test]
     fn rotation_replaces_the_whole_pool() {
-        let store = Store::open(
-            MemoryBackend::new(),
-            KeySource::Key(StorageKey::generate(&mut rand::rng())),
-        )
-        .unwrap();
+        let store = memory_store();
         let owner = installation();
         let now = now_s();
         keep_stocked(&store, &owner, &small(), now).unwrap();
@@ -257,11 +253,7 @@ mod tests {
 
     #[test]
     fn expired_packages_are_swept_and_replaced() {
-        let store = Store::open(
-            MemoryBackend::new(),
-            KeySource::Key(StorageKey::generate(&mut rand::rng())),
-        )
-        .unwrap();
+        let store = memory_store();
         let owner = installation();
         let now = now_s();
         // Lifetimes run on the wall clock (openmls): a stock that lives one
