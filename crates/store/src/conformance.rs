@@ -380,6 +380,87 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     );
 }
 
+pub fn key_package_pool_status<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let empty = store.write(|w| w.key_package_status(0)).unwrap();
+    assert_eq!(
+        (
+            empty.available,
+            empty.has_last_resort,
+            empty.next_expiry_s,
+            empty.claims_last_hour
+        ),
+        (0, false, None, 0)
+    );
+    assert_eq!(empty.last_resort_added_s, None);
+    let before = unix_now();
+    store
+        .write(|w| {
+            w.add_key_packages(&[
+                package(1, false, 5_000_000),
+                package(2, false, 2_000_000),
+                package(3, false, 9_000_000),
+                package(4, false, 100),
+                package(9, true, 8_000_000),
+            ])
+        })
+        .unwrap();
+    let after = unix_now();
+    let status = store.write(|w| w.key_package_status(1_000)).unwrap();
+    assert_eq!(status.available, 3, "the package expired at 100 does not count");
+    assert!(status.has_last_resort && !status.last_resort_used);
+    let added = status.last_resort_added_s.unwrap();
+    assert!((before..=after).contains(&added), "added at the wall clock");
+    assert_eq!(status.next_expiry_s, Some(2_000_000), "the earliest unexpired one");
+    assert_eq!(status.claims_last_hour, 0);
+    // Before 100, the package that expires at 100 is the next one.
+    assert_eq!(
+        store.write(|w| w.key_package_status(50)).unwrap().next_expiry_s,
+        Some(100)
+    );
+
+    // Claims at t0 (twice) and t0 + 30 min: all three in the hour.
+    let t0 = 20_000 * 60;
+    for now_s in [t0, t0 + 59, t0 + 1_800] {
+        store.write(|w| w.claim_key_package(now_s, 0)).unwrap();
+    }
+    let status = store.write(|w| w.key_package_status(t0 + 1_800)).unwrap();
+    assert_eq!(status.claims_last_hour, 3);
+    // The first claim deleted the package expired at 100; the three took
+    // the others.
+    assert_eq!(status.available, 0);
+    assert_eq!(status.next_expiry_s, Some(8_000_000), "only the last resort is left");
+    // An hour after t0's minute, its two claims have left the window.
+    let status = store.write(|w| w.key_package_status(t0 + 3_600)).unwrap();
+    assert_eq!(status.claims_last_hour, 1);
+    assert_eq!(
+        store
+            .write(|w| w.key_package_status(t0 + 3_599))
+            .unwrap()
+            .claims_last_hour,
+        3
+    );
+    // A claim served by the last resort counts too, and flags it.
+    store.write(|w| w.claim_key_package(t0 + 3_600, 0)).unwrap();
+    let status = store.write(|w| w.key_package_status(t0 + 3_600)).unwrap();
+    assert_eq!(status.claims_last_hour, 2);
+    assert!(status.has_last_resort && status.last_resort_used);
+    // Much later, none are counted; and rotation keeps the history.
+    assert_eq!(
+        store
+            .write(|w| w.key_package_status(t0 + 10 * 3_600))
+            .unwrap()
+            .claims_last_hour,
+        0
+    );
+    store
+        .write(|w| w.replace_pool(&[package(30, false, 9_000_000), package(31, true, 9_000_000)]))
+        .unwrap();
+    let status = store.write(|w| w.key_package_status(t0 + 3_600)).unwrap();
+    assert_eq!((status.available, status.claims_last_hour), (1, 2));
+    assert!(!status.last_resort_used);
+}
+
 pub fn concurrent_claims_never_share_a_package<H: Harness>(h: &mut H)
 where
     H::B: 'static,
@@ -616,6 +697,7 @@ macro_rules! store_conformance {
             trust_on_first_use,
             peers_do_not_see_each_others_rows,
             key_package_pool_rules,
+            key_package_pool_status,
             concurrent_claims_never_share_a_package,
             a_burst_commits_one_state,
             peer_key_packages_are_checked_keyed_and_consumed,

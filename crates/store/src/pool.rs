@@ -14,14 +14,22 @@
 //! - identity rotation replaces the whole pool in one transaction
 //!   ([`Writer::replace_pool`]).
 //!
+//! For `strata keys`, [`Writer::key_package_status`] also reports when the
+//! last-resort package was added (the wall clock at
+//! [`Writer::add_key_packages`]), the next expiry, and the claims of the
+//! last hour. Claims are counted per minute of `now_s`, in the claim's
+//! transaction; counters older than an hour are dropped on each claim, so
+//! the record holds at most [`CLAIM_WINDOW_MINUTES`] counters (16 bytes
+//! each), whatever the claim rate.
+//!
 //! Each package's private parts (the cascade's `KeyPackageSecrets` blob,
 //! opaque here) are sealed in a row of their own beside it, added with it,
 //! handed back by the claim that hands out the package (in the same
 //! transaction), and deleted with it.
 //!
-//! The node keeps this pool stocked (`strata_session::pool`, at start) but
-//! does not draw its KeyPackages from it yet: step 2 and claims over
-//! sessions are planned (issue #16).
+//! The node keeps this pool stocked (`strata_session::pool`) and the
+//! handshake's step 2 hands out pooled KeyPackages through
+//! [`Writer::claim_key_package`].
 
 use strata_cascade::{GeneratedKeyPackage, SecretBytes};
 
@@ -38,6 +46,13 @@ const INIT_KEY: u8 = b'i';
 const SECRETS: u8 = b's';
 const LAST_RESORT: &[u8] = b"r";
 const LAST_RESORT_USED: &[u8] = b"u";
+/// When the last-resort package was added: Unix seconds, big-endian.
+const LAST_RESORT_ADDED: &[u8] = b"a";
+/// Claim counters: `(minute, count)` pairs, 8 bytes big-endian each.
+const CLAIMS: &[u8] = b"c";
+
+/// How many one-minute claim counters the pool keeps: an hour's worth.
+pub const CLAIM_WINDOW_MINUTES: u64 = 60;
 
 /// A KeyPackage of ours in the pool; its `init_key` is unique across the
 /// pool.
@@ -95,6 +110,49 @@ pub struct PoolStatus {
     pub has_last_resort: bool,
     /// Whether it has been served and awaits replacement.
     pub last_resort_used: bool,
+    /// When the unexpired last-resort package was added (Unix seconds, the
+    /// wall clock at [`Writer::add_key_packages`]); `None` without one, or
+    /// for one added before the store recorded it.
+    pub last_resort_added_s: Option<u64>,
+    /// The earliest `not_after_s` among the unexpired packages, last-resort
+    /// one included; `None` for an empty pool.
+    pub next_expiry_s: Option<u64>,
+    /// Claims served in the last hour: those counted in the minute of
+    /// `now_s` and the 59 before it.
+    pub claims_last_hour: u64,
+}
+
+fn encode_claims(counters: &[(u64, u64)]) -> Vec<u8> {
+    counters
+        .iter()
+        .flat_map(|(minute, count)| minute.to_be_bytes().into_iter().chain(count.to_be_bytes()))
+        .collect()
+}
+
+fn decode_claims(bytes: &[u8]) -> Result<Vec<(u64, u64)>, StoreError> {
+    if !bytes.len().is_multiple_of(16) {
+        return Err(StoreError::Corrupt {
+            table: Table::KeyPackages.name(),
+            reason: "a claim record of the wrong length".into(),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| {
+            let (minute, count) = c.split_at(8);
+            (
+                u64::from_be_bytes(minute.try_into().unwrap_or_default()),
+                u64::from_be_bytes(count.try_into().unwrap_or_default()),
+            )
+        })
+        .collect())
+}
+
+/// Whether the counter of `minute` is within the hour ending in the minute
+/// of `now_s`.
+fn in_window(minute: u64, now_s: u64) -> bool {
+    let now_minute = now_s / 60;
+    minute <= now_minute && now_minute - minute < CLAIM_WINDOW_MINUTES
 }
 
 fn row(prefix: u8, id: &[u8]) -> Vec<u8> {
@@ -122,6 +180,11 @@ impl Writer<'_> {
                 self.drop_last_resort()?;
                 self.put_pool_record(LAST_RESORT, package)?;
                 self.raw_mut().delete(Table::KeyPackages, LAST_RESORT_USED)?;
+                let added_s = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.raw_mut()
+                    .put(Table::KeyPackages, LAST_RESORT_ADDED, &added_s.to_be_bytes())?;
             } else {
                 self.put_pool_record(&row(PACKAGE, &package.key_ref), package)?;
             }
@@ -165,6 +228,7 @@ impl Writer<'_> {
             }
         };
         let (package, secrets) = package;
+        self.count_claim(now_s)?;
         let status = self.key_package_status(now_s)?;
         let low = (status.available < threshold).then_some(LowKeyPackages {
             available: status.available,
@@ -215,7 +279,10 @@ impl Writer<'_> {
             ));
         }
         for (key, _) in self.raw().scan(Table::KeyPackages, &[], usize::MAX)? {
-            self.raw_mut().delete(Table::KeyPackages, &key)?;
+            // The claims served are history, not stock: they stay.
+            if key != CLAIMS {
+                self.raw_mut().delete(Table::KeyPackages, &key)?;
+            }
         }
         self.add_key_packages(entries)
     }
@@ -223,20 +290,63 @@ impl Writer<'_> {
     /// The pool's stock at `now_s` (expired packages do not count).
     pub fn key_package_status(&self, now_s: u64) -> Result<PoolStatus, StoreError> {
         let mut available = 0;
+        let mut next_expiry_s: Option<u64> = None;
         for (key, _) in self.raw().scan(Table::KeyPackages, &[PACKAGE], usize::MAX)? {
-            if self.pool_record::<PooledKeyPackage>(&key)?.not_after_s >= now_s {
+            let not_after_s = self.pool_record::<PooledKeyPackage>(&key)?.not_after_s;
+            if not_after_s >= now_s {
                 available += 1;
+                next_expiry_s = Some(next_expiry_s.map_or(not_after_s, |n| n.min(not_after_s)));
             }
         }
-        let has_last_resort = self
+        let last_resort = self
             .pool_record::<PooledKeyPackage>(LAST_RESORT)
-            .is_ok_and(|p| p.not_after_s >= now_s);
+            .ok()
+            .filter(|p| p.not_after_s >= now_s);
+        let has_last_resort = last_resort.is_some();
+        let mut last_resort_added_s = None;
+        if let Some(p) = &last_resort {
+            next_expiry_s = Some(next_expiry_s.map_or(p.not_after_s, |n| n.min(p.not_after_s)));
+            last_resort_added_s = self
+                .raw()
+                .get(Table::KeyPackages, LAST_RESORT_ADDED)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(u64::from_be_bytes);
+        }
         let last_resort_used = self.raw().get(Table::KeyPackages, LAST_RESORT_USED)?.is_some();
+        let claims_last_hour = self
+            .claim_counters()?
+            .into_iter()
+            .filter(|(minute, _)| in_window(*minute, now_s))
+            .map(|(_, count)| count)
+            .sum();
         Ok(PoolStatus {
             available,
             has_last_resort,
             last_resort_used,
+            last_resort_added_s,
+            next_expiry_s,
+            claims_last_hour,
         })
+    }
+
+    fn claim_counters(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        match self.raw().get(Table::KeyPackages, CLAIMS)? {
+            Some(bytes) => decode_claims(&bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Counts a claim at `now_s` and drops the counters that left the hour.
+    fn count_claim(&mut self, now_s: u64) -> Result<(), StoreError> {
+        let minute = now_s / 60;
+        let mut counters = self.claim_counters()?;
+        counters.retain(|(m, _)| in_window(*m, now_s));
+        match counters.iter_mut().find(|(m, _)| *m == minute) {
+            Some((_, count)) => *count += 1,
+            None => counters.push((minute, 1)),
+        }
+        self.raw_mut()
+            .put(Table::KeyPackages, CLAIMS, &encode_claims(&counters))
     }
 
     fn drop_last_resort(&mut self) -> Result<(), StoreError> {
@@ -246,6 +356,7 @@ impl Writer<'_> {
             self.raw_mut().delete(Table::KeyPackages, &row(SECRETS, &old.key_ref))?;
         }
         self.raw_mut().delete(Table::KeyPackages, LAST_RESORT)?;
+        self.raw_mut().delete(Table::KeyPackages, LAST_RESORT_ADDED)?;
         Ok(())
     }
 
