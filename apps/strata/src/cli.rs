@@ -54,6 +54,9 @@ pub(crate) enum Command {
     Inbox(InboxArgs),
     /// List sessions with their state, transport, activity and trust
     Peers,
+    /// Show the KeyPackage pool: stock, last resort, next expiry, claims in
+    /// the last hour
+    Keys,
     /// Show the safety number with a peer; record that you compared it
     Verify(VerifyArgs),
     /// Show the configuration in effect, or where it is read from

@@ -581,6 +581,54 @@ fn stored_peers(store: &storage::NodeStore) -> Result<serde_json::Value> {
     Ok(serde_json::json!({ "peers": peers }))
 }
 
+/// `strata keys`: through the daemon when one runs, from the store
+/// otherwise.
+pub(crate) async fn keys(ctx: &Ctx) -> Result<()> {
+    let info: ops::KeysInfo = match ControlClient::discover(&ctx.dir).await? {
+        Some(daemon) => daemon.call("keys", serde_json::Value::Null).await?,
+        None => {
+            let (store, _local) = open_store(ctx).await?;
+            let path = ctx.dir.store_file();
+            tokio::task::spawn_blocking(move || ops::keys(&store, &path, ops::now_ms() / 1000))
+                .await
+                .map_err(|e| AppError::internal(format!("store task failed: {e}")))??
+        }
+    };
+    if ctx.json {
+        return output::json(&info);
+    }
+    output::line(format!("one-time KeyPackages: {}", info.available))?;
+    let last_resort = match (info.last_resort, info.last_resort_age_s) {
+        (false, _) => "none".to_owned(),
+        (true, age) => format!(
+            "{}, {}",
+            age.map_or_else(|| "age unknown".to_owned(), |a| format!("{} old", span(a))),
+            if info.last_resort_served {
+                "served"
+            } else {
+                "not served"
+            }
+        ),
+    };
+    output::line(format!("last resort: {last_resort}"))?;
+    let next_expiry = info.next_expiry_s.map_or_else(
+        || "none".to_owned(),
+        |at| format!("in {}", span(at.saturating_sub(info.now_s))),
+    );
+    output::line(format!("next expiry: {next_expiry}"))?;
+    output::line(format!("claims in the last hour: {}", info.claims_last_hour))
+}
+
+/// A duration for people: its largest whole unit.
+fn span(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3_600 => format!("{}min", secs / 60),
+        3_600..86_400 => format!("{}h", secs / 3_600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
 async fn require_daemon(ctx: &Ctx, command: &str) -> Result<ControlClient> {
     ControlClient::discover(&ctx.dir)
         .await?
@@ -600,4 +648,18 @@ async fn session_rpc(daemon: &ControlClient, call: &SessionCall) -> Result<serde
         .cloned()
         .unwrap_or(serde_json::Value::Null);
     daemon.call::<serde_json::Value>(call.method(), params).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span;
+
+    #[test]
+    fn spans_show_their_largest_whole_unit() {
+        let shown: Vec<String> = [0, 59, 60, 3_599, 3_600, 86_399, 86_400, 28 * 86_400]
+            .into_iter()
+            .map(span)
+            .collect();
+        assert_eq!(shown, ["0s", "59s", "1min", "59min", "1h", "23h", "1d", "28d"]);
+    }
 }

@@ -124,6 +124,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => commands::send(&ctx, args).await?,
         Command::Inbox(args) => commands::inbox(&ctx, args).await?,
         Command::Peers => commands::peers(&ctx).await?,
+        Command::Keys => commands::keys(&ctx).await?,
         Command::Verify(args) => commands::verify(&ctx, args).await?,
         Command::Config { command } => commands::config(&ctx, command)?,
         Command::Broker(args) => broker::run(&ctx, args).await?,

@@ -1,4 +1,5 @@
-//! The operations that work on the store directly: `id` and `verify`. The
+//! The operations that work on the store directly: `id`, `verify` and
+//! `keys`. The
 //! CLI runs them in-process when no daemon is up, and the daemon runs the
 //! same functions for its control API, so both paths give the same answer.
 
@@ -310,6 +311,47 @@ fn contact_state(contact: &Contact, local: &Local) -> Result<ContactState> {
         identity_change_pending: contact.is_blocked(),
         offered_safety_number,
         identity_changes,
+    })
+}
+
+/// What `strata keys` shows: this installation's KeyPackage pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct KeysInfo {
+    /// When this was read, Unix seconds.
+    pub(crate) now_s: u64,
+    /// Unexpired one-time KeyPackages.
+    pub(crate) available: u64,
+    /// Whether an unexpired last-resort KeyPackage is present.
+    pub(crate) last_resort: bool,
+    /// Whether it has been served since it was made.
+    pub(crate) last_resort_served: bool,
+    /// When it was added, Unix seconds (unknown for one added by an older
+    /// version).
+    pub(crate) last_resort_added_s: Option<u64>,
+    /// Its age in seconds.
+    pub(crate) last_resort_age_s: Option<u64>,
+    /// The earliest end of lifetime among the unexpired KeyPackages, Unix
+    /// seconds.
+    pub(crate) next_expiry_s: Option<u64>,
+    /// KeyPackages handed out in the last hour.
+    pub(crate) claims_last_hour: u64,
+}
+
+/// The KeyPackage pool at `now_s`, as `strata keys` shows it.
+pub(crate) fn keys<B: Backend>(store: &Store<B>, store_path: &std::path::Path, now_s: u64) -> Result<KeysInfo> {
+    let status = store
+        .write(|w| w.key_package_status(now_s))
+        .map_err(|e| AppError::store(e, store_path))?;
+    Ok(KeysInfo {
+        now_s,
+        available: status.available,
+        last_resort: status.has_last_resort,
+        last_resort_served: status.last_resort_used,
+        last_resort_added_s: status.last_resort_added_s,
+        last_resort_age_s: status.last_resort_added_s.map(|added| now_s.saturating_sub(added)),
+        next_expiry_s: status.next_expiry_s,
+        claims_last_hour: status.claims_last_hour,
     })
 }
 

@@ -855,6 +855,46 @@ fn the_daemon_stocks_its_key_package_pool_at_start() {
     );
 }
 
+/// `strata keys` shows the pool the daemon stocked, through the daemon and
+/// from the store alike.
+#[test]
+fn keys_shows_the_stocked_pool_with_or_without_the_daemon() {
+    let node = Node::new();
+    node.init();
+    let empty = json_of(&node.ok(&["keys", "--json"]));
+    assert_eq!(empty["available"], 0, "init makes no pool: {empty}");
+    assert_eq!(empty["lastResort"], false);
+    assert_eq!(empty["nextExpiryS"], Value::Null);
+
+    let daemon = node.daemon();
+    let check = |keys: &Value| {
+        assert_eq!(keys["available"], 64, "{keys}");
+        assert_eq!(keys["lastResort"], true, "{keys}");
+        assert_eq!(keys["lastResortServed"], false, "{keys}");
+        assert_eq!(keys["claimsLastHour"], 0, "{keys}");
+        let now_s = keys["nowS"].as_u64().unwrap();
+        assert!(keys["nextExpiryS"].as_u64().unwrap() > now_s, "{keys}");
+        let added = keys["lastResortAddedS"].as_u64().unwrap();
+        assert!(added <= now_s, "{keys}");
+        assert_eq!(keys["lastResortAgeS"].as_u64().unwrap(), now_s - added, "{keys}");
+    };
+    let online = json_of(&node.ok(&["keys", "--json"]));
+    check(&online);
+    // The control API answers the same method.
+    let via_rpc = rpc(node.api_addr(), &node.token(), "keys", Value::Null);
+    check(&via_rpc["result"]);
+    let text = node.ok(&["keys"]);
+    assert!(text.contains("one-time KeyPackages: 64"), "{text}");
+    assert!(text.contains("not served"), "{text}");
+    assert!(text.contains("claims in the last hour: 0"), "{text}");
+    assert!(daemon.terminate().success());
+
+    let offline = json_of(&node.ok(&["keys", "--json"]));
+    check(&offline);
+    assert_eq!(offline["nextExpiryS"], online["nextExpiryS"], "the same pool");
+    assert_eq!(offline["lastResortAddedS"], online["lastResortAddedS"]);
+}
+
 #[test]
 fn a_killed_daemon_leaves_nothing_that_blocks_a_restart() {
     let node = Node::new();

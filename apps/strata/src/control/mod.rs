@@ -10,7 +10,7 @@
 //! | endpoint | |
 //! |---|---|
 //! | `GET /api/v1/check` | 200 `{"status":"ok","pid":…}` while the node runs |
-//! | `POST /api/v1/rpc` | JSON-RPC 2.0; methods are the CLI's commands: `id`, `verify` (`{"peer","markVerified"?}`), `config`, `connect`, `send`, `inbox`, `peers` |
+//! | `POST /api/v1/rpc` | JSON-RPC 2.0; methods are the CLI's commands: `id`, `verify` (`{"peer","markVerified"?}`), `config`, `connect`, `send`, `inbox`, `peers`, `keys` |
 //! | `GET /api/v1/events` | Server-Sent Events: `id`, `event` (kind) and JSON `data`; `Last-Event-ID` (or `?since=`) replays the kept events after that id |
 //!
 //! A failed call answers with a JSON-RPC error whose `data` holds the

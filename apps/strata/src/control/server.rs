@@ -209,6 +209,14 @@ async fn dispatch(
             .map_err(|e| AppError::internal(format!("verify task failed: {e}")));
             to_json(report.and_then(|r| r))
         }
+        "keys" => {
+            let state = Arc::clone(state);
+            let info =
+                tokio::task::spawn_blocking(move || ops::keys(&state.store, &state.store_path, ops::now_ms() / 1000))
+                    .await
+                    .map_err(|e| AppError::internal(format!("keys task failed: {e}")));
+            to_json(info.and_then(|i| i))
+        }
         "connect" | "send" | "inbox" | "peers" => {
             let call: SessionCall = serde_json::from_value(serde_json::json!({"method": method, "params": params}))
                 .map_err(|e| protocol_error(-32602, format!("invalid params for {method}: {e}")))?;
