@@ -35,10 +35,10 @@
 //!
 //! The KeyPackage pool's rules are in [`pool`]; KeyPackages received from
 //! others (checked before storage, keyed by peer, expired ones deleted, one
-//! consumed per use) in [`peer_key_packages`]. The running node stocks the
-//! pool at start, but claims from neither yet: the handshake makes a fresh
-//! KeyPackage for each step 2 and the bundle carries a last-resort one.
-//! KeyPackages as a service of the node are planned (issue #16).
+//! consumed per use) in [`peer_key_packages`]. The running node keeps the
+//! pool stocked and the handshake's step 2 claims from it; nothing draws on
+//! received KeyPackages yet. KeyPackages as a service of the node are
+//! planned (issue #16).
 //!
 //! # Signal and MLS state: a deliberate deviation
 //!
