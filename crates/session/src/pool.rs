@@ -84,7 +84,7 @@ pub fn keep_stocked(
         entries.push(PoolEntry::from(&made));
     }
     if !entries.is_empty() {
-        durable::write(store, |w| w.add_key_packages(&entries))?;
+        durable::write(store, |w| w.add_key_packages(&entries, now_s))?;
     }
     Ok(Restock {
         expired,
@@ -101,6 +101,7 @@ pub fn replace_all(
     store: &dyn Durable,
     local: &InstallationIdentity,
     config: &PoolConfig,
+    now_s: u64,
 ) -> Result<u64, SessionError> {
     let mut entries = Vec::new();
     for _ in 0..config.stock {
@@ -109,7 +110,7 @@ pub fn replace_all(
     }
     let made = generate_key_package(local, KeyPackageKind::LastResort, config.lifetime_secs)?;
     entries.push(PoolEntry::from(&made));
-    durable::write(store, |w| w.replace_pool(&entries))?;
+    durable::write(store, |w| w.replace_pool(&entries, now_s))?;
     Ok(config.stock)
 }
 
@@ -229,11 +230,11 @@ mod tests {
         let old: Vec<_> = (0..5)
             .map(|_| PoolEntry::from(&generate_key_package(&owner, KeyPackageKind::OneTime, 3600).unwrap()))
             .collect();
-        store.write(|w| w.add_key_packages(&old)).unwrap();
+        store.write(|w| w.add_key_packages(&old, now)).unwrap();
         let status = store.write(|w| w.key_package_status(now)).unwrap();
         assert_eq!((status.available, status.last_resort_used), (5, true));
 
-        assert_eq!(replace_all(&store, &owner, &small()).unwrap(), 6);
+        assert_eq!(replace_all(&store, &owner, &small(), now).unwrap(), 6);
         let status = store.write(|w| w.key_package_status(now)).unwrap();
         assert_eq!(
             (status.available, status.has_last_resort, status.last_resort_used),

@@ -26,7 +26,10 @@ fn stock(sim: &Sim, i: usize, one_time: usize, last_resort: bool) -> Vec<Vec<u8>
             &generate_key_package(identity, KeyPackageKind::LastResort, 3600 * 24).unwrap(),
         ));
     }
-    sim.nodes[i].store().write(|w| w.add_key_packages(&entries)).unwrap();
+    sim.nodes[i]
+        .store()
+        .write(|w| w.add_key_packages(&entries, sim.now().unix_ms / 1000))
+        .unwrap();
     entries.into_iter().map(|e| e.package.bytes).collect()
 }
 

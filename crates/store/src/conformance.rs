@@ -315,11 +315,11 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     let store = Store::open(h.fresh(), key()).unwrap();
     let mut stock: Vec<_> = (1..=4).map(|n| package(n, false, 1000)).collect();
     stock.push(package(99, true, 1000));
-    store.write(|w| w.add_key_packages(&stock)).unwrap();
+    store.write(|w| w.add_key_packages(&stock, 0)).unwrap();
     // init_key is unique: a batch repeating one is refused whole.
     let dup = with_key_ref(package(1, false, 1000), vec![7; 32]);
     let err = store
-        .write(|w| w.add_key_packages(&[package(5, false, 1000), dup]))
+        .write(|w| w.add_key_packages(&[package(5, false, 1000), dup], 0))
         .unwrap_err();
     assert!(matches!(err, StoreError::Misuse(_)));
     assert_eq!(
@@ -350,18 +350,18 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
         assert_eq!((low.available, low.threshold, low.last_resort_used), (0, 3, true));
     }
     store
-        .write(|w| w.replace_last_resort(&package(98, true, 1000)))
+        .write(|w| w.replace_last_resort(&package(98, true, 1000), 0))
         .unwrap();
     let status = store.write(|w| w.key_package_status(10)).unwrap();
     assert!(status.has_last_resort && !status.last_resort_used);
     // The old last-resort init_key left the pool with it.
     store
-        .write(|w| w.add_key_packages(&[with_key_ref(package(99, false, 1000), vec![1; 32])]))
+        .write(|w| w.add_key_packages(&[with_key_ref(package(99, false, 1000), vec![1; 32])], 0))
         .unwrap();
 
     // Expired packages are deleted and never handed out.
     store
-        .write(|w| w.add_key_packages(&[package(20, false, 50), package(21, false, 5000)]))
+        .write(|w| w.add_key_packages(&[package(20, false, 50), package(21, false, 5000)], 0))
         .unwrap();
     assert_eq!(store.write(|w| w.expire_key_packages(100)).unwrap(), 1);
     let claim = store.write(|w| w.claim_key_package(2000, 0)).unwrap();
@@ -369,9 +369,9 @@ pub fn key_package_pool_rules<H: Harness>(h: &mut H) {
     assert_eq!(claim.secrets, secrets_of(&claim));
 
     // Rotation replaces everything at once and needs a last-resort package.
-    assert!(store.write(|w| w.replace_pool(&[package(30, false, 9000)])).is_err());
+    assert!(store.write(|w| w.replace_pool(&[package(30, false, 9000)], 0)).is_err());
     store
-        .write(|w| w.replace_pool(&[package(30, false, 9000), package(31, true, 9000)]))
+        .write(|w| w.replace_pool(&[package(30, false, 9000), package(31, true, 9000)], 0))
         .unwrap();
     let status = store.write(|w| w.key_package_status(2000)).unwrap();
     assert_eq!(
@@ -393,24 +393,24 @@ pub fn key_package_pool_status<H: Harness>(h: &mut H) {
         (0, false, None, 0)
     );
     assert_eq!(empty.last_resort_added_s, None);
-    let before = unix_now();
     store
         .write(|w| {
-            w.add_key_packages(&[
-                package(1, false, 5_000_000),
-                package(2, false, 2_000_000),
-                package(3, false, 9_000_000),
-                package(4, false, 100),
-                package(9, true, 8_000_000),
-            ])
+            w.add_key_packages(
+                &[
+                    package(1, false, 5_000_000),
+                    package(2, false, 2_000_000),
+                    package(3, false, 9_000_000),
+                    package(4, false, 100),
+                    package(9, true, 8_000_000),
+                ],
+                42,
+            )
         })
         .unwrap();
-    let after = unix_now();
     let status = store.write(|w| w.key_package_status(1_000)).unwrap();
     assert_eq!(status.available, 3, "the package expired at 100 does not count");
     assert!(status.has_last_resort && !status.last_resort_used);
-    let added = status.last_resort_added_s.unwrap();
-    assert!((before..=after).contains(&added), "added at the wall clock");
+    assert_eq!(status.last_resort_added_s, Some(42), "added when the caller says");
     assert_eq!(status.next_expiry_s, Some(2_000_000), "the earliest unexpired one");
     assert_eq!(status.claims_last_hour, 0);
     // Before 100, the package that expires at 100 is the next one.
@@ -454,7 +454,7 @@ pub fn key_package_pool_status<H: Harness>(h: &mut H) {
         0
     );
     store
-        .write(|w| w.replace_pool(&[package(30, false, 9_000_000), package(31, true, 9_000_000)]))
+        .write(|w| w.replace_pool(&[package(30, false, 9_000_000), package(31, true, 9_000_000)], 0))
         .unwrap();
     let status = store.write(|w| w.key_package_status(t0 + 3_600)).unwrap();
     assert_eq!((status.available, status.claims_last_hour), (1, 2));
@@ -468,7 +468,7 @@ where
     let store = std::sync::Arc::new(Store::open(h.fresh(), key()).unwrap());
     let mut stock: Vec<_> = (1..=16).map(|n| package(n, false, 1000)).collect();
     stock.push(package(200, true, 1000));
-    store.write(|w| w.add_key_packages(&stock)).unwrap();
+    store.write(|w| w.add_key_packages(&stock, 0)).unwrap();
     let claims: Vec<_> = (0..100)
         .map(|_| {
             let store = store.clone();
@@ -512,7 +512,7 @@ pub fn pooled_packages_give_back_working_private_parts<H: Harness>(h: &mut H) {
     let entries: Vec<crate::PoolEntry> = made.iter().map(crate::PoolEntry::from).collect();
     drop(made);
     let store = Store::open(h.fresh(), key()).unwrap();
-    store.write(|w| w.add_key_packages(&entries)).unwrap();
+    store.write(|w| w.add_key_packages(&entries, 0)).unwrap();
     let store = Store::open(h.reopen(store.into_backend()), key()).unwrap();
 
     // The peer claims each package in turn (the last one twice: it is the

@@ -15,7 +15,7 @@
 //!   ([`Writer::replace_pool`]).
 //!
 //! For `strata keys`, [`Writer::key_package_status`] also reports when the
-//! last-resort package was added (the wall clock at
+//! last-resort package was added (the `now_s` given to
 //! [`Writer::add_key_packages`]), the next expiry, and the claims of the
 //! last hour. Claims are counted per minute of `now_s`, in the claim's
 //! transaction; counters older than an hour are dropped on each claim, so
@@ -111,7 +111,7 @@ pub struct PoolStatus {
     /// Whether it has been served and awaits replacement.
     pub last_resort_used: bool,
     /// When the unexpired last-resort package was added (Unix seconds, the
-    /// wall clock at [`Writer::add_key_packages`]); `None` without one, or
+    /// `now_s` given to [`Writer::add_key_packages`]); `None` without one, or
     /// for one added before the store recorded it.
     pub last_resort_added_s: Option<u64>,
     /// The earliest `not_after_s` among the unexpired packages, last-resort
@@ -166,8 +166,9 @@ impl Writer<'_> {
     /// Adds one-time packages and/or a last-resort package (replacing the
     /// current last-resort one). Refuses the whole batch if any `init_key`
     /// is already in the pool or repeated in the batch, or if it holds more
-    /// than one last-resort package.
-    pub fn add_key_packages(&mut self, entries: &[PoolEntry]) -> Result<(), StoreError> {
+    /// than one last-resort package. `now_s` is when, for a last resort's
+    /// age.
+    pub fn add_key_packages(&mut self, entries: &[PoolEntry], now_s: u64) -> Result<(), StoreError> {
         if entries.iter().filter(|e| e.package.last_resort).count() > 1 {
             return Err(StoreError::Misuse("more than one last-resort KeyPackage".into()));
         }
@@ -180,11 +181,8 @@ impl Writer<'_> {
                 self.drop_last_resort()?;
                 self.put_pool_record(LAST_RESORT, package)?;
                 self.raw_mut().delete(Table::KeyPackages, LAST_RESORT_USED)?;
-                let added_s = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
                 self.raw_mut()
-                    .put(Table::KeyPackages, LAST_RESORT_ADDED, &added_s.to_be_bytes())?;
+                    .put(Table::KeyPackages, LAST_RESORT_ADDED, &now_s.to_be_bytes())?;
             } else {
                 self.put_pool_record(&row(PACKAGE, &package.key_ref), package)?;
             }
@@ -263,16 +261,16 @@ impl Writer<'_> {
     }
 
     /// Installs a fresh last-resort package after the old one was served.
-    pub fn replace_last_resort(&mut self, entry: &PoolEntry) -> Result<(), StoreError> {
+    pub fn replace_last_resort(&mut self, entry: &PoolEntry, now_s: u64) -> Result<(), StoreError> {
         if !entry.package.last_resort {
             return Err(StoreError::Misuse("not a last-resort KeyPackage".into()));
         }
-        self.add_key_packages(std::slice::from_ref(entry))
+        self.add_key_packages(std::slice::from_ref(entry), now_s)
     }
 
     /// Identity rotation: drops every package and installs `packages` (which
     /// must include a last-resort one), all in this transaction.
-    pub fn replace_pool(&mut self, entries: &[PoolEntry]) -> Result<(), StoreError> {
+    pub fn replace_pool(&mut self, entries: &[PoolEntry], now_s: u64) -> Result<(), StoreError> {
         if !entries.iter().any(|e| e.package.last_resort) {
             return Err(StoreError::Misuse(
                 "a rotated pool needs a last-resort KeyPackage".into(),
@@ -284,7 +282,7 @@ impl Writer<'_> {
                 self.raw_mut().delete(Table::KeyPackages, &key)?;
             }
         }
-        self.add_key_packages(entries)
+        self.add_key_packages(entries, now_s)
     }
 
     /// The pool's stock at `now_s` (expired packages do not count).

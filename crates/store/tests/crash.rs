@@ -90,7 +90,7 @@ fn setup(dir: &Path) -> (String, String) {
             w.set_identity(alice_id.export().unwrap().as_bytes())?;
             w.observe_identity(&b_hex, &bob_id.account().identity_key().serialize(), now)?;
             w.set_layer_state(&b_hex, alice.export().unwrap().as_bytes())?;
-            w.add_key_packages(&pool)
+            w.add_key_packages(&pool, 0)
         })
         .unwrap();
     let bob_store = open_store(dir, "bob");
@@ -244,7 +244,7 @@ fn claim(alice: &mut Side, bob: &mut Side, owner: &InstallationIdentity, alice_i
             fresh.push(pooled(owner, KeyPackageKind::LastResort));
         }
         // The packages and their private parts commit together.
-        alice.store.write(|w| w.add_key_packages(&fresh)).unwrap();
+        alice.store.write(|w| w.add_key_packages(&fresh, 0)).unwrap();
         report(&format!("R {}", fresh.len()));
     }
     let stored = bob
