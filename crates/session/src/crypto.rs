@@ -13,18 +13,6 @@ use strata_proto::{Blob, BoundedVec, CascadedPayload, KeyBytes, LayerMetadata, L
 
 use crate::error::SessionError;
 
-/// The hex form of an installation id, as it travels in PDUs and keys the
-/// store.
-pub(crate) fn installation_hex(id: InstallationId) -> String {
-    hex::encode(id.as_bytes())
-}
-
-/// Parses the hex form of an installation id (peer input).
-pub(crate) fn parse_installation(text: &str) -> Option<InstallationId> {
-    let bytes: [u8; 16] = hex::decode(text).ok()?.try_into().ok()?;
-    Some(InstallationId::from_bytes(bytes))
-}
-
 /// The serialized account identity key of this installation.
 pub(crate) fn own_identity_key(local: &InstallationIdentity) -> Vec<u8> {
     local.account().identity_key().serialize().to_vec()
@@ -162,8 +150,6 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(4);
         let a = installation(&mut rng);
         let id = a.installation_id();
-        assert_eq!(parse_installation(&installation_hex(id)), Some(id));
-        assert_eq!(parse_installation("zz"), None);
         let peer = peer_identity(&own_identity_key(&a), id).unwrap();
         assert_eq!(peer, a.peer_identity());
         assert!(peer_identity(&[1, 2, 3], id).is_none());

@@ -64,10 +64,6 @@ fn pooled(owner: &InstallationIdentity, kind: KeyPackageKind) -> PoolEntry {
     PoolEntry::from(&generate_key_package(owner, kind, DEFAULT_KEY_PACKAGE_LIFETIME_SECS).unwrap())
 }
 
-fn installation_hex(id: InstallationId) -> String {
-    hex::encode(id.as_bytes())
-}
-
 /// Two installations from nothing to an established cascade (the only
 /// handshake of the whole test), persisted with a KeyPackage pool.
 fn setup(dir: &Path) -> (String, String) {
@@ -83,7 +79,7 @@ fn setup(dir: &Path) -> (String, String) {
     let mut pool: Vec<_> = (0..6).map(|_| pooled(&alice_id, KeyPackageKind::OneTime)).collect();
     pool.push(pooled(&alice_id, KeyPackageKind::LastResort));
 
-    let (a_hex, b_hex) = (installation_hex(a), installation_hex(b));
+    let (a_hex, b_hex) = (a.to_hex(), b.to_hex());
     let alice_store = open_store(dir, "alice");
     alice_store
         .write(|w| {

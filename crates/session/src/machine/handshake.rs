@@ -147,7 +147,7 @@ impl PeerMachine {
         }
         let ty = PduType::KeyPackage;
         let announced = bundle.peer();
-        let installation = Text::new(crypto::installation_hex(announced.installation_id)).unwrap_or_default();
+        let installation = Text::new(announced.installation_id.to_hex()).unwrap_or_default();
         let identity_key = crypto::peer_identity_key(&announced);
         let Some(peer) = self.check_identity(&installation, &identity_key, ty, now)? else {
             return Ok(());

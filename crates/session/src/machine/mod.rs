@@ -63,7 +63,6 @@ use self::ratelimit::RateLimit;
 pub(crate) use self::retransmission::Retx;
 use crate::config::Config;
 use crate::content::Content;
-use crate::crypto;
 use crate::durable::Durable;
 use crate::error::SessionError;
 
@@ -485,7 +484,7 @@ impl PeerMachine {
         let retry_backoff = config.handshake_retry;
         let mut m = Self {
             config,
-            local_hex: crypto::installation_hex(local_id),
+            local_hex: local_id.to_hex(),
             local,
             local_id,
             store,

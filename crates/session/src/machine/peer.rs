@@ -25,8 +25,8 @@ impl PeerMachine {
         }
         if let Some(old) = self.peer {
             self.emit(Event::InstallationChanged {
-                old: crypto::installation_hex(old),
-                new: crypto::installation_hex(peer),
+                old: old.to_hex(),
+                new: peer.to_hex(),
             });
             self.session = None;
             self.outbox.clear();
@@ -37,7 +37,7 @@ impl PeerMachine {
             }
         }
         self.peer = Some(peer);
-        self.peer_hex = crypto::installation_hex(peer);
+        self.peer_hex = peer.to_hex();
         self.load(now)
     }
 
@@ -216,7 +216,7 @@ impl PeerMachine {
         ty: PduType,
         now: Now,
     ) -> Result<Option<PeerIdentity>, SessionError> {
-        let Some(inst) = crypto::parse_installation(installation.as_str()) else {
+        let Ok(inst) = installation.as_str().parse::<InstallationId>() else {
             self.refuse(Refusal::Malformed, "installation id", Some(ty), None, now);
             return Ok(None);
         };
