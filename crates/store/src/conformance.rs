@@ -10,7 +10,7 @@
 
 use strata_cascade::at_rest::KdfParams;
 
-use crate::kv::Backend;
+use crate::kv::{Backend, Table};
 use crate::records::{Accepted, IdentityCheck, IncomingMessage, OutgoingMessage};
 use crate::{KeySource, Store, StoreError};
 
@@ -662,12 +662,16 @@ pub fn peer_key_packages_are_checked_keyed_and_consumed<H: Harness>(h: &mut H) {
 
     // Expired ones are refused on receipt and deleted once stored.
     let later = now + 10 * 3600;
+    let (fresh, fresher) = (
+        bob_mls.key_package(KeyPackageKind::OneTime, 3600).unwrap(),
+        bob_mls.key_package(KeyPackageKind::OneTime, 3600).unwrap(),
+    );
     let err = store
-        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &short, later))
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &fresh, later))
         .unwrap_err();
     assert!(matches!(err, StoreError::KeyPackageRejected { .. }), "{err}");
     store
-        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &short, now))
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &fresh, now))
         .unwrap();
     assert!(
         store
@@ -677,10 +681,167 @@ pub fn peer_key_packages_are_checked_keyed_and_consumed<H: Harness>(h: &mut H) {
     );
     assert_eq!(stored(&store, &bob_hex), 0, "the expired package was deleted");
     store
-        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &short, now))
+        .write(|w| w.receive_peer_key_package(&bob.peer_identity(), &fresher, now))
         .unwrap();
     assert_eq!(store.write(|w| w.expire_peer_key_packages(later)).unwrap(), 1);
     assert_eq!(stored(&store, &bob_hex), 0);
+}
+
+/// Packages handed out to claimers over a session keep their private parts
+/// for their claimer until redeemed once (one-time) or until they expire
+/// (the last resort, even after its replacement and a rotation).
+pub fn handed_out_packages_are_held_for_their_claimer<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let mut stock: Vec<_> = (1..=3).map(|n| package(n, false, 1000)).collect();
+    stock.push(package(90, true, 2000));
+    store.write(|w| w.add_key_packages(&stock, 0)).unwrap();
+    let secrets = |n: u8| package(n, false, 0).secrets;
+
+    let first = store.write(|w| w.hand_out_key_package("aa", true, 10, 0)).unwrap();
+    assert!(!first.package.last_resort);
+    let status = store.write(|w| w.key_package_status(10)).unwrap();
+    assert_eq!((status.available, status.held), (2, 1));
+    let n = first.package.key_ref[0];
+    // Only its claimer redeems it, once.
+    let redeem =
+        |who: &str, key_ref: &[u8], now_s: u64| store.write(|w| w.redeem_key_package(who, key_ref, now_s)).unwrap();
+    assert_eq!(redeem("bb", &first.package.key_ref, 20), None);
+    assert_eq!(redeem("aa", &first.package.key_ref, 20), Some(secrets(n)));
+    assert_eq!(redeem("aa", &first.package.key_ref, 20), None, "used once");
+    assert_eq!(store.write(|w| w.key_package_status(20)).unwrap().held, 0);
+
+    // Above the claimer's allowance: the last resort, redeemable by any
+    // claimer, again and again, even after it was replaced.
+    let last = store.write(|w| w.hand_out_key_package("bb", false, 30, 0)).unwrap();
+    assert!(last.package.last_resort);
+    assert!(store.write(|w| w.key_package_status(30)).unwrap().last_resort_used);
+    for who in ["bb", "cc", "bb"] {
+        assert_eq!(
+            redeem(who, &last.package.key_ref, 40),
+            Some(package(90, true, 0).secrets)
+        );
+    }
+    store
+        .write(|w| w.replace_last_resort(&package(91, true, 3000), 50))
+        .unwrap();
+    assert_eq!(
+        redeem("dd", &last.package.key_ref, 60),
+        Some(package(90, true, 0).secrets)
+    );
+
+    // A rotation keeps what was handed out.
+    let second = store.write(|w| w.hand_out_key_package("aa", true, 70, 0)).unwrap();
+    let mut rotated: Vec<_> = (10..=12).map(|n| package(n, false, 5000)).collect();
+    rotated.push(package(92, true, 5000));
+    store.write(|w| w.replace_pool(&rotated, 80)).unwrap();
+    let status = store.write(|w| w.key_package_status(80)).unwrap();
+    assert_eq!((status.available, status.held), (3, 1));
+    let third = store.write(|w| w.hand_out_key_package("aa", true, 90, 0)).unwrap();
+
+    // Expired: never redeemed, and its private parts are gone.
+    assert_eq!(redeem("aa", &second.package.key_ref, 1001), None);
+    assert_eq!(redeem("aa", &last.package.key_ref, 2001), None);
+    store.write(|w| w.expire_key_packages(2001)).unwrap();
+    let rows = |prefix: u8| {
+        store
+            .write(|w| Ok(w.raw().scan(Table::KeyPackages, &[prefix], usize::MAX)?.len()))
+            .unwrap()
+    };
+    // Left: the rotated pool's two one-time packages and its last resort,
+    // and the one handed out from it.
+    assert_eq!(rows(b's'), 4, "private parts of expired packages deleted");
+    assert_eq!((rows(b'h'), rows(b'e')), (1, 1));
+    assert_eq!(
+        redeem("aa", &third.package.key_ref, 2001),
+        Some(secrets(third.package.key_ref[0]))
+    );
+    assert_eq!((rows(b'h'), rows(b'e'), rows(b's')), (0, 0, 3));
+    assert_eq!(store.write(|w| w.key_package_status(2001)).unwrap().held, 0);
+}
+
+/// At most [`crate::MAX_HELD_KEY_PACKAGES`] one-time packages are held; a
+/// claim above that is served the last resort.
+pub fn held_packages_are_capped<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let cap = crate::MAX_HELD_KEY_PACKAGES;
+    let numbered = |i: usize| {
+        let mut e = package(0, false, 1000);
+        e.package.key_ref = (i as u64).to_be_bytes().repeat(4);
+        e.package.init_key = (i as u64 ^ 0xFFFF_0000).to_be_bytes().repeat(4);
+        e
+    };
+    store
+        .write(|w| w.add_key_packages(&[package(99, true, 1000)], 0))
+        .unwrap();
+    // Added and handed out one by one: a claim sweeps the whole stock, so
+    // a stock of thousands would make this quadratic.
+    store
+        .write(|w| {
+            for i in 0..cap {
+                w.add_key_packages(&[numbered(i)], 0)?;
+                assert!(!w.hand_out_key_package("aa", true, 1, 0)?.package.last_resort);
+            }
+            w.add_key_packages(&[numbered(cap)], 0)
+        })
+        .unwrap();
+    let over = store.write(|w| w.hand_out_key_package("aa", true, 1, 0)).unwrap();
+    assert!(over.package.last_resort, "over the cap: the last resort");
+    let status = store.write(|w| w.key_package_status(1)).unwrap();
+    assert_eq!((status.available, status.held), (1, cap as u64));
+}
+
+/// A peer's `init_key` is accepted once: a one-time package used (taken,
+/// or used as it arrived) and offered again, or another package repeating
+/// its `init_key`, is refused; the same last-resort package is not.
+pub fn a_peers_init_key_is_accepted_once<H: Harness>(h: &mut H) {
+    use strata_cascade::{KeyPackageKind, generate_key_package};
+    let store = Store::open(h.fresh(), key()).unwrap();
+    let bob = installation();
+    let peer = bob.peer_identity();
+    let bob_hex = bob.installation_id().to_hex();
+    let now = unix_now();
+    let made = |kind| generate_key_package(&bob, kind, 3600).unwrap().package.bytes().to_vec();
+    let (one, two, last) = (
+        made(KeyPackageKind::OneTime),
+        made(KeyPackageKind::OneTime),
+        made(KeyPackageKind::LastResort),
+    );
+
+    // Used as it arrived (a handshake's step 2), then offered again.
+    store.write(|w| w.use_peer_key_package(&peer, &one, now)).unwrap();
+    for again in [
+        store.write(|w| w.use_peer_key_package(&peer, &one, now)),
+        store.write(|w| w.receive_peer_key_package(&peer, &one, now)),
+    ] {
+        assert!(matches!(again, Err(StoreError::KeyPackageReused)), "{again:?}");
+    }
+    // Stored, taken, offered again.
+    store.write(|w| w.receive_peer_key_package(&peer, &two, now)).unwrap();
+    store
+        .write(|w| w.take_peer_key_package(&bob_hex, now))
+        .unwrap()
+        .unwrap();
+    let again = store.write(|w| w.receive_peer_key_package(&peer, &two, now));
+    assert!(matches!(again, Err(StoreError::KeyPackageReused)), "{again:?}");
+    // The last resort is reusable by design.
+    for _ in 0..3 {
+        store.write(|w| w.use_peer_key_package(&peer, &last, now)).unwrap();
+    }
+    store.write(|w| w.receive_peer_key_package(&peer, &last, now)).unwrap();
+    assert_eq!(store.read(|r| r.peer_key_packages(&bob_hex)).unwrap().len(), 1);
+    // Once the package's lifetime is over, its init_key row goes too.
+    store
+        .write(|w| w.take_peer_key_package(&bob_hex, now))
+        .unwrap()
+        .unwrap();
+    let rows = || {
+        store
+            .write(|w| Ok(w.raw().scan(Table::PeerKeyPackages, &[], usize::MAX)?.len()))
+            .unwrap()
+    };
+    assert_eq!(rows(), 3, "three init_keys used");
+    store.write(|w| w.expire_peer_key_packages(now + 2 * 3600)).unwrap();
+    assert_eq!(rows(), 0);
 }
 
 /// Runs the whole store suite against the harness `$make`, one `#[test]`
@@ -702,6 +863,9 @@ macro_rules! store_conformance {
             a_burst_commits_one_state,
             peer_key_packages_are_checked_keyed_and_consumed,
             pooled_packages_give_back_working_private_parts,
+            handed_out_packages_are_held_for_their_claimer,
+            held_packages_are_capped,
+            a_peers_init_key_is_accepted_once,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {

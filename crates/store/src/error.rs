@@ -37,13 +37,18 @@ pub enum StoreError {
         path: std::path::PathBuf,
     },
     /// A KeyPackage received from a peer failed its check (encoding,
-    /// signature, lifetime, binding to the peer, or a repeated `init_key`)
+    /// signature, ciphersuite, lifetime, binding to the peer)
     /// and was not stored.
     #[error("KeyPackage rejected: {reason}")]
     KeyPackageRejected {
         /// Why.
         reason: String,
     },
+    /// A KeyPackage received from a peer repeats the `init_key` of another
+    /// package of that peer, stored or already used (RFC 9420 §10: a
+    /// one-time package is used once); it was not stored.
+    #[error("KeyPackage rejected: its init_key was seen before from this installation")]
+    KeyPackageReused,
     /// The backend (file system, redb) failed.
     #[error("storage backend: {0}")]
     Backend(String),

@@ -108,7 +108,7 @@ mod store;
 pub use error::StoreError;
 pub use kv::{Backend, Table};
 pub use memory::MemoryBackend;
-pub use pool::{Claim, LowKeyPackages, PoolEntry, PoolStatus, PooledKeyPackage};
+pub use pool::{Claim, HandOut, LowKeyPackages, MAX_HELD_KEY_PACKAGES, PoolEntry, PoolStatus, PooledKeyPackage};
 pub use records::{
     Accepted, Contact, IdentityCheck, IncomingMessage, KeyChange, OutgoingMessage, PeerKeyPackage, StoredKeyPackage,
 };

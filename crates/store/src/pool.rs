@@ -23,13 +23,23 @@
 //! each), whatever the claim rate.
 //!
 //! Each package's private parts (the cascade's `KeyPackageSecrets` blob,
-//! opaque here) are sealed in a row of their own beside it, added with it,
-//! handed back by the claim that hands out the package (in the same
-//! transaction), and deleted with it.
+//! opaque here) are sealed in a row of their own beside it and added with
+//! it. Two ways out:
 //!
-//! The node keeps this pool stocked (`strata_session::pool`) and the
-//! handshake's step 2 hands out pooled KeyPackages through
-//! [`Writer::claim_key_package`].
+//! - [`Writer::claim_key_package`] hands the private parts back with the
+//!   package and deletes them (the handshake's step 2: the caller's MLS
+//!   layer holds them from then on);
+//! - [`Writer::hand_out_key_package`] (a peer's claim over a session)
+//!   keeps them, sealed, in a *held* row naming the claimer, until the
+//!   claimer's Welcome redeems them ([`Writer::redeem_key_package`]) or the
+//!   package expires. A one-time package is redeemed once, by its claimer
+//!   only; the last resort by anyone, until it expires — its private parts
+//!   outlive its replacement while it is held. At most
+//!   [`MAX_HELD_KEY_PACKAGES`] one-time packages are held at once; above
+//!   that, claims are served the last resort, so claims cannot fill the
+//!   disk.
+//!
+//! The node keeps this pool stocked (`strata_session::pool`).
 
 use strata_cascade::{GeneratedKeyPackage, SecretBytes};
 
@@ -51,8 +61,32 @@ const LAST_RESORT_ADDED: &[u8] = b"a";
 /// Claim counters: `(minute, count)` pairs, 8 bytes big-endian each.
 const CLAIMS: &[u8] = b"c";
 
+/// A package handed out to a peer and not used yet: [`Held`], keyed by
+/// its `key_ref`.
+const HELD: u8 = b'h';
+/// The held packages by expiry: `not_after_s` (8 bytes, big-endian), then
+/// the `key_ref`; empty values. Sweeps read only what expired.
+const HELD_BY_EXPIRY: u8 = b'e';
+/// How many one-time packages are held: 8 bytes, big-endian.
+const HELD_COUNT: &[u8] = b"n";
+
 /// How many one-minute claim counters the pool keeps: an hour's worth.
 pub const CLAIM_WINDOW_MINUTES: u64 = 60;
+
+/// Most one-time packages handed out to peers and held (their private
+/// parts kept) at once; claims above it are served the last resort. With
+/// a package's private parts at about 1 KiB sealed, 4 MiB of store.
+pub const MAX_HELD_KEY_PACKAGES: usize = 4096;
+
+/// A handed-out package whose private parts are kept for its Welcome.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Held {
+    /// The installation that claimed it (hex); a last resort is anyone's.
+    claimer: String,
+    not_after_s: u64,
+    last_resort: bool,
+}
 
 /// A KeyPackage of ours in the pool; its `init_key` is unique across the
 /// pool.
@@ -101,6 +135,15 @@ pub struct Claim {
     pub low: Option<LowKeyPackages>,
 }
 
+/// What [`Writer::hand_out_key_package`] handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandOut {
+    /// The package, for the claimer.
+    pub package: PooledKeyPackage,
+    /// Set when the pool needs refilling.
+    pub low: Option<LowKeyPackages>,
+}
+
 /// The pool's stock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolStatus {
@@ -120,6 +163,10 @@ pub struct PoolStatus {
     /// Claims served in the last hour: those counted in the minute of
     /// `now_s` and the 59 before it.
     pub claims_last_hour: u64,
+    /// One-time packages handed out to peers whose private parts are kept
+    /// until a Welcome redeems them or they expire (expired ones count until
+    /// the next sweep).
+    pub held: u64,
 }
 
 fn encode_claims(counters: &[(u64, u64)]) -> Vec<u8> {
@@ -153,6 +200,12 @@ fn decode_claims(bytes: &[u8]) -> Result<Vec<(u64, u64)>, StoreError> {
 fn in_window(minute: u64, now_s: u64) -> bool {
     let now_minute = now_s / 60;
     minute <= now_minute && now_minute - minute < CLAIM_WINDOW_MINUTES
+}
+
+fn expiry_row(not_after_s: u64, key_ref: &[u8]) -> Vec<u8> {
+    let mut key = row(HELD_BY_EXPIRY, &not_after_s.to_be_bytes());
+    key.extend_from_slice(key_ref);
+    key
 }
 
 fn row(prefix: u8, id: &[u8]) -> Vec<u8> {
@@ -201,39 +254,166 @@ impl Writer<'_> {
 
     /// Hands out one package: an unexpired one-time package (deleted as it
     /// is handed out), or the last-resort package when none is left.
-    /// Expired packages met on the way are deleted.
+    /// Expired packages met on the way are deleted. The private parts come
+    /// back with it and leave the store (a one-time package's; the last
+    /// resort keeps its own).
     pub fn claim_key_package(&mut self, now_s: u64, threshold: u64) -> Result<Claim, StoreError> {
         self.expire_key_packages(now_s)?;
-        let next = self.raw().scan(Table::KeyPackages, &[PACKAGE], 1)?.into_iter().next();
-        let package = match next {
-            Some((key, _)) => {
-                let package: PooledKeyPackage = self.pool_record(&key)?;
-                self.raw_mut().delete(Table::KeyPackages, &key)?;
-                self.raw_mut()
-                    .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
-                let secrets = self.pool_secrets(&package)?;
+        let package = match self.take_one_time()? {
+            Some(package) => {
+                let secrets = self.pool_secrets(&package.key_ref)?;
                 self.raw_mut()
                     .delete(Table::KeyPackages, &row(SECRETS, &package.key_ref))?;
                 (package, secrets)
             }
             None => {
-                let package: PooledKeyPackage = self.pool_record(LAST_RESORT).map_err(|_| {
-                    StoreError::Misuse("the KeyPackage pool is empty and has no last-resort package".into())
-                })?;
-                self.raw_mut().put(Table::KeyPackages, LAST_RESORT_USED, &[1])?;
-                let secrets = self.pool_secrets(&package)?;
+                let package = self.serve_last_resort()?;
+                let secrets = self.pool_secrets(&package.key_ref)?;
                 (package, secrets)
             }
         };
         let (package, secrets) = package;
-        self.count_claim(now_s)?;
-        let status = self.key_package_status(now_s)?;
-        let low = (status.available < threshold).then_some(LowKeyPackages {
-            available: status.available,
-            threshold,
-            last_resort_used: status.last_resort_used,
-        });
+        let low = self.count_claim(now_s, threshold)?;
         Ok(Claim { package, secrets, low })
+    }
+
+    /// Hands out one package to `claimer` (an installation, hex) for later
+    /// use: an unexpired one-time package when `one_time` allows it and
+    /// fewer than [`MAX_HELD_KEY_PACKAGES`] are held, else the last resort.
+    /// Its private parts stay, held for the claimer, until
+    /// [`Writer::redeem_key_package`] or expiry.
+    pub fn hand_out_key_package(
+        &mut self,
+        claimer: &str,
+        one_time: bool,
+        now_s: u64,
+        threshold: u64,
+    ) -> Result<HandOut, StoreError> {
+        self.expire_key_packages(now_s)?;
+        let room = self.held_count()? < MAX_HELD_KEY_PACKAGES as u64;
+        let one_time = if one_time && room { self.take_one_time()? } else { None };
+        let (package, held) = match one_time {
+            Some(package) => {
+                let held = Held {
+                    claimer: claimer.to_owned(),
+                    not_after_s: package.not_after_s,
+                    last_resort: false,
+                };
+                (package, held)
+            }
+            None => {
+                let package = self.serve_last_resort()?;
+                let held = Held {
+                    claimer: String::new(),
+                    not_after_s: package.not_after_s,
+                    last_resort: true,
+                };
+                (package, held)
+            }
+        };
+        self.hold(&package.key_ref, &held)?;
+        let low = self.count_claim(now_s, threshold)?;
+        Ok(HandOut { package, low })
+    }
+
+    /// The private parts of the package `key_ref` that was handed out to
+    /// `claimer` ([`Writer::hand_out_key_package`]), for joining from its
+    /// Welcome: a one-time package's leave the store (used once); the last
+    /// resort's stay until it expires. `None` when the package was not
+    /// handed out to `claimer`, was used already, or expired at `now_s`.
+    pub fn redeem_key_package(
+        &mut self,
+        claimer: &str,
+        key_ref: &[u8],
+        now_s: u64,
+    ) -> Result<Option<SecretBytes>, StoreError> {
+        let key = row(HELD, key_ref);
+        let Some(held) = self.record::<Held>(Table::KeyPackages, &key)? else {
+            return Ok(None);
+        };
+        if held.not_after_s < now_s {
+            self.unhold(key_ref, &held)?;
+            return Ok(None);
+        }
+        if !held.last_resort && held.claimer != claimer {
+            return Ok(None);
+        }
+        let secrets = self.pool_secrets(key_ref)?;
+        if !held.last_resort {
+            self.unhold(key_ref, &held)?;
+        }
+        Ok(Some(secrets))
+    }
+
+    /// Records `key_ref` as handed out (replacing an earlier record of it).
+    fn hold(&mut self, key_ref: &[u8], held: &Held) -> Result<(), StoreError> {
+        if let Some(old) = self.record::<Held>(Table::KeyPackages, &row(HELD, key_ref))? {
+            self.unhold(key_ref, &old)?;
+        }
+        self.put_record(Table::KeyPackages, &row(HELD, key_ref), held)?;
+        self.raw_mut()
+            .put(Table::KeyPackages, &expiry_row(held.not_after_s, key_ref), &[])?;
+        if !held.last_resort {
+            self.set_held_count(self.held_count()? + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a handed-out package and, unless it is the current last
+    /// resort, its private parts.
+    fn unhold(&mut self, key_ref: &[u8], held: &Held) -> Result<(), StoreError> {
+        self.raw_mut().delete(Table::KeyPackages, &row(HELD, key_ref))?;
+        self.raw_mut()
+            .delete(Table::KeyPackages, &expiry_row(held.not_after_s, key_ref))?;
+        if !held.last_resort {
+            self.set_held_count(self.held_count()?.saturating_sub(1))?;
+        }
+        self.release_secrets(key_ref)
+    }
+
+    fn held_count(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .raw()
+            .get(Table::KeyPackages, HELD_COUNT)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    fn set_held_count(&mut self, n: u64) -> Result<(), StoreError> {
+        self.raw_mut().put(Table::KeyPackages, HELD_COUNT, &n.to_be_bytes())
+    }
+
+    /// Takes the next one-time package out of the stock (its private parts
+    /// stay, for the caller to take or hold).
+    fn take_one_time(&mut self) -> Result<Option<PooledKeyPackage>, StoreError> {
+        let next = self.raw().scan(Table::KeyPackages, &[PACKAGE], 1)?.into_iter().next();
+        let Some((key, _)) = next else {
+            return Ok(None);
+        };
+        let package: PooledKeyPackage = self.pool_record(&key)?;
+        self.raw_mut().delete(Table::KeyPackages, &key)?;
+        self.raw_mut()
+            .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
+        Ok(Some(package))
+    }
+
+    /// The last-resort package, flagged as served.
+    fn serve_last_resort(&mut self) -> Result<PooledKeyPackage, StoreError> {
+        let package: PooledKeyPackage = self
+            .pool_record(LAST_RESORT)
+            .map_err(|_| StoreError::Misuse("the KeyPackage pool is empty and has no last-resort package".into()))?;
+        self.raw_mut().put(Table::KeyPackages, LAST_RESORT_USED, &[1])?;
+        Ok(package)
+    }
+
+    /// Deletes the private parts of `key_ref`, unless they belong to the
+    /// current last resort.
+    fn release_secrets(&mut self, key_ref: &[u8]) -> Result<(), StoreError> {
+        let current = self.pool_record::<PooledKeyPackage>(LAST_RESORT).ok();
+        if current.is_none_or(|p| p.key_ref != key_ref) {
+            self.raw_mut().delete(Table::KeyPackages, &row(SECRETS, key_ref))?;
+        }
+        Ok(())
     }
 
     /// Deletes every package whose lifetime ended before `now_s`; returns
@@ -249,6 +429,24 @@ impl Writer<'_> {
                 self.raw_mut()
                     .delete(Table::KeyPackages, &row(SECRETS, &package.key_ref))?;
                 expired += 1;
+            }
+        }
+        // In expiry order: stops at the first held package still valid.
+        loop {
+            let first = self.raw().scan(Table::KeyPackages, &[HELD_BY_EXPIRY], 1)?;
+            let Some((key, _)) = first.into_iter().next() else {
+                break;
+            };
+            let (not_after, key_ref) = key.get(1..).unwrap_or_default().split_at_checked(8).unwrap_or_default();
+            let not_after_s = <[u8; 8]>::try_from(not_after).map_or(0, u64::from_be_bytes);
+            if not_after_s >= now_s {
+                break;
+            }
+            match self.record::<Held>(Table::KeyPackages, &row(HELD, key_ref))? {
+                Some(held) => self.unhold(key_ref, &held)?,
+                None => {
+                    self.raw_mut().delete(Table::KeyPackages, &key)?;
+                }
             }
         }
         if let Ok(package) = self.pool_record::<PooledKeyPackage>(LAST_RESORT)
@@ -269,16 +467,30 @@ impl Writer<'_> {
     }
 
     /// Identity rotation: drops every package and installs `packages` (which
-    /// must include a last-resort one), all in this transaction.
+    /// must include a last-resort one), all in this transaction. Packages
+    /// already handed out stay redeemable until they expire.
     pub fn replace_pool(&mut self, entries: &[PoolEntry], now_s: u64) -> Result<(), StoreError> {
         if !entries.iter().any(|e| e.package.last_resort) {
             return Err(StoreError::Misuse(
                 "a rotated pool needs a last-resort KeyPackage".into(),
             ));
         }
+        let held: std::collections::BTreeSet<Vec<u8>> = self
+            .raw()
+            .scan(Table::KeyPackages, &[HELD], usize::MAX)?
+            .into_iter()
+            .filter_map(|(key, _)| key.get(1..).map(|r| row(SECRETS, r)))
+            .collect();
+        let kept = |key: &[u8]| {
+            key == CLAIMS
+                || key == HELD_COUNT
+                || key.first().is_some_and(|k| [HELD, HELD_BY_EXPIRY].contains(k))
+                || held.contains(key)
+        };
         for (key, _) in self.raw().scan(Table::KeyPackages, &[], usize::MAX)? {
-            // The claims served are history, not stock: they stay.
-            if key != CLAIMS {
+            // The claims served are history, not stock, and what was handed
+            // out is the claimers': they stay.
+            if !kept(&key) {
                 self.raw_mut().delete(Table::KeyPackages, &key)?;
             }
         }
@@ -311,6 +523,7 @@ impl Writer<'_> {
                 .map(u64::from_be_bytes);
         }
         let last_resort_used = self.raw().get(Table::KeyPackages, LAST_RESORT_USED)?.is_some();
+        let held = self.held_count()?;
         let claims_last_hour = self
             .claim_counters()?
             .into_iter()
@@ -324,6 +537,7 @@ impl Writer<'_> {
             last_resort_added_s,
             next_expiry_s,
             claims_last_hour,
+            held,
         })
     }
 
@@ -334,8 +548,19 @@ impl Writer<'_> {
         }
     }
 
+    /// Counts a claim at `now_s`; reports a stock below `threshold`.
+    fn count_claim(&mut self, now_s: u64, threshold: u64) -> Result<Option<LowKeyPackages>, StoreError> {
+        self.count_claim_minute(now_s)?;
+        let status = self.key_package_status(now_s)?;
+        Ok((status.available < threshold).then_some(LowKeyPackages {
+            available: status.available,
+            threshold,
+            last_resort_used: status.last_resort_used,
+        }))
+    }
+
     /// Counts a claim at `now_s` and drops the counters that left the hour.
-    fn count_claim(&mut self, now_s: u64) -> Result<(), StoreError> {
+    fn count_claim_minute(&mut self, now_s: u64) -> Result<(), StoreError> {
         let minute = now_s / 60;
         let mut counters = self.claim_counters()?;
         counters.retain(|(m, _)| in_window(*m, now_s));
@@ -351,19 +576,22 @@ impl Writer<'_> {
         if let Ok(old) = self.pool_record::<PooledKeyPackage>(LAST_RESORT) {
             self.raw_mut()
                 .delete(Table::KeyPackages, &row(INIT_KEY, &old.init_key))?;
-            self.raw_mut().delete(Table::KeyPackages, &row(SECRETS, &old.key_ref))?;
+            // Handed out, it stays redeemable until it expires.
+            if self.raw().get(Table::KeyPackages, &row(HELD, &old.key_ref))?.is_none() {
+                self.raw_mut().delete(Table::KeyPackages, &row(SECRETS, &old.key_ref))?;
+            }
         }
         self.raw_mut().delete(Table::KeyPackages, LAST_RESORT)?;
         self.raw_mut().delete(Table::KeyPackages, LAST_RESORT_ADDED)?;
         Ok(())
     }
 
-    /// The sealed private parts of `package`; a package without them is a
-    /// damaged pool.
-    fn pool_secrets(&self, package: &PooledKeyPackage) -> Result<SecretBytes, StoreError> {
+    /// The sealed private parts of the package `key_ref`; a package
+    /// without them is a damaged pool.
+    fn pool_secrets(&self, key_ref: &[u8]) -> Result<SecretBytes, StoreError> {
         let (tx, key) = self.sealing_read();
         let mut secrets =
-            open_sealed(tx, key, Table::KeyPackages, &row(SECRETS, &package.key_ref))?.ok_or(StoreError::Corrupt {
+            open_sealed(tx, key, Table::KeyPackages, &row(SECRETS, key_ref))?.ok_or(StoreError::Corrupt {
                 table: Table::KeyPackages.name(),
                 reason: "a pooled KeyPackage without its private parts".into(),
             })?;

@@ -156,7 +156,10 @@ macro_rules! reads {
             /// The stored KeyPackages of installation `peer` (hex), expired
             /// ones included (they are deleted by the writers).
             pub fn peer_key_packages(&self, peer: &str) -> Result<Vec<PeerKeyPackage>, StoreError> {
-                self.scan_records(Table::PeerKeyPackages, &peer_key(peer, "")?)
+                self.scan_records(
+                    Table::PeerKeyPackages,
+                    &crate::peer_key_packages::packages_prefix(peer)?,
+                )
             }
 
             /// Whether message `message_id` from `peer` was already processed.
