@@ -44,6 +44,9 @@ pub struct Config {
     /// How this installation's KeyPackage pool is kept
     /// ([`crate::pool::keep_stocked`]): 64 one-time packages by default.
     pub key_package_pool: crate::pool::PoolConfig,
+    /// A KeyPackage claim of ours with no answer after this long fails
+    /// ([`crate::Event::KeyPackageClaimFailed`]).
+    pub claim_timeout: Duration,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             error_burst: 20,
             key_package_lifetime_secs: 24 * 3600,
             key_package_pool: crate::pool::PoolConfig::default(),
+            claim_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -12,6 +12,20 @@
 //! | `text` | `text` | yes |
 //! | `file-chunk` | `fileId`, `name`, `size`, `index`, `total`, `data` | yes |
 //! | `ack` | — | no (it *is* an acknowledgement) |
+//! | `key-package-claim` | `claim` | no (answered) |
+//! | `key-package-grant` | `claim`, `keyPackage` | no (answers a claim) |
+//!
+//! `key-package-claim` asks the receiving installation for one of its MLS
+//! KeyPackages (polyproto-mls "claim", peer to peer); `claim` is an id of
+//! the claimer's choosing (at most 64 bytes), repeated in the answer. A
+//! claim sent again with the same id gets the same package. The
+//! `key-package-grant` carries one KeyPackage (`keyPackage`, a serialized
+//! `MLSMessage`, base64, at most 48 KiB): a one-time package, or the
+//! last-resort one when the claimer is over its allowance or the one-time
+//! stock is gone. Claims travel inside the session's cascade, never in the
+//! clear: only the peer of the session can claim, and the rate limit is
+//! per authenticated installation. The rules are in the crate docs,
+//! "KeyPackage pool".
 //!
 //! Every plaintext may also carry:
 //! - `seq`: the sender's per-peer sequence number of a stored message
@@ -180,6 +194,15 @@ pub(crate) enum Body {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub(crate) enum Control {
     Ack,
+    KeyPackageClaim {
+        claim: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    KeyPackageGrant {
+        claim: String,
+        #[serde(with = "b64")]
+        key_package: Vec<u8>,
+    },
 }
 
 impl Plaintext {
@@ -213,11 +236,19 @@ impl Plaintext {
         if p.acks.len() > MAX_ACKS || p.acks.iter().any(|a| a.len() > strata_proto::limits::MAX_ID) {
             return Err("too many or too long acks");
         }
-        if let Body::Content(c) = &p.body {
-            c.check()?;
-            if p.seq.is_none() {
-                return Err("content without seq");
+        match &p.body {
+            Body::Content(c) => {
+                c.check()?;
+                if p.seq.is_none() {
+                    return Err("content without seq");
+                }
             }
+            Body::Control(Control::KeyPackageClaim { claim } | Control::KeyPackageGrant { claim, .. })
+                if claim.is_empty() || claim.len() > strata_proto::limits::MAX_ID =>
+            {
+                return Err("claim id empty or over 64 bytes");
+            }
+            Body::Control(_) => {}
         }
         Ok(p)
     }
@@ -291,6 +322,34 @@ mod tests {
         let json = String::from_utf8(ack.to_bytes()).unwrap();
         assert_eq!(json, r#"{"type":"ack","acks":["x"],"kemKeyAck":2}"#);
         assert_eq!(Plaintext::from_bytes(json.as_bytes()).unwrap(), ack);
+        let control = |body| Plaintext {
+            body: Body::Control(body),
+            seq: None,
+            sent_ms: None,
+            acks: Vec::new(),
+            kem_key_ack: None,
+        };
+        let claim = control(Control::KeyPackageClaim { claim: "c1".into() });
+        let json = String::from_utf8(claim.to_bytes()).unwrap();
+        assert_eq!(json, r#"{"type":"key-package-claim","claim":"c1"}"#);
+        assert_eq!(Plaintext::from_bytes(json.as_bytes()).unwrap(), claim);
+        let grant = control(Control::KeyPackageGrant {
+            claim: "c1".into(),
+            key_package: vec![0, 1, 2],
+        });
+        let json = String::from_utf8(grant.to_bytes()).unwrap();
+        assert_eq!(json, r#"{"type":"key-package-grant","claim":"c1","keyPackage":"AAEC"}"#);
+        assert_eq!(Plaintext::from_bytes(json.as_bytes()).unwrap(), grant);
+        for bad in [
+            r#"{"type":"key-package-claim","claim":""}"#.to_owned(),
+            format!(r#"{{"type":"key-package-claim","claim":"{}"}}"#, "c".repeat(65)),
+            format!(
+                r#"{{"type":"key-package-grant","claim":"c","keyPackage":"{}"}}"#,
+                "A".repeat(70_000)
+            ),
+        ] {
+            assert!(Plaintext::from_bytes(bad.as_bytes()).is_err(), "{bad}");
+        }
         let chunk = Content::FileChunk {
             file_id: "f".into(),
             name: "a.bin".into(),

@@ -24,6 +24,11 @@ pub enum SessionError {
     /// (see [`Command::OpenExpecting`](crate::Command::OpenExpecting)).
     #[error("the peer's identity key is not the expected one")]
     IdentityMismatch,
+    /// A KeyPackage claim failed: the peer did not answer in time, or its
+    /// package failed the checks (see
+    /// [`Event::KeyPackageClaimFailed`](crate::Event::KeyPackageClaimFailed)).
+    #[error("KeyPackage claim failed: {0}")]
+    ClaimFailed(String),
     /// The named peer or session does not exist.
     #[error("unknown peer {0}")]
     UnknownPeer(String),
@@ -55,6 +60,9 @@ impl SessionError {
     /// Classifies the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Self::Storage(StoreError::KeyPackageRejected { .. } | StoreError::KeyPackageReused) => {
+                ErrorKind::Verification
+            }
             Self::Storage(_) => ErrorKind::Storage,
             Self::Cascade(e) => match e.class() {
                 strata_cascade::ErrorClass::Storage => ErrorKind::Storage,
@@ -62,7 +70,7 @@ impl SessionError {
                 strata_cascade::ErrorClass::Internal => ErrorKind::Internal,
             },
             Self::Misuse(_) | Self::UnknownPeer(_) => ErrorKind::Misuse,
-            Self::Unavailable(_) => ErrorKind::Transient,
+            Self::Unavailable(_) | Self::ClaimFailed(_) => ErrorKind::Transient,
             Self::IdentityMismatch => ErrorKind::Verification,
             Self::Internal(_) => ErrorKind::Internal,
         }

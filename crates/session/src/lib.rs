@@ -288,5 +288,7 @@ pub use config::Config;
 pub use content::{Content, FILE_CHUNK_BYTES};
 pub use durable::Durable;
 pub use error::{ErrorKind, SessionError};
-pub use machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation};
+pub use machine::{
+    ClaimedKeyPackage, Command, Event, Footprint, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation,
+};
 pub use pool::{PoolConfig, Restock, keep_stocked};

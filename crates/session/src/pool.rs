@@ -32,6 +32,11 @@ pub struct PoolConfig {
     /// Lifetime of a pooled package, seconds (the cascade refuses more than
     /// its cap, 12 weeks).
     pub lifetime_secs: u64,
+    /// One-time packages one peer may claim at once over its session ...
+    pub claim_burst: u32,
+    /// ... and then one more per this long. Claims above the allowance are
+    /// served the last resort.
+    pub claim_interval: std::time::Duration,
 }
 
 impl Default for PoolConfig {
@@ -40,6 +45,8 @@ impl Default for PoolConfig {
             stock: 64,
             refill_below: 16,
             lifetime_secs: DEFAULT_KEY_PACKAGE_LIFETIME_SECS,
+            claim_burst: 8,
+            claim_interval: std::time::Duration::from_secs(120),
         }
     }
 }
@@ -148,6 +155,7 @@ mod tests {
             stock: 6,
             refill_below: 2,
             lifetime_secs: 3600,
+            ..PoolConfig::default()
         }
     }
 

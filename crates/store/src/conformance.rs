@@ -757,6 +757,26 @@ pub fn handed_out_packages_are_held_for_their_claimer<H: Harness>(h: &mut H) {
     );
     assert_eq!((rows(b'h'), rows(b'e'), rows(b's')), (0, 0, 3));
     assert_eq!(store.write(|w| w.key_package_status(2001)).unwrap().held, 0);
+
+    // An expired package is never handed out: the claim after its end gets
+    // the one still valid, then the last resort.
+    store
+        .write(|w| {
+            w.add_key_packages(
+                &[
+                    package(30, false, 6000),
+                    package(31, false, 9000),
+                    package(93, true, 9000),
+                ],
+                2001,
+            )
+        })
+        .unwrap();
+    // At 7000 the rotated pool (5000) and package 30 have expired.
+    let valid = store.write(|w| w.hand_out_key_package("aa", true, 7000, 0)).unwrap();
+    assert_eq!(valid.package.key_ref[0], 31);
+    let then = store.write(|w| w.hand_out_key_package("aa", true, 7000, 0)).unwrap();
+    assert_eq!(then.package.key_ref[0], 93, "the last resort");
 }
 
 /// At most [`crate::MAX_HELD_KEY_PACKAGES`] one-time packages are held; a
@@ -773,17 +793,21 @@ pub fn held_packages_are_capped<H: Harness>(h: &mut H) {
     store
         .write(|w| w.add_key_packages(&[package(99, true, 1000)], 0))
         .unwrap();
-    // Added and handed out one by one: a claim sweeps the whole stock, so
-    // a stock of thousands would make this quadratic.
-    store
-        .write(|w| {
-            for i in 0..cap {
-                w.add_key_packages(&[numbered(i)], 0)?;
-                assert!(!w.hand_out_key_package("aa", true, 1, 0)?.package.last_resort);
-            }
-            w.add_key_packages(&[numbered(cap)], 0)
-        })
-        .unwrap();
+    // Added and handed out one by one (a claim sweeps the whole stock),
+    // in transactions of 128 (the memory backend's write overlay is
+    // scanned linearly).
+    for chunk in (0..cap).collect::<Vec<_>>().chunks(128) {
+        store
+            .write(|w| {
+                for &i in chunk {
+                    w.add_key_packages(&[numbered(i)], 0)?;
+                    assert!(!w.hand_out_key_package("aa", true, 1, 0)?.package.last_resort);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    store.write(|w| w.add_key_packages(&[numbered(cap)], 0)).unwrap();
     let over = store.write(|w| w.hand_out_key_package("aa", true, 1, 0)).unwrap();
     assert!(over.package.last_resort, "over the cap: the last resort");
     let status = store.write(|w| w.key_package_status(1)).unwrap();

@@ -70,6 +70,20 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
                 "low-key-packages",
                 json!({"available": available, "threshold": threshold}),
             ),
+            Event::KeyPackageServed { last_resort } => ("key-package-served", json!({"lastResort": last_resort})),
+            Event::KeyPackageClaimed { claim, package } => (
+                "key-package-claimed",
+                json!({
+                    "claim": claim,
+                    "installation": package.installation,
+                    "keyRef": hex::encode(&package.key_ref),
+                    "lastResort": package.last_resort,
+                    "notAfter": package.not_after_s,
+                }),
+            ),
+            Event::KeyPackageClaimFailed { claim, reason } => {
+                ("key-package-claim-failed", json!({"claim": claim, "reason": reason}))
+            }
         },
     }
 }
@@ -190,6 +204,7 @@ mod tests {
             Refusal::Undecryptable,
             Refusal::IdentityBlocked,
             Refusal::UnexpectedIdentity,
+            Refusal::BadKeyPackage,
         ] {
             all.push(session(Event::Refused { why }));
         }
@@ -197,6 +212,24 @@ mod tests {
             available: 3,
             threshold: 16,
         }));
+        for last_resort in [false, true] {
+            all.push(session(Event::KeyPackageServed { last_resort }));
+        }
+        all.extend([
+            session(Event::KeyPackageClaimed {
+                claim: "c".into(),
+                package: strata_session::ClaimedKeyPackage {
+                    installation: "i".into(),
+                    key_ref: vec![0xab; 4],
+                    last_resort: false,
+                    not_after_s: 7,
+                },
+            }),
+            session(Event::KeyPackageClaimFailed {
+                claim: "c".into(),
+                reason: "r".into(),
+            }),
+        ]);
         all
     }
 
@@ -227,7 +260,10 @@ mod tests {
                 | Event::Rotated { .. }
                 | Event::PeerError { .. }
                 | Event::Refused { .. }
-                | Event::LowKeyPackages { .. } => true,
+                | Event::LowKeyPackages { .. }
+                | Event::KeyPackageServed { .. }
+                | Event::KeyPackageClaimed { .. }
+                | Event::KeyPackageClaimFailed { .. } => true,
             },
         }
     }

@@ -44,7 +44,7 @@ use crate::durable::{self, Durable};
 use crate::error::SessionError;
 use crate::files::Transfers;
 use crate::machine::SessionRecord;
-use crate::machine::{Command, Event, Footprint, Input, Now, Output, PeerMachine};
+use crate::machine::{ClaimedKeyPackage, Command, Event, Footprint, Input, Now, Output, PeerMachine};
 
 /// Correlates a request with its reply.
 pub type RequestId = u64;
@@ -284,6 +284,20 @@ pub struct Ready {
     pub installation: String,
     /// True when a stored session resumed without a handshake.
     pub resumed: bool,
+}
+
+/// Claim one KeyPackage of the peer at an address over the established
+/// session ([`Command::ClaimKeyPackage`]); answered when the package is
+/// checked and stored, or the claim failed
+/// ([`SessionError::ClaimFailed`]; at most
+/// [`Config::claim_timeout`](crate::Config::claim_timeout)).
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<crate::ClaimedKeyPackage>")]
+pub struct ClaimKeyPackage {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The peer.
+    pub peer: PeerAddr,
 }
 
 /// Most [`AwaitReady`] requests a node holds at once.

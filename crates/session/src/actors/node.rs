@@ -37,12 +37,15 @@ pub struct Node<T: Transport> {
     status: BTreeMap<PeerAddr, PeerStatus>,
     /// [`AwaitReady`] requests, per peer, until their session settles.
     waiters: BTreeMap<PeerAddr, Vec<Waiter>>,
+    /// [`ClaimKeyPackage`] requests, by peer and claim id, until answered.
+    claims: BTreeMap<(PeerAddr, String), ClaimWaiter>,
     /// A refill of the KeyPackage pool is running (one at a time).
     refilling: bool,
     span: tracing::Span,
 }
 
 type Waiter = tokio::sync::oneshot::Sender<Result<Ready, SessionError>>;
+type ClaimWaiter = tokio::sync::oneshot::Sender<Result<ClaimedKeyPackage, SessionError>>;
 
 impl<T: Transport> Node<T> {
     /// A node over `transport`, with its stored sessions (they resume when
@@ -63,6 +66,7 @@ impl<T: Transport> Node<T> {
             subscribers: Vec::new(),
             status: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            claims: BTreeMap::new(),
             refilling: false,
             span,
         })
@@ -165,6 +169,21 @@ impl<T: Transport> Node<T> {
         }));
     }
 
+    /// Answers the [`ClaimKeyPackage`] request `event` settles.
+    fn settle_claim(&mut self, event: &NodeEvent) {
+        let (claim, result) = match &event.kind {
+            NodeEventKind::Session(Event::KeyPackageClaimed { claim, package }) => (claim, Ok(package.clone())),
+            NodeEventKind::Session(Event::KeyPackageClaimFailed { claim, reason }) => {
+                (claim, Err(SessionError::ClaimFailed(reason.clone())))
+            }
+            _ => return,
+        };
+        if let Some(waiter) = self.claims.remove(&(event.peer.clone(), claim.clone())) {
+            // A caller that stopped waiting dropped its receiver.
+            let _ = waiter.send(result);
+        }
+    }
+
     /// Answers the [`AwaitReady`] requests `event` settles.
     fn settle_waiters(&mut self, event: &NodeEvent) {
         // `None`: refused, the peer is not who the caller expects.
@@ -221,6 +240,7 @@ impl<T: Transport> Node<T> {
             self.status.entry(event.peer.clone()).or_default().observe(&event.kind);
         }
         self.settle_waiters(&event);
+        self.settle_claim(&event);
         for i in 0..self.subscribers.len() {
             if let Some(s) = self.subscribers.get_mut(i) {
                 if s.queue.len() >= SUBSCRIBER_QUEUE {
@@ -568,6 +588,39 @@ impl<T: Transport> Handler<AwaitReady> for Node<T> {
         self.waiters.entry(msg.peer).or_default().push(tx);
         Box::pin(async move {
             let result = rx.await.unwrap_or(Err(SessionError::Unavailable("node")));
+            Reply { request_id, result }
+        })
+    }
+}
+
+impl<T: Transport> Handler<ClaimKeyPackage> for Node<T> {
+    type Result = ResponseFuture<Reply<ClaimedKeyPackage>>;
+
+    fn handle(&mut self, msg: ClaimKeyPackage, ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        // Callers that gave up are forgotten first, so the bound holds.
+        self.claims.retain(|_, w| !w.is_closed());
+        if self.claims.len() >= MAX_WAITERS {
+            let result = Err(SessionError::Unavailable("too many KeyPackage claims in flight"));
+            return Box::pin(async move { Reply { request_id, result } });
+        }
+        // Random, so a claim after a restart never meets the peer's cached
+        // answer to one before it.
+        let mut id = [0u8; 12];
+        rand::rng().fill_bytes(&mut id);
+        let claim = hex::encode(id);
+        let session = self.session(&msg.peer, ctx);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.claims.insert((msg.peer, claim.clone()), tx);
+        Box::pin(async move {
+            let result = async {
+                session?
+                    .send(SessionRequest::Command(Command::ClaimKeyPackage { claim }))
+                    .await
+                    .map_err(|_| SessionError::Unavailable("session"))??;
+                rx.await.unwrap_or(Err(SessionError::Unavailable("node")))
+            }
+            .await;
             Reply { request_id, result }
         })
     }

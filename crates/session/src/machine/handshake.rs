@@ -20,6 +20,8 @@ use strata_proto::{
 use super::attempt::Attempt;
 use super::retransmission::Retx;
 use super::{CIPHER_LAYERS, Event, Now, PeerMachine, Refusal, ResetReason, Role, Session, Step, group_id_blob};
+use strata_store::StoreError;
+
 use crate::crypto;
 use crate::durable;
 use crate::error::SessionError;
@@ -363,6 +365,20 @@ impl PeerMachine {
         let Some(peer) = self.check_identity(&kp.installation_id, kp.identity_key.as_bytes(), ty, now)? else {
             return Ok(());
         };
+        // Checked, and its init_key recorded as used, before anything is
+        // built on it: a one-time package the peer served before is refused.
+        let now_s = now.unix_ms / 1000;
+        let used = durable::write(&*self.store, |w| {
+            Ok(match w.use_peer_key_package(&peer, kp.key_package.as_bytes(), now_s) {
+                Ok(_) => None,
+                Err(e @ (StoreError::KeyPackageRejected { .. } | StoreError::KeyPackageReused)) => Some(e),
+                Err(e) => return Err(e),
+            })
+        })?;
+        if let Some(e) = used {
+            self.refuse(Refusal::BadKeyPackage, &e.to_string(), Some(ty), None, now);
+            return Ok(());
+        }
         let mut mls = MlsLayer::new(&self.local, peer)?;
         let welcome = match mls.create_group(kp.key_package.as_bytes()) {
             Ok(w) => w,

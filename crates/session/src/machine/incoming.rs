@@ -11,7 +11,7 @@ use strata_proto::{ChunkError, DecodeError, ErrorCode, Message, Pdu, PduType, Pr
 use strata_store::{Accepted, IncomingMessage};
 
 use super::{Event, Now, PeerMachine, Refusal, ResetReason, Role, Session, Step};
-use crate::content::{Body, MAX_ACKS, Plaintext};
+use crate::content::{Body, Control, MAX_ACKS, Plaintext};
 use crate::durable;
 use crate::error::SessionError;
 
@@ -318,16 +318,20 @@ impl PeerMachine {
                     continue;
                 }
             };
-            if let Body::Content(content) = parsed.body {
-                self.queue_ack(&d.id, now);
-                if accepted.next() == Some(Accepted::New) {
-                    self.emit(Event::Received {
-                        message_id: d.id,
-                        seq: parsed.seq.unwrap_or(0),
-                        content,
-                    });
+            let control = match parsed.body {
+                Body::Content(content) => {
+                    self.queue_ack(&d.id, now);
+                    if accepted.next() == Some(Accepted::New) {
+                        self.emit(Event::Received {
+                            message_id: d.id,
+                            seq: parsed.seq.unwrap_or(0),
+                            content,
+                        });
+                    }
+                    None
                 }
-            }
+                Body::Control(control) => Some(control),
+            };
             for a in parsed.acks {
                 if let Some(pos) = self.outbox.iter().position(|t| t.id == a) {
                     self.outbox.remove(pos);
@@ -338,6 +342,11 @@ impl PeerMachine {
             }
             if let Some(key_id) = parsed.kem_key_ack {
                 self.on_kem_key_ack(key_id)?;
+            }
+            match control {
+                Some(Control::KeyPackageClaim { claim }) => self.on_claim(claim, now)?,
+                Some(Control::KeyPackageGrant { claim, key_package }) => self.on_grant(claim, &key_package, now)?,
+                Some(Control::Ack) | None => {}
             }
         }
         Ok(())

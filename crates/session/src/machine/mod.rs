@@ -28,12 +28,14 @@
 //! | `incoming.rs` | traffic in: frames dispatched, chunks, decryption, the commit, the peer's errors |
 //! | `rotation.rs` | ML-KEM key rotation and MLS self-updates, ours and the peer's |
 //! | `retransmission.rs` | timers and the link: retransmission (`Retx`), stalls, retries |
-//! | `ratelimit.rs` | the token bucket of `protocol-error` replies (`RateLimit`) |
+//! | `claims.rs` | KeyPackage claims over the session: ours, and the peer's served from the pool |
+//! | `ratelimit.rs` | token buckets: `protocol-error` replies, the peer's claims (`RateLimit`) |
 //!
 //! How a session is persisted (its record, restoring it, pinning a first
 //! contact's key in the same transaction) is [`crate::durable`].
 
 mod attempt;
+mod claims;
 mod durable;
 mod handshake;
 mod incoming;
@@ -56,6 +58,8 @@ use strata_cascade::{
 use strata_proto::{ErrorCode, Id, Pdu, PduType, ProtocolError, Reassembler, Text};
 
 use self::attempt::Attempt;
+use self::claims::Claims;
+pub use self::claims::{ANSWERS_KEPT, ClaimedKeyPackage, MAX_PENDING_CLAIMS};
 pub(crate) use self::durable::SessionRecord;
 use self::incoming::Decrypted;
 use self::outgoing::Tracked;
@@ -136,6 +140,15 @@ pub enum Command {
     RotateKeys,
     /// Commit an MLS self-update now.
     UpdateMls,
+    /// Claim one KeyPackage of the peer over the established session;
+    /// answered by [`Event::KeyPackageClaimed`] or
+    /// [`Event::KeyPackageClaimFailed`] naming `claim`. Fails at once
+    /// without a session (see `claims.rs` for the rules).
+    ClaimKeyPackage {
+        /// Names the claim in its answer: 1 to 64 bytes, unique among the
+        /// claims in flight to this peer.
+        claim: String,
+    },
 }
 
 /// Why a session was replaced by a new handshake.
@@ -182,6 +195,9 @@ pub enum Refusal {
     /// An identity key other than the one the user expects at this address
     /// (see [`Command::OpenExpecting`]).
     UnexpectedIdentity,
+    /// A KeyPackage that failed its check, or repeats an `init_key` the
+    /// peer used before.
+    BadKeyPackage,
 }
 
 impl Refusal {
@@ -193,13 +209,14 @@ impl Refusal {
             Self::Undecryptable => "undecryptable",
             Self::IdentityBlocked => "identity-blocked",
             Self::UnexpectedIdentity => "unexpected-identity",
+            Self::BadKeyPackage => "bad-key-package",
         }
     }
 
     /// The `protocol-error` code the peer is told.
     pub const fn code(self) -> ErrorCode {
         match self {
-            Self::Malformed => ErrorCode::Malformed,
+            Self::Malformed | Self::BadKeyPackage => ErrorCode::Malformed,
             Self::TooLarge => ErrorCode::TooLarge,
             Self::UnknownType => ErrorCode::UnknownType,
             Self::Unexpected | Self::UnexpectedIdentity => ErrorCode::Unexpected,
@@ -316,6 +333,28 @@ pub enum Event {
         available: u64,
         /// The threshold that was crossed.
         threshold: u64,
+    },
+    /// We handed a package of our pool to the peer's claim.
+    KeyPackageServed {
+        /// The last resort, because the one-time stock was gone or the peer
+        /// was over its allowance.
+        last_resort: bool,
+    },
+    /// A KeyPackage of the peer we claimed ([`Command::ClaimKeyPackage`])
+    /// passed its checks and is stored until used or expired.
+    KeyPackageClaimed {
+        /// The claim's id.
+        claim: String,
+        /// What was stored.
+        package: ClaimedKeyPackage,
+    },
+    /// A claim of ours failed: no answer in time, or the peer's package
+    /// failed its checks (then refused with a `protocol-error`).
+    KeyPackageClaimFailed {
+        /// The claim's id.
+        claim: String,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -441,6 +480,7 @@ pub struct PeerMachine {
     decrypted: Vec<Decrypted>,
     reassembler: Reassembler,
     errors: RateLimit,
+    claims: Claims,
     was_ready: bool,
     resumed: bool,
     out: VecDeque<Output>,
@@ -481,6 +521,7 @@ impl PeerMachine {
     ) -> Result<Self, SessionError> {
         let local_id = local.installation_id();
         let errors = RateLimit::new(config.error_burst, config.error_rate);
+        let claims = Claims::new(&config.key_package_pool);
         let retry_backoff = config.handshake_retry;
         let mut m = Self {
             config,
@@ -508,6 +549,7 @@ impl PeerMachine {
             decrypted: Vec::new(),
             reassembler: Reassembler::new(),
             errors,
+            claims,
             was_ready: false,
             resumed: false,
             out: VecDeque::new(),
@@ -540,6 +582,7 @@ impl PeerMachine {
             && self.pending_acks.is_empty()
             && self.decrypted.is_empty()
             && self.out.is_empty()
+            && self.claims.is_empty()
             && !self.blocked;
         if !quiet {
             return Footprint::Busy;
@@ -602,6 +645,9 @@ impl PeerMachine {
         }
         if let Some(d) = self.reassembler.next_deadline() {
             at(d);
+        }
+        if let Some(c) = self.claims.next_timer(self.is_ready()) {
+            at(c);
         }
         t
     }
@@ -769,6 +815,7 @@ impl PeerMachine {
             if self.ack_at.is_some_and(|a| a <= now.at) {
                 self.flush_acks(now)?;
             }
+            self.claims_due(now)?;
         }
         Ok(())
     }
@@ -799,6 +846,10 @@ impl PeerMachine {
             }
             Command::UpdateMls => {
                 self.update_mls(now)?;
+                Ok(None)
+            }
+            Command::ClaimKeyPackage { claim } => {
+                self.claim_key_package(claim, now)?;
                 Ok(None)
             }
         }

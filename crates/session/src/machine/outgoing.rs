@@ -270,24 +270,38 @@ impl PeerMachine {
         let kem_key_ack = self.session.as_mut().and_then(|s| s.owe_kem_ack.take());
         while !self.pending_acks.is_empty() || kem_key_ack.is_some() {
             let acks = self.take_acks();
-            let plaintext = Plaintext {
-                body: Body::Control(Control::Ack),
-                seq: None,
-                sent_ms: None,
-                acks,
-                kem_key_ack,
-            };
-            let id = hex::encode(self.random_id());
-            let frames = self.seal(&plaintext.to_bytes(), &id, now)?;
-            let state = self.state()?;
-            let hex = self.peer_hex.clone();
-            durable::write(&*self.store, |w| w.set_layer_state(&hex, state.as_bytes()))?;
-            for f in frames {
-                self.transmit(f);
-            }
+            self.send_plaintext(Body::Control(Control::Ack), acks, kem_key_ack, now)?;
             if self.pending_acks.is_empty() {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Sends a control plaintext (not stored, not acknowledged), with the
+    /// acknowledgements owed that fit.
+    pub(super) fn send_control(&mut self, control: Control, now: Now) -> Step {
+        let acks = self.take_acks();
+        self.send_plaintext(Body::Control(control), acks, None, now)
+    }
+
+    /// Encrypts and sends `body` at once, under a random message id, and
+    /// commits the cascade state that sealed it before the frames leave.
+    fn send_plaintext(&mut self, body: Body, acks: Vec<String>, kem_key_ack: Option<u32>, now: Now) -> Step {
+        let plaintext = Plaintext {
+            body,
+            seq: None,
+            sent_ms: None,
+            acks,
+            kem_key_ack,
+        };
+        let id = hex::encode(self.random_id());
+        let frames = self.seal(&plaintext.to_bytes(), &id, now)?;
+        let state = self.state()?;
+        let hex = self.peer_hex.clone();
+        durable::write(&*self.store, |w| w.set_layer_state(&hex, state.as_bytes()))?;
+        for f in frames {
+            self.transmit(f);
         }
         Ok(())
     }

@@ -134,6 +134,7 @@ impl PeerMachine {
         for id in self.reassembler.expire(now.at) {
             tracing::debug!(message = %id, "chunked message timed out");
         }
+        self.claims_due(now)?;
         if self.is_ready() {
             self.retransmit_due(now)?;
             if self.ack_at.is_some_and(|a| a <= now.at) {
