@@ -616,7 +616,8 @@ pub(crate) async fn keys(ctx: &Ctx) -> Result<()> {
         |at| format!("in {}", span(at.saturating_sub(info.now_s))),
     );
     output::line(format!("next expiry: {next_expiry}"))?;
-    output::line(format!("claims in the last hour: {}", info.claims_last_hour))
+    output::line(format!("claims in the last hour: {}", info.claims_last_hour))?;
+    output::line(format!("claimed by peers, awaiting use: {}", info.held))
 }
 
 /// A duration for people: its largest whole unit.

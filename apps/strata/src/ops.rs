@@ -336,6 +336,9 @@ pub(crate) struct KeysInfo {
     pub(crate) next_expiry_s: Option<u64>,
     /// KeyPackages handed out in the last hour.
     pub(crate) claims_last_hour: u64,
+    /// One-time KeyPackages claimed by peers over a session whose private
+    /// parts are kept until the claimer's Welcome.
+    pub(crate) held: u64,
 }
 
 /// The KeyPackage pool at `now_s`, as `strata keys` shows it.
@@ -352,6 +355,7 @@ pub(crate) fn keys<B: Backend>(store: &Store<B>, store_path: &std::path::Path, n
         last_resort_age_s: status.last_resort_added_s.map(|added| now_s.saturating_sub(added)),
         next_expiry_s: status.next_expiry_s,
         claims_last_hour: status.claims_last_hour,
+        held: status.held,
     })
 }
 

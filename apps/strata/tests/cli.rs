@@ -872,6 +872,7 @@ fn keys_shows_the_stocked_pool_with_or_without_the_daemon() {
         assert_eq!(keys["lastResort"], true, "{keys}");
         assert_eq!(keys["lastResortServed"], false, "{keys}");
         assert_eq!(keys["claimsLastHour"], 0, "{keys}");
+        assert_eq!(keys["held"], 0, "{keys}");
         let now_s = keys["nowS"].as_u64().unwrap();
         assert!(keys["nextExpiryS"].as_u64().unwrap() > now_s, "{keys}");
         let added = keys["lastResortAddedS"].as_u64().unwrap();
@@ -887,6 +888,7 @@ fn keys_shows_the_stocked_pool_with_or_without_the_daemon() {
     assert!(text.contains("one-time KeyPackages: 64"), "{text}");
     assert!(text.contains("not served"), "{text}");
     assert!(text.contains("claims in the last hour: 0"), "{text}");
+    assert!(text.contains("claimed by peers, awaiting use: 0"), "{text}");
     assert!(daemon.terminate().success());
 
     let offline = json_of(&node.ok(&["keys", "--json"]));

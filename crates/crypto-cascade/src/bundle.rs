@@ -188,6 +188,11 @@ pub fn verify_bundle(bytes: &[u8]) -> Result<VerifiedBundle, BundleError> {
 
     let key_package =
         verify_key_package(&bundle.mls_key_package, &peer).map_err(|_| BundleError::BadKey("MLS KeyPackage"))?;
+    // Everyone who reads a broadcast may use its package: only a reusable
+    // one belongs there.
+    if !key_package.last_resort() {
+        return Err(BundleError::BadKey("MLS KeyPackage is not a last-resort package"));
+    }
 
     let paired = bundle
         .paired_installations
@@ -355,6 +360,21 @@ mod tests {
             ..f.contents.clone()
         };
         assert!(sign_bundle(&f.local, &mixed, &mut f.rng).is_err());
+    }
+
+    #[test]
+    fn a_one_time_key_package_has_no_place_in_a_broadcast() {
+        let mut f = fixture(5);
+        let one_time = crate::generate_key_package(&f.local, KeyPackageKind::OneTime, 3600).unwrap();
+        let contents = BundleContents {
+            mls_key_package: one_time.package.bytes().to_vec(),
+            ..f.contents.clone()
+        };
+        let refused = sign_bundle(&f.local, &contents, &mut f.rng).map(|b| verify_bundle(&b));
+        assert!(
+            matches!(refused, Err(_) | Ok(Err(BundleError::BadKey(_)))),
+            "{refused:?}"
+        );
     }
 
     #[test]

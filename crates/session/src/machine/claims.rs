@@ -30,8 +30,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use strata_cascade::PeerIdentity;
 use strata_proto::PduType;
-use strata_store::StoreError;
+use strata_store::{PeerKeyPackage, StoreError};
 
 use super::ratelimit::RateLimit;
 use super::{Event, Now, PeerMachine, Refusal, Step};
@@ -57,6 +58,16 @@ pub struct ClaimedKeyPackage {
     pub last_resort: bool,
     /// End of its lifetime, Unix seconds.
     pub not_after_s: u64,
+}
+
+/// What becomes of a peer's KeyPackage that passed its checks
+/// ([`PeerMachine::accept_key_package`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Used at once (step 2's, a bundle's): only its `init_key` is kept.
+    UsedNow,
+    /// Stored until used or expired (a claimed one).
+    Stored,
 }
 
 /// A claim of ours in flight.
@@ -211,14 +222,7 @@ impl PeerMachine {
         let Some(peer) = self.session.as_ref().map(|s| s.peer) else {
             return Ok(());
         };
-        let now_s = now.unix_ms / 1000;
-        let received = durable::write(&*self.store, |w| {
-            Ok(match w.receive_peer_key_package(&peer, key_package, now_s) {
-                Ok(p) => Ok(p),
-                Err(e @ (StoreError::KeyPackageRejected { .. } | StoreError::KeyPackageReused)) => Err(e),
-                Err(e) => return Err(e),
-            })
-        })?;
+        let received = self.accept_key_package(peer, key_package, Keep::Stored, now)?;
         match received {
             Ok(p) => self.emit(Event::KeyPackageClaimed {
                 claim,
@@ -236,5 +240,33 @@ impl PeerMachine {
             }
         }
         Ok(())
+    }
+
+    /// Checks a KeyPackage of `peer` in one transaction (signature,
+    /// credential bound to `peer`, ciphersuite, lifetime, extensions, an
+    /// `init_key` the peer never used before, unless it is the same last
+    /// resort) and keeps it as `keep` says. The inner `Err` is the peer's
+    /// fault ([`StoreError::KeyPackageRejected`] or
+    /// [`StoreError::KeyPackageReused`]) and wrote nothing; the outer one
+    /// is local.
+    pub(super) fn accept_key_package(
+        &mut self,
+        peer: PeerIdentity,
+        bytes: &[u8],
+        keep: Keep,
+        now: Now,
+    ) -> Step<Result<PeerKeyPackage, StoreError>> {
+        let now_s = now.unix_ms / 1000;
+        Ok(durable::write(&*self.store, |w| {
+            let checked = match keep {
+                Keep::UsedNow => w.use_peer_key_package(&peer, bytes, now_s),
+                Keep::Stored => w.receive_peer_key_package(&peer, bytes, now_s),
+            };
+            Ok(match checked {
+                Ok(p) => Ok(p),
+                Err(e @ (StoreError::KeyPackageRejected { .. } | StoreError::KeyPackageReused)) => Err(e),
+                Err(e) => return Err(e),
+            })
+        })?)
     }
 }

@@ -18,10 +18,9 @@ use strata_proto::{
 };
 
 use super::attempt::Attempt;
+use super::claims::Keep;
 use super::retransmission::Retx;
 use super::{CIPHER_LAYERS, Event, Now, PeerMachine, Refusal, ResetReason, Role, Session, Step, group_id_blob};
-use strata_store::StoreError;
-
 use crate::crypto;
 use crate::durable;
 use crate::error::SessionError;
@@ -155,6 +154,13 @@ impl PeerMachine {
             return Ok(());
         };
         self.wants_session = true;
+        // The bundle's package passes the checks of any other: a reused
+        // init_key (only the same last resort may come again) is not
+        // built on, and the full handshake goes instead.
+        if let Err(e) = self.accept_key_package(peer, bundle.key_package().bytes(), Keep::UsedNow, now)? {
+            tracing::warn!(peer = %self.peer_hex, error = %e, "the bundle's KeyPackage was refused");
+            return Ok(());
+        }
         let id = self.random_id();
         let mut mls = MlsLayer::new(&self.local, peer)?;
         let welcome = mls.create_group(bundle.key_package().bytes())?;
@@ -367,15 +373,7 @@ impl PeerMachine {
         };
         // Checked, and its init_key recorded as used, before anything is
         // built on it: a one-time package the peer served before is refused.
-        let now_s = now.unix_ms / 1000;
-        let used = durable::write(&*self.store, |w| {
-            Ok(match w.use_peer_key_package(&peer, kp.key_package.as_bytes(), now_s) {
-                Ok(_) => None,
-                Err(e @ (StoreError::KeyPackageRejected { .. } | StoreError::KeyPackageReused)) => Some(e),
-                Err(e) => return Err(e),
-            })
-        })?;
-        if let Some(e) = used {
+        if let Err(e) = self.accept_key_package(peer, kp.key_package.as_bytes(), Keep::UsedNow, now)? {
             self.refuse(Refusal::BadKeyPackage, &e.to_string(), Some(ty), None, now);
             return Ok(());
         }

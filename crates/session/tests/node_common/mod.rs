@@ -2,7 +2,7 @@
 //! tokio clock: waits cost no wall time and every wait has a deadline. The
 //! driving itself is `strata-test-support`'s; this adds the in-memory store
 //! that survives a restart.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, unreachable_pub, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
