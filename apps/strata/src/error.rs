@@ -236,6 +236,7 @@ impl HasKind for StoreError {
             StoreError::WrongKey | StoreError::KeyFile(_) => ErrorKind::Locked,
             StoreError::InUse { .. } => ErrorKind::Busy,
             StoreError::Misuse(_) => ErrorKind::Internal,
+            StoreError::KeyPackageRejected { .. } | StoreError::KeyPackageReused => ErrorKind::VerificationFailed,
             _ => ErrorKind::Storage,
         }
     }

@@ -868,6 +868,37 @@ pub fn a_peers_init_key_is_accepted_once<H: Harness>(h: &mut H) {
     assert_eq!(rows(), 0);
 }
 
+/// A version-1 database opens migrated: its KeyPackage tables emptied
+/// (the node restocks the pool), everything else kept.
+pub fn version_one_key_package_tables_are_emptied<H: Harness>(h: &mut H) {
+    let store = Store::open(h.fresh(), key()).unwrap();
+    store
+        .write(|w| {
+            w.set_layer_state("bob", b"layers")?;
+            w.add_key_packages(&[package(1, false, 1000), package(2, true, 1000)], 0)?;
+            // A peer row in version 1's layout, and version 1 on record.
+            w.raw_mut().put(Table::PeerKeyPackages, b"\x00\x03bobab12", b"old")?;
+            w.raw_mut().put(Table::Meta, b"schema", &1u32.to_be_bytes())
+        })
+        .unwrap();
+    let store = Store::open(h.reopen(store.into_backend()), key()).unwrap();
+    store
+        .write(|w| {
+            for table in [Table::KeyPackages, Table::PeerKeyPackages] {
+                let left = w.raw().scan(table, &[], usize::MAX)?;
+                assert!(
+                    left.is_empty(),
+                    "{table:?}: {:?}",
+                    left.iter().map(|(k, _)| k).collect::<Vec<_>>()
+                );
+            }
+            assert_eq!(w.layer_state("bob")?.unwrap().as_slice(), b"layers");
+            assert_eq!(w.expire_peer_key_packages(u64::MAX)?, 0);
+            Ok(())
+        })
+        .unwrap();
+}
+
 /// Runs the whole store suite against the harness `$make`, one `#[test]`
 /// per case.
 #[macro_export]
@@ -890,6 +921,7 @@ macro_rules! store_conformance {
             handed_out_packages_are_held_for_their_claimer,
             held_packages_are_capped,
             a_peers_init_key_is_accepted_once,
+            version_one_key_package_tables_are_emptied,
         );
     };
     (@cases $make:expr; $($case:ident,)*) => {

@@ -9,19 +9,20 @@
 //! - rows are keyed by the peer installation, so a package can only be used
 //!   for the peer it was checked against;
 //! - an `init_key` is accepted from one peer once (RFC 9420 §10: a one-time
-//!   package is used once). Every package used — taken from the store
-//!   ([`Writer::take_peer_key_package`]) or used at once as it arrives
+//!   package is used once). Every package received — stored
+//!   ([`Writer::receive_peer_key_package`]) or used at once as it arrives
 //!   ([`Writer::use_peer_key_package`], the handshake's step 2) — leaves a
 //!   row of its `init_key` until the package's lifetime ends, and a package
-//!   that repeats the `init_key` of a stored or used one is refused with
-//!   [`StoreError::KeyPackageReused`]. The one exception is the peer's
+//!   that repeats the `init_key` of another, or comes again after it was
+//!   used, is refused with [`StoreError::KeyPackageReused`] (one lookup,
+//!   however many packages are stored). The one exception is the peer's
 //!   last-resort package, reusable by design: the *same* last-resort
 //!   package (same `KeyPackageRef`) may come again;
 //! - expired packages and `init_key` rows are deleted, and expired packages
-//!   are never handed out. A used row lives at most as long as the lifetime
-//!   cap (12 weeks), and a peer's packages only arrive when this node asked
-//!   for one (a claim, or a handshake it opened), so the rows are bounded by
-//!   this node's own rate;
+//!   are never handed out. An `init_key` row lives at most as long as the
+//!   lifetime cap (12 weeks), and a peer's packages only arrive when this
+//!   node asked for one (a claim, or a handshake it opened), so the rows
+//!   are bounded by this node's own rate;
 //! - each use consumes one package ([`Writer::take_peer_key_package`]):
 //!   one-time packages first, soonest-expiring first.
 
@@ -35,12 +36,12 @@ use crate::store::{Writer, peer_key};
 
 /// Row kinds inside one peer's rows of [`Table::PeerKeyPackages`].
 const PACKAGE: &str = "p";
-const USED: &str = "u";
+const SEEN: &str = "u";
 
-/// An `init_key` of the peer that was used, until its package expires.
+/// An `init_key` of the peer that was received, until its package expires.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Used {
+struct Seen {
     #[serde(with = "b64")]
     key_ref: Vec<u8>,
     not_after_s: u64,
@@ -55,8 +56,8 @@ fn package_key(peer: &str, key_ref: &[u8]) -> Result<Vec<u8>, StoreError> {
     peer_key(peer, &format!("{PACKAGE}{}", hex(key_ref)))
 }
 
-fn used_key(peer: &str, init_key: &[u8]) -> Result<Vec<u8>, StoreError> {
-    peer_key(peer, &format!("{USED}{}", hex(init_key)))
+fn seen_key(peer: &str, init_key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    peer_key(peer, &format!("{SEEN}{}", hex(init_key)))
 }
 
 /// The prefix of `peer`'s packages, for [`crate::Reader::peer_key_packages`].
@@ -88,6 +89,7 @@ impl Writer<'_> {
         let package = self.check_peer_key_package(peer, bytes, now_s)?;
         let key = package_key(&package.installation_id, &package.key_package.key_ref)?;
         self.put_record(Table::PeerKeyPackages, &key, &package)?;
+        self.mark_seen(&package)?;
         Ok(package)
     }
 
@@ -103,7 +105,7 @@ impl Writer<'_> {
         let package = self.check_peer_key_package(peer, bytes, now_s)?;
         let key = package_key(&package.installation_id, &package.key_package.key_ref)?;
         self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
-        self.mark_used(&package)?;
+        self.mark_seen(&package)?;
         Ok(package)
     }
 
@@ -126,8 +128,8 @@ impl Writer<'_> {
         else {
             return Ok(None);
         };
+        // Its init_key row stays: the package may not come again.
         self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
-        self.mark_used(&package)?;
         Ok(Some(package))
     }
 
@@ -138,7 +140,7 @@ impl Writer<'_> {
         for (key, _) in self.raw().scan(Table::PeerKeyPackages, &[], usize::MAX)? {
             let (not_after_s, package) = match row_kind(&key).map(|k| k == PACKAGE.as_bytes()) {
                 Some(true) => (self.stored::<PeerKeyPackage>(&key)?.key_package.not_after_s, true),
-                Some(false) => (self.stored::<Used>(&key)?.not_after_s, false),
+                Some(false) => (self.stored::<Seen>(&key)?.not_after_s, false),
                 None => return Err(corrupt("a KeyPackage row with a damaged key")),
             };
             if not_after_s < now_s {
@@ -167,31 +169,34 @@ impl Writer<'_> {
             });
         }
         let peer_hex = &package.installation_id;
-        let reuse_of = |key_ref: &[u8], last_resort: bool| key_ref != new.key_ref || !(last_resort && new.last_resort);
-        if let Some(used) = self.record::<Used>(Table::PeerKeyPackages, &used_key(peer_hex, &new.init_key)?)?
-            && reuse_of(&used.key_ref, used.last_resort)
-        {
-            return Err(StoreError::KeyPackageReused);
-        }
-        for other in self.peer_key_packages(peer_hex)? {
-            if other.key_package.init_key == new.init_key && other.key_package.key_ref != new.key_ref {
+        if let Some(seen) = self.record::<Seen>(Table::PeerKeyPackages, &seen_key(peer_hex, &new.init_key)?)? {
+            let same = seen.key_ref == new.key_ref;
+            // The same last resort may come again; the same package, still
+            // stored and unused, is a harmless duplicate.
+            let again = same
+                && ((seen.last_resort && new.last_resort)
+                    || self
+                        .raw()
+                        .get(Table::PeerKeyPackages, &package_key(peer_hex, &new.key_ref)?)?
+                        .is_some());
+            if !again {
                 return Err(StoreError::KeyPackageReused);
             }
         }
         Ok(package)
     }
 
-    fn mark_used(&mut self, package: &PeerKeyPackage) -> Result<(), StoreError> {
+    fn mark_seen(&mut self, package: &PeerKeyPackage) -> Result<(), StoreError> {
         let p = &package.key_package;
-        let used = Used {
+        let seen = Seen {
             key_ref: p.key_ref.clone(),
             not_after_s: p.not_after_s,
             last_resort: p.last_resort,
         };
         self.put_record(
             Table::PeerKeyPackages,
-            &used_key(&package.installation_id, &p.init_key)?,
-            &used,
+            &seen_key(&package.installation_id, &p.init_key)?,
+            &seen,
         )
     }
 

@@ -67,6 +67,9 @@ const HELD: u8 = b'h';
 /// The held packages by expiry: `not_after_s` (8 bytes, big-endian), then
 /// the `key_ref`; empty values. Sweeps read only what expired.
 const HELD_BY_EXPIRY: u8 = b'e';
+/// The one-time stock by expiry, like [`HELD_BY_EXPIRY`]: claims take the
+/// soonest-expiring package and sweeps and counts read keys only.
+const STOCK_BY_EXPIRY: u8 = b'x';
 /// How many one-time packages are held: 8 bytes, big-endian.
 const HELD_COUNT: &[u8] = b"n";
 
@@ -202,10 +205,16 @@ fn in_window(minute: u64, now_s: u64) -> bool {
     minute <= now_minute && now_minute - minute < CLAIM_WINDOW_MINUTES
 }
 
-fn expiry_row(not_after_s: u64, key_ref: &[u8]) -> Vec<u8> {
-    let mut key = row(HELD_BY_EXPIRY, &not_after_s.to_be_bytes());
+fn expiry_row(prefix: u8, not_after_s: u64, key_ref: &[u8]) -> Vec<u8> {
+    let mut key = row(prefix, &not_after_s.to_be_bytes());
     key.extend_from_slice(key_ref);
     key
+}
+
+/// The `not_after_s` and `key_ref` of an expiry index row.
+fn split_expiry(key: &[u8]) -> (u64, &[u8]) {
+    let (not_after, key_ref) = key.get(1..).unwrap_or_default().split_at_checked(8).unwrap_or_default();
+    (<[u8; 8]>::try_from(not_after).map_or(0, u64::from_be_bytes), key_ref)
 }
 
 fn row(prefix: u8, id: &[u8]) -> Vec<u8> {
@@ -238,6 +247,11 @@ impl Writer<'_> {
                     .put(Table::KeyPackages, LAST_RESORT_ADDED, &now_s.to_be_bytes())?;
             } else {
                 self.put_pool_record(&row(PACKAGE, &package.key_ref), package)?;
+                self.raw_mut().put(
+                    Table::KeyPackages,
+                    &expiry_row(STOCK_BY_EXPIRY, package.not_after_s, &package.key_ref),
+                    &[],
+                )?;
             }
             self.raw_mut().put(Table::KeyPackages, &index, &package.key_ref)?;
             let (tx, key) = self.sealing();
@@ -351,8 +365,11 @@ impl Writer<'_> {
             self.unhold(key_ref, &old)?;
         }
         self.put_record(Table::KeyPackages, &row(HELD, key_ref), held)?;
-        self.raw_mut()
-            .put(Table::KeyPackages, &expiry_row(held.not_after_s, key_ref), &[])?;
+        self.raw_mut().put(
+            Table::KeyPackages,
+            &expiry_row(HELD_BY_EXPIRY, held.not_after_s, key_ref),
+            &[],
+        )?;
         if !held.last_resort {
             self.set_held_count(self.held_count()? + 1)?;
         }
@@ -363,8 +380,10 @@ impl Writer<'_> {
     /// resort, its private parts.
     fn unhold(&mut self, key_ref: &[u8], held: &Held) -> Result<(), StoreError> {
         self.raw_mut().delete(Table::KeyPackages, &row(HELD, key_ref))?;
-        self.raw_mut()
-            .delete(Table::KeyPackages, &expiry_row(held.not_after_s, key_ref))?;
+        self.raw_mut().delete(
+            Table::KeyPackages,
+            &expiry_row(HELD_BY_EXPIRY, held.not_after_s, key_ref),
+        )?;
         if !held.last_resort {
             self.set_held_count(self.held_count()?.saturating_sub(1))?;
         }
@@ -383,18 +402,33 @@ impl Writer<'_> {
         self.raw_mut().put(Table::KeyPackages, HELD_COUNT, &n.to_be_bytes())
     }
 
-    /// Takes the next one-time package out of the stock (its private parts
-    /// stay, for the caller to take or hold).
+    /// Takes the soonest-expiring one-time package out of the stock (its
+    /// private parts stay, for the caller to take or hold). The caller
+    /// swept expired ones first.
     fn take_one_time(&mut self) -> Result<Option<PooledKeyPackage>, StoreError> {
-        let next = self.raw().scan(Table::KeyPackages, &[PACKAGE], 1)?.into_iter().next();
-        let Some((key, _)) = next else {
+        let next = self
+            .raw()
+            .scan(Table::KeyPackages, &[STOCK_BY_EXPIRY], 1)?
+            .into_iter()
+            .next();
+        let Some((index, _)) = next else {
             return Ok(None);
         };
+        let package = self.remove_one_time(&index)?;
+        Ok(Some(package))
+    }
+
+    /// Removes the one-time package of the stock index row `index` (its
+    /// private parts stay).
+    fn remove_one_time(&mut self, index: &[u8]) -> Result<PooledKeyPackage, StoreError> {
+        let (_, key_ref) = split_expiry(index);
+        let key = row(PACKAGE, key_ref);
         let package: PooledKeyPackage = self.pool_record(&key)?;
         self.raw_mut().delete(Table::KeyPackages, &key)?;
         self.raw_mut()
             .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
-        Ok(Some(package))
+        self.raw_mut().delete(Table::KeyPackages, index)?;
+        Ok(package)
     }
 
     /// The last-resort package, flagged as served.
@@ -420,16 +454,19 @@ impl Writer<'_> {
     /// how many.
     pub fn expire_key_packages(&mut self, now_s: u64) -> Result<usize, StoreError> {
         let mut expired = 0;
-        for (key, _) in self.raw().scan(Table::KeyPackages, &[PACKAGE], usize::MAX)? {
-            let package: PooledKeyPackage = self.pool_record(&key)?;
-            if package.not_after_s < now_s {
-                self.raw_mut().delete(Table::KeyPackages, &key)?;
-                self.raw_mut()
-                    .delete(Table::KeyPackages, &row(INIT_KEY, &package.init_key))?;
-                self.raw_mut()
-                    .delete(Table::KeyPackages, &row(SECRETS, &package.key_ref))?;
-                expired += 1;
+        // In expiry order: stops at the first package still valid.
+        loop {
+            let first = self.raw().scan(Table::KeyPackages, &[STOCK_BY_EXPIRY], 1)?;
+            let Some((index, _)) = first.into_iter().next() else {
+                break;
+            };
+            if split_expiry(&index).0 >= now_s {
+                break;
             }
+            let package = self.remove_one_time(&index)?;
+            self.raw_mut()
+                .delete(Table::KeyPackages, &row(SECRETS, &package.key_ref))?;
+            expired += 1;
         }
         // In expiry order: stops at the first held package still valid.
         loop {
@@ -437,8 +474,7 @@ impl Writer<'_> {
             let Some((key, _)) = first.into_iter().next() else {
                 break;
             };
-            let (not_after, key_ref) = key.get(1..).unwrap_or_default().split_at_checked(8).unwrap_or_default();
-            let not_after_s = <[u8; 8]>::try_from(not_after).map_or(0, u64::from_be_bytes);
+            let (not_after_s, key_ref) = split_expiry(&key);
             if not_after_s >= now_s {
                 break;
             }
@@ -501,11 +537,11 @@ impl Writer<'_> {
     pub fn key_package_status(&self, now_s: u64) -> Result<PoolStatus, StoreError> {
         let mut available = 0;
         let mut next_expiry_s: Option<u64> = None;
-        for (key, _) in self.raw().scan(Table::KeyPackages, &[PACKAGE], usize::MAX)? {
-            let not_after_s = self.pool_record::<PooledKeyPackage>(&key)?.not_after_s;
+        for (index, _) in self.raw().scan(Table::KeyPackages, &[STOCK_BY_EXPIRY], usize::MAX)? {
+            let not_after_s = split_expiry(&index).0;
             if not_after_s >= now_s {
                 available += 1;
-                next_expiry_s = Some(next_expiry_s.map_or(not_after_s, |n| n.min(not_after_s)));
+                next_expiry_s.get_or_insert(not_after_s);
             }
         }
         let last_resort = self

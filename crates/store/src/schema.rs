@@ -14,12 +14,24 @@ use crate::kv::{Backend, Table, WriteTx};
 use crate::sealing::{KeySource, open_sealed, put_sealed};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[n]` turns a version-`n + 1` database into version `n + 2`,
-/// in the same transaction that records the new version. Version 1 is the
-/// first, so there are none yet.
-const MIGRATIONS: &[Migration] = &[];
+/// in the same transaction that records the new version.
+const MIGRATIONS: &[Migration] = &[empty_key_package_tables];
+
+/// 1 → 2: the KeyPackage pool gained expiry indexes and held packages, and
+/// peers' packages a new key layout. The pool is emptied (the node stocks
+/// it again at start; what version 1 handed out was used at once, in step
+/// 2, and needs no private parts kept); version 1 stored no peer packages.
+fn empty_key_package_tables(tx: &mut dyn WriteTx) -> Result<(), StoreError> {
+    for table in [Table::KeyPackages, Table::PeerKeyPackages] {
+        for (key, _) in tx.scan(table, &[], usize::MAX)? {
+            tx.delete(table, &key)?;
+        }
+    }
+    Ok(())
+}
 
 type Migration = fn(&mut dyn WriteTx) -> Result<(), StoreError>;
 

@@ -12,6 +12,8 @@
 //! - [`libp2p`]: libp2p nodes on loopback;
 //! - [`cascade`]: two installations with a working cascade, from the layer
 //!   APIs;
+//! - [`machines`]: two session machines driven directly, with a session
+//!   between them;
 //! - [`bench`](mod@bench): knobs, medians and the JS baselines the benches compare
 //!   against.
 //!
@@ -39,6 +41,7 @@ pub mod bench;
 pub mod cascade;
 pub mod js;
 pub mod libp2p;
+pub mod machines;
 pub mod peerjs;
 
 /// Runs `f` in an actix system on a paused current-thread runtime: waits

@@ -178,23 +178,31 @@ impl PeerMachine {
             return self.send_control(Control::KeyPackageGrant { claim, key_package }, now);
         }
         let now_s = now.unix_ms / 1000;
-        let pool_config = self.config.key_package_pool.clone();
-        let status = durable::write(&*self.store, |w| w.key_package_status(now_s))?;
-        if status.available == 0 && !status.has_last_resort {
-            // Never stocked: a last resort at least (the node stocks the
-            // rest on the low-stock signal below).
-            let last_resort_only = PoolConfig {
-                stock: 0,
-                ..pool_config
-            };
-            pool::keep_stocked(&*self.store, &self.local, &last_resort_only, now_s)?;
-        }
         let one_time = self.claims.allowance.allow(now.at);
         let claimer = self.peer_hex.clone();
         let threshold = self.config.key_package_pool.refill_below;
-        let out = durable::write(&*self.store, |w| {
-            w.hand_out_key_package(&claimer, one_time, now_s, threshold)
-        })?;
+        let hand_out = |w: &mut strata_store::Writer<'_>| {
+            let status = w.key_package_status(now_s)?;
+            if status.available == 0 && !status.has_last_resort {
+                return Ok(None);
+            }
+            w.hand_out_key_package(&claimer, one_time, now_s, threshold).map(Some)
+        };
+        let out = match durable::write(&*self.store, hand_out)? {
+            Some(out) => out,
+            None => {
+                // Never stocked: a last resort at least (the node stocks
+                // the rest on the low-stock signal below).
+                let last_resort_only = PoolConfig {
+                    stock: 0,
+                    ..self.config.key_package_pool.clone()
+                };
+                pool::keep_stocked(&*self.store, &self.local, &last_resort_only, now_s)?;
+                durable::write(&*self.store, |w| {
+                    w.hand_out_key_package(&claimer, one_time, now_s, threshold)
+                })?
+            }
+        };
         let last_resort = out.package.last_resort;
         let key_package = out.package.bytes;
         if self.claims.answered.len() >= ANSWERS_KEPT {
