@@ -21,6 +21,7 @@
     clippy::expect_used,
     clippy::print_stdout,
     clippy::indexing_slicing,
+    clippy::panic,
     missing_docs
 )]
 
@@ -58,12 +59,14 @@ fn main() {
 
     // Every claim a one-time package: no allowance limit, a pool stocked
     // (untimed) with more than the run takes.
-    let mut config = Config::default();
-    config.key_package_pool = PoolConfig {
-        stock: samples as u64 + 8,
-        refill_below: 0,
-        claim_burst: u32::MAX,
-        ..PoolConfig::default()
+    let config = Config {
+        key_package_pool: PoolConfig {
+            stock: samples as u64 + 8,
+            refill_below: 0,
+            claim_burst: u32::MAX,
+            ..PoolConfig::default()
+        },
+        ..Config::default()
     };
     let mut p = Pair::established(&config, &a, &b, &mut rng);
     keep_stocked(&p.store(1), &b, &config.key_package_pool, p.now().unix_ms / 1000).unwrap();
