@@ -39,6 +39,17 @@
 //! them yet: groups are planned (issue #17), and a pair session refuses
 //! them as unexpected.
 //!
+//! Inside an established session, the plaintext of a `message` is itself
+//! typed (the *inner catalog*, `strata_session::content`): `text`,
+//! `file-chunk`, `ack`, and the KeyPackage claim and its answer,
+//! `key-package-claim` (`claim`: an id of the claimer's) and
+//! `key-package-grant` (`claim`, `keyPackage`: one serialized KeyPackage,
+//! one-time or the last resort). Claims are inner messages rather than
+//! PDUs of this catalog on purpose: in the clear anyone on the link could
+//! claim in a peer's name and drain its pool; inside the cascade only the
+//! session's peer can, and the owner's per-peer allowance counts an
+//! authenticated installation.
+//!
 //! Encoding rules:
 //! - Byte fields are standard padded base64 strings. Decoders also accept the
 //!   P5 form, a JSON array of integers 0–255.

@@ -134,6 +134,14 @@
 //!   ([`keep_stocked`]). When there is no pool at all (a store never
 //!   stocked: no one-time package and no last resort), B makes a fresh
 //!   one-time package, `MlsLayer::key_package`, as before the pool.
+//! - **What A accepts as step 2.** A checks B's package before building on
+//!   it and records its `init_key` as used, in one transaction
+//!   (`Writer::use_peer_key_package`): signature, credential bound to B's
+//!   identity, ciphersuite, lifetime within the cap, extensions, and an
+//!   `init_key` B never used before (only the same last resort may come
+//!   again). A refused one is answered with `protocol-error` and
+//!   [`Event::Refused`] ([`Refusal::BadKeyPackage`]). A bundle's package
+//!   (below) goes through the same check.
 //! - **Cascade mapping.** Step 2 is a claimed pooled package (above); A runs
 //!   `create_group` (its Welcome is step 10) and B `join_group`. Step 6 is
 //!   `SignalLayer::pre_key_bundle`, A runs `process_bundle`; step 7 is the
@@ -242,6 +250,45 @@
 //! A then runs the full handshake. Because a bundle is public, its pre-keys
 //! serve any number of initiators (no one-time pre-key; the KeyPackage is
 //! last-resort), as 53/WAKU2-X3DH accepts.
+//!
+//! # KeyPackage pool
+//!
+//! Each installation keeps a pool of its own KeyPackages ([`pool`],
+//! `strata_store::pool`): [`PoolConfig::stock`] one-time packages (64) and
+//! one last resort, each with its private parts sealed beside it. The node
+//! stocks it at start and hourly, and refills on [`Event::LowKeyPackages`]
+//! (a claim that left fewer than [`PoolConfig::refill_below`], 16). Two
+//! ways out:
+//!
+//! - **step 2** of a handshake takes one package (above);
+//! - **a claim over an established session** ([`Command::ClaimKeyPackage`],
+//!   the node's `ClaimKeyPackage`): a `key-package-claim` inner message
+//!   ([`content`]), answered by a `key-package-grant` with one package.
+//!   The owner hands it out in one store transaction and keeps its private
+//!   parts sealed, *held for the claimer*, until the claimer's Welcome
+//!   redeems them (`Writer::redeem_key_package`; a one-time package once,
+//!   by its claimer only) or it expires. Each peer may take
+//!   [`PoolConfig::claim_burst`] one-time packages (8), then one per
+//!   [`PoolConfig::claim_interval`] (2 minutes: 30 an hour); above that,
+//!   and when the one-time stock is gone, the last resort is served, so a
+//!   peer cannot drain the pool faster than the refill (about 230 µs a
+//!   package on the development machine: the `key_packages` bench). At most
+//!   4,096 one-time packages are held for claimers at once (above that,
+//!   the last resort), so claims cannot fill the disk. The claimer checks
+//!   the package exactly as step 2's ([`Refusal::BadKeyPackage`] and
+//!   [`Event::KeyPackageClaimFailed`] when it fails) and stores it until
+//!   used or expired (`Writer::take_peer_key_package`). A claim is sent
+//!   again with backoff while the session is ready, and given up after
+//!   [`Config::claim_timeout`]; the owner answers a claim id it already
+//!   answered with the same package. The allowance and the answers kept
+//!   for repeated claims live in memory: a restart refills the allowance.
+//!
+//! Groups (issue #17) add members from claimed packages; today a claimed
+//! package is stored, checked and redeemable, and the pair handshake does
+//! not use it. The bundle's KeyPackage is not the pool's: it is the
+//! bundle's own last resort, rotated with the bundle's pre-keys, because
+//! everyone who reads a broadcast may use it (a bundle whose package is
+//! not a last resort is refused).
 //!
 //! # Rotation
 //!

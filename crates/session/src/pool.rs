@@ -7,11 +7,11 @@
 //! [`keep_stocked`] sweeps expired packages, tops the one-time stock up to
 //! [`PoolConfig::stock`], and makes a last-resort package when there is
 //! none or the current one has been served. The node calls it at start and
-//! every hour. The handshake's step 2 claims from the pool; a claim that
+//! every hour. The handshake's step 2 and peers' claims over their
+//! sessions (`machine/claims.rs`) take from the pool; a claim that
 //! reports `LowKeyPackages` raises [`Event::LowKeyPackages`](crate::Event::LowKeyPackages)
-//! and the node actor calls [`keep_stocked`] too. Claims over sessions are
-//! a later slice. [`replace_all`] is for identity rotation, which the node
-//! does not have yet.
+//! and the node actor calls [`keep_stocked`] too. [`replace_all`] is for
+//! identity rotation, which the node does not have yet.
 
 use strata_cascade::layers::mls::DEFAULT_KEY_PACKAGE_LIFETIME_SECS;
 use strata_cascade::{InstallationIdentity, KeyPackageKind, generate_key_package};

@@ -34,11 +34,12 @@
 //! messages instead of N times.
 //!
 //! The KeyPackage pool's rules are in [`pool`]; KeyPackages received from
-//! others (checked before storage, keyed by peer, expired ones deleted, one
-//! consumed per use) in [`peer_key_packages`]. The running node keeps the
-//! pool stocked and the handshake's step 2 claims from it; nothing draws on
-//! received KeyPackages yet. KeyPackages as a service of the node are
-//! planned (issue #16).
+//! others (checked before storage, keyed by peer, an `init_key` accepted
+//! once, expired ones deleted, one consumed per use) in
+//! [`peer_key_packages`]. The running node keeps the pool stocked; the
+//! handshake's step 2 and peers' claims over their sessions take from it,
+//! and the packages a node claims are stored here until a group uses them
+//! (issue #17).
 //!
 //! # Signal and MLS state: a deliberate deviation
 //!
