@@ -56,6 +56,8 @@ impl Default for PoolConfig {
 pub struct Restock {
     /// Expired packages deleted.
     pub expired: usize,
+    /// Expired packages of peers deleted (claimed, never used).
+    pub peer_expired: u64,
     /// One-time packages added.
     pub added: u64,
     /// Whether a new last-resort package replaced a missing, expired or
@@ -63,7 +65,8 @@ pub struct Restock {
     pub last_resort: bool,
 }
 
-/// Sweeps expired packages (at `now_s`, Unix seconds), tops the one-time
+/// Sweeps expired packages, ours and those claimed from peers (at `now_s`,
+/// Unix seconds), tops the one-time
 /// stock up to `config.stock`, and makes a last-resort package if there is
 /// no unexpired one or it has been served. The new packages and their
 /// private parts are added in one transaction; the packages are made
@@ -75,9 +78,10 @@ pub fn keep_stocked(
     config: &PoolConfig,
     now_s: u64,
 ) -> Result<Restock, SessionError> {
-    let (expired, status) = durable::write(store, |w| {
+    let (expired, peer_expired, status) = durable::write(store, |w| {
         let expired = w.expire_key_packages(now_s)?;
-        Ok((expired, w.key_package_status(now_s)?))
+        let peer_expired = w.expire_peer_key_packages(now_s)?;
+        Ok((expired, peer_expired, w.key_package_status(now_s)?))
     })?;
     let missing = config.stock.saturating_sub(status.available);
     let last_resort = !status.has_last_resort || status.last_resort_used;
@@ -95,6 +99,7 @@ pub fn keep_stocked(
     }
     Ok(Restock {
         expired,
+        peer_expired,
         added: missing,
         last_resort,
     })
@@ -169,6 +174,7 @@ mod tests {
             done,
             Restock {
                 expired: 0,
+                peer_expired: 0,
                 added: 6,
                 last_resort: true
             }
@@ -272,16 +278,25 @@ mod tests {
             ..small()
         };
         keep_stocked(&store, &owner, &short, now).unwrap();
+        // And a package claimed from a peer, never used.
+        let peer = installation();
+        let claimed = generate_key_package(&peer, KeyPackageKind::OneTime, 1).unwrap();
+        store
+            .write(|w| w.receive_peer_key_package(&peer.peer_identity(), claimed.package.bytes(), now))
+            .unwrap();
         let later = now + 30;
         let done = keep_stocked(&store, &owner, &small(), later).unwrap();
         assert_eq!(
             done,
             Restock {
                 expired: 7,
+                peer_expired: 1,
                 added: 6,
                 last_resort: true
             }
         );
+        let peer_hex = peer.installation_id().to_hex();
+        assert!(store.read(|r| r.peer_key_packages(&peer_hex)).unwrap().is_empty());
         // Only the new packages are left: nothing expired is ever served.
         let status = store.write(|w| w.key_package_status(later)).unwrap();
         assert_eq!((status.available, status.has_last_resort), (6, true));

@@ -32,10 +32,10 @@ use strata_cascade::{PeerIdentity, verify_key_package};
 use crate::error::StoreError;
 use crate::kv::Table;
 use crate::records::{PeerKeyPackage, b64};
-use crate::store::{Writer, peer_key};
+use crate::store::{PEER_PACKAGE, Writer, peer_key};
 
-/// Row kinds inside one peer's rows of [`Table::PeerKeyPackages`].
-const PACKAGE: &str = "p";
+/// Row kinds inside one peer's rows of [`Table::PeerKeyPackages`]: its
+/// packages ([`PEER_PACKAGE`]) and its `init_key`s.
 const SEEN: &str = "u";
 
 /// An `init_key` of the peer that was received, until its package expires.
@@ -53,16 +53,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn package_key(peer: &str, key_ref: &[u8]) -> Result<Vec<u8>, StoreError> {
-    peer_key(peer, &format!("{PACKAGE}{}", hex(key_ref)))
+    peer_key(peer, &format!("{PEER_PACKAGE}{}", hex(key_ref)))
 }
 
 fn seen_key(peer: &str, init_key: &[u8]) -> Result<Vec<u8>, StoreError> {
     peer_key(peer, &format!("{SEEN}{}", hex(init_key)))
-}
-
-/// The prefix of `peer`'s packages, for [`crate::Reader::peer_key_packages`].
-pub(crate) fn packages_prefix(peer: &str) -> Result<Vec<u8>, StoreError> {
-    peer_key(peer, PACKAGE)
 }
 
 /// The row kind of a key of [`Table::PeerKeyPackages`]: what follows the
@@ -138,7 +133,7 @@ impl Writer<'_> {
     pub fn expire_peer_key_packages(&mut self, now_s: u64) -> Result<u64, StoreError> {
         let mut expired = 0;
         for (key, _) in self.raw().scan(Table::PeerKeyPackages, &[], usize::MAX)? {
-            let (not_after_s, package) = match row_kind(&key).map(|k| k == PACKAGE.as_bytes()) {
+            let (not_after_s, package) = match row_kind(&key).map(|k| k == PEER_PACKAGE.as_bytes()) {
                 Some(true) => (self.stored::<PeerKeyPackage>(&key)?.key_package.not_after_s, true),
                 Some(false) => (self.stored::<Seen>(&key)?.not_after_s, false),
                 None => return Err(corrupt("a KeyPackage row with a damaged key")),

@@ -50,6 +50,10 @@ impl<B: Backend> Store<B> {
 
 /// Composite keys: a length-prefixed peer id, then the rest. Unambiguous for
 /// any peer id, and a prefix scan by peer finds exactly that peer's rows.
+/// After the peer, the rows of its KeyPackages in
+/// [`Table::PeerKeyPackages`] start with this (see `peer_key_packages`).
+pub(crate) const PEER_PACKAGE: &str = "p";
+
 pub(crate) fn peer_key(peer: &str, rest: &str) -> Result<Vec<u8>, StoreError> {
     let len = u16::try_from(peer.len()).map_err(|_| StoreError::Misuse("peer id longer than 65535 bytes".into()))?;
     let mut key = Vec::with_capacity(2 + peer.len() + rest.len());
@@ -156,10 +160,7 @@ macro_rules! reads {
             /// The stored KeyPackages of installation `peer` (hex), expired
             /// ones included (they are deleted by the writers).
             pub fn peer_key_packages(&self, peer: &str) -> Result<Vec<PeerKeyPackage>, StoreError> {
-                self.scan_records(
-                    Table::PeerKeyPackages,
-                    &crate::peer_key_packages::packages_prefix(peer)?,
-                )
+                self.scan_records(Table::PeerKeyPackages, &peer_key(peer, PEER_PACKAGE)?)
             }
 
             /// Whether message `message_id` from `peer` was already processed.
