@@ -81,11 +81,7 @@ impl Writer<'_> {
         bytes: &[u8],
         now_s: u64,
     ) -> Result<PeerKeyPackage, StoreError> {
-        let package = self.check_peer_key_package(peer, bytes, now_s)?;
-        let key = package_key(&package.installation_id, &package.key_package.key_ref)?;
-        self.put_record(Table::PeerKeyPackages, &key, &package)?;
-        self.mark_seen(&package)?;
-        Ok(package)
+        self.accept_peer_key_package(peer, bytes, now_s, true)
     }
 
     /// Checks a KeyPackage `peer` sent for use at once (the handshake's step
@@ -97,9 +93,25 @@ impl Writer<'_> {
         bytes: &[u8],
         now_s: u64,
     ) -> Result<PeerKeyPackage, StoreError> {
+        self.accept_peer_key_package(peer, bytes, now_s, false)
+    }
+
+    /// Checks a package and records its `init_key`; stores it when `keep`,
+    /// else consumes a stored copy.
+    fn accept_peer_key_package(
+        &mut self,
+        peer: &PeerIdentity,
+        bytes: &[u8],
+        now_s: u64,
+        keep: bool,
+    ) -> Result<PeerKeyPackage, StoreError> {
         let package = self.check_peer_key_package(peer, bytes, now_s)?;
         let key = package_key(&package.installation_id, &package.key_package.key_ref)?;
-        self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
+        if keep {
+            self.put_record(Table::PeerKeyPackages, &key, &package)?;
+        } else {
+            self.raw_mut().delete(Table::PeerKeyPackages, &key)?;
+        }
         self.mark_seen(&package)?;
         Ok(package)
     }
