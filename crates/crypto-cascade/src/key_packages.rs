@@ -63,7 +63,7 @@ impl KeyPackageSecrets {
     }
 
     /// The package's `KeyPackageRef` and the storage entries.
-    fn parse(bytes: &[u8]) -> Result<(Vec<u8>, StorageMap)> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<(Vec<u8>, StorageMap)> {
         let mut r = Reader::new(bytes, MAGIC, "KeyPackage secrets")?;
         let key_ref = r.bytes(MAX_KEY_REF)?.to_vec();
         let n = r.count(MAX_ENTRIES)?;

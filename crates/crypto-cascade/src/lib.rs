@@ -156,6 +156,7 @@ pub mod bundle;
 mod cascade;
 mod codec;
 mod error;
+pub mod group;
 pub mod identity;
 mod key_packages;
 mod layer;

@@ -37,6 +37,9 @@ use crate::secret::{Secret32, SecretBytes};
 pub const MLS_ALGORITHM: &str = "MLS";
 /// `LayerMetadata.version` of this layer.
 pub const MLS_VERSION: &str = "strata-1";
+/// The group context extension of a group chat's admin list (private use
+/// range, RFC 9420 §17.3); every KeyPackage lists it in its capabilities.
+pub const GROUP_ADMINS_EXTENSION: u16 = 0xF0A1;
 /// Lifetime of the KeyPackages this layer makes by default: 28 days.
 pub const DEFAULT_KEY_PACKAGE_LIFETIME_SECS: u64 = 28 * 24 * 3600;
 /// The longest lifetime (`not_after − not_before`) accepted on a received
@@ -65,24 +68,24 @@ const NO_GROUP: CascadeError = CascadeError::NotReady {
     why: "no group",
 };
 
-fn internal(e: impl fmt::Debug) -> CascadeError {
+pub(crate) fn internal(e: impl fmt::Debug) -> CascadeError {
     CascadeError::internal(MLS_ALGORITHM, format!("{e:?}"))
 }
 
-fn sender_ratchet() -> SenderRatchetConfiguration {
+pub(crate) fn sender_ratchet() -> SenderRatchetConfiguration {
     let tolerance = u32::try_from(MAX_SKIPPED_KEYS).unwrap_or(u32::MAX);
     let distance = u32::try_from(MAX_FORWARD_GAP).unwrap_or(u32::MAX);
     SenderRatchetConfiguration::new(tolerance, distance)
 }
 
-fn join_config() -> MlsGroupJoinConfig {
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .sender_ratchet_configuration(sender_ratchet())
         .build()
 }
 
-fn clone_signer(s: &SignatureKeyPair) -> Result<SignatureKeyPair> {
+pub(crate) fn clone_signer(s: &SignatureKeyPair) -> Result<SignatureKeyPair> {
     decode_signer(encode_signer(s)?.as_bytes())
 }
 
@@ -90,13 +93,13 @@ fn clone_signer(s: &SignatureKeyPair) -> Result<SignatureKeyPair> {
 /// `SignatureKeyPair::sign` rebuilds the key from its bytes on every call
 /// (a SHA-512 and a base-point multiplication, about 7 % of a message
 /// burst); the signatures are the same (Ed25519 is deterministic).
-struct LayerSigner {
-    pair: SignatureKeyPair,
+pub(crate) struct LayerSigner {
+    pub(crate) pair: SignatureKeyPair,
     ed25519: Option<ed25519_dalek::SigningKey>,
 }
 
 impl LayerSigner {
-    fn new(pair: SignatureKeyPair) -> Result<Self> {
+    pub(crate) fn new(pair: SignatureKeyPair) -> Result<Self> {
         let ed25519 = match pair.signature_scheme() {
             SignatureScheme::ED25519 => {
                 // The TLS encoding starts with the private key (a
@@ -147,7 +150,7 @@ impl StorageMap {
 
     /// The map itself, for the provider's storage; this wrapper is left
     /// empty.
-    fn take(&mut self) -> HashMap<Vec<u8>, Vec<u8>> {
+    pub(crate) fn take(&mut self) -> HashMap<Vec<u8>, Vec<u8>> {
         std::mem::take(&mut self.0)
     }
 }
@@ -172,7 +175,7 @@ impl Drop for StorageMap {
 }
 
 /// Zeroizes every key and value of a storage map, leaving it empty.
-fn wipe(map: &mut HashMap<Vec<u8>, Vec<u8>>) {
+pub(crate) fn wipe(map: &mut HashMap<Vec<u8>, Vec<u8>>) {
     for (mut k, mut v) in map.drain() {
         zeroize::Zeroize::zeroize(&mut k);
         zeroize::Zeroize::zeroize(&mut v);
@@ -299,16 +302,15 @@ impl MlsLayer {
         if lifetime_secs.saturating_add(3600) > MAX_KEY_PACKAGE_LIFETIME_SECS {
             return Err(CascadeError::InvalidArgument("KeyPackage lifetime over the maximum"));
         }
+        let mut extensions = vec![ExtensionType::Unknown(GROUP_ADMINS_EXTENSION)];
         let mut builder = KeyPackage::builder().key_package_lifetime(Lifetime::new(lifetime_secs));
         if kind == KeyPackageKind::LastResort {
-            builder = builder
-                .leaf_node_capabilities(
-                    Capabilities::builder()
-                        .extensions(vec![ExtensionType::LastResort])
-                        .build(),
-                )
-                .mark_as_last_resort();
+            extensions.push(ExtensionType::LastResort);
+            builder = builder.mark_as_last_resort();
         }
+        // Every package can join a group chat, whose context carries the
+        // admin list (RFC 9420 §13.4: members must list it).
+        let builder = builder.leaf_node_capabilities(Capabilities::builder().extensions(extensions).build());
         let bundle = builder
             .build(MLS_CIPHERSUITE, &self.provider, &self.signer, self.credential.clone())
             .map_err(internal)?;
@@ -590,7 +592,11 @@ impl MlsLayer {
 /// Encoding aside, what [`MlsLayer::validate_key_package`] checks: openmls'
 /// signature, lifetime and extension checks, the ciphersuite, the maximum
 /// lifetime, and the binding of the leaf's signature key to `peer`.
-fn validate_received(provider: &OpenMlsRustCrypto, peer: &PeerIdentity, kp_in: KeyPackageIn) -> Result<KeyPackage> {
+pub(crate) fn validate_received(
+    provider: &OpenMlsRustCrypto,
+    peer: &PeerIdentity,
+    kp_in: KeyPackageIn,
+) -> Result<KeyPackage> {
     let kp = kp_in
         .validate(provider.crypto(), ProtocolVersion::Mls10)
         .map_err(|_| CascadeError::KeyPackageRejected("signature, lifetime or extensions"))?;
@@ -688,7 +694,7 @@ pub fn verify_key_package(bytes: &[u8], peer: &PeerIdentity) -> Result<VerifiedK
     })
 }
 
-fn map_process_error<E: fmt::Debug + fmt::Display>(e: ProcessMessageError<E>) -> CascadeError {
+pub(crate) fn map_process_error<E: fmt::Debug + fmt::Display>(e: ProcessMessageError<E>) -> CascadeError {
     match e {
         // openmls keeps its decryption error kinds private; tell them apart
         // by their (stable, documented) messages. The outer layers catch
