@@ -34,10 +34,19 @@
 //! | – | `group-member-joined` | [`GroupMemberJoined`] | a member added to a group |
 //! | – | `group-member-left` | [`GroupMemberLeft`] | a member removed from a group |
 //! | – | `group-message` | [`GroupMessage`] | one MLS message to a whole group |
+//! | – | `group-welcome` | [`GroupWelcome`] | an admin's Welcome for one joiner, with the epoch's group secret (pairwise only) |
+//! | – | `group-commit` | [`GroupCommit`] | an admin-sequenced commit, the proposals it references, the next epoch's group secret (pairwise only) |
+//! | – | `group-proposal` | [`GroupProposal`] | a member asks an admin to add, remove, let it leave, or commit its update (pairwise only) |
+//! | – | `group-catch-up-request` | [`GroupCatchUpRequest`] | a member behind asks for the commits since its epoch (pairwise only) |
+//! | – | `group-catch-up` | [`GroupCatchUp`] | up to 16 logged commits, oldest first (pairwise only) |
 //!
-//! The three `group-*` PDUs are defined and decoded, but nothing sends
-//! them yet: groups are planned (issue #17), and a pair session refuses
-//! them as unexpected.
+//! The `group-*` PDUs are defined and decoded (golden files, bounded
+//! caps), but nothing sends them yet: the group machine is planned (issue
+//! #17), and a pair session refuses them as unexpected. Those marked
+//! *pairwise only* carry a group secret: they are meant to travel as the
+//! plaintext of a pair session's `message`, never in the clear; the group
+//! machine that will enforce it is not built yet. An admin change is a
+//! `group-commit` (the admin list is in the MLS group context).
 //!
 //! Inside an established session, the plaintext of a `message` is itself
 //! typed (the *inner catalog*, `strata_session::content`): `text`,

@@ -39,3 +39,11 @@ pub const MAX_MLS_OBJECT: usize = 1024 * 1024;
 pub const MAX_SIGNAL_MESSAGE: usize = 64 * 1024;
 /// Ours: names in a cipher layer list.
 pub const MAX_LAYER_NAMES: usize = 8;
+/// Most bytes of a group chat's name.
+pub const MAX_GROUP_NAME: usize = 128;
+/// Most bytes of a transport address in a PDU (a PeerJS id, a multiaddr).
+pub const MAX_ADDRESS: usize = 256;
+/// Most member proposals one `group-commit` carries.
+pub const MAX_GROUP_PROPOSALS: usize = 64;
+/// Most commits one `group-catch-up` carries.
+pub const MAX_CATCH_UP: usize = 16;

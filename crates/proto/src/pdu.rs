@@ -10,8 +10,8 @@ use serde_json::error::Category;
 use crate::codec::{Blob, BoundedVec, FixedBytes, LIMIT_PREFIX, LayerParameters, Text};
 use crate::error::DecodeError;
 use crate::limits::{
-    CHUNK_SIZE, MAX_ID, MAX_JSON_DEPTH, MAX_KEY, MAX_LAYER_NAMES, MAX_LAYERS, MAX_MLS_OBJECT, MAX_PDU_BYTES,
-    MAX_REASON, MAX_SIGNAL_MESSAGE,
+    CHUNK_SIZE, MAX_ADDRESS, MAX_CATCH_UP, MAX_GROUP_NAME, MAX_GROUP_PROPOSALS, MAX_ID, MAX_JSON_DEPTH, MAX_KEY,
+    MAX_LAYER_NAMES, MAX_LAYERS, MAX_MLS_OBJECT, MAX_PDU_BYTES, MAX_REASON, MAX_SIGNAL_MESSAGE,
 };
 
 /// The profile id Strata speaks (P1.1).
@@ -566,6 +566,118 @@ pub struct GroupMessage {
     pub ciphertext: Blob<MAX_PDU_BYTES>,
 }
 
+/// `group-welcome`: an admin's invitation into a group chat, for one
+/// joiner. **Pairwise only**: it travels as the plaintext of the pair
+/// session's `message` (it carries the epoch's group secret), never in
+/// the clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupWelcome {
+    /// The MLS group id.
+    pub group_id: GroupId,
+    /// The epoch the Welcome joins.
+    pub epoch: u64,
+    /// The MLS `Welcome` (`MLSMessage`, ratchet tree included).
+    pub welcome: MlsBytes,
+    /// The `KeyPackageRef` of the joiner's package it was made for: the
+    /// joiner redeems that package's private parts from its pool.
+    pub key_package_ref: Blob<64>,
+    /// The group secret of `epoch`, mixed into every group message key.
+    pub epoch_secret: FixedBytes<32>,
+    /// The chat's name, as its creator chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Text<MAX_GROUP_NAME>>,
+}
+
+/// `group-commit`: the commit that moves a group from `epoch` to
+/// `epoch + 1`, sequenced by an admin (one per epoch), with the member
+/// proposals it references (each processed before it) and the new
+/// epoch's group secret. **Pairwise only**, like `group-welcome`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCommit {
+    /// The MLS group id.
+    pub group_id: GroupId,
+    /// The epoch the commit was made in.
+    pub epoch: u64,
+    /// The MLS commit (`MLSMessage`).
+    pub commit: MlsBytes,
+    /// Member proposals (`MLSMessage`) the commit references, in order.
+    #[serde(default, skip_serializing_if = "BoundedVec::is_empty")]
+    pub proposals: BoundedVec<MlsBytes, MAX_GROUP_PROPOSALS>,
+    /// The group secret of `epoch + 1`.
+    pub epoch_secret: FixedBytes<32>,
+}
+
+/// What a member asks of the admin in a `group-proposal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "kebab-case")]
+pub enum ProposalKind {
+    /// Add `member` (reachable at `address`).
+    Add,
+    /// Remove `member`.
+    Remove,
+    /// Remove the sender.
+    Leave,
+    /// Commit the sender's own update (its MLS proposal in `proposal`).
+    Update,
+}
+
+/// `group-proposal`: a member asks an admin for a membership change or a
+/// key update; the admin commits it (or not). **Pairwise only.**
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupProposal {
+    /// The MLS group id.
+    pub group_id: GroupId,
+    /// The sender's epoch.
+    pub epoch: u64,
+    /// What is asked.
+    pub kind: ProposalKind,
+    /// The installation to add or remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Id>,
+    /// Where the admin reaches the member to add (a PeerJS id or a
+    /// multiaddr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Text<MAX_ADDRESS>>,
+    /// The sender's MLS proposal (`MLSMessage`), for `update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<MlsBytes>,
+}
+
+/// `group-catch-up-request`: a member that missed commits asks an admin or
+/// another member for those made since `epoch`. **Pairwise only.**
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCatchUpRequest {
+    /// The MLS group id.
+    pub group_id: GroupId,
+    /// The asker's epoch.
+    pub epoch: u64,
+}
+
+/// `group-catch-up`: the commits since the asked epoch, oldest first, as
+/// far as the answerer's commit log reaches; `complete` when they reach its
+/// own epoch. A member too far behind for any log is re-added by an admin.
+/// **Pairwise only.**
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupCatchUp {
+    /// The MLS group id.
+    pub group_id: GroupId,
+    /// The commits, each as its `group-commit`.
+    pub commits: BoundedVec<GroupCommit, MAX_CATCH_UP>,
+    /// Whether they bring the asker to the answerer's epoch.
+    pub complete: bool,
+}
+
 /// Where a PDU type belongs in a session's life (P6.4: handshake PDUs are
 /// processed before `encryptionReady`; messages are not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -666,6 +778,11 @@ catalog! {
     GroupMemberJoined(GroupMemberJoined) = "group-member-joined", Group;
     GroupMemberLeft(GroupMemberLeft) = "group-member-left", Group;
     GroupMessage(GroupMessage) = "group-message", Group;
+    GroupWelcome(GroupWelcome) = "group-welcome", Group;
+    GroupCommit(GroupCommit) = "group-commit", Group;
+    GroupProposal(GroupProposal) = "group-proposal", Group;
+    GroupCatchUpRequest(GroupCatchUpRequest) = "group-catch-up-request", Group;
+    GroupCatchUp(GroupCatchUp) = "group-catch-up", Group;
 }
 
 impl std::fmt::Display for PduType {

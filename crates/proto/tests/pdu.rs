@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use arbitrary::{Arbitrary, Unstructured};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use strata_proto::limits::{MAX_JSON_DEPTH, MAX_PDU_BYTES};
+use strata_proto::limits::{MAX_CATCH_UP, MAX_GROUP_PROPOSALS, MAX_JSON_DEPTH, MAX_PDU_BYTES};
 use strata_proto::*;
 
 fn golden_dir() -> PathBuf {
@@ -395,4 +395,46 @@ fn a_bundle_started_sync_request_carries_the_initiator() {
         panic!("not a step 3");
     };
     assert!(req.bundle.is_none());
+}
+
+/// The group PDUs' caps and fixed sizes: a group secret of the wrong
+/// length, too many proposals or catch-up commits, an unknown proposal
+/// kind and an over-long name are refused, typed.
+#[test]
+fn group_pdus_hit_their_caps() {
+    let by_type = |ty: &str| -> serde_json::Value {
+        let pdu = common::samples()
+            .into_iter()
+            .find(|p| p.pdu_type().as_str() == ty)
+            .unwrap();
+        serde_json::from_slice(&pdu.encode()).unwrap()
+    };
+    let refused = |v: serde_json::Value| decode_err(&serde_json::to_vec(&v).unwrap());
+    let mut short_secret = by_type("group-welcome");
+    short_secret["epochSecret"] = "AAAA".into();
+    assert!(matches!(refused(short_secret), DecodeError::InvalidField { .. }));
+    let mut long_name = by_type("group-welcome");
+    long_name["name"] = "n".repeat(129).into();
+    assert!(matches!(refused(long_name), DecodeError::LimitExceeded { .. }));
+    let mut many = by_type("group-commit");
+    let one = many["proposals"][0].clone();
+    many["proposals"] = serde_json::Value::Array(vec![one; MAX_GROUP_PROPOSALS + 1]);
+    assert!(matches!(refused(many), DecodeError::LimitExceeded { .. }));
+    let mut log = by_type("group-catch-up");
+    let commit = log["commits"][0].clone();
+    log["commits"] = serde_json::Value::Array(vec![commit; MAX_CATCH_UP + 1]);
+    assert!(matches!(refused(log), DecodeError::LimitExceeded { .. }));
+    let mut kind = by_type("group-proposal");
+    kind["kind"] = "promote".into();
+    assert!(matches!(refused(kind), DecodeError::InvalidField { .. }));
+    // Each within its caps decodes.
+    for ty in [
+        "group-welcome",
+        "group-commit",
+        "group-proposal",
+        "group-catch-up-request",
+        "group-catch-up",
+    ] {
+        Pdu::decode(&serde_json::to_vec(&by_type(ty)).unwrap()).unwrap();
+    }
 }

@@ -212,5 +212,49 @@ pub fn samples() -> Vec<Pdu> {
             ciphertext: blob(90, 40),
         }
         .into(),
+        GroupWelcome {
+            group_id: blob(60, 16),
+            epoch: 1,
+            welcome: blob(91, 48),
+            key_package_ref: blob(92, 32),
+            epoch_secret: FixedBytes([93; 32]),
+            name: Some(text("climbing")),
+        }
+        .into(),
+        group_commit(),
+        GroupProposal {
+            group_id: blob(60, 16),
+            epoch: 4,
+            kind: ProposalKind::Add,
+            member: Some(text("inst-carol")),
+            address: Some(text("carol-peer-id")),
+            proposal: None,
+        }
+        .into(),
+        GroupCatchUpRequest {
+            group_id: blob(60, 16),
+            epoch: 2,
+        }
+        .into(),
+        GroupCatchUp {
+            group_id: blob(60, 16),
+            commits: BoundedVec::new(vec![group_commit_fields()]).unwrap(),
+            complete: true,
+        }
+        .into(),
     ]
+}
+
+fn group_commit_fields() -> GroupCommit {
+    GroupCommit {
+        group_id: blob(60, 16),
+        epoch: 3,
+        commit: blob(94, 40),
+        proposals: BoundedVec::new(vec![blob(95, 20)]).unwrap(),
+        epoch_secret: FixedBytes([96; 32]),
+    }
+}
+
+fn group_commit() -> Pdu {
+    group_commit_fields().into()
 }

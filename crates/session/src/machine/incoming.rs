@@ -77,7 +77,17 @@ impl PeerMachine {
             Pdu::Chunk(c) => self.on_chunk(c, now),
             Pdu::ProtocolError(e) => self.on_peer_error(e, now),
             Pdu::RotationTimestampBroadcast(b) => self.on_rotation(b, now),
-            Pdu::GroupMemberJoined(_) | Pdu::GroupMemberLeft(_) | Pdu::GroupMessage(_) => {
+            Pdu::GroupMemberJoined(_)
+            | Pdu::GroupMemberLeft(_)
+            | Pdu::GroupMessage(_)
+            | Pdu::GroupWelcome(_)
+            | Pdu::GroupCommit(_)
+            | Pdu::GroupProposal(_)
+            | Pdu::GroupCatchUpRequest(_)
+            | Pdu::GroupCatchUp(_) => {
+                // A group PDU in the clear on a pair link is refused (the
+                // pairwise-only ones carry group secrets: never accepted
+                // outside a session's cascade).
                 self.refuse(Refusal::Unexpected, "no groups in a pair session", Some(ty), None, now);
                 Ok(())
             }
