@@ -13,8 +13,9 @@
 //!
 //! **Group messages keep the cascade's post-quantum layer.** A group
 //! message ([`GroupMls::seal`]) is an MLS application message wrapped in
-//! AES-256-GCM under a key from HKDF-SHA256 over the epoch's MLS exporter
-//! secret, salted with a [`GroupEpochSecret`]: 32 random bytes the
+//! AES-256-GCM under the epoch's [`GroupMessageKey`], from HKDF-SHA256 over
+//! the epoch's MLS exporter secret salted with a [`GroupEpochSecret`]: 32
+//! random bytes the
 //! committer makes for each epoch and sends to each member through that
 //! member's pairwise cascade (Signal PQXDH + ML-KEM). A removed member
 //! gets neither the next epoch's MLS secrets nor its group secret. The
@@ -44,12 +45,16 @@ use crate::identity::{
 };
 use crate::key_packages::KeyPackageSecrets;
 use crate::layers::mls::{
-    GROUP_ADMINS_EXTENSION, LayerSigner, MLS_ALGORITHM, StorageMap, clone_signer, internal, join_config,
-    map_process_error, sender_ratchet, validate_received, wipe,
+    GROUP_ADMINS_EXTENSION, LayerSigner, MLS_ALGORITHM, StorageMap, clone_signer, internal, map_process_error,
+    sender_ratchet, validate_received, wipe,
 };
 use crate::secret::{Secret32, SecretBytes};
 
 const STATE_MAGIC: &[u8] = b"strata-mls-group-v1";
+/// Past epochs whose application messages still open (openmls keeps their
+/// secrets): a message sent just before a commit still reaches members
+/// that processed the commit first.
+pub const MAX_PAST_EPOCHS: u64 = 4;
 /// The exporter label of the group message key.
 const GROUP_EXPORTER_LABEL: &str = "strata/v1/group/aes-256-gcm";
 /// Epoch and nonce before a sealed group message's ciphertext.
@@ -58,6 +63,17 @@ const SEALED_HEADER: usize = 8 + 12;
 const MAX_STORAGE_ENTRIES: usize = 1 << 16;
 /// Most admins of one group.
 pub const MAX_ADMINS: usize = 64;
+
+/// A 12-byte nonce as the schedule's (tag, counter) pair.
+fn split_nonce(nonce: &[u8]) -> Result<([u8; 4], u64)> {
+    let bad = || CascadeError::Malformed {
+        what: "group message nonce",
+    };
+    let (tag, counter) = nonce.split_at_checked(4).ok_or_else(bad)?;
+    let tag = <[u8; 4]>::try_from(tag).map_err(|_| bad())?;
+    let counter = <[u8; 8]>::try_from(counter).map_err(|_| bad())?;
+    Ok((tag, u64::from_be_bytes(counter)))
+}
 
 fn peer_error(detail: impl Into<String>) -> CascadeError {
     CascadeError::PeerProtocol {
@@ -153,6 +169,44 @@ impl GroupEpochSecret {
     }
 }
 
+/// The key of one epoch's group messages ([`GroupMls::message_key`]):
+/// kept by the member for [`MAX_PAST_EPOCHS`] epochs so late messages
+/// still open. Zeroized on drop; `Debug` shows no bytes.
+#[derive(Clone, PartialEq)]
+pub struct GroupMessageKey {
+    epoch: u64,
+    key: Secret32,
+}
+
+impl fmt::Debug for GroupMessageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupMessageKey(epoch {}, [redacted])", self.epoch)
+    }
+}
+
+impl GroupMessageKey {
+    /// The epoch it belongs to.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The key's bytes and epoch, to seal at rest.
+    pub fn to_bytes(&self) -> SecretBytes {
+        let mut w = Writer::new(b"strata-group-key-v1");
+        w.u64(self.epoch).raw(self.key.expose());
+        w.finish()
+    }
+
+    /// Reads back [`GroupMessageKey::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(bytes, b"strata-group-key-v1", "group message key")?;
+        let epoch = r.u64()?;
+        let key = Secret32::new(r.array()?);
+        r.finish()?;
+        Ok(Self { epoch, key })
+    }
+}
+
 /// One member's state of a group chat's MLS group.
 pub struct GroupMls {
     provider: OpenMlsRustCrypto,
@@ -234,6 +288,7 @@ impl GroupMls {
             .ciphersuite(MLS_CIPHERSUITE)
             .use_ratchet_tree_extension(true)
             .sender_ratchet_configuration(sender_ratchet())
+            .max_past_epochs(MAX_PAST_EPOCHS as usize)
             .capabilities(
                 openmls::prelude::Capabilities::builder()
                     .extensions(vec![ExtensionType::Unknown(GROUP_ADMINS_EXTENSION)])
@@ -278,7 +333,12 @@ impl GroupMls {
                 what: "MLS message is not a Welcome",
             });
         };
-        let staged = StagedWelcome::new_from_welcome(&provider, &join_config(), welcome, None)
+        let config = openmls::prelude::MlsGroupJoinConfig::builder()
+            .use_ratchet_tree_extension(true)
+            .sender_ratchet_configuration(sender_ratchet())
+            .max_past_epochs(MAX_PAST_EPOCHS as usize)
+            .build();
+        let staged = StagedWelcome::new_from_welcome(&provider, &config, welcome, None)
             .map_err(|e| peer_error(e.to_string()))?;
         admins_of(staged.group_context().extensions())?;
         for m in staged.members() {
@@ -548,64 +608,75 @@ impl GroupMls {
     }
 
     /// A group message of the current epoch: `plaintext` as an MLS
-    /// application message, wrapped in AES-256-GCM under the key of this
-    /// epoch and `secret` (see the module docs).
+    /// application message, wrapped in AES-256-GCM under `key`, this
+    /// epoch's [`GroupMls::message_key`] (see the module docs).
     pub fn seal<R: rand::CryptoRng + rand::RngCore>(
         &mut self,
         plaintext: &[u8],
-        secret: &GroupEpochSecret,
+        key: &GroupMessageKey,
         rng: &mut R,
     ) -> Result<Vec<u8>> {
+        if key.epoch != self.epoch() {
+            return Err(CascadeError::InvalidArgument("a message key of another epoch"));
+        }
         let inner = self.encrypt(plaintext)?;
-        let (epoch, key) = self.message_key(secret)?;
         let mut nonce = [0u8; 12];
         rng.fill_bytes(&mut nonce);
-        let (tag, counter) = nonce.split_at(4);
-        let tag = <[u8; 4]>::try_from(tag).map_err(internal)?;
-        let counter = u64::from_be_bytes(<[u8; 8]>::try_from(counter).map_err(internal)?);
-        let aad = self.message_aad(epoch);
-        let sealed = crate::schedule::aead_seal(&key, tag, counter, &aad, &inner).ok_or_else(|| internal("AES-GCM"))?;
+        let (tag, counter) = split_nonce(&nonce)?;
+        let aad = self.message_aad(key.epoch);
+        let sealed =
+            crate::schedule::aead_seal(&key.key, tag, counter, &aad, &inner).ok_or_else(|| internal("AES-GCM"))?;
         let mut out = Vec::with_capacity(SEALED_HEADER + sealed.len());
-        out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(&key.epoch.to_be_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    /// Opens another member's group message of the current epoch (with the
-    /// epoch's `secret`): [`CascadeError::UnknownEpoch`] for another epoch,
-    /// [`CascadeError::Authentication`] when the outer layer does not
-    /// verify; MLS then checks the sender and its own authentication.
-    pub fn open(&mut self, sealed: &[u8], secret: &GroupEpochSecret) -> Result<GroupPlaintext> {
+    /// The epoch a sealed group message says it belongs to (to pick its
+    /// key); unauthenticated until [`GroupMls::open`].
+    pub fn sealed_epoch(sealed: &[u8]) -> Result<u64> {
+        sealed
+            .get(..8)
+            .and_then(|e| <[u8; 8]>::try_from(e).ok())
+            .map(u64::from_be_bytes)
+            .ok_or(CascadeError::Malformed { what: "group message" })
+    }
+
+    /// Opens another member's group message with the key of its epoch (the
+    /// current one or one of the [`MAX_PAST_EPOCHS`] before):
+    /// [`CascadeError::UnknownEpoch`] when `key` is not of the message's
+    /// epoch or that epoch is out of reach, [`CascadeError::Authentication`]
+    /// when the outer layer does not verify; MLS then checks the sender and
+    /// its own authentication.
+    pub fn open(&mut self, sealed: &[u8], key: &GroupMessageKey) -> Result<GroupPlaintext> {
         let (header, ciphertext) = sealed
             .split_at_checked(SEALED_HEADER)
             .ok_or(CascadeError::Malformed { what: "group message" })?;
-        let (epoch, nonce) = header.split_at(8);
-        let epoch = u64::from_be_bytes(<[u8; 8]>::try_from(epoch).map_err(internal)?);
-        if epoch != self.epoch() {
+        let epoch = Self::sealed_epoch(header)?;
+        if epoch != key.epoch || epoch > self.epoch() || self.epoch() - epoch > MAX_PAST_EPOCHS {
             return Err(CascadeError::UnknownEpoch {
                 layer: MLS_ALGORITHM,
                 epoch,
             });
         }
-        let (tag, counter) = nonce.split_at(4);
-        let tag = <[u8; 4]>::try_from(tag).map_err(internal)?;
-        let counter = u64::from_be_bytes(<[u8; 8]>::try_from(counter).map_err(internal)?);
-        let (_, key) = self.message_key(secret)?;
-        let inner = crate::schedule::aead_open(&key, tag, counter, &self.message_aad(epoch), ciphertext)
+        let (tag, counter) = split_nonce(header.get(8..).unwrap_or_default())?;
+        let inner = crate::schedule::aead_open(&key.key, tag, counter, &self.message_aad(epoch), ciphertext)
             .ok_or(CascadeError::Authentication { layer: "AES" })?;
         self.decrypt(&inner)
     }
 
-    /// The group message key of the current epoch under `secret`.
-    fn message_key(&self, secret: &GroupEpochSecret) -> Result<(u64, Secret32)> {
+    /// The key of the current epoch's group messages under the epoch's
+    /// group `secret`: HKDF-SHA256 over the MLS exporter secret, salted
+    /// with the group secret.
+    pub fn message_key(&self, secret: &GroupEpochSecret) -> Result<GroupMessageKey> {
         let (epoch, exporter) = self.export_secret(GROUP_EXPORTER_LABEL, self.group_id())?;
         let prk = crate::schedule::extract(secret.0.expose(), exporter.expose());
         let key = crate::schedule::expand32(
             &prk,
             &[GROUP_EXPORTER_LABEL.as_bytes(), self.group_id(), &epoch.to_be_bytes()],
         )?;
-        Ok((epoch, key))
+        Ok(GroupMessageKey { epoch, key })
     }
 
     fn message_aad(&self, epoch: u64) -> Vec<u8> {
@@ -761,6 +832,9 @@ mod tests {
             assert_eq!(m.group.admins().unwrap(), vec![ids[0]]);
         }
         let secret = GroupEpochSecret::generate(&mut rng);
+        let keys: Vec<GroupMessageKey> = members.iter().map(|m| m.group.message_key(&secret).unwrap()).collect();
+        assert!(keys.iter().all(|k| *k == keys[0]), "every member derives one key");
+        let secret = keys[0].clone();
         for from in [0, 4, 9] {
             let sealed = members[from]
                 .group
@@ -778,7 +852,10 @@ mod tests {
         // The outer layer is keyed by the epoch secret too: without it,
         // nothing opens.
         let sealed = members[1].group.seal(b"x", &secret, &mut rng).unwrap();
-        let wrong = GroupEpochSecret::generate(&mut rng);
+        let wrong = members[2]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
         assert!(matches!(
             members[2].group.open(&sealed, &wrong),
             Err(CascadeError::Authentication { .. })
@@ -795,7 +872,10 @@ mod tests {
     fn a_removed_member_cannot_read_what_follows() {
         let mut rng = ChaCha20Rng::seed_from_u64(171);
         let mut members = group(4, &mut rng);
-        let old_secret = GroupEpochSecret::generate(&mut rng);
+        let old_key = members[3]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
         let gone = id(&members[3]);
         let commit = members[0].group.remove(&[gone]).unwrap();
         for m in members.iter_mut().skip(1) {
@@ -804,11 +884,16 @@ mod tests {
             assert_eq!(outcome.removed_us, id(m) == gone);
         }
         let new_secret = GroupEpochSecret::generate(&mut rng);
-        let sealed = members[0].group.seal(b"after", &new_secret, &mut rng).unwrap();
-        assert_eq!(members[1].group.open(&sealed, &new_secret).unwrap().plaintext, b"after");
-        for secret in [&old_secret, &new_secret] {
-            assert!(members[3].group.open(&sealed, secret).is_err());
+        let new_key = members[0].group.message_key(&new_secret).unwrap();
+        let sealed = members[0].group.seal(b"after", &new_key, &mut rng).unwrap();
+        assert_eq!(members[1].group.open(&sealed, &new_key).unwrap().plaintext, b"after");
+        // Even handed the new key, the removed member's MLS state cannot
+        // follow: it never got the epoch's secrets.
+        for key in [&old_key, &new_key] {
+            assert!(members[3].group.open(&sealed, key).is_err());
         }
+        // Nor can it derive that key itself: its group is evicted.
+        assert!(members[3].group.message_key(&new_secret).is_err());
         assert_eq!(members[1].group.members().unwrap().len(), 3);
     }
 
@@ -850,7 +935,10 @@ mod tests {
         let err = members[1].group.process_commit(&commit.commit).unwrap_err();
         assert!(matches!(err, CascadeError::UnknownEpoch { .. }), "{err}");
         assert!(members[1].group.process_commit(b"garbage").is_err());
-        let secret = GroupEpochSecret::generate(&mut rng);
+        let secret = members[3]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
         let sealed = members[3].group.seal(b"still one group", &secret, &mut rng).unwrap();
         for m in members.iter_mut().take(3) {
             assert_eq!(m.group.open(&sealed, &secret).unwrap().plaintext, b"still one group");
@@ -859,6 +947,45 @@ mod tests {
 
     /// The admin hands the role over: the new admin commits, the old one
     /// cannot any more.
+    /// A message sealed just before a commit still opens at members that
+    /// processed the commit first (up to MAX_PAST_EPOCHS back), with its
+    /// own epoch's key; beyond that, it is out of reach.
+    #[test]
+    fn late_messages_of_past_epochs_still_open() {
+        let mut rng = ChaCha20Rng::seed_from_u64(175);
+        let mut members = group(3, &mut rng);
+        let key0 = members[0]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
+        let late = members[2].group.seal(b"sent at epoch 1", &key0, &mut rng).unwrap();
+        assert_eq!(GroupMls::sealed_epoch(&late).unwrap(), key0.epoch());
+        let commit = members[0].group.self_update().unwrap();
+        members[1].group.process_commit(&commit.commit).unwrap();
+        assert_eq!(
+            members[1].group.open(&late, &key0).unwrap().plaintext,
+            b"sent at epoch 1"
+        );
+        let key1 = members[1]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
+        assert!(matches!(
+            members[1].group.open(&late, &key1),
+            Err(CascadeError::UnknownEpoch { .. })
+        ));
+        members[2].group.process_commit(&commit.commit).unwrap();
+        let late = members[2].group.seal(b"epoch 2", &key1, &mut rng).unwrap();
+        for _ in 0..=MAX_PAST_EPOCHS {
+            let commit = members[0].group.self_update().unwrap();
+            members[1].group.process_commit(&commit.commit).unwrap();
+        }
+        assert!(matches!(
+            members[1].group.open(&late, &key1),
+            Err(CascadeError::UnknownEpoch { .. })
+        ));
+    }
+
     #[test]
     fn the_admin_role_is_handed_over() {
         let mut rng = ChaCha20Rng::seed_from_u64(173);
@@ -888,7 +1015,10 @@ mod tests {
     fn state_round_trips() {
         let mut rng = ChaCha20Rng::seed_from_u64(174);
         let mut members = group(3, &mut rng);
-        let secret = GroupEpochSecret::generate(&mut rng);
+        let secret = members[0]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
         let first = members[1].group.seal(b"one", &secret, &mut rng).unwrap();
         members[2].group.open(&first, &secret).unwrap();
         let saved = members[2].group.export_state().unwrap();
@@ -897,6 +1027,8 @@ mod tests {
         assert_eq!(members[2].group.open(&second, &secret).unwrap().plaintext, b"two");
         let commit = members[0].group.self_update().unwrap();
         members[2].group.process_commit(&commit.commit).unwrap();
+        let key = GroupMessageKey::from_bytes(secret.to_bytes().as_bytes()).unwrap();
+        assert_eq!(key, secret);
         let bytes = saved.as_bytes();
         for cut in [0, 5, bytes.len() / 2, bytes.len() - 1] {
             assert!(GroupMls::import_state(&bytes[..cut]).is_err());
