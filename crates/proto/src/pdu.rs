@@ -607,8 +607,10 @@ pub struct GroupCommit {
     /// Member proposals (`MLSMessage`) the commit references, in order.
     #[serde(default, skip_serializing_if = "BoundedVec::is_empty")]
     pub proposals: BoundedVec<MlsBytes, MAX_GROUP_PROPOSALS>,
-    /// The group secret of `epoch + 1`.
-    pub epoch_secret: FixedBytes<32>,
+    /// The group secret of `epoch + 1`; absent for a member the commit
+    /// removes (it learns of its removal, and nothing of the next epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_secret: Option<FixedBytes<32>>,
 }
 
 /// What a member asks of the admin in a `group-proposal`.

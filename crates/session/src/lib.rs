@@ -327,6 +327,7 @@ mod crypto;
 pub mod durable;
 pub mod error;
 mod files;
+pub mod group;
 pub mod machine;
 pub mod pool;
 pub mod prekeys;

@@ -251,7 +251,7 @@ fn group_commit_fields() -> GroupCommit {
         epoch: 3,
         commit: blob(94, 40),
         proposals: BoundedVec::new(vec![blob(95, 20)]).unwrap(),
-        epoch_secret: FixedBytes([96; 32]),
+        epoch_secret: Some(FixedBytes([96; 32])),
     }
 }
 

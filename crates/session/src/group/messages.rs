@@ -1,0 +1,106 @@
+//! Group messages: sealing ours with the epoch's key, opening others' with
+//! the key of their epoch, holding early ones for their commit, dropping
+//! duplicates.
+
+use strata_cascade::CascadeError;
+use strata_cascade::group::GroupMls;
+use strata_proto::{Blob, GroupMessage, Text};
+
+use super::{GroupEvent, GroupMachine, GroupOutput, MAX_EARLY_MESSAGES};
+use crate::content::Content;
+use crate::error::SessionError;
+
+impl GroupMachine {
+    /// Seals `content` for the group and broadcasts it to the others.
+    pub(super) fn send(&mut self, content: &Content) -> Result<(), SessionError> {
+        let key = self
+            .keys
+            .back()
+            .filter(|k| k.epoch() == self.epoch())
+            .cloned()
+            .ok_or(SessionError::Misuse("no group secret for this epoch yet"))?;
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut self.rng, &mut id);
+        let message_id = hex::encode(id);
+        let ciphertext = self.group.seal(&content.to_bytes(), &key, &mut self.rng)?;
+        let message = GroupMessage {
+            group_id: Blob::new(self.group_id().to_vec())
+                .map_err(|_| SessionError::Internal("group id over its cap".into()))?,
+            epoch: key.epoch(),
+            message_id: Text::new(message_id.clone()).map_err(|_| SessionError::Internal("message id".into()))?,
+            ciphertext: Blob::new(ciphertext).map_err(|_| SessionError::Misuse("group message too large"))?,
+        };
+        self.first_sight(&message_id);
+        let to = self.others()?;
+        self.out.push_back(GroupOutput::Broadcast { message, to });
+        Ok(())
+    }
+
+    /// A group message from anyone: opened with its epoch's key, or held
+    /// for its commit; refused (nothing changes) when it does not open.
+    pub(super) fn on_message(&mut self, m: &GroupMessage) -> Result<(), SessionError> {
+        if m.group_id.as_bytes() != self.group_id() || self.seen.contains(m.message_id.as_str()) {
+            return Ok(());
+        }
+        let epoch = GroupMls::sealed_epoch(m.ciphertext.as_bytes()).unwrap_or(u64::MAX);
+        if epoch != m.epoch {
+            self.refuse(None, "group message whose epoch fields disagree");
+            return Ok(());
+        }
+        if epoch > self.epoch() {
+            if self.early.len() >= MAX_EARLY_MESSAGES {
+                self.early.pop_front();
+            }
+            self.early.push_back(m.clone());
+            // Behind: ask an admin, once per epoch.
+            if self.asked_at != Some(self.epoch())
+                && let Some(admin) = self.group.admins()?.into_iter().find(|a| *a != self.local)
+            {
+                self.ask_catch_up(admin)?;
+            }
+            return Ok(());
+        }
+        let Some(key) = self.keys.iter().find(|k| k.epoch() == epoch).cloned() else {
+            self.refuse(None, "group message of an epoch out of reach");
+            return Ok(());
+        };
+        let opened = match self.group.open(m.ciphertext.as_bytes(), &key) {
+            Ok(p) => p,
+            Err(e) if matches!(e.class(), strata_cascade::ErrorClass::BadPeerInput) => {
+                self.refuse(None, &format!("group message refused: {e}"));
+                return Ok(());
+            }
+            Err(CascadeError::Internal { detail, .. }) => return Err(SessionError::Internal(detail)),
+            Err(e) => return Err(e.into()),
+        };
+        let content = match Content::from_bytes(&opened.plaintext) {
+            Ok(c) => c,
+            Err(e) => {
+                self.refuse(None, &format!("group message content: {e}"));
+                return Ok(());
+            }
+        };
+        if let Err(e) = content.check() {
+            self.refuse(None, e);
+            return Ok(());
+        }
+        self.first_sight(m.message_id.as_str());
+        self.emit(GroupEvent::Received {
+            sender: opened.sender,
+            message_id: m.message_id.as_str().to_owned(),
+            content,
+        });
+        Ok(())
+    }
+
+    /// Opens the held messages the current epoch has reached.
+    pub(super) fn release_early(&mut self) -> Result<(), SessionError> {
+        let epoch = self.epoch();
+        let (ready, later): (Vec<_>, Vec<_>) = self.early.drain(..).partition(|m| m.epoch <= epoch);
+        self.early = later.into();
+        for m in ready {
+            self.on_message(&m)?;
+        }
+        Ok(())
+    }
+}

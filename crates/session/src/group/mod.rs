@@ -1,0 +1,408 @@
+//! The group machine: one member's side of one group chat, sans-I/O
+//! (issue #17, first slice: the machine and its rules, tested with a
+//! router; no actor, store, transport or CLI drives it yet).
+//!
+//! ```text
+//! handle(GroupInput, now) ──► poll_output() → Pairwise { to, pdu } | Broadcast { message, to } | Event(..)
+//! ```
+//!
+//! - **Pairwise** outputs are group PDUs for one member, to go through
+//!   the pair session with it (inside its cascade: they carry group
+//!   secrets); **Pairwise** inputs arrive the same way, named by the
+//!   installation the pair session authenticated.
+//! - **Broadcast** outputs are `group-message`s for every other member
+//!   (over gossip, one publish on the group's topic; over PeerJS, one send
+//!   per member link). Message inputs come from anyone: the MLS and AES
+//!   layers of [`GroupMls`] decide what opens.
+//!
+//! The rules:
+//!
+//! - **Admins sequence commits.** Only an admin commits (add, remove,
+//!   admin hand-over, its own update); MLS refuses another's commit
+//!   ([`GroupMls::process_commit`]). A commit goes to every member as a
+//!   `group-commit` with the next epoch's group secret (a member it
+//!   removes gets the commit without the secret); joiners get a
+//!   `group-welcome`. Members ask an admin for changes with
+//!   `group-proposal` (remove, leave; an add is raised as
+//!   [`GroupEvent::AddRequested`] for the owner to claim the joiner's
+//!   KeyPackage). Members' own key updates are not supported yet.
+//! - **Order.** A commit for the current epoch applies; an older one is a
+//!   duplicate and is dropped; a newer one waits (at most
+//!   [`MAX_FUTURE_COMMITS`]) and the member asks its sender to catch it up
+//!   (`group-catch-up-request`). So does a member that just joined (commits
+//!   may overtake the Welcome) and one that receives a message of an epoch
+//!   it has not reached (it asks an admin, once per epoch). Every member
+//!   keeps the last [`COMMIT_LOG`] commits to answer (`group-catch-up`, up
+//!   to 16 a time).
+//! - **Messages** are sealed with the epoch's [`GroupMessageKey`]; a
+//!   message of an epoch not reached yet waits (at most
+//!   [`MAX_EARLY_MESSAGES`]) for its commit, one of an epoch passed opens
+//!   with that epoch's kept key (up to [`MAX_PAST_EPOCHS`] back), and a
+//!   message id seen before is dropped (the last [`SEEN_MESSAGES`] ids).
+//! - A member removed stops: [`GroupEvent::Removed`], and the machine
+//!   refuses all input after it.
+
+mod commits;
+mod messages;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use strata_cascade::group::{GroupEpochSecret, GroupMessageKey, GroupMls, MAX_PAST_EPOCHS};
+use strata_cascade::{InstallationId, InstallationIdentity, KeyPackageSecrets, PeerIdentity};
+use strata_proto::{GroupCommit, GroupMessage, GroupWelcome, Pdu};
+
+use crate::content::Content;
+use crate::error::SessionError;
+
+/// Commits each member keeps to catch others up.
+pub const COMMIT_LOG: usize = 64;
+/// Commits of future epochs kept while catching up.
+pub const MAX_FUTURE_COMMITS: usize = 16;
+/// Group messages of future epochs kept until their commit.
+pub const MAX_EARLY_MESSAGES: usize = 256;
+/// Message ids remembered to drop duplicates.
+pub const SEEN_MESSAGES: usize = 4096;
+
+/// A member to add: the KeyPackage its owner handed out (a pool claim),
+/// with the identity it was checked against and its `KeyPackageRef`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invitee {
+    /// The joiner installation.
+    pub peer: PeerIdentity,
+    /// Its KeyPackage (serialized `MLSMessage`).
+    pub key_package: Vec<u8>,
+    /// The package's `KeyPackageRef`, for the joiner to redeem it.
+    pub key_ref: Vec<u8>,
+}
+
+/// Requests of the local user.
+#[derive(Clone, Debug)]
+pub enum GroupCommand {
+    /// Send `content` to the group.
+    Send(Content),
+    /// Admin: add these members (one commit).
+    Add(Vec<Invitee>),
+    /// Admin: remove these members; a member asks an admin instead.
+    Remove(Vec<InstallationId>),
+    /// Leave the group (asks an admin to remove us).
+    Leave,
+    /// Admin: replace the admin list.
+    SetAdmins(Vec<InstallationId>),
+    /// Admin: a fresh leaf key for this member.
+    Update,
+}
+
+/// What happens to a group machine.
+#[derive(Debug)]
+pub enum GroupInput<'a> {
+    /// A group PDU from `from` through the pair session with it.
+    Pairwise {
+        /// The installation the pair session authenticated.
+        from: InstallationId,
+        /// The PDU.
+        pdu: &'a Pdu,
+    },
+    /// A group message, from a link or the group's topic.
+    Message(&'a GroupMessage),
+    /// A request of the local user.
+    Command(GroupCommand),
+}
+
+/// What a group machine tells its owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// The group moved to a new epoch.
+    Epoch {
+        /// The new epoch.
+        epoch: u64,
+        /// The admin that committed.
+        committer: InstallationId,
+        /// Members added.
+        added: Vec<InstallationId>,
+        /// Members removed.
+        removed: Vec<InstallationId>,
+    },
+    /// A message from a member.
+    Received {
+        /// Who sent it.
+        sender: InstallationId,
+        /// Its id.
+        message_id: String,
+        /// What it said.
+        content: Content,
+    },
+    /// A member asks the admins to add `member` (at `address`): the owner
+    /// claims its KeyPackage and commands [`GroupCommand::Add`].
+    AddRequested {
+        /// Who asks.
+        by: InstallationId,
+        /// Whom to add.
+        member: String,
+        /// Where to reach it, if given.
+        address: Option<String>,
+    },
+    /// This member was removed: the group is over for it.
+    Removed,
+    /// Input refused (nothing changed).
+    Refused {
+        /// The pairwise sender, when known.
+        from: Option<InstallationId>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a group machine asks its owner to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupOutput {
+    /// Send `pdu` to member `to` through the pair session with it.
+    Pairwise {
+        /// The member.
+        to: InstallationId,
+        /// The PDU.
+        pdu: Pdu,
+    },
+    /// Send `message` to every member in `to` (gossip: one publish).
+    Broadcast {
+        /// The message.
+        message: GroupMessage,
+        /// The other members.
+        to: Vec<InstallationId>,
+    },
+    /// Tell the user.
+    Event(GroupEvent),
+}
+
+/// One member's machine for one group chat.
+pub struct GroupMachine {
+    local: InstallationId,
+    group: GroupMls,
+    name: Option<String>,
+    /// Message keys of the current epoch and the ones before it, newest last.
+    keys: VecDeque<GroupMessageKey>,
+    /// The last commits, oldest first, each as sent.
+    log: VecDeque<GroupCommit>,
+    /// Commits of future epochs by epoch, with their sender.
+    future: BTreeMap<u64, (InstallationId, GroupCommit)>,
+    early: VecDeque<GroupMessage>,
+    seen: HashSet<String>,
+    seen_order: VecDeque<String>,
+    removed: bool,
+    /// The epoch at which this member last asked to be caught up.
+    asked_at: Option<u64>,
+    rng: ChaCha20Rng,
+    out: VecDeque<GroupOutput>,
+}
+
+impl std::fmt::Debug for GroupMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupMachine")
+            .field("local", &self.local)
+            .field("epoch", &self.group.epoch())
+            .field("removed", &self.removed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupMachine {
+    fn with_group(local: &InstallationIdentity, group: GroupMls, name: Option<String>, seed: [u8; 32]) -> Self {
+        Self {
+            local: local.installation_id(),
+            group,
+            name,
+            keys: VecDeque::new(),
+            log: VecDeque::new(),
+            future: BTreeMap::new(),
+            early: VecDeque::new(),
+            seen: HashSet::new(),
+            seen_order: VecDeque::new(),
+            removed: false,
+            asked_at: None,
+            rng: ChaCha20Rng::from_seed(seed),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// A new group chat with `local` its only member and admin; `seed`
+    /// seeds the machine's random generator (group id, secrets, nonces).
+    pub fn create(local: &InstallationIdentity, name: Option<String>, seed: [u8; 32]) -> Result<Self, SessionError> {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut group_id = [0u8; 16];
+        rng.fill_bytes(&mut group_id);
+        let group = GroupMls::create(local, &group_id)?;
+        let mut m = Self::with_group(local, group, name, seed);
+        m.rng = rng;
+        let secret = GroupEpochSecret::generate(&mut m.rng);
+        let key = m.group.message_key(&secret)?;
+        m.keys.push_back(key);
+        Ok(m)
+    }
+
+    /// Joins from an admin's `group-welcome` received from `from`, with
+    /// the private parts of the KeyPackage it names (redeemed by the
+    /// caller from the pool, as handed out to `from`). Refused unless
+    /// `from` is an admin of the group it joins.
+    pub fn join(
+        local: &InstallationIdentity,
+        from: InstallationId,
+        welcome: &GroupWelcome,
+        secrets: &KeyPackageSecrets,
+        seed: [u8; 32],
+    ) -> Result<Self, SessionError> {
+        let group = GroupMls::join(local, secrets, welcome.welcome.as_bytes())?;
+        if group.group_id() != welcome.group_id.as_bytes() || group.epoch() != welcome.epoch {
+            return Err(SessionError::Cascade(strata_cascade::CascadeError::PeerProtocol {
+                layer: "MLS",
+                detail: "Welcome for another group or epoch than announced".into(),
+            }));
+        }
+        if !group.is_admin(from)? {
+            return Err(SessionError::Cascade(strata_cascade::CascadeError::PeerProtocol {
+                layer: "MLS",
+                detail: "Welcome from a member that is not an admin".into(),
+            }));
+        }
+        let name = welcome.name.as_ref().map(|n| n.as_str().to_owned());
+        let mut m = Self::with_group(local, group, name, seed);
+        let secret = GroupEpochSecret::from_bytes(&welcome.epoch_secret.0)?;
+        let key = m.group.message_key(&secret)?;
+        m.keys.push_back(key);
+        // Commits made after the Welcome may have overtaken it (and been
+        // dropped before this machine existed): ask the welcomer.
+        m.ask_catch_up(from)?;
+        Ok(m)
+    }
+
+    /// The group id.
+    pub fn group_id(&self) -> &[u8] {
+        self.group.group_id()
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u64 {
+        self.group.epoch()
+    }
+
+    /// The chat's name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The members' installations.
+    pub fn members(&self) -> Result<Vec<InstallationId>, SessionError> {
+        Ok(self.group.members()?.iter().map(|m| m.installation_id).collect())
+    }
+
+    /// The admins.
+    pub fn admins(&self) -> Result<Vec<InstallationId>, SessionError> {
+        Ok(self.group.admins()?)
+    }
+
+    /// Whether this member was removed.
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<GroupOutput> {
+        self.out.pop_front()
+    }
+
+    /// Runs one step. An `Err` is local (a bug, or a command this member
+    /// may not give); peer input never makes it fail.
+    pub fn handle(&mut self, input: GroupInput<'_>) -> Result<(), SessionError> {
+        if self.removed {
+            if let GroupInput::Command(_) = input {
+                return Err(SessionError::Misuse("removed from the group"));
+            }
+            return Ok(());
+        }
+        match input {
+            GroupInput::Pairwise { from, pdu } => self.on_pairwise(from, pdu),
+            GroupInput::Message(m) => self.on_message(m),
+            GroupInput::Command(c) => self.on_command(c),
+        }
+    }
+
+    fn on_command(&mut self, command: GroupCommand) -> Result<(), SessionError> {
+        match command {
+            GroupCommand::Send(content) => self.send(&content),
+            GroupCommand::Add(invitees) => self.add(&invitees),
+            GroupCommand::Remove(members) => self.remove(&members),
+            GroupCommand::Leave => self.leave(),
+            GroupCommand::SetAdmins(admins) => {
+                let commit = self.group.set_admins(&admins)?;
+                self.committed(commit, &[], &[])
+            }
+            GroupCommand::Update => {
+                let commit = self.group.self_update()?;
+                self.committed(commit, &[], &[])
+            }
+        }
+    }
+
+    fn on_pairwise(&mut self, from: InstallationId, pdu: &Pdu) -> Result<(), SessionError> {
+        match pdu {
+            Pdu::GroupCommit(c) if c.group_id.as_bytes() == self.group_id() => self.on_commit(from, c.clone()),
+            Pdu::GroupCatchUpRequest(r) if r.group_id.as_bytes() == self.group_id() => {
+                self.on_catch_up_request(from, r.epoch)
+            }
+            Pdu::GroupCatchUp(c) if c.group_id.as_bytes() == self.group_id() => {
+                for commit in c.commits.iter() {
+                    self.on_commit(from, commit.clone())?;
+                }
+                Ok(())
+            }
+            Pdu::GroupProposal(p) if p.group_id.as_bytes() == self.group_id() => self.on_proposal(from, p),
+            Pdu::GroupWelcome(_) => {
+                self.refuse(Some(from), "a Welcome for a group this member is in");
+                Ok(())
+            }
+            _ => {
+                self.refuse(Some(from), "not a PDU of this group");
+                Ok(())
+            }
+        }
+    }
+
+    fn emit(&mut self, event: GroupEvent) {
+        self.out.push_back(GroupOutput::Event(event));
+    }
+
+    fn refuse(&mut self, from: Option<InstallationId>, reason: &str) {
+        tracing::debug!(group = %hex::encode(self.group_id()), ?from, reason, "group input refused");
+        self.emit(GroupEvent::Refused {
+            from,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// The other members.
+    fn others(&self) -> Result<Vec<InstallationId>, SessionError> {
+        Ok(self.members()?.into_iter().filter(|m| *m != self.local).collect())
+    }
+
+    /// Keeps `key` as the current epoch's, dropping those out of reach.
+    fn push_key(&mut self, key: GroupMessageKey) {
+        self.keys.push_back(key);
+        while self.keys.len() > usize::try_from(MAX_PAST_EPOCHS).unwrap_or(usize::MAX) + 1 {
+            self.keys.pop_front();
+        }
+    }
+
+    /// Remembers message id `id`; false when it was seen before.
+    fn first_sight(&mut self, id: &str) -> bool {
+        if !self.seen.insert(id.to_owned()) {
+            return false;
+        }
+        self.seen_order.push_back(id.to_owned());
+        if self.seen_order.len() > SEEN_MESSAGES
+            && let Some(old) = self.seen_order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}

@@ -1,0 +1,372 @@
+//! The group machine (issue #17, first slice), driven by a router between
+//! members: pairwise PDUs as pair sessions would carry them (authenticated
+//! sender, delivered once, in any order across senders), group messages
+//! as gossip would (duplicated and reordered here). Seeded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use strata_cascade::{
+    AccountIdentity, InstallationId, InstallationIdentity, KeyPackageKind, KeyPackageSecrets, generate_key_package,
+};
+use strata_proto::{GroupMessage, Pdu};
+use strata_session::Content;
+use strata_session::group::{GroupCommand, GroupEvent, GroupInput, GroupMachine, GroupOutput, Invitee};
+
+enum Delivery {
+    Pairwise { from: InstallationId, pdu: Pdu },
+    Message(GroupMessage),
+}
+
+struct Net {
+    ids: Vec<InstallationIdentity>,
+    machines: Vec<Option<GroupMachine>>,
+    events: Vec<Vec<GroupEvent>>,
+    /// The private parts of the packages handed out, by KeyPackageRef.
+    held: BTreeMap<Vec<u8>, KeyPackageSecrets>,
+    wire: VecDeque<(usize, Delivery)>,
+    rng: ChaCha20Rng,
+    /// Chance that a group message is delivered twice.
+    duplicate: f64,
+    /// Shuffle what is in flight before each delivery.
+    shuffle: bool,
+    /// Deliveries to these members wait (a partition), in order.
+    held_back: Vec<usize>,
+}
+
+impl Net {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let ids: Vec<_> = (0..n)
+            .map(|_| InstallationIdentity::generate(AccountIdentity::generate(&mut rng), &mut rng).unwrap())
+            .collect();
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed);
+        let creator = GroupMachine::create(&ids[0], Some("climbing".into()), seed).unwrap();
+        let mut machines: Vec<Option<GroupMachine>> = (0..n).map(|_| None).collect();
+        machines[0] = Some(creator);
+        Self {
+            ids,
+            machines,
+            events: vec![Vec::new(); n],
+            held: BTreeMap::new(),
+            wire: VecDeque::new(),
+            rng,
+            duplicate: 0.0,
+            shuffle: false,
+            held_back: Vec::new(),
+        }
+    }
+
+    fn id(&self, i: usize) -> InstallationId {
+        self.ids[i].installation_id()
+    }
+
+    fn index(&self, id: InstallationId) -> usize {
+        self.ids.iter().position(|x| x.installation_id() == id).unwrap()
+    }
+
+    /// What the pool service does: `i` hands out one KeyPackage.
+    fn invitee(&mut self, i: usize) -> Invitee {
+        let made = generate_key_package(&self.ids[i], KeyPackageKind::OneTime, 3600).unwrap();
+        let key_ref = made.package.key_ref().to_vec();
+        self.held.insert(key_ref.clone(), made.secrets);
+        Invitee {
+            peer: self.ids[i].peer_identity(),
+            key_package: made.package.bytes().to_vec(),
+            key_ref,
+        }
+    }
+
+    fn command(&mut self, i: usize, c: GroupCommand) {
+        self.machines[i]
+            .as_mut()
+            .unwrap()
+            .handle(GroupInput::Command(c))
+            .unwrap();
+        self.drain(i);
+    }
+
+    fn drain(&mut self, i: usize) {
+        let from = self.id(i);
+        while let Some(out) = self.machines[i].as_mut().and_then(GroupMachine::poll_output) {
+            match out {
+                GroupOutput::Pairwise { to, pdu } => {
+                    let to = self.index(to);
+                    self.wire.push_back((to, Delivery::Pairwise { from, pdu }));
+                }
+                GroupOutput::Broadcast { message, to } => {
+                    for member in to {
+                        let to = self.index(member);
+                        self.wire.push_back((to, Delivery::Message(message.clone())));
+                        if self.rng.random_bool(self.duplicate) {
+                            self.wire.push_back((to, Delivery::Message(message.clone())));
+                        }
+                    }
+                }
+                GroupOutput::Event(e) => self.events[i].push(e),
+            }
+        }
+    }
+
+    /// Delivers everything (but what is held back), in shuffled order when
+    /// asked.
+    fn run(&mut self) {
+        let mut waiting = VecDeque::new();
+        while !self.wire.is_empty() {
+            if self.shuffle {
+                let k = self.rng.random_range(0..self.wire.len());
+                self.wire.swap(0, k);
+            }
+            let (to, d) = self.wire.pop_front().unwrap();
+            if self.held_back.contains(&to) {
+                waiting.push_back((to, d));
+                continue;
+            }
+            self.deliver(to, d);
+        }
+        self.wire = waiting;
+    }
+
+    fn deliver(&mut self, to: usize, d: Delivery) {
+        match d {
+            Delivery::Pairwise {
+                from,
+                pdu: Pdu::GroupWelcome(w),
+            } if self.machines[to].is_none() => {
+                let secrets = self.held.remove(w.key_package_ref.as_bytes()).unwrap();
+                let mut seed = [0u8; 32];
+                self.rng.fill(&mut seed);
+                self.machines[to] = Some(GroupMachine::join(&self.ids[to], from, &w, &secrets, seed).unwrap());
+            }
+            Delivery::Pairwise { from, pdu } => {
+                if let Some(m) = self.machines[to].as_mut() {
+                    m.handle(GroupInput::Pairwise { from, pdu: &pdu }).unwrap();
+                }
+            }
+            Delivery::Message(msg) => {
+                if let Some(m) = self.machines[to].as_mut() {
+                    m.handle(GroupInput::Message(&msg)).unwrap();
+                }
+            }
+        }
+        self.drain(to);
+    }
+
+    fn received(&self, i: usize) -> Vec<(InstallationId, String)> {
+        self.events[i]
+            .iter()
+            .filter_map(|e| match e {
+                GroupEvent::Received {
+                    sender,
+                    content: Content::Text { text },
+                    ..
+                } => Some((*sender, text.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.ids.len())
+            .filter(|i| self.machines[*i].as_ref().is_some_and(|m| !m.is_removed()))
+            .collect()
+    }
+
+    /// Every live member is at one epoch with one member list.
+    fn converged(&self) -> (u64, Vec<InstallationId>) {
+        let live = self.live();
+        let first = self.machines[live[0]].as_ref().unwrap();
+        let (epoch, mut members) = (first.epoch(), first.members().unwrap());
+        members.sort();
+        for i in live {
+            let m = self.machines[i].as_ref().unwrap();
+            let mut theirs = m.members().unwrap();
+            theirs.sort();
+            assert_eq!((m.epoch(), &theirs), (epoch, &members), "member {i} diverged");
+        }
+        (epoch, members)
+    }
+}
+
+fn text(s: &str) -> GroupCommand {
+    GroupCommand::Send(Content::Text { text: s.into() })
+}
+
+/// Ten members, added in three commits while everything is in flight in
+/// shuffled order and group messages are duplicated: one epoch, one
+/// member list, and every message reaches every other member exactly once.
+#[test]
+fn ten_members_converge_and_every_message_arrives_once() {
+    for seed in 0..20 {
+        let mut net = Net::new(10, seed);
+        net.shuffle = true;
+        net.duplicate = 0.3;
+        for batch in [1..4, 4..7, 7..10] {
+            let invitees: Vec<_> = batch.map(|i| net.invitee(i)).collect();
+            net.command(0, GroupCommand::Add(invitees));
+        }
+        net.run();
+        let (epoch, members) = net.converged();
+        assert_eq!((epoch, members.len()), (3, 10), "seed {seed}");
+        for i in 0..10 {
+            net.command(i, text(&format!("from {i}")));
+        }
+        net.run();
+        for i in 0..10 {
+            let mut got = net.received(i);
+            got.sort();
+            let mut want: Vec<_> = (0..10)
+                .filter(|j| *j != i)
+                .map(|j| (net.id(j), format!("from {j}")))
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "seed {seed}: member {i}");
+        }
+    }
+}
+
+/// A member cut off while three commits go by gets them late and in any
+/// order: it keeps the early ones, asks for the rest, and converges; a
+/// message of an epoch it has not reached waits for its commit.
+#[test]
+fn a_member_behind_catches_up() {
+    let mut net = Net::new(6, 40);
+    let invitees: Vec<_> = (1..4).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    net.held_back = vec![2];
+    net.command(0, GroupCommand::Update);
+    let invitee = net.invitee(4);
+    net.command(0, GroupCommand::Add(vec![invitee]));
+    let invitee = net.invitee(5);
+    net.command(0, GroupCommand::Add(vec![invitee]));
+    net.run();
+    net.command(5, text("newest epoch"));
+    net.run();
+    // Member 2 gets its backlog newest first.
+    net.held_back.clear();
+    net.wire = net.wire.drain(..).rev().collect();
+    net.run();
+    let (epoch, members) = net.converged();
+    assert_eq!((epoch, members.len()), (4, 6));
+    assert_eq!(net.received(2), vec![(net.id(5), "newest epoch".to_owned())]);
+}
+
+/// A removed member, its state intact and still handed every message,
+/// reads nothing sent after its removal; the others go on.
+#[test]
+fn a_removed_member_reads_nothing_after_its_removal() {
+    let mut net = Net::new(4, 41);
+    let invitees: Vec<_> = (1..4).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    let gone = net.id(3);
+    net.command(0, GroupCommand::Remove(vec![gone]));
+    net.run();
+    assert!(net.machines[3].as_ref().unwrap().is_removed());
+    assert!(net.events[3].contains(&GroupEvent::Removed));
+    net.command(1, text("after"));
+    // The removed member is handed the message all the same.
+    let sent: Vec<GroupMessage> = net
+        .wire
+        .iter()
+        .filter_map(|(_, d)| match d {
+            Delivery::Message(m) => Some(m.clone()),
+            Delivery::Pairwise { .. } => None,
+        })
+        .collect();
+    net.run();
+    for m in &sent {
+        net.machines[3]
+            .as_mut()
+            .unwrap()
+            .handle(GroupInput::Message(m))
+            .unwrap();
+    }
+    assert!(net.received(3).is_empty());
+    assert_eq!(net.received(2), vec![(net.id(1), "after".to_owned())]);
+    let (_, members) = net.converged();
+    assert!(!members.contains(&gone));
+}
+
+/// Members ask; admins commit. A leave and a remove requested by members
+/// are committed by the admin; an add request is raised for the owner to
+/// claim the joiner's package; a member's own commit attempt is an error
+/// and a forged commit is refused without a fork.
+#[test]
+fn members_propose_and_admins_commit() {
+    let mut net = Net::new(5, 42);
+    let invitees: Vec<_> = (1..5).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    net.command(4, GroupCommand::Leave);
+    net.run();
+    assert!(net.machines[4].as_ref().unwrap().is_removed());
+    let target = net.id(3);
+    net.command(2, GroupCommand::Remove(vec![target]));
+    net.run();
+    assert!(net.machines[3].as_ref().unwrap().is_removed());
+    let (epoch, members) = net.converged();
+    assert_eq!((epoch, members.len()), (3, 3));
+
+    let m1 = net.machines[1].as_mut().unwrap();
+    assert!(m1.handle(GroupInput::Command(GroupCommand::Update)).is_err());
+    assert!(m1.handle(GroupInput::Command(GroupCommand::Leave)).is_ok());
+    // An admin cannot leave without handing the role over.
+    let admin = net.machines[0].as_mut().unwrap();
+    assert!(admin.handle(GroupInput::Command(GroupCommand::Leave)).is_err());
+    net.drain(1);
+    net.run();
+    assert!(net.machines[1].as_ref().unwrap().is_removed());
+
+    // A forged commit (garbage) is refused; the group stays one.
+    let forged = strata_proto::GroupCommit {
+        group_id: strata_proto::Blob::new(net.machines[0].as_ref().unwrap().group_id().to_vec()).unwrap(),
+        epoch: net.machines[2].as_ref().unwrap().epoch(),
+        commit: strata_proto::Blob::new(vec![0; 64]).unwrap(),
+        proposals: strata_proto::BoundedVec::default(),
+        epoch_secret: None,
+    };
+    let from = net.id(0);
+    net.wire.push_back((
+        2,
+        Delivery::Pairwise {
+            from,
+            pdu: forged.into(),
+        },
+    ));
+    net.run();
+    assert!(net.events[2].iter().any(|e| matches!(e, GroupEvent::Refused { .. })));
+    net.converged();
+    net.command(2, text("still here"));
+    net.run();
+    assert_eq!(net.received(0), vec![(net.id(2), "still here".to_owned())]);
+}
+
+/// The admin hands its role over; the new admin adds and removes; the old
+/// one is a member like any other.
+#[test]
+fn the_admin_role_moves() {
+    let mut net = Net::new(4, 43);
+    let invitees: Vec<_> = (1..3).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    let next = net.id(1);
+    net.command(0, GroupCommand::SetAdmins(vec![next]));
+    net.run();
+    for i in 0..3 {
+        assert_eq!(net.machines[i].as_ref().unwrap().admins().unwrap(), vec![next]);
+    }
+    let invitee = net.invitee(3);
+    net.command(1, GroupCommand::Add(vec![invitee]));
+    net.run();
+    let old = net.id(0);
+    net.command(1, GroupCommand::Remove(vec![old]));
+    net.run();
+    assert!(net.machines[0].as_ref().unwrap().is_removed());
+    let (_, members) = net.converged();
+    assert_eq!(members.len(), 3);
+}
