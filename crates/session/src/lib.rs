@@ -38,7 +38,9 @@
 //! | receiving: frames dispatched, chunks, decryption, the commit, the peer's errors | `machine/incoming.rs` |
 //! | a rotation rule: when ML-KEM keys rotate, who commits MLS updates | `machine/rotation.rs` |
 //! | retransmission, stalls, retries, the link coming up | `machine/retransmission.rs` |
-//! | the rate limit of `protocol-error` replies | `machine/ratelimit.rs` |
+//! | the rate limits: `protocol-error` replies, a peer's KeyPackage claims | `machine/ratelimit.rs` |
+//! | KeyPackage claims over a session, both sides; checks of a peer's package | `machine/claims.rs` |
+//! | this installation's KeyPackage pool, kept stocked | `pool.rs` |
 //! | the persistence of a session: its record (a frozen format), restoring it | `machine/durable.rs` |
 //! | the storage provider; the pin of a first contact | `durable.rs` |
 //! | the node: routing, session limits, subscribers, `AwaitReady` | `actors/node.rs` |
@@ -46,8 +48,9 @@
 //! | the transport actor | `actors/transport.rs`; the messages in `actors/mod.rs` |
 //! | file transfers: chunks out (pumping), chunks in, resuming after a restart | `files.rs` |
 //!
-//! Machines of other kinds (groups, key exchange) will sit beside
-//! `machine/` as modules of their own.
+//! The group machine sits beside it, in `group/` (its rules in
+//! [`group`]'s docs; no actor runs it yet, issue #17); a key-exchange
+//! machine (issue #19) will too.
 //!
 //! # The handshake (P3), as Strata runs it
 //!

@@ -370,3 +370,52 @@ fn the_admin_role_moves() {
     let (_, members) = net.converged();
     assert_eq!(members.len(), 3);
 }
+
+/// A member restarts from its stored state (sealed in a real store) in
+/// the middle of the conversation: it goes on through later commits and
+/// messages, and a message it had before is not delivered again.
+#[test]
+fn a_member_restarts_from_its_stored_state() {
+    use strata_store::{KeySource, MemoryBackend, Store};
+    let mut net = Net::new(4, 44);
+    let invitees: Vec<_> = (1..4).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    net.command(1, text("before"));
+    let before: Vec<GroupMessage> = net
+        .wire
+        .iter()
+        .filter_map(|(to, d)| match d {
+            Delivery::Message(m) if *to == 2 => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    net.run();
+
+    let key = strata_cascade::at_rest::StorageKey::generate(&mut net.rng);
+    let store = Store::open(MemoryBackend::new(), KeySource::Key(key)).unwrap();
+    let group = hex::encode(net.machines[2].as_ref().unwrap().group_id());
+    let state = net.machines[2].as_ref().unwrap().export().unwrap();
+    store.write(|w| w.set_group(&group, state.as_bytes())).unwrap();
+    net.machines[2] = None;
+    assert_eq!(store.read(|r| r.groups()).unwrap(), vec![group.clone()]);
+    let stored = store.read(|r| r.group(&group)).unwrap().unwrap();
+    net.machines[2] = Some(GroupMachine::restore(&net.ids[2], &stored, [9; 32]).unwrap());
+
+    for m in &before {
+        net.machines[2]
+            .as_mut()
+            .unwrap()
+            .handle(GroupInput::Message(m))
+            .unwrap();
+    }
+    net.drain(2);
+    net.command(0, GroupCommand::Update);
+    net.run();
+    net.command(3, text("after"));
+    net.run();
+    let got: Vec<String> = net.received(2).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(got, ["before", "after"]);
+    net.converged();
+    assert!(GroupMachine::restore(&net.ids[2], b"{}", [0; 32]).is_err());
+}

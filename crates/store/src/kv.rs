@@ -33,6 +33,8 @@ pub enum Table {
     Processed,
     /// Handshake progress per peer.
     Handshakes,
+    /// Group chats: each member machine's sealed state, by group id.
+    Groups,
 }
 
 impl Table {
@@ -50,6 +52,7 @@ impl Table {
         Table::Inbox,
         Table::Processed,
         Table::Handshakes,
+        Table::Groups,
     ];
 
     /// The table's on-disk name.
@@ -67,6 +70,7 @@ impl Table {
             Table::Inbox => "inbox",
             Table::Processed => "processed",
             Table::Handshakes => "handshakes",
+            Table::Groups => "groups",
         }
     }
 }

@@ -138,6 +138,25 @@ macro_rules! reads {
                 self.get_blob(Table::Handshakes, peer.as_bytes())
             }
 
+            /// The sealed state of group chat `group` (id, hex).
+            pub fn group(&self, group: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Groups, group.as_bytes())
+            }
+
+            /// The ids (hex) of every group chat with a stored state.
+            pub fn groups(&self) -> Result<Vec<String>, StoreError> {
+                self.tx
+                    .scan(Table::Groups, &[], usize::MAX)?
+                    .into_iter()
+                    .map(|(k, _)| {
+                        String::from_utf8(k).map_err(|_| StoreError::Corrupt {
+                            table: Table::Groups.name(),
+                            reason: "a group id that is not UTF-8".into(),
+                        })
+                    })
+                    .collect()
+            }
+
             /// The outgoing message `message_id` to `peer`.
             pub fn outgoing(&self, peer: &str, message_id: &str) -> Result<Option<OutgoingMessage>, StoreError> {
                 self.record(Table::Outbox, &peer_key(peer, message_id)?)
@@ -232,6 +251,16 @@ impl Writer<'_> {
     /// Stores handshake progress with `peer`.
     pub fn set_handshake(&mut self, peer: &str, progress: &[u8]) -> Result<(), StoreError> {
         put_sealed(self.tx, self.key, Table::Handshakes, peer.as_bytes(), progress)
+    }
+
+    /// Stores the state of group chat `group` (id, hex), replacing it.
+    pub fn set_group(&mut self, group: &str, state: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Groups, group.as_bytes(), state)
+    }
+
+    /// Forgets group chat `group`.
+    pub fn delete_group(&mut self, group: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::Groups, group.as_bytes())
     }
 
     /// Forgets handshake progress with `peer`.

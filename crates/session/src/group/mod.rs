@@ -44,6 +44,7 @@
 
 mod commits;
 mod messages;
+mod record;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 

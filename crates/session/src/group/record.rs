@@ -1,0 +1,94 @@
+//! A group machine's persisted form: everything [`GroupMachine`] holds
+//! (the MLS group, the message keys of the epochs still in reach, the
+//! commit log, held commits and messages, the ids seen), as one JSON
+//! record, sealed at rest by the store (`Writer::set_group`). Byte fields
+//! are base64; the PDUs are in their wire form.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use strata_cascade::group::{GroupMessageKey, GroupMls};
+use strata_cascade::{InstallationId, InstallationIdentity, SecretBytes};
+use strata_proto::{GroupCommit, GroupMessage};
+
+use super::GroupMachine;
+use crate::error::SessionError;
+
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupRecord {
+    version: u32,
+    name: Option<String>,
+    mls: String,
+    keys: Vec<String>,
+    log: Vec<GroupCommit>,
+    future: Vec<(String, GroupCommit)>,
+    early: Vec<GroupMessage>,
+    seen: Vec<String>,
+    removed: bool,
+    asked_at: Option<u64>,
+}
+
+fn corrupt(what: &str) -> SessionError {
+    SessionError::Internal(format!("stored group state: {what}"))
+}
+
+impl GroupMachine {
+    /// The machine's whole state, to seal and store.
+    pub fn export(&self) -> Result<SecretBytes, SessionError> {
+        let record = GroupRecord {
+            version: VERSION,
+            name: self.name.clone(),
+            mls: STANDARD.encode(self.group.export_state()?.as_bytes()),
+            keys: self
+                .keys
+                .iter()
+                .map(|k| STANDARD.encode(k.to_bytes().as_bytes()))
+                .collect(),
+            log: self.log.iter().cloned().collect(),
+            future: self
+                .future
+                .values()
+                .map(|(from, c)| (from.to_hex(), c.clone()))
+                .collect(),
+            early: self.early.iter().cloned().collect(),
+            seen: self.seen_order.iter().cloned().collect(),
+            removed: self.removed,
+            asked_at: self.asked_at,
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| SessionError::Internal(e.to_string()))?;
+        Ok(SecretBytes::from_vec(json))
+    }
+
+    /// A machine from [`GroupMachine::export`]'s record; `seed` seeds its
+    /// random generator anew.
+    pub fn restore(local: &InstallationIdentity, bytes: &[u8], seed: [u8; 32]) -> Result<Self, SessionError> {
+        let record: GroupRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
+        if record.version != VERSION {
+            return Err(corrupt("unknown version"));
+        }
+        let decode = |s: &str| STANDARD.decode(s).map_err(|_| corrupt("base64"));
+        let group = GroupMls::import_state(&decode(&record.mls)?)?;
+        let mut m = Self::with_group(local, group, record.name, seed);
+        for k in &record.keys {
+            m.keys.push_back(GroupMessageKey::from_bytes(&decode(k)?)?);
+        }
+        m.log = record.log.into();
+        for (from, commit) in record.future {
+            let from: InstallationId = from.parse().map_err(|_| corrupt("installation id"))?;
+            m.future.insert(commit.epoch, (from, commit));
+        }
+        m.early = record.early.into();
+        for id in record.seen {
+            m.first_sight(&id);
+        }
+        m.removed = record.removed;
+        m.asked_at = record.asked_at;
+        m.rng = ChaCha20Rng::from_seed(seed);
+        Ok(m)
+    }
+}
