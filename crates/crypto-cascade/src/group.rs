@@ -266,11 +266,21 @@ fn admins_of(extensions: &Extensions<openmls::prelude::GroupContext>) -> Result<
 }
 
 /// The installation and identity a member's credential binds its leaf's
-/// signature key to (checked: the binding is signed by the account key).
+/// signature key to, checked (the binding is signed by the account key):
+/// for leaves entering the group.
 fn member_of(credential: &openmls::prelude::Credential, signature_key: &[u8]) -> Result<(InstallationId, Vec<u8>)> {
     let basic = BasicCredential::try_from(credential.clone())
         .map_err(|_| CascadeError::BadBinding("not a basic credential"))?;
     let binding = MlsBinding::verify(basic.identity(), signature_key)?;
+    Ok((binding.installation_id, binding.identity_key.serialize().to_vec()))
+}
+
+/// [`member_of`] for a leaf already in the group (checked as it entered):
+/// parsed, not verified again.
+fn known_member(credential: &openmls::prelude::Credential) -> Result<(InstallationId, Vec<u8>)> {
+    let basic = BasicCredential::try_from(credential.clone())
+        .map_err(|_| CascadeError::BadBinding("not a basic credential"))?;
+    let binding = MlsBinding::parse(basic.identity())?;
     Ok((binding.installation_id, binding.identity_key.serialize().to_vec()))
 }
 
@@ -369,7 +379,7 @@ impl GroupMls {
         self.group
             .members()
             .map(|m| {
-                let (installation_id, identity_key) = member_of(&m.credential, &m.signature_key)?;
+                let (installation_id, identity_key) = known_member(&m.credential)?;
                 Ok(GroupMember {
                     installation_id,
                     identity_key,
@@ -538,6 +548,10 @@ impl GroupMls {
         if let Some(leaf) = staged.update_path_leaf_node() {
             member_of(leaf.credential(), leaf.signature_key().as_slice())?;
         }
+        for update in staged.update_proposals() {
+            let leaf = update.update_proposal().leaf_node();
+            member_of(leaf.credential(), leaf.signature_key().as_slice())?;
+        }
         let removed: Vec<InstallationId> = staged
             .remove_proposals()
             .filter_map(|r| {
@@ -584,19 +598,15 @@ impl GroupMls {
             .try_into_protocol_message()
             .map_err(|_| CascadeError::Malformed { what: "MLS message" })?;
         let epoch = message.epoch().as_u64();
-        let members = self.members()?;
         let processed = self
             .group
             .process_message(&self.provider, message)
             .map_err(map_process_error)?;
-        let Sender::Member(leaf) = *processed.sender() else {
+        if !matches!(processed.sender(), Sender::Member(_)) {
             return Err(peer_error("message not from a member"));
-        };
-        let sender = members
-            .iter()
-            .find(|m| m.leaf == leaf.u32())
-            .map(|m| m.installation_id)
-            .ok_or_else(|| peer_error("message from an unknown leaf"))?;
+        }
+        // The sender's leaf as of the message's epoch (a past one too).
+        let sender = known_member(processed.credential())?.0;
         let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content() else {
             return Err(peer_error("not an application message"));
         };

@@ -380,6 +380,25 @@ impl MlsBinding {
     /// Parses a credential identity and verifies its signature over
     /// `mls_signature_key`. Returns the verified binding.
     pub(crate) fn verify(credential_identity: &[u8], mls_signature_key: &[u8]) -> Result<Self> {
+        let binding = Self::parse(credential_identity)?;
+        let ok = verify_signed(
+            &binding.identity_key,
+            &mls_binding_parts(&binding.installation_id, &mut [0; 6], mls_signature_key),
+            &binding.signature,
+        );
+        if !ok {
+            return Err(CascadeError::BadBinding(
+                "MLS signature key not signed by the identity key",
+            ));
+        }
+        Ok(binding)
+    }
+
+    /// Parses a credential identity *without* checking its signature: only
+    /// for a credential checked with [`MlsBinding::verify`] when its leaf
+    /// entered the group (a group's member list is read often; a signature
+    /// check per member per message would dominate).
+    pub(crate) fn parse(credential_identity: &[u8]) -> Result<Self> {
         let bad = CascadeError::BadBinding("MLS credential");
         let rest = credential_identity.strip_prefix(&[CREDENTIAL_VERSION]).ok_or(bad)?;
         if rest.len() != 33 + 16 + 64 {
@@ -393,16 +412,6 @@ impl MlsBinding {
             inst.try_into()
                 .map_err(|_| CascadeError::BadBinding("installation id"))?,
         );
-        let ok = verify_signed(
-            &identity_key,
-            &mls_binding_parts(&installation_id, &mut [0; 6], mls_signature_key),
-            signature,
-        );
-        if !ok {
-            return Err(CascadeError::BadBinding(
-                "MLS signature key not signed by the identity key",
-            ));
-        }
         Ok(Self {
             identity_key,
             installation_id,
