@@ -19,6 +19,7 @@
     clippy::expect_used,
     clippy::print_stdout,
     clippy::indexing_slicing,
+    clippy::panic,
     missing_docs
 )]
 
