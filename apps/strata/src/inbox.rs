@@ -30,7 +30,8 @@ pub(crate) fn stored<B: Backend>(store: &Store<B>) -> Result<Value> {
                 m.received_ms,
                 json!({"peer": m.peer, "messageId": m.message_id, "receivedMs": m.received_ms, "text": text}),
             )),
-            Ok(Content::FileChunk { .. }) => None,
+            // Files are written out as they arrive; group PDUs are the groups'.
+            Ok(Content::FileChunk { .. } | Content::GroupPdu { .. }) => None,
             Err(e) => {
                 tracing::warn!(peer = %m.peer, message_id = %m.message_id, error = %e, "an inbox entry is unreadable");
                 None

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | `text` | `text` | yes |
 //! | `file-chunk` | `fileId`, `name`, `size`, `index`, `total`, `data` | yes |
+//! | `group-pdu` | `data`: one encoded group PDU (`strata_proto`), detached, ≤ 1 MiB | yes |
 //! | `ack` | — | no (it *is* an acknowledgement) |
 //! | `key-package-claim` | `claim` | no (answered) |
 //! | `key-package-grant` | `claim`, `keyPackage` | no (answers a claim) |
@@ -87,7 +88,20 @@ pub enum Content {
         #[serde(with = "b64")]
         data: Vec<u8>,
     },
+    /// A group chat's PDU for this peer (a Welcome, a commit with its
+    /// group secret, a proposal, a catch-up): carried like any message,
+    /// so it is stored, acknowledged and delivered once. The node hands it
+    /// to the group, never to the application.
+    GroupPdu {
+        /// The encoded PDU (`strata_proto::Pdu::encode`), sent detached.
+        #[serde(with = "b64")]
+        data: Vec<u8>,
+    },
 }
+
+/// Most bytes of one [`Content::GroupPdu`] (a Welcome with the ratchet
+/// tree of a few hundred members fits).
+pub const MAX_GROUP_PDU_BYTES: usize = 1024 * 1024;
 
 impl Content {
     /// Serialized, as stored in the outbox and inbox.
@@ -113,7 +127,7 @@ impl Content {
     /// The bytes sent detached, if this is a file chunk.
     fn detached_data(&self) -> Option<&[u8]> {
         match self {
-            Self::FileChunk { data, .. } => Some(data),
+            Self::FileChunk { data, .. } | Self::GroupPdu { data } => Some(data),
             Self::Text { .. } => None,
         }
     }
@@ -136,6 +150,7 @@ impl Content {
                 total: *total,
                 data: Vec::new(),
             },
+            Self::GroupPdu { .. } => Self::GroupPdu { data: Vec::new() },
             Self::Text { .. } => self.clone(),
         }
     }
@@ -149,6 +164,12 @@ impl Content {
                 *data = bytes.to_vec();
                 Ok(())
             }
+            Self::GroupPdu { data } if !data.is_empty() => Err("group PDU both inline and detached"),
+            Self::GroupPdu { .. } if bytes.len() > MAX_GROUP_PDU_BYTES => Err("group PDU over 1 MiB"),
+            Self::GroupPdu { data } => {
+                *data = bytes.to_vec();
+                Ok(())
+            }
             Self::Text { .. } => Err("detached bytes after a text"),
         }
     }
@@ -159,6 +180,7 @@ impl Content {
             Self::Text { text } if text.len() > MAX_TEXT_BYTES => Err("text over 1 MiB"),
             Self::FileChunk { data, .. } if data.len() > FILE_CHUNK_BYTES => Err("file chunk over 48 KiB"),
             Self::FileChunk { index, total, .. } if index >= total => Err("file chunk index out of range"),
+            Self::GroupPdu { data } if data.len() > MAX_GROUP_PDU_BYTES => Err("group PDU over 1 MiB"),
             _ => Ok(()),
         }
     }

@@ -49,8 +49,9 @@
 //! | file transfers: chunks out (pumping), chunks in, resuming after a restart | `files.rs` |
 //!
 //! The group machine sits beside it, in `group/` (its rules in
-//! [`group`]'s docs; no actor runs it yet, issue #17); a key-exchange
-//! machine (issue #19) will too.
+//! [`group`]'s docs), run by a Group actor per group (`actors/groups.rs`:
+//! how group PDUs and messages reach it); a key-exchange machine (issue
+//! #19) will sit there too.
 //!
 //! # The handshake (P3), as Strata runs it
 //!

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use strata_session::actors::NodeEventKind;
+use strata_session::group::GroupEvent;
 use strata_session::{Content, Event};
 
 /// The API event name and data of a node event. Keys and ciphertexts never
@@ -25,6 +26,7 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
         NodeEventKind::FileSent { file_id } => ("file-sent", json!({"fileId": file_id})),
         NodeEventKind::Failed { reason } => ("session-failed", json!({"reason": reason})),
         NodeEventKind::Lagged { dropped } => ("lagged", json!({"dropped": dropped})),
+        NodeEventKind::Group { group, event } => describe_group(group, event),
         NodeEventKind::Session(event) => match event {
             Event::HandshakeStarted { role, from_bundle, .. } => (
                 "handshake-started",
@@ -62,6 +64,8 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
                     "file-chunk",
                     json!({"fileId": file_id, "name": name, "size": size, "index": index, "total": total}),
                 ),
+                // The node hands group PDUs to their group; never published.
+                Content::GroupPdu { .. } => ("group-pdu", json!({"messageId": message_id})),
             },
             Event::Rotated { what } => ("rotated", json!({"what": what.as_str()})),
             Event::PeerError { code, reason } => ("peer-error", json!({"code": code.as_str(), "reason": reason})),
@@ -86,6 +90,65 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
             }
         },
     }
+}
+
+/// The API name and data of a group chat's event.
+fn describe_group(group: &str, event: &GroupEvent) -> (&'static str, Value) {
+    match event {
+        GroupEvent::Joined { epoch, name, by } => (
+            "group-joined",
+            json!({"group": group, "epoch": epoch, "name": name, "by": by.to_hex()}),
+        ),
+        GroupEvent::Epoch {
+            epoch,
+            committer,
+            added,
+            removed,
+        } => (
+            "group-epoch",
+            json!({
+                "group": group,
+                "epoch": epoch,
+                "committer": committer.to_hex(),
+                "added": added.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+                "removed": removed.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+            }),
+        ),
+        GroupEvent::Received {
+            sender,
+            message_id,
+            content,
+        } => {
+            let base = json!({"group": group, "sender": sender.to_hex(), "messageId": message_id});
+            match content {
+                Content::Text { text } => ("group-message", with(base, "text", json!(text))),
+                Content::FileChunk {
+                    file_id, index, total, ..
+                } => (
+                    "group-file-chunk",
+                    with(base, "file", json!({"fileId": file_id, "index": index, "total": total})),
+                ),
+                Content::GroupPdu { .. } => ("group-refused", with(base, "reason", json!("a PDU as content"))),
+            }
+        }
+        GroupEvent::AddRequested { by, member, address } => (
+            "group-add-requested",
+            json!({"group": group, "by": by.to_hex(), "member": member, "address": address}),
+        ),
+        GroupEvent::Removed => ("group-removed", json!({"group": group})),
+        GroupEvent::Refused { from, reason } => (
+            "group-refused",
+            json!({"group": group, "from": from.map(|f| f.to_hex()), "reason": reason}),
+        ),
+    }
+}
+
+/// `value` (an object) with one more field.
+fn with(mut value: Value, key: &str, field: Value) -> Value {
+    if let Some(map) = value.as_object_mut() {
+        map.insert(key.to_owned(), field);
+    }
+    value
 }
 
 #[cfg(test)]
@@ -215,6 +278,51 @@ mod tests {
         for last_resort in [false, true] {
             all.push(session(Event::KeyPackageServed { last_resort }));
         }
+        let id = |b: u8| strata_cascade::InstallationId::from_bytes([b; 16]);
+        let group = |event: GroupEvent| NodeEventKind::Group {
+            group: "ab".into(),
+            event,
+        };
+        all.extend([
+            group(GroupEvent::Joined {
+                epoch: 1,
+                name: Some("n".into()),
+                by: id(1),
+            }),
+            group(GroupEvent::Epoch {
+                epoch: 2,
+                committer: id(1),
+                added: vec![id(2)],
+                removed: vec![id(3)],
+            }),
+            group(GroupEvent::Received {
+                sender: id(2),
+                message_id: "m".into(),
+                content: Content::Text { text: "t".into() },
+            }),
+            group(GroupEvent::Received {
+                sender: id(2),
+                message_id: "m".into(),
+                content: Content::FileChunk {
+                    file_id: "f".into(),
+                    name: "n".into(),
+                    size: 3,
+                    index: 0,
+                    total: 1,
+                    data: vec![1, 2, 3],
+                },
+            }),
+            group(GroupEvent::AddRequested {
+                by: id(2),
+                member: "i".into(),
+                address: Some("a".into()),
+            }),
+            group(GroupEvent::Removed),
+            group(GroupEvent::Refused {
+                from: Some(id(2)),
+                reason: "r".into(),
+            }),
+        ]);
         all.extend([
             session(Event::KeyPackageClaimed {
                 claim: "c".into(),
@@ -244,6 +352,14 @@ mod tests {
             | NodeEventKind::FileSent { .. }
             | NodeEventKind::Failed { .. }
             | NodeEventKind::Lagged { .. } => true,
+            NodeEventKind::Group { event, .. } => match event {
+                GroupEvent::Joined { .. }
+                | GroupEvent::Epoch { .. }
+                | GroupEvent::Received { .. }
+                | GroupEvent::AddRequested { .. }
+                | GroupEvent::Removed
+                | GroupEvent::Refused { .. } => true,
+            },
             NodeEventKind::Session(e) => match e {
                 Event::HandshakeStarted { .. }
                 | Event::EncryptionReady { .. }

@@ -17,6 +17,11 @@
 //!   sees plaintext.
 //! - [`PeerSession`]: one per remote peer; owns its machine, its timer, and
 //!   the file transfers to and from that peer.
+//! - [`GroupActor`]: one per group chat; owns its
+//!   [`GroupMachine`](crate::group::GroupMachine) and stores its record
+//!   after every step; the node routes group PDUs (out of pair sessions'
+//!   messages) and `group-message` frames to it, and carries its outputs
+//!   (see `groups.rs`).
 //! - Storage is a provider inside the machine ([`crate::durable`]); there is
 //!   no separate store actor (see the crate docs).
 //!
@@ -149,6 +154,13 @@ pub enum NodeEventKind {
     Lagged {
         /// How many.
         dropped: u64,
+    },
+    /// An event of a group chat (the event's `peer` is `group/<id>`).
+    Group {
+        /// The group id, hex.
+        group: String,
+        /// What happened.
+        event: crate::group::GroupEvent,
     },
 }
 
@@ -391,9 +403,12 @@ pub struct ListPeers;
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+mod groups;
 mod node;
 mod session;
 mod transport;
+
+pub use groups::{AddToGroup, CreateGroup, FromGroup, GroupActor, GroupRequest, GroupStep, GroupStepInput, ListGroups};
 
 pub use node::Node;
 pub use session::PeerSession;

@@ -21,24 +21,26 @@ struct Slot {
 
 /// The facade apps use: sessions by peer, events to subscribers.
 pub struct Node<T: Transport> {
-    setup: SessionSetup,
+    pub(super) setup: SessionSetup,
     limits: NodeLimits,
     transport: Option<(Box<T>, EventStream)>,
-    transport_actor: Option<Addr<TransportActor<T>>>,
+    pub(super) transport_actor: Option<Addr<TransportActor<T>>>,
     sessions: BTreeMap<PeerAddr, Slot>,
     /// Peers whose dropped session has not stopped yet: no second session
     /// runs beside it, so their frames wait for the retransmission.
     stopping: BTreeSet<PeerAddr>,
     /// Peers the transport has a link to.
     links: BTreeSet<PeerAddr>,
-    stored: BTreeMap<PeerAddr, strata_cascade::InstallationId>,
+    pub(super) stored: BTreeMap<PeerAddr, strata_cascade::InstallationId>,
     wanted: BTreeMap<PeerAddr, Duration>,
     subscribers: Vec<Subscriber>,
-    status: BTreeMap<PeerAddr, PeerStatus>,
+    pub(super) status: BTreeMap<PeerAddr, PeerStatus>,
     /// [`AwaitReady`] requests, per peer, until their session settles.
     waiters: BTreeMap<PeerAddr, Vec<Waiter>>,
     /// [`ClaimKeyPackage`] requests, by peer and claim id, until answered.
     claims: BTreeMap<(PeerAddr, String), ClaimWaiter>,
+    /// The group chats, each an actor.
+    pub(super) groups: super::groups::Groups,
     /// A refill of the KeyPackage pool is running (one at a time).
     refilling: bool,
     span: tracing::Span,
@@ -67,6 +69,7 @@ impl<T: Transport> Node<T> {
             status: BTreeMap::new(),
             waiters: BTreeMap::new(),
             claims: BTreeMap::new(),
+            groups: super::groups::Groups::default(),
             refilling: false,
             span,
         })
@@ -81,7 +84,11 @@ impl<T: Transport> Node<T> {
 
     /// The session of `peer`, made (and told of an open link) if there is
     /// none.
-    fn session(&mut self, peer: &PeerAddr, ctx: &mut Context<Self>) -> Result<Addr<PeerSession>, SessionError> {
+    pub(super) fn session(
+        &mut self,
+        peer: &PeerAddr,
+        ctx: &mut Context<Self>,
+    ) -> Result<Addr<PeerSession>, SessionError> {
         let now = tokio::time::Instant::now();
         if let Some(slot) = self.sessions.get_mut(peer).filter(|s| s.addr.connected()) {
             slot.used = now;
@@ -233,7 +240,7 @@ impl<T: Transport> Node<T> {
         }));
     }
 
-    fn publish(&mut self, event: NodeEvent, ctx: &mut Context<Self>) {
+    pub(super) fn publish(&mut self, event: NodeEvent, ctx: &mut Context<Self>) {
         // Status is kept for peers with a session or a stored one only, so
         // a flood of addresses cannot grow it.
         if self.sessions.contains_key(&event.peer) || self.stored.contains_key(&event.peer) {
@@ -333,6 +340,7 @@ impl<T: Transport> Actor for Node<T> {
             self.transport_actor = Some(actor.start());
         }
         ctx.run_interval(SWEEP, |act, ctx| act.sweep(ctx));
+        self.restore_groups(ctx);
         // Stored sessions come back and resume once their peers connect.
         let stored: Vec<PeerAddr> = self.stored.keys().cloned().collect();
         for peer in stored {
@@ -355,6 +363,10 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
         let mut frames: Option<(PeerAddr, Vec<Bytes>)> = None;
         for event in events {
             let (peer, deliver, kind) = match event {
+                TransportEvent::Frame { from, bytes } if super::groups::is_group_message(&bytes) => {
+                    self.group_message(&from, &bytes, ctx);
+                    continue;
+                }
                 TransportEvent::Frame { from, bytes } => {
                     match &mut frames {
                         Some((peer, burst)) if *peer == from => burst.push(bytes),
@@ -421,6 +433,11 @@ impl<T: Transport> Handler<FromSession> for Node<T> {
             FromSession::Event(event) => {
                 if matches!(event.kind, NodeEventKind::Session(Event::LowKeyPackages { .. })) {
                     self.refill_key_packages(ctx);
+                }
+                // A group's PDU goes to the group, not to subscribers.
+                if let Some(pdu) = super::groups::group_pdu(&event) {
+                    self.group_pdu(&event.peer, pdu, ctx);
+                    return;
                 }
                 self.publish(event, ctx);
             }
@@ -538,9 +555,16 @@ impl<T: Transport> Handler<Shutdown> for Node<T> {
             .map(|s| s.addr)
             .collect();
         let transport = self.transport_actor.take();
+        let groups: Vec<Addr<GroupActor>> = std::mem::take(&mut self.groups.actors)
+            .into_values()
+            .map(|(addr, _)| addr)
+            .collect();
         self.wanted.clear();
         Box::pin(
             async move {
+                for g in groups {
+                    let _ = g.send(Shutdown).await;
+                }
                 for s in sessions {
                     let _ = s.send(Shutdown).await;
                 }

@@ -1,6 +1,7 @@
 //! The group machine: one member's side of one group chat, sans-I/O
-//! (issue #17, first slice: the machine and its rules, tested with a
-//! router; no actor, store, transport or CLI drives it yet).
+//! (issue #17). The node runs one per group in a `GroupActor`
+//! (`actors/groups.rs`), which stores its record after every step and
+//! carries its outputs.
 //!
 //! ```text
 //! handle(GroupInput, now) ──► poll_output() → Pairwise { to, pdu } | Broadcast { message, to } | Event(..)
@@ -114,6 +115,15 @@ pub enum GroupInput<'a> {
 /// What a group machine tells its owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GroupEvent {
+    /// This member joined from a Welcome.
+    Joined {
+        /// The epoch it joined at.
+        epoch: u64,
+        /// The chat's name.
+        name: Option<String>,
+        /// The admin that added it.
+        by: InstallationId,
+    },
     /// The group moved to a new epoch.
     Epoch {
         /// The new epoch.
@@ -270,6 +280,11 @@ impl GroupMachine {
         let secret = GroupEpochSecret::from_bytes(&welcome.epoch_secret.0)?;
         let key = m.group.message_key(&secret)?;
         m.keys.push_back(key);
+        m.emit(GroupEvent::Joined {
+            epoch: welcome.epoch,
+            name: m.name.clone(),
+            by: from,
+        });
         // Commits made after the Welcome may have overtaken it (and been
         // dropped before this machine existed): ask the welcomer.
         m.ask_catch_up(from)?;

@@ -1,0 +1,512 @@
+//! Group chats on the node: one [`GroupActor`] per group, owning its
+//! [`GroupMachine`] and its sealed record in the store, and the node's
+//! routing around them.
+//!
+//! - Pairwise group PDUs travel as [`Content::GroupPdu`] messages of the
+//!   pair session with the member (stored, acknowledged, delivered once,
+//!   inside the cascade); the node takes them out of the session's events
+//!   and hands them to the group, named by the installation the session
+//!   authenticated. A `group-welcome` for a group this node is not in
+//!   starts one, with the KeyPackage private parts the pool held for the
+//!   welcomer.
+//! - `group-message` frames arrive on the transport beside the pair
+//!   frames; the node hands them to the group they name before any pair
+//!   session sees them. Broadcasts go out as one frame per member link
+//!   (gossip publishing is not wired yet).
+//! - After every step the group's record is written (one transaction),
+//!   then its outputs go: pairwise PDUs through the member's pair session,
+//!   broadcasts to the transport, events to subscribers as
+//!   [`NodeEventKind::Group`].
+
+use super::*;
+use crate::content::Content;
+use crate::group::{GroupCommand, GroupEvent, GroupInput, GroupMachine, GroupOutput, Invitee};
+
+/// What a [`GroupActor`] is asked to do.
+#[derive(Debug)]
+pub enum GroupStepInput {
+    /// A group PDU from a member's pair session.
+    Pairwise {
+        /// The installation the pair session authenticated.
+        from: strata_cascade::InstallationId,
+        /// The PDU.
+        pdu: strata_proto::Pdu,
+    },
+    /// A group message from the transport.
+    Message(strata_proto::GroupMessage),
+    /// A request of the local user.
+    Command(GroupCommand),
+}
+
+/// One step of a group.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct GroupStep(pub GroupStepInput);
+
+/// A group's outputs, for the node to send.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FromGroup {
+    /// The group id, hex.
+    pub group: String,
+    /// What to send and tell, in order.
+    pub outputs: Vec<GroupOutput>,
+}
+
+/// One group chat's actor.
+pub struct GroupActor {
+    id: String,
+    machine: GroupMachine,
+    store: Arc<dyn Durable + Send + Sync>,
+    node: Recipient<FromGroup>,
+}
+
+impl GroupActor {
+    /// An actor for `machine`, persisting to `store`, sending through
+    /// `node`.
+    pub fn new(machine: GroupMachine, store: Arc<dyn Durable + Send + Sync>, node: Recipient<FromGroup>) -> Self {
+        Self {
+            id: hex::encode(machine.group_id()),
+            machine,
+            store,
+            node,
+        }
+    }
+
+    /// Writes the record, then hands the outputs to the node (waiting for
+    /// room in its mailbox, as a pair session does).
+    fn flush(&mut self, ctx: &mut Context<Self>) -> Result<(), SessionError> {
+        let state = self.machine.export()?;
+        let id = self.id.clone();
+        durable::write(&*self.store, |w| w.set_group(&id, state.as_bytes()))?;
+        let mut outputs = Vec::new();
+        while let Some(out) = self.machine.poll_output() {
+            outputs.push(out);
+        }
+        if !outputs.is_empty() {
+            let send = self.node.send(FromGroup {
+                group: self.id.clone(),
+                outputs,
+            });
+            ctx.wait(
+                async move {
+                    let _ = send.await;
+                }
+                .into_actor(self),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Actor for GroupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        // A joined group's first outputs (its catch-up request) go now.
+        if let Err(e) = self.flush(ctx) {
+            tracing::warn!(group = %self.id, error = %e, "cannot store a group");
+        }
+    }
+}
+
+impl Handler<GroupStep> for GroupActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, GroupStep(input): GroupStep, ctx: &mut Self::Context) -> Self::Result {
+        let result = match input {
+            GroupStepInput::Pairwise { from, pdu } => self.machine.handle(GroupInput::Pairwise { from, pdu: &pdu }),
+            GroupStepInput::Message(m) => self.machine.handle(GroupInput::Message(&m)),
+            GroupStepInput::Command(c) => self.machine.handle(GroupInput::Command(c)),
+        };
+        self.flush(ctx)?;
+        result
+    }
+}
+
+impl Handler<Shutdown> for GroupActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Start a new group chat; answered with its id (hex).
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<String>")]
+pub struct CreateGroup {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The chat's name.
+    pub name: Option<String>,
+}
+
+/// A request to one group (send, remove, leave, hand the admin role over,
+/// update).
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<()>")]
+pub struct GroupRequest {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The group id, hex.
+    pub group: String,
+    /// What.
+    pub command: GroupCommand,
+}
+
+/// Admin: add the peer at an address (a session with it must be
+/// established): claims one of its KeyPackages over the session, then
+/// commits the add.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<()>")]
+pub struct AddToGroup {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The group id, hex.
+    pub group: String,
+    /// The peer to add.
+    pub peer: PeerAddr,
+}
+
+/// The group chats this node is in: id (hex) → name.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(String, Option<String>)>")]
+pub struct ListGroups;
+
+/// The group chats of a node.
+#[derive(Default)]
+pub(super) struct Groups {
+    pub(super) actors: BTreeMap<String, (Addr<GroupActor>, Option<String>)>,
+}
+
+/// A fresh seed for a machine's random generator.
+pub(super) fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    rand::rng().fill_bytes(&mut seed);
+    seed
+}
+
+/// Whether `frame` is a `group-message` PDU (the encoder writes `type`
+/// first), so the node routes it to its group rather than a pair session.
+pub(super) fn is_group_message(frame: &[u8]) -> bool {
+    frame.starts_with(br#"{"type":"group-message""#)
+}
+
+/// The group PDU a pair session delivered, if the event is one.
+pub(super) fn group_pdu(event: &NodeEvent) -> Option<Result<strata_proto::Pdu, String>> {
+    match &event.kind {
+        NodeEventKind::Session(Event::Received {
+            content: Content::GroupPdu { data },
+            ..
+        }) => Some(strata_proto::Pdu::decode(data).map_err(|e| e.to_string())),
+        _ => None,
+    }
+}
+
+/// The invitee for the peer `installation` (hex): one of its stored
+/// KeyPackages (as claimed) and its pinned identity.
+pub(super) fn invitee(store: &dyn Durable, installation: &str, now_s: u64) -> Result<Invitee, SessionError> {
+    let package = durable::write(store, |w| w.take_peer_key_package(installation, now_s))?
+        .ok_or(SessionError::Misuse("no KeyPackage of the peer to add"))?;
+    let contact = durable::read(store, |r| r.contact(installation))?
+        .ok_or(SessionError::Misuse("the peer to add is not a contact"))?;
+    let identity_key = strata_cascade::IdentityKey::decode(&contact.identity_key)
+        .map_err(|_| SessionError::Internal("a contact's identity key".into()))?;
+    let installation_id: strata_cascade::InstallationId = installation
+        .parse()
+        .map_err(|_| SessionError::Internal("a contact's installation id".into()))?;
+    Ok(Invitee {
+        peer: strata_cascade::PeerIdentity {
+            identity_key,
+            installation_id,
+        },
+        key_package: package.key_package.bytes,
+        key_ref: package.key_package.key_ref,
+    })
+}
+
+/// A group event for subscribers.
+pub(super) fn group_event(group: &str, event: GroupEvent) -> NodeEvent {
+    NodeEvent {
+        peer: PeerAddr::new(format!("group/{group}")),
+        kind: NodeEventKind::Group {
+            group: group.to_owned(),
+            event,
+        },
+    }
+}
+
+impl<T: Transport> Node<T> {
+    /// Sends `msg` to `addr` without waiting for it (the node never
+    /// waits) and without dropping it on a full mailbox: what a group is
+    /// handed was acknowledged to its sender already.
+    fn forward<A, M>(&self, addr: Addr<A>, msg: M, ctx: &mut Context<Self>)
+    where
+        A: Actor<Context = Context<A>> + Handler<M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        ctx.spawn(addr.send(msg).into_actor(self).map(|sent, _, _| {
+            if sent.is_err() {
+                tracing::debug!("a group input or output found its actor stopped");
+            }
+        }));
+    }
+
+    /// Starts an actor for every group chat in the store.
+    pub(super) fn restore_groups(&mut self, ctx: &mut Context<Self>) {
+        let store: Arc<dyn Durable> = self.setup.store.clone();
+        let ids = match durable::read(&*store, |r| r.groups()) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the group chats");
+                return;
+            }
+        };
+        for id in ids {
+            let restored = durable::read(&*store, |r| r.group(&id))
+                .map_err(SessionError::from)
+                .and_then(|bytes| {
+                    let bytes = bytes.ok_or(SessionError::Misuse("group vanished"))?;
+                    GroupMachine::restore(&self.setup.local, &bytes, seed())
+                });
+            match restored {
+                Ok(machine) if !machine.is_removed() => {
+                    self.start_group(machine, ctx);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(group = %id, error = %e, "cannot restore a group"),
+            }
+        }
+    }
+
+    fn start_group(&mut self, machine: GroupMachine, ctx: &mut Context<Self>) -> String {
+        let id = hex::encode(machine.group_id());
+        let name = machine.name().map(str::to_owned);
+        let actor = GroupActor::new(machine, self.setup.store.clone(), ctx.address().recipient()).start();
+        self.groups.actors.insert(id.clone(), (actor, name));
+        id
+    }
+
+    /// The installation of the established session at `peer`.
+    fn installation_at(&self, peer: &PeerAddr) -> Option<strata_cascade::InstallationId> {
+        self.stored.get(peer).copied().or_else(|| {
+            self.status
+                .get(peer)
+                .and_then(|s| s.installation.as_deref())
+                .and_then(|i| i.parse().ok())
+        })
+    }
+
+    /// Where the session with `installation` is.
+    fn address_of(&self, installation: strata_cascade::InstallationId) -> Option<PeerAddr> {
+        let hex = installation.to_hex();
+        self.stored
+            .iter()
+            .find(|(_, i)| **i == installation)
+            .map(|(p, _)| p.clone())
+            .or_else(|| {
+                self.status
+                    .iter()
+                    .find(|(_, s)| s.installation.as_deref() == Some(hex.as_str()))
+                    .map(|(p, _)| p.clone())
+            })
+    }
+
+    /// A group PDU a pair session delivered from `peer`.
+    pub(super) fn group_pdu(
+        &mut self,
+        peer: &PeerAddr,
+        pdu: Result<strata_proto::Pdu, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(from) = self.installation_at(peer) else {
+            tracing::debug!(%peer, "group PDU from a session with no installation");
+            return;
+        };
+        let pdu = match pdu {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "undecodable group PDU");
+                return;
+            }
+        };
+        let group = match &pdu {
+            strata_proto::Pdu::GroupWelcome(w) => hex::encode(w.group_id.as_bytes()),
+            strata_proto::Pdu::GroupCommit(c) => hex::encode(c.group_id.as_bytes()),
+            strata_proto::Pdu::GroupProposal(p) => hex::encode(p.group_id.as_bytes()),
+            strata_proto::Pdu::GroupCatchUpRequest(r) => hex::encode(r.group_id.as_bytes()),
+            strata_proto::Pdu::GroupCatchUp(c) => hex::encode(c.group_id.as_bytes()),
+            _ => {
+                tracing::debug!(%peer, "not a pairwise group PDU");
+                return;
+            }
+        };
+        if let Some((actor, _)) = self.groups.actors.get(&group) {
+            self.forward(actor.clone(), GroupStep(GroupStepInput::Pairwise { from, pdu }), ctx);
+            return;
+        }
+        let strata_proto::Pdu::GroupWelcome(welcome) = pdu else {
+            tracing::debug!(%peer, %group, "group PDU for a group this node is not in");
+            return;
+        };
+        match self.join_group(from, &welcome) {
+            Ok(machine) => {
+                self.start_group(machine, ctx);
+            }
+            Err(e) => tracing::warn!(%peer, %group, error = %e, "cannot join a group"),
+        }
+    }
+
+    /// Joins from a Welcome, with the private parts the pool held for the
+    /// welcomer's claim.
+    fn join_group(
+        &self,
+        from: strata_cascade::InstallationId,
+        welcome: &strata_proto::GroupWelcome,
+    ) -> Result<GroupMachine, SessionError> {
+        let now_s = now().unix_ms / 1000;
+        let key_ref = welcome.key_package_ref.as_bytes().to_vec();
+        let from_hex = from.to_hex();
+        let secrets = durable::write(&*self.setup.store, |w| w.redeem_key_package(&from_hex, &key_ref, now_s))?.ok_or(
+            SessionError::Misuse("a Welcome for a KeyPackage not handed out to its sender"),
+        )?;
+        let secrets = strata_cascade::KeyPackageSecrets::from_bytes(secrets.as_bytes())?;
+        GroupMachine::join(&self.setup.local, from, welcome, &secrets, seed())
+    }
+
+    /// A `group-message` frame from the transport.
+    pub(super) fn group_message(&mut self, peer: &PeerAddr, frame: &[u8], ctx: &mut Context<Self>) {
+        let message = match strata_proto::Pdu::decode(frame) {
+            Ok(strata_proto::Pdu::GroupMessage(m)) => m,
+            _ => {
+                tracing::debug!(%peer, "undecodable group message");
+                return;
+            }
+        };
+        match self.groups.actors.get(&hex::encode(message.group_id.as_bytes())) {
+            Some((actor, _)) => self.forward(actor.clone(), GroupStep(GroupStepInput::Message(message)), ctx),
+            None => tracing::debug!(%peer, "group message for a group this node is not in"),
+        }
+    }
+}
+
+impl<T: Transport> Handler<FromGroup> for Node<T> {
+    type Result = ();
+
+    fn handle(&mut self, FromGroup { group, outputs }: FromGroup, ctx: &mut Self::Context) {
+        for out in outputs {
+            match out {
+                GroupOutput::Pairwise { to, pdu } => {
+                    let Some(peer) = self.address_of(to) else {
+                        tracing::warn!(%group, member = %to.to_hex(), "no session with a group member");
+                        continue;
+                    };
+                    let content = Content::GroupPdu { data: pdu.encode() };
+                    match self.session(&peer, ctx) {
+                        Ok(s) => self.forward(s, SessionRequest::Command(Command::Send(content)), ctx),
+                        Err(e) => tracing::warn!(%group, %peer, error = %e, "cannot reach a group member"),
+                    }
+                }
+                GroupOutput::Broadcast { message, to } => {
+                    let frame = Bytes::from(strata_proto::Pdu::GroupMessage(message).encode());
+                    let Some(transport) = self.transport_actor.clone() else {
+                        continue;
+                    };
+                    for member in to {
+                        if let Some(peer) = self.address_of(member) {
+                            let frames = vec![frame.clone()];
+                            self.forward(transport.clone(), Transmit { to: peer, frames }, ctx);
+                        }
+                    }
+                }
+                GroupOutput::Event(event) => {
+                    if event == GroupEvent::Removed
+                        && let Some((actor, _)) = self.groups.actors.remove(&group)
+                    {
+                        self.forward(actor, Shutdown, ctx);
+                    }
+                    self.publish(group_event(&group, event), ctx);
+                }
+            }
+        }
+    }
+}
+
+impl<T: Transport> Handler<CreateGroup> for Node<T> {
+    type Result = MessageResult<CreateGroup>;
+
+    fn handle(&mut self, msg: CreateGroup, ctx: &mut Self::Context) -> Self::Result {
+        let result = GroupMachine::create(&self.setup.local, msg.name, seed()).map(|m| self.start_group(m, ctx));
+        MessageResult(Reply {
+            request_id: msg.request_id,
+            result,
+        })
+    }
+}
+
+impl<T: Transport> Handler<GroupRequest> for Node<T> {
+    type Result = ResponseFuture<Reply<()>>;
+
+    fn handle(&mut self, msg: GroupRequest, _ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        let actor = self.groups.actors.get(&msg.group).map(|(a, _)| a.clone());
+        Box::pin(async move {
+            let result = match actor {
+                Some(a) => a
+                    .send(GroupStep(GroupStepInput::Command(msg.command)))
+                    .await
+                    .unwrap_or(Err(SessionError::Unavailable("group"))),
+                None => Err(SessionError::UnknownPeer(format!("group {}", msg.group))),
+            };
+            Reply { request_id, result }
+        })
+    }
+}
+
+impl<T: Transport> Handler<AddToGroup> for Node<T> {
+    type Result = ResponseActFuture<Self, Reply<()>>;
+
+    fn handle(&mut self, msg: AddToGroup, ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        let node = ctx.address();
+        let actor = self.groups.actors.get(&msg.group).map(|(a, _)| a.clone());
+        let store = self.setup.store.clone();
+        Box::pin(
+            async move {
+                let actor = actor.ok_or_else(|| SessionError::UnknownPeer(format!("group {}", msg.group)))?;
+                let claimed = node
+                    .send(ClaimKeyPackage {
+                        request_id,
+                        peer: msg.peer,
+                    })
+                    .await
+                    .map_err(|_| SessionError::Unavailable("node"))?
+                    .result?;
+                let invitee = invitee(&*store, &claimed.installation, now().unix_ms / 1000)?;
+                actor
+                    .send(GroupStep(GroupStepInput::Command(GroupCommand::Add(vec![invitee]))))
+                    .await
+                    .map_err(|_| SessionError::Unavailable("group"))?
+            }
+            .into_actor(self)
+            .map(move |result, _, _| Reply { request_id, result }),
+        )
+    }
+}
+
+impl<T: Transport> Handler<ListGroups> for Node<T> {
+    type Result = MessageResult<ListGroups>;
+
+    fn handle(&mut self, _: ListGroups, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.groups
+                .actors
+                .iter()
+                .map(|(id, (_, name))| (id.clone(), name.clone()))
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,153 @@
+//! A group chat between three `Node`s over `MemoryTransport` (issue #17):
+//! the admin creates it and adds two members from KeyPackages it claims
+//! over their sessions; messages go all ways; a removed member hears
+//! nothing more; a member restarts and goes on from its stored group.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod node_common;
+
+use node_common::{TestNode, handshake, run};
+use strata_session::actors::{AddToGroup, CreateGroup, GroupRequest, NodeEventKind};
+use strata_session::group::{GroupCommand, GroupEvent};
+use strata_session::{Config, Content, keep_stocked};
+use strata_transport::memory::MemoryNetwork;
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn group_event(node: &mut TestNode, what: &str, mut pred: impl FnMut(&GroupEvent) -> bool) -> GroupEvent {
+    let e = node
+        .wait_for(
+            what,
+            |e| matches!(&e.kind, NodeEventKind::Group { event, .. } if pred(event)),
+        )
+        .await;
+    match e.kind {
+        NodeEventKind::Group { event, .. } => event,
+        _ => unreachable!(),
+    }
+}
+
+async fn text_from(node: &mut TestNode, text: &str) {
+    let want = text.to_owned();
+    group_event(
+        node,
+        text,
+        |e| matches!(e, GroupEvent::Received { content: Content::Text { text }, .. } if *text == want),
+    )
+    .await;
+}
+
+async fn send(node: &TestNode, group: &str, text: &str) {
+    let reply = node
+        .addr
+        .send(GroupRequest {
+            request_id: 1,
+            group: group.to_owned(),
+            command: GroupCommand::Send(Content::Text { text: text.into() }),
+        })
+        .await
+        .unwrap();
+    reply.result.unwrap();
+}
+
+#[test]
+fn three_nodes_chat_in_a_group() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new(7);
+        let mut alice = TestNode::start("alice", &net, 21, dir.path().join("a"));
+        let mut bob = TestNode::start("bob", &net, 22, dir.path().join("b"));
+        let mut carol = TestNode::start("carol", &net, 23, dir.path().join("c"));
+        let pool = Config::default().key_package_pool;
+        for n in [&bob, &carol] {
+            keep_stocked(&n.store(), &n.identity, &pool, now_s()).unwrap();
+        }
+        handshake(&mut alice, &mut bob).await;
+        handshake(&mut alice, &mut carol).await;
+        handshake(&mut bob, &mut carol).await;
+
+        let group = alice
+            .addr
+            .send(CreateGroup {
+                request_id: 1,
+                name: Some("climbing".into()),
+            })
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+        for (i, peer) in ["bob", "carol"].into_iter().enumerate() {
+            let reply = alice
+                .addr
+                .send(AddToGroup {
+                    request_id: 2 + i as u64,
+                    group: group.clone(),
+                    peer: peer.into(),
+                })
+                .await
+                .unwrap();
+            reply.result.unwrap();
+        }
+        for node in [&mut bob, &mut carol] {
+            let joined = group_event(node, "joined", |e| matches!(e, GroupEvent::Joined { .. })).await;
+            assert!(matches!(joined, GroupEvent::Joined { name: Some(ref n), .. } if n == "climbing"));
+        }
+        // Carol joined at the second epoch; Bob follows the commit that
+        // added her.
+        group_event(&mut bob, "carol's add", |e| {
+            matches!(e, GroupEvent::Epoch { epoch: 2, .. })
+        })
+        .await;
+
+        send(&alice, &group, "hello group").await;
+        text_from(&mut bob, "hello group").await;
+        text_from(&mut carol, "hello group").await;
+        send(&bob, &group, "from bob").await;
+        text_from(&mut alice, "from bob").await;
+        text_from(&mut carol, "from bob").await;
+
+        // Carol is removed: she is told, and hears nothing after.
+        let carol_id = carol.identity.installation_id();
+        let reply = alice
+            .addr
+            .send(GroupRequest {
+                request_id: 9,
+                group: group.clone(),
+                command: GroupCommand::Remove(vec![carol_id]),
+            })
+            .await
+            .unwrap();
+        reply.result.unwrap();
+        group_event(&mut carol, "removed", |e| *e == GroupEvent::Removed).await;
+        group_event(&mut bob, "carol's removal", |e| {
+            matches!(e, GroupEvent::Epoch { epoch: 3, .. })
+        })
+        .await;
+        send(&alice, &group, "after carol").await;
+        text_from(&mut bob, "after carol").await;
+
+        // Bob restarts and goes on from his stored group.
+        let mut bob = bob.restart(&net).await;
+        bob.wait_ready().await;
+        send(&alice, &group, "after the restart").await;
+        text_from(&mut bob, "after the restart").await;
+        send(&bob, &group, "bob is back").await;
+        text_from(&mut alice, "bob is back").await;
+        let mut carol_heard = carol.seen.clone();
+        while let Ok(e) = carol.events.try_recv() {
+            carol_heard.push(e);
+        }
+        let late = carol_heard.iter().any(|e| {
+            matches!(&e.kind, NodeEventKind::Group {
+                event: GroupEvent::Received { content: Content::Text { text }, .. },
+                ..
+            } if text != "hello group" && text != "from bob")
+        });
+        assert!(!late, "carol heard something after her removal");
+    });
+}
