@@ -520,6 +520,42 @@ fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<(
     }
 }
 
+/// `strata group …`: one request to the running node.
+pub(crate) async fn group(ctx: &Ctx, command: crate::cli::GroupCli) -> Result<()> {
+    use crate::cli::GroupCli;
+    use crate::sessions::GroupAction;
+    let action = match command {
+        GroupCli::Create { name } => GroupAction::Create { name },
+        GroupCli::Add { group, peer } => GroupAction::Add { group, peer },
+        GroupCli::Remove { group, member } => GroupAction::Remove { group, member },
+        GroupCli::Leave { group } => GroupAction::Leave { group },
+        GroupCli::Send { group, text } => GroupAction::Send { group, text },
+        GroupCli::List => GroupAction::List,
+    };
+    let listing = action == GroupAction::List;
+    let daemon = require_daemon(ctx, "group").await?;
+    let result = session_rpc(&daemon, &SessionCall::Group { action }).await?;
+    if ctx.json {
+        return output::json(&result);
+    }
+    if !listing {
+        return output::line(at(&result, "group").as_str().unwrap_or_default());
+    }
+    let empty = Vec::new();
+    let groups = at(&result, "groups").as_array().unwrap_or(&empty);
+    if groups.is_empty() {
+        return output::line("no group chats yet: `strata group create` starts one");
+    }
+    for g in groups {
+        output::line(format!(
+            "{}  {}",
+            at(g, "group").as_str().unwrap_or_default(),
+            at(g, "name").as_str().unwrap_or("(no name)")
+        ))?;
+    }
+    Ok(())
+}
+
 /// `strata peers`.
 pub(crate) async fn peers(ctx: &Ctx) -> Result<()> {
     let result = match ControlClient::discover(&ctx.dir).await? {

@@ -44,6 +44,50 @@ pub(crate) enum SessionCall {
     },
     /// Sessions and their state.
     Peers,
+    /// A group chat request.
+    Group {
+        /// What.
+        action: GroupAction,
+    },
+}
+
+/// What `strata group` asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub(crate) enum GroupAction {
+    /// Start a group chat; returns its id.
+    Create {
+        /// Its name.
+        name: Option<String>,
+    },
+    /// Admin: add a peer with an established session.
+    Add {
+        /// The group id.
+        group: String,
+        /// The peer, as for `send`.
+        peer: String,
+    },
+    /// Remove a member (an admin commits; a member asks the admins).
+    Remove {
+        /// The group id.
+        group: String,
+        /// The member's installation id.
+        member: String,
+    },
+    /// Leave the group.
+    Leave {
+        /// The group id.
+        group: String,
+    },
+    /// Send a text to the group.
+    Send {
+        /// The group id.
+        group: String,
+        /// The text.
+        text: String,
+    },
+    /// The group chats this node is in.
+    List,
 }
 
 /// What `send` sends.
@@ -65,6 +109,7 @@ impl SessionCall {
             Self::Send { .. } => "send",
             Self::Inbox { .. } => "inbox",
             Self::Peers => "peers",
+            Self::Group { .. } => "group",
         }
     }
 }

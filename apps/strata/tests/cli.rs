@@ -1231,3 +1231,103 @@ fn connect_refuses_a_uri_whose_installation_belongs_to_another_account() {
     bob.fails(&["send", &forged, "to the wrong account"], 12);
     bob.fails(&["connect", &forged], 12);
 }
+
+/// Waits on the daemon's event stream (replayed from the start) for an
+/// event of `kind` whose data satisfies `pred`; returns the data.
+fn wait_event(node: &Node, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let addr = node.api_addr();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events?since=0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        node.token()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut current = String::new();
+    let started = std::time::Instant::now();
+    loop {
+        // Keep-alives arrive every 15 s, so this is checked even when no
+        // event comes.
+        assert!(started.elapsed() < DEADLINE, "no {kind} event within {DEADLINE:?}");
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "event stream ended waiting for {kind}"
+        );
+        if let Some(k) = line.strip_prefix("event: ") {
+            current = k.trim().to_owned();
+        }
+        if let Some(data) = line.strip_prefix("data: ")
+            && current == kind
+        {
+            let data: Value = serde_json::from_str(data.trim()).unwrap();
+            if pred(&data) {
+                return data;
+            }
+        }
+    }
+}
+
+/// Three daemons over libp2p (issue #17): Alice creates a group chat and
+/// adds Bob and Carol, who join from her Welcomes; texts go all ways; Carol
+/// is removed, is told so, and the others go on without her.
+#[test]
+fn three_daemons_chat_in_a_group() {
+    let (alice, bob, carol) = (Node::new(), Node::new(), Node::new());
+    for n in [&alice, &bob, &carol] {
+        n.init();
+    }
+    let gossip_only = [("STRATA_PEERJS__ENABLED", "false")];
+    let _daemons: Vec<Daemon> = [&alice, &bob, &carol]
+        .iter()
+        .map(|n| n.daemon_with(&gossip_only))
+        .collect();
+    let uri = |n: &Node| n.id()["contactUri"].as_str().unwrap().to_owned();
+    let (a_uri, b_uri, c_uri) = (uri(&alice), uri(&bob), uri(&carol));
+    // Everyone has a session with everyone: group messages go to each
+    // member's link.
+    for (from, to) in [(&bob, &a_uri), (&carol, &a_uri), (&carol, &b_uri)] {
+        let connect = json_of(&from.ok(&["connect", to, "--json"]));
+        assert_eq!(connect["state"], "ready", "{connect}");
+    }
+    let created = json_of(&alice.ok(&["group", "create", "--name", "climbing", "--json"]));
+    let group = created["group"].as_str().unwrap().to_owned();
+    alice.ok(&["group", "add", &group, &b_uri]);
+    alice.ok(&["group", "add", &group, &c_uri]);
+    for n in [&bob, &carol] {
+        let joined = wait_event(n, "group-joined", |d| d["group"] == group.as_str());
+        assert_eq!(joined["name"], "climbing", "{joined}");
+    }
+    // Bob follows the commit that added Carol before he sends.
+    wait_event(&bob, "group-epoch", |d| d["epoch"] == 2);
+    let listed = json_of(&bob.ok(&["group", "list", "--json"]));
+    assert_eq!(listed["groups"][0]["group"], group.as_str(), "{listed}");
+
+    let says = |n: &Node, text: &str| {
+        n.ok(&["group", "send", &group, text]);
+    };
+    let hears = |n: &Node, text: &str| {
+        wait_event(n, "group-message", |d| d["text"] == text);
+    };
+    says(&alice, "from alice");
+    hears(&bob, "from alice");
+    hears(&carol, "from alice");
+    says(&bob, "from bob");
+    hears(&alice, "from bob");
+    hears(&carol, "from bob");
+    says(&carol, "from carol");
+    hears(&alice, "from carol");
+    hears(&bob, "from carol");
+
+    let carol_id = carol.id()["installationId"].as_str().unwrap().to_owned();
+    alice.ok(&["group", "remove", &group, &carol_id]);
+    wait_event(&carol, "group-removed", |d| d["group"] == group.as_str());
+    wait_event(&bob, "group-epoch", |d| d["epoch"] == 3);
+    says(&alice, "without carol");
+    hears(&bob, "without carol");
+    // Carol's node is out of the group: sending to it is not-found (11).
+    let refused = carol.fails(&["group", "send", &group, "still here?"], 11);
+    assert!(refused.contains("unknown group"), "{refused}");
+}

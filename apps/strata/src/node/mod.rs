@@ -15,6 +15,7 @@
 
 mod actors;
 mod events;
+mod groups;
 mod transports;
 
 use std::sync::Arc;
@@ -547,6 +548,7 @@ impl Sessions for NodeSessions {
                 Ok(inbox)
             }
             SessionCall::Peers => self.peers().await,
+            SessionCall::Group { action } => self.group(action).await,
         }
     }
 }
