@@ -166,6 +166,11 @@ pub(crate) enum GroupCli {
         /// The text
         text: String,
     },
+    /// Show a group's name, epoch, members and admins
+    Members {
+        /// The group id
+        group: String,
+    },
     /// List the group chats this node is in
     List,
 }

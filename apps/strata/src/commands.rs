@@ -530,13 +530,30 @@ pub(crate) async fn group(ctx: &Ctx, command: crate::cli::GroupCli) -> Result<()
         GroupCli::Remove { group, member } => GroupAction::Remove { group, member },
         GroupCli::Leave { group } => GroupAction::Leave { group },
         GroupCli::Send { group, text } => GroupAction::Send { group, text },
+        GroupCli::Members { group } => GroupAction::Members { group },
         GroupCli::List => GroupAction::List,
     };
     let listing = action == GroupAction::List;
+    let members = matches!(action, GroupAction::Members { .. });
     let daemon = require_daemon(ctx, "group").await?;
     let result = session_rpc(&daemon, &SessionCall::Group { action }).await?;
     if ctx.json {
         return output::json(&result);
+    }
+    if members {
+        let empty = Vec::new();
+        let admins = at(&result, "admins").as_array().unwrap_or(&empty).clone();
+        output::line(format!(
+            "{} ({}), epoch {}",
+            at(&result, "group").as_str().unwrap_or_default(),
+            at(&result, "name").as_str().unwrap_or("no name"),
+            at(&result, "epoch")
+        ))?;
+        for m in at(&result, "members").as_array().unwrap_or(&empty) {
+            let admin = if admins.contains(m) { "  admin" } else { "" };
+            output::line(format!("{}{admin}", m.as_str().unwrap_or_default()))?;
+        }
+        return Ok(());
     }
     if !listing {
         return output::line(at(&result, "group").as_str().unwrap_or_default());

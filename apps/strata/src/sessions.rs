@@ -86,6 +86,11 @@ pub(crate) enum GroupAction {
         /// The text.
         text: String,
     },
+    /// A group's name, epoch, members and admins.
+    Members {
+        /// The group id.
+        group: String,
+    },
     /// The group chats this node is in.
     List,
 }

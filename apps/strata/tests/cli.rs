@@ -1304,6 +1304,10 @@ fn three_daemons_chat_in_a_group() {
     wait_event(&bob, "group-epoch", |d| d["epoch"] == 2);
     let listed = json_of(&bob.ok(&["group", "list", "--json"]));
     assert_eq!(listed["groups"][0]["group"], group.as_str(), "{listed}");
+    let a_id = alice.id()["installationId"].as_str().unwrap().to_owned();
+    let members = json_of(&bob.ok(&["group", "members", &group, "--json"]));
+    assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
+    assert_eq!(members["admins"], serde_json::json!([a_id]), "{members}");
 
     let says = |n: &Node, text: &str| {
         n.ok(&["group", "send", &group, text]);

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use strata_session::Content;
-use strata_session::actors::{AddToGroup, CreateGroup, GroupRequest, ListGroups};
+use strata_session::actors::{AddToGroup, CreateGroup, GroupInfo, GroupRequest, ListGroups};
 use strata_session::group::GroupCommand;
 
 use strata_session::SessionError;
@@ -52,6 +52,24 @@ impl NodeSessions {
             GroupAction::Send { group, text } => {
                 self.group_command(&group, GroupCommand::Send(Content::Text { text }))
                     .await
+            }
+            GroupAction::Members { group } => {
+                let reply = self
+                    .node
+                    .send(GroupInfo {
+                        request_id: self.request_id(),
+                        group,
+                    })
+                    .await
+                    .map_err(|_| stopped())?;
+                let info = reply.result.map_err(group_error)?;
+                Ok(json!({
+                    "group": info.group,
+                    "name": info.name,
+                    "epoch": info.epoch,
+                    "members": info.members,
+                    "admins": info.admins,
+                }))
             }
             GroupAction::List => {
                 let groups = self.node.send(ListGroups).await.map_err(|_| stopped())?;

@@ -125,6 +125,41 @@ impl Handler<GroupStep> for GroupActor {
     }
 }
 
+/// What a group is: its name, epoch, members and admins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The group id, hex.
+    pub group: String,
+    /// The chat's name.
+    pub name: Option<String>,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The members' installations, hex.
+    pub members: Vec<String>,
+    /// The admins' installations, hex.
+    pub admins: Vec<String>,
+}
+
+/// Ask a group what it is.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<GroupSummary, SessionError>")]
+pub struct DescribeGroup;
+
+impl Handler<DescribeGroup> for GroupActor {
+    type Result = Result<GroupSummary, SessionError>;
+
+    fn handle(&mut self, _: DescribeGroup, _ctx: &mut Self::Context) -> Self::Result {
+        let hex = |ids: Vec<strata_cascade::InstallationId>| ids.iter().map(|i| i.to_hex()).collect();
+        Ok(GroupSummary {
+            group: self.id.clone(),
+            name: self.machine.name().map(str::to_owned),
+            epoch: self.machine.epoch(),
+            members: hex(self.machine.members()?),
+            admins: hex(self.machine.admins()?),
+        })
+    }
+}
+
 impl Handler<Shutdown> for GroupActor {
     type Result = ();
 
@@ -168,6 +203,16 @@ pub struct AddToGroup {
     pub group: String,
     /// The peer to add.
     pub peer: PeerAddr,
+}
+
+/// What one group chat is ([`GroupSummary`]).
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<GroupSummary>")]
+pub struct GroupInfo {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The group id, hex.
+    pub group: String,
 }
 
 /// The group chats this node is in: id (hex) → name.
@@ -508,5 +553,24 @@ impl<T: Transport> Handler<ListGroups> for Node<T> {
                 .map(|(id, (_, name))| (id.clone(), name.clone()))
                 .collect(),
         )
+    }
+}
+
+impl<T: Transport> Handler<GroupInfo> for Node<T> {
+    type Result = ResponseFuture<Reply<GroupSummary>>;
+
+    fn handle(&mut self, msg: GroupInfo, _ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        let actor = self.groups.actors.get(&msg.group).map(|(a, _)| a.clone());
+        Box::pin(async move {
+            let result = match actor {
+                Some(a) => a
+                    .send(DescribeGroup)
+                    .await
+                    .unwrap_or(Err(SessionError::Unavailable("group"))),
+                None => Err(SessionError::UnknownPeer(format!("group {}", msg.group))),
+            };
+            Reply { request_id, result }
+        })
     }
 }

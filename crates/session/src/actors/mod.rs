@@ -408,7 +408,10 @@ mod node;
 mod session;
 mod transport;
 
-pub use groups::{AddToGroup, CreateGroup, FromGroup, GroupActor, GroupRequest, GroupStep, GroupStepInput, ListGroups};
+pub use groups::{
+    AddToGroup, CreateGroup, DescribeGroup, FromGroup, GroupActor, GroupInfo, GroupRequest, GroupStep, GroupStepInput,
+    GroupSummary, ListGroups,
+};
 
 pub use node::Node;
 pub use session::PeerSession;
