@@ -62,7 +62,7 @@ pub(crate) enum Command {
     /// Group chats: create, add, remove, leave, send, list
     Group {
         #[command(subcommand)]
-        command: GroupCli,
+        command: crate::sessions::GroupAction,
     },
     /// Show the configuration in effect, or where it is read from
     Config {
@@ -130,49 +130,6 @@ pub(crate) struct VerifyArgs {
     /// this base64 scanned code, match; compared in constant time
     #[arg(long, value_name = "DIGITS")]
     pub(crate) mark_verified: Option<String>,
-}
-
-#[derive(Debug, Subcommand)]
-pub(crate) enum GroupCli {
-    /// Start a group chat (you are its admin); prints its id
-    Create {
-        /// Its name
-        #[arg(long)]
-        name: Option<String>,
-    },
-    /// Add a peer with an open session (claims one of its KeyPackages)
-    Add {
-        /// The group id
-        group: String,
-        /// The peer: contact URI, peer id or installation id
-        peer: String,
-    },
-    /// Remove a member (admins commit it; members ask the admins)
-    Remove {
-        /// The group id
-        group: String,
-        /// The member's installation id
-        member: String,
-    },
-    /// Leave a group (asks its admins)
-    Leave {
-        /// The group id
-        group: String,
-    },
-    /// Send a text to a group
-    Send {
-        /// The group id
-        group: String,
-        /// The text
-        text: String,
-    },
-    /// Show a group's name, epoch, members and admins
-    Members {
-        /// The group id
-        group: String,
-    },
-    /// List the group chats this node is in
-    List,
 }
 
 #[derive(Debug, Subcommand)]

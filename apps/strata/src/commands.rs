@@ -521,18 +521,8 @@ fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<(
 }
 
 /// `strata group …`: one request to the running node.
-pub(crate) async fn group(ctx: &Ctx, command: crate::cli::GroupCli) -> Result<()> {
-    use crate::cli::GroupCli;
+pub(crate) async fn group(ctx: &Ctx, action: crate::sessions::GroupAction) -> Result<()> {
     use crate::sessions::GroupAction;
-    let action = match command {
-        GroupCli::Create { name } => GroupAction::Create { name },
-        GroupCli::Add { group, peer } => GroupAction::Add { group, peer },
-        GroupCli::Remove { group, member } => GroupAction::Remove { group, member },
-        GroupCli::Leave { group } => GroupAction::Leave { group },
-        GroupCli::Send { group, text } => GroupAction::Send { group, text },
-        GroupCli::Members { group } => GroupAction::Members { group },
-        GroupCli::List => GroupAction::List,
-    };
     let listing = action == GroupAction::List;
     let members = matches!(action, GroupAction::Members { .. });
     let daemon = require_daemon(ctx, "group").await?;

@@ -51,47 +51,49 @@ pub(crate) enum SessionCall {
     },
 }
 
-/// What `strata group` asks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `strata group` asks: the CLI's subcommands and the API's `group`
+/// params alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "camelCase")]
 pub(crate) enum GroupAction {
-    /// Start a group chat; returns its id.
+    /// Start a group chat (you are its admin); prints its id
     Create {
-        /// Its name.
+        /// Its name
+        #[arg(long)]
         name: Option<String>,
     },
-    /// Admin: add a peer with an established session.
+    /// Add a peer with an open session (claims one of its KeyPackages)
     Add {
-        /// The group id.
+        /// The group id
         group: String,
-        /// The peer, as for `send`.
+        /// The peer: contact URI, peer id or installation id
         peer: String,
     },
-    /// Remove a member (an admin commits; a member asks the admins).
+    /// Remove a member (admins commit it; members ask the admins)
     Remove {
-        /// The group id.
+        /// The group id
         group: String,
-        /// The member's installation id.
+        /// The member's installation id
         member: String,
     },
-    /// Leave the group.
+    /// Leave a group (asks its admins)
     Leave {
-        /// The group id.
+        /// The group id
         group: String,
     },
-    /// Send a text to the group.
+    /// Send a text to a group
     Send {
-        /// The group id.
+        /// The group id
         group: String,
-        /// The text.
+        /// The text
         text: String,
     },
-    /// A group's name, epoch, members and admins.
+    /// Show a group's name, epoch, members and admins
     Members {
-        /// The group id.
+        /// The group id
         group: String,
     },
-    /// The group chats this node is in.
+    /// List the group chats this node is in
     List,
 }
 

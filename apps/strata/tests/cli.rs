@@ -988,30 +988,8 @@ fn the_standalone_broker_serves_wss_with_a_certificate() {
 
 /// Reads the SSE stream until the `started` event and returns its broker.
 fn started_broker(node: &Node) -> String {
-    let addr = node.api_addr();
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "GET /api/v1/events?since=0 HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
-        node.token()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut kind = String::new();
-    loop {
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "event stream ended");
-        if let Some(k) = line.strip_prefix("event: ") {
-            kind = k.trim().to_owned();
-        }
-        if let Some(data) = line.strip_prefix("data: ")
-            && kind == "started"
-        {
-            let started: Value = serde_json::from_str(data.trim()).unwrap();
-            return started["broker"].as_str().unwrap().to_owned();
-        }
-    }
+    let started = wait_event(node, "started", |_| true);
+    started["broker"].as_str().unwrap().to_owned()
 }
 
 fn json_of(text: &str) -> Value {

@@ -32,8 +32,8 @@ use std::fmt;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, CredentialWithKey, Extension, ExtensionType, Extensions, GroupId, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent,
-    RequiredCapabilitiesExtension, Sender, StagedWelcome, UnknownExtension,
+    MlsGroupCreateConfig, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, RequiredCapabilitiesExtension, Sender,
+    StagedWelcome, UnknownExtension,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
@@ -45,8 +45,8 @@ use crate::identity::{
 };
 use crate::key_packages::KeyPackageSecrets;
 use crate::layers::mls::{
-    GROUP_ADMINS_EXTENSION, LayerSigner, MLS_ALGORITHM, StorageMap, clone_signer, internal, map_process_error,
-    sender_ratchet, validate_received, wipe,
+    GROUP_ADMINS_EXTENSION, LayerSigner, MLS_ALGORITHM, clone_signer, internal, load_group, map_process_error,
+    parse_welcome, read_storage, sender_ratchet, validate_key_package_bytes, wipe, write_storage,
 };
 use crate::secret::{Secret32, SecretBytes};
 
@@ -336,13 +336,7 @@ impl GroupMls {
             .write()
             .map_err(|_| internal("storage lock"))?
             .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let msg = MlsMessageIn::tls_deserialize_exact(welcome)
-            .map_err(|_| CascadeError::Malformed { what: "MLS Welcome" })?;
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err(CascadeError::Malformed {
-                what: "MLS message is not a Welcome",
-            });
-        };
+        let welcome = parse_welcome(welcome)?;
         let config = openmls::prelude::MlsGroupJoinConfig::builder()
             .use_ratchet_tree_extension(true)
             .sender_ratchet_configuration(sender_ratchet())
@@ -421,14 +415,7 @@ impl GroupMls {
             if present.contains(&peer.installation_id) {
                 return Err(CascadeError::InvalidArgument("already a member"));
             }
-            let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-                .map_err(|_| CascadeError::Malformed { what: "MLS KeyPackage" })?;
-            let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
-                return Err(CascadeError::Malformed {
-                    what: "MLS message is not a KeyPackage",
-                });
-            };
-            checked.push(validate_received(&self.provider, peer, kp_in)?);
+            checked.push(validate_key_package_bytes(&self.provider, peer, bytes)?);
         }
         let (commit, welcome, _) = self
             .group
@@ -715,19 +702,7 @@ impl GroupMls {
         let basic = BasicCredential::try_from(self.credential.credential.clone()).map_err(internal)?;
         w.bytes(basic.identity()).raw(self.local.as_bytes());
         w.bytes(self.group_id());
-        let map = self
-            .provider
-            .storage()
-            .values
-            .read()
-            .map_err(|_| internal("storage lock"))?;
-        let mut entries: Vec<_> = map.iter().collect();
-        entries.sort();
-        w.u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
-        for (k, v) in entries {
-            w.bytes(k).bytes(v);
-        }
-        drop(map);
+        write_storage(&mut w, &self.provider)?;
         Ok(w.finish())
     }
 
@@ -739,23 +714,9 @@ impl GroupMls {
         let credential = BasicCredential::new(r.bytes(1024)?.to_vec());
         let local = InstallationId::from_bytes(r.array()?);
         let group_id = GroupId::from_slice(r.bytes(256)?);
-        let n = r.count(MAX_STORAGE_ENTRIES)?;
-        let mut map = StorageMap::with_capacity(n);
-        for _ in 0..n {
-            let k = r.bytes(1 << 20)?.to_vec();
-            let v = r.bytes(16 << 20)?.to_vec();
-            map.insert(k, v);
-        }
+        let provider = read_storage(&mut r, MAX_STORAGE_ENTRIES)?;
         r.finish()?;
-        let provider = OpenMlsRustCrypto::default();
-        *provider
-            .storage()
-            .values
-            .write()
-            .map_err(|_| internal("storage lock"))? = map.take();
-        let group = MlsGroup::load(provider.storage(), &group_id)
-            .map_err(|_| CascadeError::CorruptState("MLS group"))?
-            .ok_or(CascadeError::CorruptState("MLS group missing"))?;
+        let group = load_group(&provider, &group_id)?;
         Ok(Self {
             provider,
             signer,

@@ -8,18 +8,11 @@ mod node_common;
 
 use std::collections::BTreeSet;
 
-use node_common::{TestNode, handshake, run};
+use node_common::{TestNode, handshake, now_s, run};
 use strata_cascade::MlsLayer;
 use strata_session::actors::{ClaimKeyPackage, NodeEventKind};
 use strata_session::{ClaimedKeyPackage, Config, Event, keep_stocked};
 use strata_transport::memory::MemoryNetwork;
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 async fn claim(node: &TestNode, peer: &'static str, request_id: u64) -> ClaimedKeyPackage {
     let reply = node

@@ -6,18 +6,11 @@
 
 mod node_common;
 
-use node_common::{TestNode, handshake, run};
+use node_common::{TestNode, handshake, now_s, run};
 use strata_session::actors::{AddToGroup, CreateGroup, GroupRequest, NodeEventKind};
 use strata_session::group::{GroupCommand, GroupEvent};
 use strata_session::{Config, Content, keep_stocked};
 use strata_transport::memory::MemoryNetwork;
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 async fn group_event(node: &mut TestNode, what: &str, mut pred: impl FnMut(&GroupEvent) -> bool) -> GroupEvent {
     let e = node

@@ -157,6 +157,17 @@ mod tests {
     use strata_proto::ErrorCode;
     use strata_session::{Refusal, ResetReason, Role, Rotation};
 
+    fn chunk() -> Content {
+        Content::FileChunk {
+            file_id: "f".into(),
+            name: "n".into(),
+            size: 3,
+            index: 0,
+            total: 1,
+            data: vec![1, 2, 3],
+        }
+    }
+
     /// One of every event kind, with every value of the enums they carry.
     fn every_event() -> Vec<NodeEventKind> {
         let session = |e: Event| NodeEventKind::Session(e);
@@ -223,14 +234,7 @@ mod tests {
             session(Event::Received {
                 message_id: "m".into(),
                 seq: 6,
-                content: Content::FileChunk {
-                    file_id: "f".into(),
-                    name: "n".into(),
-                    size: 3,
-                    index: 0,
-                    total: 1,
-                    data: vec![1, 2, 3],
-                },
+                content: chunk(),
             }),
         ]);
         for what in [
@@ -303,14 +307,7 @@ mod tests {
             group(GroupEvent::Received {
                 sender: id(2),
                 message_id: "m".into(),
-                content: Content::FileChunk {
-                    file_id: "f".into(),
-                    name: "n".into(),
-                    size: 3,
-                    index: 0,
-                    total: 1,
-                    data: vec![1, 2, 3],
-                },
+                content: chunk(),
             }),
             group(GroupEvent::AddRequested {
                 by: id(2),

@@ -323,18 +323,7 @@ impl MlsLayer {
     /// lifetime and ciphersuite (openmls), the maximum lifetime, and that
     /// its credential binds the leaf's signature key to the pinned peer.
     pub fn validate_key_package(&self, bytes: &[u8]) -> Result<KeyPackage> {
-        let msg = MlsMessageIn::tls_deserialize_exact(bytes)
-            .map_err(|_| CascadeError::Malformed { what: "MLS KeyPackage" })?;
-        let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
-            return Err(CascadeError::Malformed {
-                what: "MLS message is not a KeyPackage",
-            });
-        };
-        self.validate_key_package_in(kp_in)
-    }
-
-    fn validate_key_package_in(&self, kp_in: KeyPackageIn) -> Result<KeyPackage> {
-        validate_received(&self.provider, &self.peer, kp_in)
+        validate_key_package_bytes(&self.provider, &self.peer, bytes)
     }
 
     /// Checks that a member's credential binds `signature_key` to the
@@ -373,13 +362,7 @@ impl MlsLayer {
         if self.group.is_some() {
             return Err(CascadeError::InvalidArgument("the MLS group already exists"));
         }
-        let msg = MlsMessageIn::tls_deserialize_exact(welcome)
-            .map_err(|_| CascadeError::Malformed { what: "MLS Welcome" })?;
-        let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
-            return Err(CascadeError::Malformed {
-                what: "MLS message is not a Welcome",
-            });
-        };
+        let welcome = parse_welcome(welcome)?;
         let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None).map_err(|e| {
             CascadeError::PeerProtocol {
                 layer: MLS_ALGORITHM,
@@ -549,28 +532,9 @@ impl MlsLayer {
             0 => None,
             _ => Some(GroupId::from_slice(r.bytes(256)?)),
         };
-        let n = r.count(MAX_STORAGE_ENTRIES)?;
-        let mut map = StorageMap::with_capacity(n);
-        for _ in 0..n {
-            let k = r.bytes(1 << 20)?.to_vec();
-            let v = r.bytes(16 << 20)?.to_vec();
-            map.insert(k, v);
-        }
+        let provider = read_storage(&mut r, MAX_STORAGE_ENTRIES)?;
         r.finish()?;
-        let provider = OpenMlsRustCrypto::default();
-        *provider
-            .storage()
-            .values
-            .write()
-            .map_err(|_| internal("storage lock"))? = map.take();
-        let group = match group_id {
-            None => None,
-            Some(id) => Some(
-                MlsGroup::load(provider.storage(), &id)
-                    .map_err(|_| CascadeError::CorruptState("MLS group"))?
-                    .ok_or(CascadeError::CorruptState("MLS group missing"))?,
-            ),
-        };
+        let group = group_id.map(|id| load_group(&provider, &id)).transpose()?;
         Ok(Self {
             provider,
             signer,
@@ -587,6 +551,76 @@ impl MlsLayer {
             exporter: None,
         })
     }
+}
+
+/// A received KeyPackage (serialized `MLSMessage`), parsed and checked
+/// against `peer` ([`validate_received`]).
+pub(crate) fn validate_key_package_bytes(
+    provider: &OpenMlsRustCrypto,
+    peer: &PeerIdentity,
+    bytes: &[u8],
+) -> Result<KeyPackage> {
+    let msg =
+        MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| CascadeError::Malformed { what: "MLS KeyPackage" })?;
+    let MlsMessageBodyIn::KeyPackage(kp_in) = msg.extract() else {
+        return Err(CascadeError::Malformed {
+            what: "MLS message is not a KeyPackage",
+        });
+    };
+    validate_received(provider, peer, kp_in)
+}
+
+/// A received Welcome (serialized `MLSMessage`).
+pub(crate) fn parse_welcome(bytes: &[u8]) -> Result<openmls::prelude::Welcome> {
+    let msg =
+        MlsMessageIn::tls_deserialize_exact(bytes).map_err(|_| CascadeError::Malformed { what: "MLS Welcome" })?;
+    let MlsMessageBodyIn::Welcome(welcome) = msg.extract() else {
+        return Err(CascadeError::Malformed {
+            what: "MLS message is not a Welcome",
+        });
+    };
+    Ok(welcome)
+}
+
+/// Writes `provider`'s whole storage, sorted, read in place: a clone of
+/// the storage map would be one more un-zeroized copy of the group's
+/// secrets, and an allocation per entry, on every message.
+pub(crate) fn write_storage(w: &mut Writer, provider: &OpenMlsRustCrypto) -> Result<()> {
+    let map = provider.storage().values.read().map_err(|_| internal("storage lock"))?;
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort();
+    w.reserve(4 + entries.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
+    w.u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+    for (k, v) in entries {
+        w.bytes(k).bytes(v);
+    }
+    Ok(())
+}
+
+/// A provider with the storage [`write_storage`] wrote (at most `max`
+/// entries).
+pub(crate) fn read_storage(r: &mut Reader<'_>, max: usize) -> Result<OpenMlsRustCrypto> {
+    let n = r.count(max)?;
+    let mut map = StorageMap::with_capacity(n);
+    for _ in 0..n {
+        let k = r.bytes(1 << 20)?.to_vec();
+        let v = r.bytes(16 << 20)?.to_vec();
+        map.insert(k, v);
+    }
+    let provider = OpenMlsRustCrypto::default();
+    *provider
+        .storage()
+        .values
+        .write()
+        .map_err(|_| internal("storage lock"))? = map.take();
+    Ok(provider)
+}
+
+/// Group `id` from `provider`'s storage.
+pub(crate) fn load_group(provider: &OpenMlsRustCrypto, id: &GroupId) -> Result<MlsGroup> {
+    MlsGroup::load(provider.storage(), id)
+        .map_err(|_| CascadeError::CorruptState("MLS group"))?
+        .ok_or(CascadeError::CorruptState("MLS group missing"))
 }
 
 /// Encoding aside, what [`MlsLayer::validate_key_package`] checks: openmls'
@@ -820,23 +854,7 @@ impl Layer for MlsLayer {
             None => w.u8(0),
             Some(g) => w.u8(1).bytes(g.group_id().as_slice()),
         };
-        // Read in place: a clone of the storage map would be one more
-        // un-zeroized copy of the group's secrets, and an allocation per
-        // entry, on every message.
-        let map = self
-            .provider
-            .storage()
-            .values
-            .read()
-            .map_err(|_| internal("storage lock"))?;
-        let mut entries: Vec<_> = map.iter().collect();
-        entries.sort();
-        w.reserve(4 + entries.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
-        w.u32(u32::try_from(entries.len()).unwrap_or(u32::MAX));
-        for (k, v) in entries {
-            w.bytes(k).bytes(v);
-        }
-        drop(map);
+        write_storage(&mut w, &self.provider)?;
         Ok(w.finish())
     }
 }
