@@ -494,6 +494,10 @@ const INBOX_EVENTS: &[&str] = &[
     "session-reset",
     "handshake-failed",
     "low-key-packages",
+    "group-message",
+    "group-joined",
+    "group-epoch",
+    "group-removed",
 ];
 
 fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<()> {
@@ -516,6 +520,29 @@ fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<(
         "identity-changed" => output::line(format!(
             "{peer}: identity key changed; nothing is sent until you check it with `strata verify {peer}`"
         )),
+        "group-message" => output::line(format!(
+            "[{}] {}: {}",
+            at(data, "group").as_str().unwrap_or_default(),
+            at(data, "sender").as_str().unwrap_or_default(),
+            at(data, "text").as_str().unwrap_or_default()
+        )),
+        "group-joined" | "group-epoch" | "group-removed" => {
+            let group = at(data, "group").as_str().unwrap_or_default();
+            let what = match kind {
+                "group-joined" => format!("joined at epoch {}", at(data, "epoch")),
+                "group-removed" => "you were removed".to_owned(),
+                _ => {
+                    let count = |k: &str| at(data, k).as_array().map_or(0, Vec::len);
+                    format!(
+                        "epoch {}: {} added, {} removed",
+                        at(data, "epoch"),
+                        count("added"),
+                        count("removed")
+                    )
+                }
+            };
+            output::line(format!("[{group}] {what}"))
+        }
         other => output::line(format!("{peer}: {other}")),
     }
 }

@@ -1287,6 +1287,27 @@ fn three_daemons_chat_in_a_group() {
     assert_eq!(members["members"].as_array().unwrap().len(), 3, "{members}");
     assert_eq!(members["admins"], serde_json::json!([a_id]), "{members}");
 
+    // Bob follows his inbox: group messages show there too. A pair message
+    // first, so the follower's first line says it has read the inbox (what
+    // comes after is replayed to it from there).
+    send_acked(&alice, &b_uri, "before the group talks");
+    let mut follower = bob
+        .cmd()
+        .args(["inbox", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::sync_channel(1024);
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines_rx.recv_timeout(DEADLINE).expect("inbox --follow starts");
+    assert_eq!(json_of(&first)["text"], "before the group talks", "{first}");
     let says = |n: &Node, text: &str| {
         n.ok(&["group", "send", &group, text]);
     };
@@ -1296,6 +1317,18 @@ fn three_daemons_chat_in_a_group() {
     says(&alice, "from alice");
     hears(&bob, "from alice");
     hears(&carol, "from alice");
+    let followed = loop {
+        let line = lines_rx
+            .recv_timeout(DEADLINE)
+            .expect("inbox --follow shows the group message");
+        let item = json_of(&line);
+        if item["kind"] == "group-message" {
+            break item;
+        }
+    };
+    assert_eq!(followed["text"], "from alice", "{followed}");
+    terminate(&follower);
+    wait_exit(&mut follower);
     says(&bob, "from bob");
     hears(&alice, "from bob");
     hears(&carol, "from bob");
