@@ -34,6 +34,8 @@ struct Net {
     shuffle: bool,
     /// Deliveries to these members wait (a partition), in order.
     held_back: Vec<usize>,
+    /// Group messages between these two members are lost (no link).
+    no_link: Vec<(usize, usize)>,
 }
 
 impl Net {
@@ -57,6 +59,7 @@ impl Net {
             duplicate: 0.0,
             shuffle: false,
             held_back: Vec::new(),
+            no_link: Vec::new(),
         }
     }
 
@@ -100,6 +103,9 @@ impl Net {
                 GroupOutput::Broadcast { message, to } => {
                     for member in to {
                         let to = self.index(member);
+                        if self.no_link.contains(&(i, to)) || self.no_link.contains(&(to, i)) {
+                            continue;
+                        }
                         self.wire.push_back((to, Delivery::Message(message.clone())));
                         if self.rng.random_bool(self.duplicate) {
                             self.wire.push_back((to, Delivery::Message(message.clone())));
@@ -418,4 +424,34 @@ fn a_member_restarts_from_its_stored_state() {
     assert_eq!(got, ["before", "after"]);
     net.converged();
     assert!(GroupMachine::restore(&net.ids[2], b"{}", [0; 32]).is_err());
+}
+
+/// Members with a link to the admin alone still reach each other: the
+/// admin passes their messages on, and each arrives once.
+#[test]
+fn the_admin_passes_messages_on_to_members_without_a_link() {
+    let mut net = Net::new(5, 45);
+    let invitees: Vec<_> = (1..5).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    for a in 1..5 {
+        for b in (a + 1)..5 {
+            net.no_link.push((a, b));
+        }
+    }
+    net.duplicate = 0.2;
+    for i in 1..5 {
+        net.command(i, text(&format!("from {i}")));
+    }
+    net.run();
+    for i in 0..5 {
+        let mut got = net.received(i);
+        got.sort();
+        let mut want: Vec<_> = (1..5)
+            .filter(|j| *j != i)
+            .map(|j| (net.id(j), format!("from {j}")))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "member {i}");
+    }
 }

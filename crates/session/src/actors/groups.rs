@@ -12,7 +12,9 @@
 //! - `group-message` frames arrive on the transport beside the pair
 //!   frames; the node hands them to the group they name before any pair
 //!   session sees them. Broadcasts go out as one frame per member link
-//!   (gossip publishing is not wired yet).
+//!   this node has (gossip publishing is not wired yet); members without
+//!   a link get them from the admin, which passes every member's message
+//!   on.
 //! - After every step the group's record is written (one transaction),
 //!   then its outputs go: pairwise PDUs through the member's pair session,
 //!   broadcasts to the transport, events to subscribers as

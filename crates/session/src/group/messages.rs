@@ -85,6 +85,16 @@ impl GroupMachine {
             return Ok(());
         }
         self.first_sight(m.message_id.as_str());
+        // An admin passes every member's message on to the others, so a
+        // member reaches the whole group through the admin that added it
+        // even without a link to every other member; receivers drop the
+        // copies they already have.
+        if self.group.is_admin(self.local)? {
+            let to: Vec<_> = self.others()?.into_iter().filter(|o| *o != opened.sender).collect();
+            if !to.is_empty() {
+                self.out.push_back(GroupOutput::Broadcast { message: m.clone(), to });
+            }
+        }
         self.emit(GroupEvent::Received {
             sender: opened.sender,
             message_id: m.message_id.as_str().to_owned(),

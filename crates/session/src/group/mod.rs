@@ -12,9 +12,11 @@
 //!   secrets); **Pairwise** inputs arrive the same way, named by the
 //!   installation the pair session authenticated.
 //! - **Broadcast** outputs are `group-message`s for every other member
-//!   (over gossip, one publish on the group's topic; over PeerJS, one send
-//!   per member link). Message inputs come from anyone: the MLS and AES
-//!   layers of [`GroupMls`] decide what opens.
+//!   (one frame per member link; gossip publishing on the group's topic is
+//!   not built). Message inputs come from anyone: the MLS and AES layers
+//!   of [`GroupMls`] decide what opens. An admin passes every member's
+//!   message on to the other members once, so a member that has a link to
+//!   the admin alone still reaches everyone; copies are dropped by id.
 //!
 //! The rules:
 //!
