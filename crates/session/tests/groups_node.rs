@@ -131,6 +131,17 @@ fn three_nodes_chat_in_a_group() {
         text_from(&mut bob, "after the restart").await;
         send(&bob, &group, "bob is back").await;
         text_from(&mut alice, "bob is back").await;
+        // Alice sent nothing but group PDUs through her pair sessions: their
+        // deliveries are the groups' business, not hers.
+        let mut alice_saw = alice.seen.clone();
+        while let Ok(e) = alice.events.try_recv() {
+            alice_saw.push(e);
+        }
+        let deliveries = alice_saw
+            .iter()
+            .filter(|e| matches!(e.kind, NodeEventKind::Session(strata_session::Event::Delivered { .. })))
+            .count();
+        assert_eq!(deliveries, 0, "group PDU deliveries reached subscribers");
         let mut carol_heard = carol.seen.clone();
         while let Ok(e) = carol.events.try_recv() {
             carol_heard.push(e);

@@ -226,6 +226,39 @@ pub struct ListGroups;
 #[derive(Default)]
 pub(super) struct Groups {
     pub(super) actors: BTreeMap<String, (Addr<GroupActor>, Option<String>)>,
+    /// Pair messages that carry group PDUs, by peer and message id: their
+    /// `queued` and `delivered` events are the group's business, not the
+    /// user's (the last [`INTERNAL_KEPT`]).
+    internal: BTreeSet<(PeerAddr, String)>,
+    internal_order: VecDeque<(PeerAddr, String)>,
+}
+
+/// Group PDU messages remembered to keep their events from subscribers.
+const INTERNAL_KEPT: usize = 4096;
+
+impl Groups {
+    fn remember(&mut self, peer: PeerAddr, message_id: String) {
+        let key = (peer, message_id);
+        if self.internal.insert(key.clone()) {
+            self.internal_order.push_back(key);
+        }
+        while self.internal_order.len() > INTERNAL_KEPT {
+            if let Some(old) = self.internal_order.pop_front() {
+                self.internal.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `event` is the queueing or delivery of a group PDU (which
+    /// subscribers do not see).
+    pub(super) fn is_internal(&self, event: &NodeEvent) -> bool {
+        match &event.kind {
+            NodeEventKind::Session(Event::Queued { message_id } | Event::Delivered { message_id }) => {
+                self.internal.contains(&(event.peer.clone(), message_id.clone()))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A fresh seed for a machine's random generator.
@@ -453,7 +486,14 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                     };
                     let content = Content::GroupPdu { data: pdu.encode() };
                     match self.session(&peer, ctx) {
-                        Ok(s) => self.forward(s, SessionRequest::Command(Command::Send(content)), ctx),
+                        Ok(s) => {
+                            let send = s.send(SessionRequest::Command(Command::Send(content)));
+                            ctx.spawn(send.into_actor(self).map(move |sent, act, _| match sent {
+                                Ok(Ok(Some(id))) => act.groups.remember(peer, id),
+                                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "a group PDU was not queued"),
+                                _ => {}
+                            }));
+                        }
                         Err(e) => tracing::warn!(%group, %peer, error = %e, "cannot reach a group member"),
                     }
                 }

@@ -434,9 +434,13 @@ impl<T: Transport> Handler<FromSession> for Node<T> {
                 if matches!(event.kind, NodeEventKind::Session(Event::LowKeyPackages { .. })) {
                     self.refill_key_packages(ctx);
                 }
-                // A group's PDU goes to the group, not to subscribers.
+                // A group's PDU goes to the group, not to subscribers; nor
+                // do the queueing and delivery of the ones we send.
                 if let Some(pdu) = super::groups::group_pdu(&event) {
                     self.group_pdu(&event.peer, pdu, ctx);
+                    return;
+                }
+                if self.groups.is_internal(&event) {
                     return;
                 }
                 self.publish(event, ctx);
