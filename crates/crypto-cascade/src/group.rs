@@ -3,6 +3,11 @@
 //! (the same credential binding as the pair layer's), members added from
 //! KeyPackages their owners handed out (pool claims).
 //!
+//! **Members' own updates** go through an admin: [`GroupMls::propose_update`]
+//! makes an Update proposal, the admin commits it
+//! ([`GroupMls::commit_update`]), the other members process it before the
+//! commit ([`GroupMls::process_commit_with`]).
+//!
 //! **Admins.** The group context carries the admin list in a private-use
 //! extension ([`GROUP_ADMINS_EXTENSION`]: the admins' installation ids,
 //! 16 bytes each), so every member agrees on it; the creator is the first
@@ -459,6 +464,85 @@ impl GroupMls {
             )
             .map_err(internal)?;
         self.merge(bundle.into_commit(), None)
+    }
+
+    /// A member's own key update (RFC 9420 Update proposal), for an admin
+    /// to commit ([`GroupMls::commit_update`]). The new leaf's private key
+    /// stays here until the commit arrives.
+    pub fn propose_update(&mut self) -> Result<Vec<u8>> {
+        let (message, _) = self
+            .group
+            .propose_self_update(
+                &self.provider,
+                &self.signer,
+                openmls::prelude::LeafNodeParameters::default(),
+            )
+            .map_err(internal)?;
+        message.tls_serialize_detached().map_err(internal)
+    }
+
+    /// Admin: commits a member's Update proposal (and nothing else). The
+    /// other members process the proposal before the commit
+    /// ([`GroupMls::process_commit_with`]); its proposer needs only the
+    /// commit. A proposal that is not a member's update is refused and
+    /// nothing changes.
+    pub fn commit_update(&mut self, proposal: &[u8]) -> Result<GroupCommit> {
+        self.require_admin()?;
+        let result = self.store_update(proposal).and_then(|()| {
+            let (commit, welcome, _) = self
+                .group
+                .commit_to_pending_proposals(&self.provider, &self.signer)
+                .map_err(internal)?;
+            self.merge(commit, welcome)
+        });
+        if result.is_err() {
+            self.group
+                .clear_pending_proposals(self.provider.storage())
+                .map_err(internal)?;
+        }
+        result
+    }
+
+    /// Processes a member's Update proposal and keeps it for the commit.
+    fn store_update(&mut self, proposal: &[u8]) -> Result<()> {
+        let message = MlsMessageIn::tls_deserialize_exact(proposal)
+            .map_err(|_| CascadeError::Malformed { what: "MLS proposal" })?
+            .try_into_protocol_message()
+            .map_err(|_| CascadeError::Malformed { what: "MLS proposal" })?;
+        let processed = self
+            .group
+            .process_message(&self.provider, message)
+            .map_err(map_process_error)?;
+        let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+            return Err(peer_error("not a proposal"));
+        };
+        let openmls::prelude::Proposal::Update(update) = queued.proposal() else {
+            return Err(peer_error("a proposal other than a member's update"));
+        };
+        let leaf = update.leaf_node();
+        member_of(leaf.credential(), leaf.signature_key().as_slice())?;
+        self.group
+            .store_pending_proposal(self.provider.storage(), *queued)
+            .map_err(internal)
+    }
+
+    /// [`GroupMls::process_commit`] of a commit that references member
+    /// proposals: each is processed first. On any refusal nothing changes.
+    pub fn process_commit_with(&mut self, proposals: &[Vec<u8>], commit: &[u8]) -> Result<CommitOutcome> {
+        let mut result = Ok(());
+        for proposal in proposals {
+            result = self.store_update(proposal);
+            if result.is_err() {
+                break;
+            }
+        }
+        let outcome = result.and_then(|()| self.process_commit(commit));
+        if outcome.is_err() && !proposals.is_empty() {
+            self.group
+                .clear_pending_proposals(self.provider.storage())
+                .map_err(internal)?;
+        }
+        outcome
     }
 
     fn leaves_of(&self, members: &[InstallationId]) -> Result<Vec<LeafNodeIndex>> {
@@ -955,6 +1039,52 @@ mod tests {
             members[1].group.open(&late, &key1),
             Err(CascadeError::UnknownEpoch { .. })
         ));
+    }
+
+    /// A member updates its own key: it proposes, the admin commits, the
+    /// others process the proposal then the commit, the proposer the commit
+    /// alone; one epoch, and messages flow. A proposal that is not a
+    /// member's update is refused and changes nothing.
+    #[test]
+    fn a_member_updates_its_key_through_the_admin() {
+        let mut rng = ChaCha20Rng::seed_from_u64(176);
+        let mut members = group(4, &mut rng);
+        let proposal = members[2].group.propose_update().unwrap();
+        let commit = members[0].group.commit_update(&proposal).unwrap();
+        for i in [1, 3] {
+            members[i]
+                .group
+                .process_commit_with(std::slice::from_ref(&proposal), &commit.commit)
+                .unwrap();
+        }
+        members[2].group.process_commit(&commit.commit).unwrap();
+        for m in &members {
+            assert_eq!(m.group.epoch(), commit.epoch);
+        }
+        let key = members[0]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
+        let sealed = members[2].group.seal(b"fresh leaf", &key, &mut rng).unwrap();
+        assert_eq!(members[3].group.open(&sealed, &key).unwrap().plaintext, b"fresh leaf");
+
+        // A member's remove proposal is not an update: refused, unchanged.
+        let m3 = &mut members[3].group;
+        let leaf = m3
+            .group
+            .members()
+            .find(|m| m.index.u32() != m3.group.own_leaf_index().u32())
+            .unwrap()
+            .index;
+        let (remove, _) = m3.group.propose_remove_member(&m3.provider, &m3.signer, leaf).unwrap();
+        let remove = remove.tls_serialize_detached().unwrap();
+        let epoch = members[0].group.epoch();
+        assert!(members[0].group.commit_update(&remove).is_err());
+        assert_eq!(members[0].group.epoch(), epoch);
+        let commit = members[0].group.self_update().unwrap();
+        for i in [1, 2] {
+            members[i].group.process_commit(&commit.commit).unwrap();
+        }
     }
 
     #[test]

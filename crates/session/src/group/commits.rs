@@ -22,25 +22,28 @@ fn blob<const N: usize>(bytes: Vec<u8>, what: &'static str) -> Result<Blob<N>, S
 impl GroupMachine {
     /// Admin: adds `invitees` in one commit; each gets the Welcome.
     pub(super) fn add(&mut self, invitees: &[Invitee]) -> Result<(), SessionError> {
+        if !self.is_sequencer()? {
+            return Err(SessionError::Misuse("only the first admin adds members"));
+        }
         let packages: Vec<_> = invitees.iter().map(|i| (i.peer, i.key_package.clone())).collect();
         let commit = self.group.add(&packages)?;
         let joiners: Vec<(InstallationId, Vec<u8>)> = invitees
             .iter()
             .map(|i| (i.peer.installation_id, i.key_ref.clone()))
             .collect();
-        self.committed(commit, &joiners, &[])
+        self.committed(commit, &joiners, &[], &[])
     }
 
-    /// Admin: removes `members`; anyone else asks the admins to.
+    /// The sequencer removes `members`; anyone else asks it to.
     pub(super) fn remove(&mut self, members: &[InstallationId]) -> Result<(), SessionError> {
-        if !self.group.is_admin(self.local)? {
+        if !self.is_sequencer()? {
             for member in members {
-                self.propose(ProposalKind::Remove, Some(member.to_hex()))?;
+                self.propose(ProposalKind::Remove, Some(member.to_hex()), None)?;
             }
             return Ok(());
         }
         let commit = self.group.remove(members)?;
-        self.committed(commit, &[], members)
+        self.committed(commit, &[], members, &[])
     }
 
     /// Asks the admins to remove this member. An admin first hands its
@@ -50,24 +53,50 @@ impl GroupMachine {
         if self.group.is_admin(self.local)? {
             return Err(SessionError::Misuse("an admin hands its role over before leaving"));
         }
-        self.propose(ProposalKind::Leave, None)
+        self.propose(ProposalKind::Leave, None, None)
     }
 
-    fn propose(&mut self, kind: ProposalKind, member: Option<String>) -> Result<(), SessionError> {
+    /// The sequencer commits a fresh leaf key for itself; anyone else
+    /// proposes its update (an MLS Update proposal) for the sequencer to
+    /// commit.
+    pub(super) fn update(&mut self) -> Result<(), SessionError> {
+        if self.is_sequencer()? {
+            let commit = self.group.self_update()?;
+            return self.committed(commit, &[], &[], &[]);
+        }
+        let proposal = self.group.propose_update()?;
+        self.propose(ProposalKind::Update, None, Some(proposal))
+    }
+
+    /// Whether this member is the sequencer: the first admin of the list,
+    /// the one that commits (one committer per epoch: no fork).
+    pub(super) fn is_sequencer(&self) -> Result<bool, SessionError> {
+        Ok(self.group.admins()?.first() == Some(&self.local))
+    }
+
+    fn propose(
+        &mut self,
+        kind: ProposalKind,
+        member: Option<String>,
+        proposal: Option<Vec<u8>>,
+    ) -> Result<(), SessionError> {
+        let sequencer = *self
+            .group
+            .admins()?
+            .first()
+            .ok_or_else(|| SessionError::Internal("a group without admins".into()))?;
         let pdu = GroupProposal {
             group_id: blob(self.group_id().to_vec(), "group id")?,
             epoch: self.epoch(),
             kind,
             member: member.and_then(|m| Text::new(m).ok()),
             address: None,
-            proposal: None,
+            proposal: proposal.map(|p| blob(p, "proposal")).transpose()?,
         };
-        for admin in self.group.admins()? {
-            self.out.push_back(GroupOutput::Pairwise {
-                to: admin,
-                pdu: pdu.clone().into(),
-            });
-        }
+        self.out.push_back(GroupOutput::Pairwise {
+            to: sequencer,
+            pdu: pdu.into(),
+        });
         Ok(())
     }
 
@@ -79,6 +108,7 @@ impl GroupMachine {
         commit: MlsCommit,
         joiners: &[(InstallationId, Vec<u8>)],
         removed: &[InstallationId],
+        proposals: &[(InstallationId, Vec<u8>)],
     ) -> Result<(), SessionError> {
         let from_epoch = commit.epoch - 1;
         let secret = GroupEpochSecret::generate(&mut self.rng);
@@ -92,18 +122,35 @@ impl GroupMachine {
             group_id: blob(self.group_id().to_vec(), "group id")?,
             epoch: from_epoch,
             commit: blob(commit.commit, "commit")?,
-            proposals: BoundedVec::default(),
+            proposals: BoundedVec::new(
+                proposals
+                    .iter()
+                    .map(|(_, p)| blob(p.clone(), "proposal"))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+            .map_err(|_| SessionError::Internal("too many proposals".into()))?,
             epoch_secret: Some(secret_bytes),
         };
         self.log_commit(pdu.clone());
         let joined: Vec<InstallationId> = joiners.iter().map(|(id, _)| *id).collect();
+        let proposers: Vec<InstallationId> = proposals.iter().map(|(id, _)| *id).collect();
         for member in self.others()? {
-            if !joined.contains(&member) {
-                self.out.push_back(GroupOutput::Pairwise {
-                    to: member,
-                    pdu: pdu.clone().into(),
-                });
+            if joined.contains(&member) {
+                continue;
             }
+            // A proposer holds its own proposal already (and cannot open it).
+            let pdu = if proposers.contains(&member) {
+                GroupCommit {
+                    proposals: BoundedVec::default(),
+                    ..pdu.clone()
+                }
+            } else {
+                pdu.clone()
+            };
+            self.out.push_back(GroupOutput::Pairwise {
+                to: member,
+                pdu: pdu.into(),
+            });
         }
         for gone in removed.iter().filter(|r| **r != self.local) {
             let without_secret = GroupCommit {
@@ -195,7 +242,8 @@ impl GroupMachine {
     /// Processes a commit of the current epoch; a refused one changes
     /// nothing and is reported.
     fn apply(&mut self, pdu: GroupCommit) -> Result<(), SessionError> {
-        let outcome = match self.group.process_commit(pdu.commit.as_bytes()) {
+        let proposals: Vec<Vec<u8>> = pdu.proposals.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let outcome = match self.group.process_commit_with(&proposals, pdu.commit.as_bytes()) {
             Ok(o) => o,
             Err(e) if is_peer_fault(&e) => {
                 self.refuse(None, &format!("commit refused: {e}"));
@@ -266,8 +314,8 @@ impl GroupMachine {
     /// A member's proposal: an admin commits a removal or a leave, and
     /// raises an add for its owner to claim the joiner's KeyPackage.
     pub(super) fn on_proposal(&mut self, from: InstallationId, p: &GroupProposal) -> Result<(), SessionError> {
-        if !self.group.is_admin(self.local)? {
-            self.refuse(Some(from), "proposal to a member that is not an admin");
+        if !self.is_sequencer()? {
+            self.refuse(Some(from), "proposal to a member that does not sequence commits");
             return Ok(());
         }
         let members = self.members()?;
@@ -286,7 +334,7 @@ impl GroupMachine {
             }
             (ProposalKind::Leave, _) => {
                 let commit = self.group.remove(&[from])?;
-                self.committed(commit, &[], &[from])
+                self.committed(commit, &[], &[from], &[])
             }
             (ProposalKind::Remove, Some(member)) if members.contains(&member) => {
                 if self.group.is_admin(member)? {
@@ -294,7 +342,7 @@ impl GroupMachine {
                     return Ok(());
                 }
                 let commit = self.group.remove(&[member])?;
-                self.committed(commit, &[], &[member])
+                self.committed(commit, &[], &[member], &[])
             }
             (ProposalKind::Add, _) => {
                 let Some(member) = p.member.as_ref().map(|m| m.as_str().to_owned()) else {
@@ -310,8 +358,18 @@ impl GroupMachine {
                 Ok(())
             }
             (ProposalKind::Update, _) => {
-                self.refuse(Some(from), "members' own updates are not supported yet");
-                Ok(())
+                let Some(proposal) = p.proposal.as_ref().map(|b| b.as_bytes().to_vec()) else {
+                    self.refuse(Some(from), "update without its proposal");
+                    return Ok(());
+                };
+                match self.group.commit_update(&proposal) {
+                    Ok(commit) => self.committed(commit, &[], &[], &[(from, proposal)]),
+                    Err(e) if is_peer_fault(&e) => {
+                        self.refuse(Some(from), &format!("update refused: {e}"));
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             (ProposalKind::Remove, _) => {
                 self.refuse(Some(from), "remove of a non-member");

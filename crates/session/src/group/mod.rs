@@ -20,15 +20,19 @@
 //!
 //! The rules:
 //!
-//! - **Admins sequence commits.** Only an admin commits (add, remove,
-//!   admin hand-over, its own update); MLS refuses another's commit
-//!   ([`GroupMls::process_commit`]). A commit goes to every member as a
-//!   `group-commit` with the next epoch's group secret (a member it
-//!   removes gets the commit without the secret); joiners get a
-//!   `group-welcome`. Members ask an admin for changes with
-//!   `group-proposal` (remove, leave; an add is raised as
+//! - **One sequencer commits.** MLS refuses a commit that is not an
+//!   admin's ([`GroupMls::process_commit`]), and of the admins the first of
+//!   the list is the sequencer: the only one that commits, so there is one
+//!   commit per epoch and no fork (other admins propose like members). It
+//!   adds, removes, hands the role over and updates its key; a commit goes
+//!   to every member as a `group-commit` with the next epoch's group secret
+//!   (a member it removes gets the commit without the secret); joiners get
+//!   a `group-welcome`. Members ask the sequencer with `group-proposal`:
+//!   remove, leave, their own key update (an MLS Update proposal, carried
+//!   in the commit for the others to process first), and add (raised as
 //!   [`GroupEvent::AddRequested`] for the owner to claim the joiner's
-//!   KeyPackage). Members' own key updates are not supported yet.
+//!   KeyPackage). A proposal made in an epoch that moves on before the
+//!   sequencer commits it is refused; the member proposes again.
 //! - **Order.** A commit for the current epoch applies; an older one is a
 //!   duplicate and is dropped; a newer one waits (at most
 //!   [`MAX_FUTURE_COMMITS`]) and the member asks its sender to catch it up
@@ -86,15 +90,16 @@ pub struct Invitee {
 pub enum GroupCommand {
     /// Send `content` to the group.
     Send(Content),
-    /// Admin: add these members (one commit).
+    /// The sequencer: add these members (one commit).
     Add(Vec<Invitee>),
-    /// Admin: remove these members; a member asks an admin instead.
+    /// The sequencer removes these members; anyone else asks it to.
     Remove(Vec<InstallationId>),
-    /// Leave the group (asks an admin to remove us).
+    /// Leave the group (asks the sequencer to remove us).
     Leave,
-    /// Admin: replace the admin list.
+    /// The sequencer: replace the admin list.
     SetAdmins(Vec<InstallationId>),
-    /// Admin: a fresh leaf key for this member.
+    /// A fresh leaf key for this member: committed by the sequencer, or
+    /// proposed to it.
     Update,
 }
 
@@ -351,13 +356,13 @@ impl GroupMachine {
             GroupCommand::Remove(members) => self.remove(&members),
             GroupCommand::Leave => self.leave(),
             GroupCommand::SetAdmins(admins) => {
+                if !self.is_sequencer()? {
+                    return Err(SessionError::Misuse("only the first admin changes the admin list"));
+                }
                 let commit = self.group.set_admins(&admins)?;
-                self.committed(commit, &[], &[])
+                self.committed(commit, &[], &[], &[])
             }
-            GroupCommand::Update => {
-                let commit = self.group.self_update()?;
-                self.committed(commit, &[], &[])
-            }
+            GroupCommand::Update => self.update(),
         }
     }
 
