@@ -468,3 +468,66 @@ fn the_admin_passes_messages_on_to_members_without_a_link() {
         assert_eq!(got, want, "member {i}");
     }
 }
+
+/// Hostile group messages change nothing and are refused: the same
+/// ciphertext again under a new message id (MLS has used its key), a
+/// message whose epoch field lies, garbage, and one for another group.
+#[test]
+fn hostile_group_messages_are_refused() {
+    let mut net = Net::new(3, 46);
+    let invitees: Vec<_> = (1..3).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    net.command(1, text("once"));
+    let sent: GroupMessage = net
+        .wire
+        .iter()
+        .find_map(|(to, d)| match d {
+            Delivery::Message(m) if *to == 2 => Some(m.clone()),
+            _ => None,
+        })
+        .unwrap();
+    net.run();
+    assert_eq!(net.received(2).len(), 1);
+    let refusals = |net: &Net| {
+        net.events[2]
+            .iter()
+            .filter(|e| matches!(e, GroupEvent::Refused { .. }))
+            .count()
+    };
+    let before = refusals(&net);
+    let m2 = net.machines[2].as_mut().unwrap();
+    let replay = GroupMessage {
+        message_id: strata_proto::Text::new("another-id").unwrap(),
+        ..sent.clone()
+    };
+    let lying = GroupMessage {
+        epoch: sent.epoch + 1,
+        message_id: strata_proto::Text::new("lying-id").unwrap(),
+        ..sent.clone()
+    };
+    let garbage = GroupMessage {
+        message_id: strata_proto::Text::new("garbage-id").unwrap(),
+        ciphertext: strata_proto::Blob::new(vec![0; 64]).unwrap(),
+        ..sent.clone()
+    };
+    let elsewhere = GroupMessage {
+        group_id: strata_proto::Blob::new(vec![9; 16]).unwrap(),
+        message_id: strata_proto::Text::new("elsewhere-id").unwrap(),
+        ..sent.clone()
+    };
+    for m in [&replay, &lying, &garbage, &elsewhere] {
+        m2.handle(GroupInput::Message(m)).unwrap();
+    }
+    net.drain(2);
+    assert_eq!(net.received(2).len(), 1, "nothing delivered twice or forged");
+    assert_eq!(
+        refusals(&net) - before,
+        3,
+        "replay, lie and garbage refused; another group's ignored"
+    );
+    // The group goes on.
+    net.command(1, text("twice"));
+    net.run();
+    assert_eq!(net.received(2).len(), 2);
+}
