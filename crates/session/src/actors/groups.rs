@@ -458,7 +458,7 @@ impl<T: Transport> Node<T> {
     }
 
     /// A `group-message` frame from the transport.
-    pub(super) fn group_message(&mut self, peer: &PeerAddr, frame: &[u8], ctx: &mut Context<Self>) {
+    pub(super) fn group_message(&mut self, peer: &PeerAddr, frame: &[u8]) {
         let message = match strata_proto::Pdu::decode(frame) {
             Ok(strata_proto::Pdu::GroupMessage(m)) => m,
             _ => {
@@ -467,7 +467,13 @@ impl<T: Transport> Node<T> {
             }
         };
         match self.groups.actors.get(&hex::encode(message.group_id.as_bytes())) {
-            Some((actor, _)) => self.forward(actor.clone(), GroupStep(GroupStepInput::Message(message)), ctx),
+            // Anyone on a link can send these: a full mailbox drops them
+            // (never a queue of waiting sends), as a lossy link would.
+            Some((actor, _)) => {
+                if actor.try_send(GroupStep(GroupStepInput::Message(message))).is_err() {
+                    tracing::debug!(%peer, "group mailbox full; group message dropped");
+                }
+            }
             None => tracing::debug!(%peer, "group message for a group this node is not in"),
         }
     }

@@ -364,7 +364,7 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
         for event in events {
             let (peer, deliver, kind) = match event {
                 TransportEvent::Frame { from, bytes } if super::groups::is_group_message(&bytes) => {
-                    self.group_message(&from, &bytes, ctx);
+                    self.group_message(&from, &bytes);
                     continue;
                 }
                 TransportEvent::Frame { from, bytes } => {
