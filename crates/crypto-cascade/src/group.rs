@@ -27,10 +27,10 @@
 //! wire form is `epoch (8 bytes, big-endian) ‖ nonce (12 random bytes) ‖
 //! AES-256-GCM(MLSMessage)`, the group id and epoch as associated data.
 //!
-//! **What this type is not (yet).** It is the cryptographic group of one
-//! member. Sequencing commits through the admin, carrying them (and
-//! Welcomes, proposals, group secrets and catch-up) between members is the
-//! group machine of the session crate, which is not built yet (issue #17).
+//! **What this type is not.** It is the cryptographic group of one
+//! member. Sequencing commits, carrying them (and Welcomes, proposals,
+//! group secrets and catch-up) between members is the group machine of the
+//! session crate (`strata_session::group`).
 
 use std::fmt;
 

@@ -40,12 +40,13 @@
 //! | – | `group-catch-up-request` | [`GroupCatchUpRequest`] | a member behind asks for the commits since its epoch (pairwise only) |
 //! | – | `group-catch-up` | [`GroupCatchUp`] | up to 16 logged commits, oldest first (pairwise only) |
 //!
-//! The `group-*` PDUs are defined and decoded (golden files, bounded
-//! caps), but nothing sends them yet: the group machine is planned (issue
-//! #17), and a pair session refuses them as unexpected. Those marked
-//! *pairwise only* carry a group secret: they are meant to travel as the
-//! plaintext of a pair session's `message`, never in the clear; the group
-//! machine that will enforce it is not built yet. An admin change is a
+//! The group machine (`strata_session::group`) sends them. `group-message`
+//! travels in the clear (it is sealed by the group); those marked
+//! *pairwise only* carry a group secret and travel as the content of a
+//! pair session's `message` (`group-pdu`, inside the cascade): a pair
+//! session refuses any `group-*` PDU that arrives in the clear.
+//! `group-member-joined` and `group-member-left` are decoded but not sent
+//! (members learn of changes from commits). An admin change is a
 //! `group-commit` (the admin list is in the MLS group context).
 //!
 //! Inside an established session, the plaintext of a `message` is itself

@@ -287,9 +287,9 @@
 //!   answered with the same package. The allowance and the answers kept
 //!   for repeated claims live in memory: a restart refills the allowance.
 //!
-//! Groups (issue #17) add members from claimed packages; today a claimed
-//! package is stored, checked and redeemable, and the pair handshake does
-//! not use it. The bundle's KeyPackage is not the pool's: it is the
+//! Group chats add members from claimed packages (`AddToGroup` claims one,
+//! the joiner redeems the held private parts from its Welcome); the pair
+//! handshake does not use claimed packages. The bundle's KeyPackage is not the pool's: it is the
 //! bundle's own last resort, rotated with the bundle's pre-keys, because
 //! everyone who reads a broadcast may use it (a bundle whose package is
 //! not a last resort is refused).

@@ -526,6 +526,15 @@ fn hostile_group_messages_are_refused() {
         3,
         "replay, lie and garbage refused; another group's ignored"
     );
+    // Nor can a member send a group PDU as a message.
+    let pdu = GroupCommand::Send(Content::GroupPdu { data: vec![1] });
+    assert!(
+        net.machines[1]
+            .as_mut()
+            .unwrap()
+            .handle(GroupInput::Command(pdu))
+            .is_err()
+    );
     // The group goes on.
     net.command(1, text("twice"));
     net.run();

@@ -128,7 +128,8 @@ fn describe_group(group: &str, event: &GroupEvent) -> (&'static str, Value) {
                     "group-file-chunk",
                     with(base, "file", json!({"fileId": file_id, "index": index, "total": total})),
                 ),
-                Content::GroupPdu { .. } => ("group-refused", with(base, "reason", json!("a PDU as content"))),
+                // The group machine refuses these: never published.
+                Content::GroupPdu { .. } => ("group-pdu", base),
             }
         }
         GroupEvent::AddRequested { by, member, address } => (

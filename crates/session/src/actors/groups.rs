@@ -227,8 +227,10 @@ pub struct ListGroups;
 pub(super) struct Groups {
     pub(super) actors: BTreeMap<String, (Addr<GroupActor>, Option<String>)>,
     /// Pair messages that carry group PDUs, by peer and message id: their
-    /// `queued` and `delivered` events are the group's business, not the
-    /// user's (the last [`INTERNAL_KEPT`]).
+    /// `delivered` events are the group's business, not the user's (the
+    /// last [`INTERNAL_KEPT`]). A `queued` event is filtered too when the
+    /// session's reply naming the message comes first, which is not
+    /// guaranteed: it may reach the event stream.
     internal: BTreeSet<(PeerAddr, String)>,
     internal_order: VecDeque<(PeerAddr, String)>,
 }
@@ -380,19 +382,17 @@ impl<T: Transport> Node<T> {
         })
     }
 
-    /// Where the session with `installation` is.
-    fn address_of(&self, installation: strata_cascade::InstallationId) -> Option<PeerAddr> {
-        let hex = installation.to_hex();
-        self.stored
+    /// Where the session with each installation is (built once per batch
+    /// of a group's outputs, not once per member).
+    fn addresses(&self) -> BTreeMap<strata_cascade::InstallationId, PeerAddr> {
+        let mut map: BTreeMap<_, _> = self
+            .status
             .iter()
-            .find(|(_, i)| **i == installation)
-            .map(|(p, _)| p.clone())
-            .or_else(|| {
-                self.status
-                    .iter()
-                    .find(|(_, s)| s.installation.as_deref() == Some(hex.as_str()))
-                    .map(|(p, _)| p.clone())
-            })
+            .filter_map(|(p, s)| Some((s.installation.as_deref()?.parse().ok()?, p.clone())))
+            .collect();
+        // A stored session names its installation for sure.
+        map.extend(self.stored.iter().map(|(p, i)| (*i, p.clone())));
+        map
     }
 
     /// A group PDU a pair session delivered from `peer`.
@@ -483,10 +483,11 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
     type Result = ();
 
     fn handle(&mut self, FromGroup { group, outputs }: FromGroup, ctx: &mut Self::Context) {
+        let addresses = self.addresses();
         for out in outputs {
             match out {
                 GroupOutput::Pairwise { to, pdu } => {
-                    let Some(peer) = self.address_of(to) else {
+                    let Some(peer) = addresses.get(&to).cloned() else {
                         tracing::warn!(%group, member = %to.to_hex(), "no session with a group member");
                         continue;
                     };
@@ -509,7 +510,7 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                         continue;
                     };
                     for member in to {
-                        if let Some(peer) = self.address_of(member) {
+                        if let Some(peer) = addresses.get(&member).cloned() {
                             let frames = vec![frame.clone()];
                             self.forward(transport.clone(), Transmit { to: peer, frames }, ctx);
                         }

@@ -222,17 +222,16 @@ impl GroupMachine {
         }
         if pdu.epoch > epoch {
             if self.future.len() < MAX_FUTURE_COMMITS || self.future.contains_key(&pdu.epoch) {
-                self.future.insert(pdu.epoch, (from, pdu));
+                self.future.insert(pdu.epoch, pdu);
             }
             return self.ask_catch_up(from);
         }
         self.apply(pdu)?;
         // Commits that waited for this one.
-        while let Some((from, next)) = self.future.remove(&self.epoch()) {
+        while let Some(next) = self.future.remove(&self.epoch()) {
             if self.removed {
                 break;
             }
-            let _ = from;
             self.apply(next)?;
         }
         self.future.retain(|e, _| *e > self.group.epoch());

@@ -13,6 +13,9 @@ use crate::error::SessionError;
 impl GroupMachine {
     /// Seals `content` for the group and broadcasts it to the others.
     pub(super) fn send(&mut self, content: &Content) -> Result<(), SessionError> {
+        if let Content::GroupPdu { .. } = content {
+            return Err(SessionError::Misuse("group PDUs are not group messages"));
+        }
         let key = self
             .keys
             .back()
@@ -82,6 +85,11 @@ impl GroupMachine {
         };
         if let Err(e) = content.check() {
             self.refuse(None, e);
+            return Ok(());
+        }
+        // Group PDUs travel pairwise, never as a group's message.
+        if let Content::GroupPdu { .. } = content {
+            self.refuse(None, "a group PDU as a group message's content");
             return Ok(());
         }
         self.first_sight(m.message_id.as_str());

@@ -202,8 +202,8 @@ pub struct GroupMachine {
     keys: VecDeque<GroupMessageKey>,
     /// The last commits, oldest first, each as sent.
     log: VecDeque<GroupCommit>,
-    /// Commits of future epochs by epoch, with their sender.
-    future: BTreeMap<u64, (InstallationId, GroupCommit)>,
+    /// Commits of future epochs, by epoch.
+    future: BTreeMap<u64, GroupCommit>,
     early: VecDeque<GroupMessage>,
     seen: HashSet<String>,
     seen_order: VecDeque<String>,

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use strata_cascade::group::{GroupMessageKey, GroupMls};
-use strata_cascade::{InstallationId, InstallationIdentity, SecretBytes};
+use strata_cascade::{InstallationIdentity, SecretBytes};
 use strata_proto::{GroupCommit, GroupMessage};
 
 use super::GroupMachine;
@@ -26,7 +26,7 @@ struct GroupRecord {
     mls: String,
     keys: Vec<String>,
     log: Vec<GroupCommit>,
-    future: Vec<(String, GroupCommit)>,
+    future: Vec<GroupCommit>,
     early: Vec<GroupMessage>,
     seen: Vec<String>,
     removed: bool,
@@ -50,11 +50,7 @@ impl GroupMachine {
                 .map(|k| STANDARD.encode(k.to_bytes().as_bytes()))
                 .collect(),
             log: self.log.iter().cloned().collect(),
-            future: self
-                .future
-                .values()
-                .map(|(from, c)| (from.to_hex(), c.clone()))
-                .collect(),
+            future: self.future.values().cloned().collect(),
             early: self.early.iter().cloned().collect(),
             seen: self.seen_order.iter().cloned().collect(),
             removed: self.removed,
@@ -78,9 +74,8 @@ impl GroupMachine {
             m.keys.push_back(GroupMessageKey::from_bytes(&decode(k)?)?);
         }
         m.log = record.log.into();
-        for (from, commit) in record.future {
-            let from: InstallationId = from.parse().map_err(|_| corrupt("installation id"))?;
-            m.future.insert(commit.epoch, (from, commit));
+        for commit in record.future {
+            m.future.insert(commit.epoch, commit);
         }
         m.early = record.early.into();
         for id in record.seen {
