@@ -39,6 +39,7 @@
 //! | – | `group-proposal` | [`GroupProposal`] | a member asks an admin to add, remove, let it leave, or commit its update (pairwise only) |
 //! | – | `group-catch-up-request` | [`GroupCatchUpRequest`] | a member behind asks for the commits since its epoch (pairwise only) |
 //! | – | `group-catch-up` | [`GroupCatchUp`] | up to 16 logged commits, oldest first (pairwise only) |
+//! | – | `group-sync` | [`GroupSync`] | the group messages a member has, by epoch, sender and sequence ranges: the other sends what it lacks (pairwise only) |
 //!
 //! The group machine (`strata_session::group`) sends them. `group-message`
 //! travels in the clear (it is sealed by the group); those marked

@@ -47,3 +47,8 @@ pub const MAX_ADDRESS: usize = 256;
 pub const MAX_GROUP_PROPOSALS: usize = 64;
 /// Most commits one `group-catch-up` carries.
 pub const MAX_CATCH_UP: usize = 16;
+/// Most (epoch, sender) entries one `group-sync` carries: the epochs a
+/// member can still read times the senders heard in them.
+pub const MAX_SYNC_ENTRIES: usize = 4096;
+/// Most ranges of sequence numbers one `group-sync` entry carries.
+pub const MAX_SYNC_RANGES: usize = 64;

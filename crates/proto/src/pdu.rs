@@ -11,7 +11,8 @@ use crate::codec::{Blob, BoundedVec, FixedBytes, LIMIT_PREFIX, LayerParameters, 
 use crate::error::DecodeError;
 use crate::limits::{
     CHUNK_SIZE, MAX_ADDRESS, MAX_CATCH_UP, MAX_GROUP_NAME, MAX_GROUP_PROPOSALS, MAX_ID, MAX_JSON_DEPTH, MAX_KEY,
-    MAX_LAYER_NAMES, MAX_LAYERS, MAX_MLS_OBJECT, MAX_PDU_BYTES, MAX_REASON, MAX_SIGNAL_MESSAGE,
+    MAX_LAYER_NAMES, MAX_LAYERS, MAX_MLS_OBJECT, MAX_PDU_BYTES, MAX_REASON, MAX_SIGNAL_MESSAGE, MAX_SYNC_ENTRIES,
+    MAX_SYNC_RANGES,
 };
 
 /// The profile id Strata speaks (P1.1).
@@ -680,6 +681,41 @@ pub struct GroupCatchUp {
     pub complete: bool,
 }
 
+/// The group messages of one sender in one epoch that a member has:
+/// their sequence numbers, as inclusive ranges, lowest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct HeardSeqs {
+    /// The epoch the messages were sent in.
+    pub epoch: u64,
+    /// The sender's installation id (hex).
+    pub sender: Id,
+    /// `[first, last]` ranges of the sequence numbers held.
+    pub seqs: BoundedVec<[u64; 2], MAX_SYNC_RANGES>,
+}
+
+/// `group-sync`: which group messages a member has, for the epochs it can
+/// read (`fromEpoch..=toEpoch`), so the receiver sends back what it holds
+/// and the sender lacks (each as a `group-message`, pairwise). Unless
+/// `answer` is set, a receiver that lacks messages the sender has answers
+/// with its own `group-sync`. **Pairwise only.**
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSync {
+    /// The MLS group id.
+    pub group_id: GroupId,
+    /// The oldest epoch whose messages the sender can read.
+    pub from_epoch: u64,
+    /// The sender's epoch.
+    pub to_epoch: u64,
+    /// What it has, by epoch and sender; an absent pair is none.
+    pub heard: BoundedVec<HeardSeqs, MAX_SYNC_ENTRIES>,
+    /// Whether this answers a `group-sync` (and so is not answered).
+    pub answer: bool,
+}
+
 /// Where a PDU type belongs in a session's life (P6.4: handshake PDUs are
 /// processed before `encryptionReady`; messages are not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -785,6 +821,7 @@ catalog! {
     GroupProposal(GroupProposal) = "group-proposal", Group;
     GroupCatchUpRequest(GroupCatchUpRequest) = "group-catch-up-request", Group;
     GroupCatchUp(GroupCatchUp) = "group-catch-up", Group;
+    GroupSync(GroupSync) = "group-sync", Group;
 }
 
 impl std::fmt::Display for PduType {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use arbitrary::{Arbitrary, Unstructured};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use strata_proto::limits::{MAX_CATCH_UP, MAX_GROUP_PROPOSALS, MAX_JSON_DEPTH, MAX_PDU_BYTES};
+use strata_proto::limits::{MAX_CATCH_UP, MAX_GROUP_PROPOSALS, MAX_JSON_DEPTH, MAX_PDU_BYTES, MAX_SYNC_RANGES};
 use strata_proto::*;
 
 fn golden_dir() -> PathBuf {
@@ -398,7 +398,8 @@ fn a_bundle_started_sync_request_carries_the_initiator() {
 }
 
 /// The group PDUs' caps and fixed sizes: a group secret of the wrong
-/// length, too many proposals or catch-up commits, an unknown proposal
+/// length, too many proposals, catch-up commits or sync ranges, a range
+/// that is not a pair, an unknown proposal
 /// kind and an over-long name are refused, typed.
 #[test]
 fn group_pdus_hit_their_caps() {
@@ -424,6 +425,16 @@ fn group_pdus_hit_their_caps() {
     let commit = log["commits"][0].clone();
     log["commits"] = serde_json::Value::Array(vec![commit; MAX_CATCH_UP + 1]);
     assert!(matches!(refused(log), DecodeError::LimitExceeded { .. }));
+    let mut ranges = by_type("group-sync");
+    ranges["heard"][0]["seqs"] = serde_json::Value::Array(vec![serde_json::json!([0, 1]); MAX_SYNC_RANGES + 1]);
+    assert!(matches!(refused(ranges), DecodeError::LimitExceeded { .. }));
+    let mut range = by_type("group-sync");
+    range["heard"][0]["seqs"] = serde_json::json!([[0, 1, 2]]);
+    let e = refused(range);
+    assert!(
+        matches!(e, DecodeError::InvalidField { .. } | DecodeError::Syntax { .. }),
+        "{e:?}"
+    );
     let mut kind = by_type("group-proposal");
     kind["kind"] = "promote".into();
     assert!(matches!(refused(kind), DecodeError::InvalidField { .. }));
@@ -434,6 +445,7 @@ fn group_pdus_hit_their_caps() {
         "group-proposal",
         "group-catch-up-request",
         "group-catch-up",
+        "group-sync",
     ] {
         Pdu::decode(&serde_json::to_vec(&by_type(ty)).unwrap()).unwrap();
     }

@@ -242,6 +242,19 @@ pub fn samples() -> Vec<Pdu> {
             complete: true,
         }
         .into(),
+        GroupSync {
+            group_id: blob(60, 16),
+            from_epoch: 3,
+            to_epoch: 5,
+            heard: BoundedVec::new(vec![HeardSeqs {
+                epoch: 4,
+                sender: text("00112233445566778899aabbccddeeff"),
+                seqs: BoundedVec::new(vec![[0, 6], [8, 9]]).unwrap(),
+            }])
+            .unwrap(),
+            answer: false,
+        }
+        .into(),
     ]
 }
 

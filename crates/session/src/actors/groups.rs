@@ -15,6 +15,8 @@
 //!   this node has (gossip publishing is not wired yet); members without
 //!   a link get them from the admin, which passes every member's message
 //!   on.
+//! - Every second the group's clock ticks ([`GroupInput::Tick`]): its
+//!   `group-sync` rounds recover the group messages lost on the way.
 //! - After every step the group's record is written (one transaction),
 //!   then its outputs go: pairwise PDUs through the member's pair session,
 //!   broadcasts to the transport, events to subscribers as
@@ -23,6 +25,7 @@
 use super::*;
 use crate::content::Content;
 use crate::group::{GroupCommand, GroupEvent, GroupInput, GroupMachine, GroupOutput, Invitee};
+use std::time::Instant;
 
 /// What a [`GroupActor`] is asked to do.
 #[derive(Debug)]
@@ -110,6 +113,16 @@ impl Actor for GroupActor {
         if let Err(e) = self.flush(ctx) {
             tracing::warn!(group = %self.id, error = %e, "cannot store a group");
         }
+        // The machine's clock: `group-sync` rounds.
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| {
+            let ticked = act.machine.handle(GroupInput::Tick(Instant::now()));
+            // Most ticks do nothing: the record is written when one did.
+            if act.machine.has_output()
+                && let Err(e) = ticked.and_then(|()| act.flush(ctx))
+            {
+                tracing::warn!(group = %act.id, error = %e, "a group's sync round failed");
+            }
+        });
     }
 }
 
@@ -419,6 +432,9 @@ impl<T: Transport> Node<T> {
             strata_proto::Pdu::GroupProposal(p) => hex::encode(p.group_id.as_bytes()),
             strata_proto::Pdu::GroupCatchUpRequest(r) => hex::encode(r.group_id.as_bytes()),
             strata_proto::Pdu::GroupCatchUp(c) => hex::encode(c.group_id.as_bytes()),
+            strata_proto::Pdu::GroupSync(s) => hex::encode(s.group_id.as_bytes()),
+            // Sent again in answer to a `group-sync`.
+            strata_proto::Pdu::GroupMessage(m) => hex::encode(m.group_id.as_bytes()),
             _ => {
                 tracing::debug!(%peer, "not a pairwise group PDU");
                 return;

@@ -1,14 +1,34 @@
 //! Group messages: sealing ours with the epoch's key, opening others' with
 //! the key of their epoch, holding early ones for their commit, dropping
 //! duplicates.
+//!
+//! The sealed plaintext is framed: a version byte ([`FRAMING`]), the
+//! sender's sequence number in the epoch (8 bytes, big-endian: what
+//! `group-sync` compares), then the content.
 
 use strata_cascade::CascadeError;
 use strata_cascade::group::GroupMls;
 use strata_proto::{Blob, GroupMessage, Text};
 
-use super::{GroupEvent, GroupMachine, GroupOutput, MAX_EARLY_MESSAGES};
+use super::{GroupEvent, GroupMachine, GroupOutput, MAX_EARLY_MESSAGES, Seqs};
 use crate::content::Content;
 use crate::error::SessionError;
+
+/// The first byte of a group message's plaintext.
+const FRAMING: u8 = 1;
+
+fn frame(seq: u64, content: &Content) -> Vec<u8> {
+    let mut plain = vec![FRAMING];
+    plain.extend_from_slice(&seq.to_be_bytes());
+    plain.extend_from_slice(&content.to_bytes());
+    plain
+}
+
+fn unframe(plain: &[u8]) -> Option<(u64, &[u8])> {
+    let (&version, rest) = plain.split_first()?;
+    let (seq, content) = rest.split_first_chunk::<8>()?;
+    (version == FRAMING).then(|| (u64::from_be_bytes(*seq), content))
+}
 
 impl GroupMachine {
     /// Seals `content` for the group and broadcasts it to the others.
@@ -25,7 +45,8 @@ impl GroupMachine {
         let mut id = [0u8; 16];
         rand::RngCore::fill_bytes(&mut self.rng, &mut id);
         let message_id = hex::encode(id);
-        let ciphertext = self.group.seal(&content.to_bytes(), &key, &mut self.rng)?;
+        let seq = self.heard.get(&(key.epoch(), self.local)).map_or(0, Seqs::next);
+        let ciphertext = self.group.seal(&frame(seq, content), &key, &mut self.rng)?;
         let message = GroupMessage {
             group_id: Blob::new(self.group_id().to_vec())
                 .map_err(|_| SessionError::Internal("group id over its cap".into()))?,
@@ -34,6 +55,7 @@ impl GroupMachine {
             ciphertext: Blob::new(ciphertext).map_err(|_| SessionError::Misuse("group message too large"))?,
         };
         self.first_sight(&message_id);
+        self.hear(key.epoch(), self.local, seq, &message);
         let to = self.others()?;
         self.out.push_back(GroupOutput::Broadcast { message, to });
         Ok(())
@@ -76,7 +98,13 @@ impl GroupMachine {
             Err(CascadeError::Internal { detail, .. }) => return Err(SessionError::Internal(detail)),
             Err(e) => return Err(e.into()),
         };
-        let content = match Content::from_bytes(&opened.plaintext) {
+        let Some((seq, body)) = unframe(&opened.plaintext) else {
+            self.refuse(None, "group message framing");
+            return Ok(());
+        };
+        // Had, whatever its content: nobody sends it again.
+        self.hear(epoch, opened.sender, seq, m);
+        let content = match Content::from_bytes(body) {
             Ok(c) => c,
             Err(e) => {
                 self.refuse(None, &format!("group message content: {e}"));

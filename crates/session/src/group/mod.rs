@@ -46,14 +46,22 @@
 //!   [`MAX_EARLY_MESSAGES`]) for its commit, one of an epoch passed opens
 //!   with that epoch's kept key (up to [`MAX_PAST_EPOCHS`] back), and a
 //!   message id seen before is dropped (the last [`SEEN_MESSAGES`] ids).
+//! - **Loss.** Group messages may be lost on the way; members compare
+//!   what they have with `group-sync` over the pair sessions and send
+//!   each other what is missing (the `sync` module: each sender numbers
+//!   its messages per epoch, the sequencer is the hub, rounds at most every
+//!   [`SYNC_INTERVAL`], [`KEPT_MESSAGES`] kept to send again). The owner
+//!   ticks the machine ([`GroupInput::Tick`]) for these rounds.
 //! - A member removed stops: [`GroupEvent::Removed`], and the machine
 //!   refuses all input after it.
 
 mod commits;
 mod messages;
 mod record;
+mod sync;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -61,6 +69,8 @@ use strata_cascade::group::{GroupEpochSecret, GroupMessageKey, GroupMls, MAX_PAS
 use strata_cascade::{InstallationId, InstallationIdentity, KeyPackageSecrets, PeerIdentity};
 use strata_proto::{GroupCommit, GroupMessage, GroupWelcome, Pdu};
 
+pub use self::sync::{KEPT_MESSAGES, RESEND_BATCH, SYNC_INTERVAL};
+use self::sync::{Kept, Seqs};
 use crate::content::Content;
 use crate::error::SessionError;
 
@@ -117,6 +127,8 @@ pub enum GroupInput<'a> {
     Message(&'a GroupMessage),
     /// A request of the local user.
     Command(GroupCommand),
+    /// Time passes (the owner calls this every second or so).
+    Tick(Instant),
 }
 
 /// What a group machine tells its owner.
@@ -210,6 +222,14 @@ pub struct GroupMachine {
     removed: bool,
     /// The epoch at which this member last asked to be caught up.
     asked_at: Option<u64>,
+    /// Sequence numbers of the messages this member has, by epoch and
+    /// sender (its own included), for the epochs it can read.
+    heard: BTreeMap<(u64, InstallationId), Seqs>,
+    /// The last messages, as they came, to send again.
+    kept: VecDeque<Kept>,
+    /// What this member has changed since its last `group-sync`.
+    sync_due: bool,
+    last_sync: Option<Instant>,
     rng: ChaCha20Rng,
     out: VecDeque<GroupOutput>,
 }
@@ -238,6 +258,10 @@ impl GroupMachine {
             seen_order: VecDeque::new(),
             removed: false,
             asked_at: None,
+            heard: BTreeMap::new(),
+            kept: VecDeque::new(),
+            sync_due: true,
+            last_sync: None,
             rng: ChaCha20Rng::from_seed(seed),
             out: VecDeque::new(),
         }
@@ -333,6 +357,11 @@ impl GroupMachine {
         self.out.pop_front()
     }
 
+    /// Whether outputs wait to be polled.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// Runs one step. An `Err` is local (a bug, or a command this member
     /// may not give); peer input never makes it fail.
     pub fn handle(&mut self, input: GroupInput<'_>) -> Result<(), SessionError> {
@@ -346,6 +375,7 @@ impl GroupMachine {
             GroupInput::Pairwise { from, pdu } => self.on_pairwise(from, pdu),
             GroupInput::Message(m) => self.on_message(m),
             GroupInput::Command(c) => self.on_command(c),
+            GroupInput::Tick(now) => self.on_tick(now),
         }
     }
 
@@ -379,6 +409,9 @@ impl GroupMachine {
                 Ok(())
             }
             Pdu::GroupProposal(p) if p.group_id.as_bytes() == self.group_id() => self.on_proposal(from, p),
+            Pdu::GroupSync(s) if s.group_id.as_bytes() == self.group_id() => self.on_sync(from, s),
+            // A message sent again in answer to a `group-sync`.
+            Pdu::GroupMessage(m) if m.group_id.as_bytes() == self.group_id() => self.on_message(m),
             Pdu::GroupWelcome(_) => {
                 self.refuse(Some(from), "a Welcome for a group this member is in");
                 Ok(())
@@ -413,6 +446,11 @@ impl GroupMachine {
         while self.keys.len() > usize::try_from(MAX_PAST_EPOCHS).unwrap_or(usize::MAX) + 1 {
             self.keys.pop_front();
         }
+        if let Some(oldest) = self.keys.front().map(GroupMessageKey::epoch) {
+            self.forget_before(oldest);
+        }
+        // Messages of the new epoch may have been lost before it came.
+        self.sync_due = true;
     }
 
     /// Remembers message id `id`; false when it was seen before.

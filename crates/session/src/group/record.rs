@@ -1,6 +1,7 @@
 //! A group machine's persisted form: everything [`GroupMachine`] holds
 //! (the MLS group, the message keys of the epochs still in reach, the
-//! commit log, held commits and messages, the ids seen), as one JSON
+//! commit log, held commits and messages, the ids seen, what `group-sync`
+//! compares and the messages kept to send again), as one JSON
 //! record, sealed at rest by the store (`Writer::set_group`). Byte fields
 //! are base64; the PDUs are in their wire form.
 
@@ -10,10 +11,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use strata_cascade::group::{GroupMessageKey, GroupMls};
-use strata_cascade::{InstallationIdentity, SecretBytes};
+use strata_cascade::{InstallationId, InstallationIdentity, SecretBytes};
 use strata_proto::{GroupCommit, GroupMessage};
 
-use super::GroupMachine;
+use super::{GroupMachine, Kept, Seqs};
 use crate::error::SessionError;
 
 const VERSION: u32 = 1;
@@ -31,6 +32,25 @@ struct GroupRecord {
     seen: Vec<String>,
     removed: bool,
     asked_at: Option<u64>,
+    #[serde(default)]
+    heard: Vec<HeardRecord>,
+    #[serde(default)]
+    kept: Vec<KeptRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeardRecord {
+    epoch: u64,
+    sender: String,
+    seqs: Seqs,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeptRecord {
+    epoch: u64,
+    sender: String,
+    seq: u64,
+    message: GroupMessage,
 }
 
 fn corrupt(what: &str) -> SessionError {
@@ -55,6 +75,25 @@ impl GroupMachine {
             seen: self.seen_order.iter().cloned().collect(),
             removed: self.removed,
             asked_at: self.asked_at,
+            heard: self
+                .heard
+                .iter()
+                .map(|((epoch, sender), seqs)| HeardRecord {
+                    epoch: *epoch,
+                    sender: sender.to_hex(),
+                    seqs: seqs.clone(),
+                })
+                .collect(),
+            kept: self
+                .kept
+                .iter()
+                .map(|k| KeptRecord {
+                    epoch: k.epoch,
+                    sender: k.sender.to_hex(),
+                    seq: k.seq,
+                    message: k.message.clone(),
+                })
+                .collect(),
         };
         let json = serde_json::to_vec(&record).map_err(|e| SessionError::Internal(e.to_string()))?;
         Ok(SecretBytes::from_vec(json))
@@ -83,6 +122,18 @@ impl GroupMachine {
         }
         m.removed = record.removed;
         m.asked_at = record.asked_at;
+        let installation = |s: &str| s.parse::<InstallationId>().map_err(|_| corrupt("installation id"));
+        for h in record.heard {
+            m.heard.insert((h.epoch, installation(&h.sender)?), h.seqs);
+        }
+        for k in record.kept {
+            m.kept.push_back(Kept {
+                epoch: k.epoch,
+                sender: installation(&k.sender)?,
+                seq: k.seq,
+                message: k.message,
+            });
+        }
         m.rng = ChaCha20Rng::from_seed(seed);
         Ok(m)
     }

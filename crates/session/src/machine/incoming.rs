@@ -84,7 +84,8 @@ impl PeerMachine {
             | Pdu::GroupCommit(_)
             | Pdu::GroupProposal(_)
             | Pdu::GroupCatchUpRequest(_)
-            | Pdu::GroupCatchUp(_) => {
+            | Pdu::GroupCatchUp(_)
+            | Pdu::GroupSync(_) => {
                 // A group PDU in the clear on a pair link is refused (the
                 // pairwise-only ones carry group secrets: never accepted
                 // outside a session's cascade).
