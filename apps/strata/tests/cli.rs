@@ -1264,8 +1264,8 @@ fn three_daemons_chat_in_a_group() {
         .collect();
     let uri = |n: &Node| n.id()["contactUri"].as_str().unwrap().to_owned();
     let (a_uri, b_uri, c_uri) = (uri(&alice), uri(&bob), uri(&carol));
-    // Bob and Carol each have a session with Alice only: Alice, the admin,
-    // passes their group messages on.
+    // Bob and Carol each have a session with Alice only: group messages
+    // are published on the group's gossip topic, which all three hear.
     for (from, to) in [(&bob, &a_uri), (&carol, &a_uri)] {
         let connect = json_of(&from.ok(&["connect", to, "--json"]));
         assert_eq!(connect["state"], "ready", "{connect}");

@@ -114,7 +114,7 @@ impl Net {
                     let to = self.index(to);
                     self.wire.push_back((to, Delivery::Pairwise { from, pdu }));
                 }
-                GroupOutput::Broadcast { message, to } => {
+                GroupOutput::Broadcast { message, to, .. } => {
                     for member in to {
                         let to = self.index(member);
                         if self.no_link.contains(&(i, to)) || self.no_link.contains(&(to, i)) {

@@ -62,7 +62,8 @@ fn three_nodes_chat_in_a_group() {
         }
         handshake(&mut alice, &mut bob).await;
         handshake(&mut alice, &mut carol).await;
-        // No session between Bob and Carol: the admin passes their messages on.
+        // No session between Bob and Carol: they hear each other's
+        // publishes on the group's topic.
 
         let group = alice
             .addr
@@ -153,5 +154,32 @@ fn three_nodes_chat_in_a_group() {
             } if text != "hello group" && text != "from bob")
         });
         assert!(!late, "carol heard something after her removal");
+
+        // One publish per message: every group message reached each node
+        // once, published on the group's topic, never as a link frame (the
+        // admin passes nothing on over gossip).
+        let topic = strata_session::actors::group_topic(&group);
+        let mut copies = std::collections::BTreeMap::new();
+        for entry in net.trace() {
+            match entry.event {
+                strata_transport::TransportEvent::Published { topic: t, bytes, .. } => {
+                    let Ok(strata_proto::Pdu::GroupMessage(m)) = strata_proto::Pdu::decode(&bytes) else {
+                        continue;
+                    };
+                    assert_eq!(t, topic);
+                    *copies.entry((entry.to, m.message_id.as_str().to_owned())).or_insert(0) += 1;
+                }
+                strata_transport::TransportEvent::Frame { bytes, .. } => {
+                    let is_message = matches!(
+                        strata_proto::Pdu::decode(&bytes),
+                        Ok(strata_proto::Pdu::GroupMessage(_))
+                    );
+                    assert!(!is_message, "a group message went as a link frame");
+                }
+                _ => {}
+            }
+        }
+        assert!(copies.len() >= 8, "{copies:?}");
+        assert!(copies.values().all(|n| *n == 1), "{copies:?}");
     });
 }

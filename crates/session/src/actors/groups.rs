@@ -11,10 +11,14 @@
 //!   welcomer.
 //! - `group-message` frames arrive on the transport beside the pair
 //!   frames; the node hands them to the group they name before any pair
-//!   session sees them. Broadcasts go out as one frame per member link
-//!   this node has (gossip publishing is not wired yet); members without
-//!   a link get them from the admin, which passes every member's message
-//!   on.
+//!   session sees them. Broadcasts go out as one publish on the group's
+//!   topic ([`group_topic`]) when the transport has gossip, else as one
+//!   frame per member link this node has; members without a link get them
+//!   from the admin, which passes every member's message on (not on
+//!   gossip: everyone hears the one publish). A node subscribes to the
+//!   topic of every group it is in; it cannot unsubscribe (the transport
+//!   has no call for it), so after a removal the topic's messages reach
+//!   it until it restarts, and are dropped.
 //! - Every second the group's clock ticks ([`GroupInput::Tick`]): its
 //!   `group-sync` rounds recover the group messages lost on the way.
 //! - After every step the group's record is written (one transaction),
@@ -322,6 +326,14 @@ pub(super) fn invitee(store: &dyn Durable, installation: &str, now_s: u64) -> Re
     })
 }
 
+/// The content topic a group's messages are published on over gossip:
+/// `/strata/1/group-<id>/proto` (23/WAKU2-TOPICS). Relays learn the group
+/// id and the sizes and times of its messages, not who sent them nor what
+/// they say (the group seals them).
+pub fn group_topic(group: &str) -> Topic {
+    Topic::new(format!("/strata/1/group-{group}/proto"))
+}
+
 /// A group event for subscribers.
 pub(super) fn group_event(group: &str, event: GroupEvent) -> NodeEvent {
     NodeEvent {
@@ -379,6 +391,11 @@ impl<T: Transport> Node<T> {
 
     fn start_group(&mut self, machine: GroupMachine, ctx: &mut Context<Self>) -> String {
         let id = hex::encode(machine.group_id());
+        if self.broadcast
+            && let Some(transport) = self.transport_actor.clone()
+        {
+            self.forward(transport, SubscribeTopic(group_topic(&id)), ctx);
+        }
         let name = machine.name().map(str::to_owned);
         let actor = GroupActor::new(machine, self.setup.store.clone(), ctx.address().recipient()).start();
         self.groups.actors.insert(id.clone(), (actor, name));
@@ -473,12 +490,13 @@ impl<T: Transport> Node<T> {
         GroupMachine::join(&self.setup.local, from, welcome, &secrets, seed())
     }
 
-    /// A `group-message` frame from the transport.
-    pub(super) fn group_message(&mut self, peer: &PeerAddr, frame: &[u8]) {
+    /// A `group-message` frame from the transport: from a link, or
+    /// published on a group's topic (by a sender gossip may not name).
+    pub(super) fn group_message(&mut self, peer: Option<&PeerAddr>, frame: &[u8]) {
         let message = match strata_proto::Pdu::decode(frame) {
             Ok(strata_proto::Pdu::GroupMessage(m)) => m,
             _ => {
-                tracing::debug!(%peer, "undecodable group message");
+                tracing::debug!(?peer, "undecodable group message");
                 return;
             }
         };
@@ -487,10 +505,10 @@ impl<T: Transport> Node<T> {
             // (never a queue of waiting sends), as a lossy link would.
             Some((actor, _)) => {
                 if actor.try_send(GroupStep(GroupStepInput::Message(message))).is_err() {
-                    tracing::debug!(%peer, "group mailbox full; group message dropped");
+                    tracing::debug!(?peer, "group mailbox full; group message dropped");
                 }
             }
-            None => tracing::debug!(%peer, "group message for a group this node is not in"),
+            None => tracing::debug!(?peer, "group message for a group this node is not in"),
         }
     }
 }
@@ -520,11 +538,19 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                         Err(e) => tracing::warn!(%group, %peer, error = %e, "cannot reach a group member"),
                     }
                 }
-                GroupOutput::Broadcast { message, to } => {
+                GroupOutput::Broadcast { message, to, forwarded } => {
                     let frame = Bytes::from(strata_proto::Pdu::GroupMessage(message).encode());
                     let Some(transport) = self.transport_actor.clone() else {
                         continue;
                     };
+                    if self.broadcast {
+                        // Every member hears the sender's one publish.
+                        if !forwarded {
+                            let topic = group_topic(&group);
+                            self.forward(transport, Publish { topic, frame }, ctx);
+                        }
+                        continue;
+                    }
                     for member in to {
                         if let Some(peer) = addresses.get(&member).cloned() {
                             let frames = vec![frame.clone()];

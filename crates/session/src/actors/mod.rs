@@ -41,7 +41,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use rand::RngCore as _;
 use strata_cascade::{InstallationIdentity, SafetyNumber};
-use strata_transport::{DisconnectReason, EventStream, PeerAddr, Transport, TransportError, TransportEvent};
+use strata_transport::{DisconnectReason, EventStream, PeerAddr, Topic, Transport, TransportError, TransportEvent};
 use tracing::Instrument as _;
 
 use crate::config::Config;
@@ -191,6 +191,21 @@ pub struct Transmit {
     pub to: PeerAddr,
     /// The frames.
     pub frames: Vec<Bytes>,
+}
+
+/// Receive what is published on a topic.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), TransportError>")]
+pub struct SubscribeTopic(pub Topic);
+
+/// Publish one frame on a topic.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), TransportError>")]
+pub struct Publish {
+    /// The topic.
+    pub topic: Topic,
+    /// The frame.
+    pub frame: Bytes,
 }
 
 /// Open a link.
@@ -410,7 +425,7 @@ mod transport;
 
 pub use groups::{
     AddToGroup, CreateGroup, DescribeGroup, FromGroup, GroupActor, GroupInfo, GroupRequest, GroupStep, GroupStepInput,
-    GroupSummary, ListGroups,
+    GroupSummary, ListGroups, group_topic,
 };
 
 pub use node::Node;

@@ -25,6 +25,9 @@ pub struct Node<T: Transport> {
     limits: NodeLimits,
     transport: Option<(Box<T>, EventStream)>,
     pub(super) transport_actor: Option<Addr<TransportActor<T>>>,
+    /// The transport publishes to topics (gossip): group messages go as
+    /// one publish on the group's topic.
+    pub(super) broadcast: bool,
     sessions: BTreeMap<PeerAddr, Slot>,
     /// Peers whose dropped session has not stopped yet: no second session
     /// runs beside it, so their frames wait for the retransmission.
@@ -60,6 +63,7 @@ impl<T: Transport> Node<T> {
             limits: NodeLimits::default(),
             transport: Some((Box::new(transport), stream)),
             transport_actor: None,
+            broadcast: false,
             sessions: BTreeMap::new(),
             stopping: BTreeSet::new(),
             links: BTreeSet::new(),
@@ -336,6 +340,7 @@ impl<T: Transport> Actor for Node<T> {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX);
         if let Some((transport, stream)) = self.transport.take() {
+            self.broadcast = transport.capabilities().broadcast;
             let actor = TransportActor::new(*transport, stream, ctx.address().recipient());
             self.transport_actor = Some(actor.start());
         }
@@ -364,7 +369,11 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
         for event in events {
             let (peer, deliver, kind) = match event {
                 TransportEvent::Frame { from, bytes } if super::groups::is_group_message(&bytes) => {
-                    self.group_message(&from, &bytes);
+                    self.group_message(Some(&from), &bytes);
+                    continue;
+                }
+                TransportEvent::Published { from, bytes, .. } if super::groups::is_group_message(&bytes) => {
+                    self.group_message(from.as_ref(), &bytes);
                     continue;
                 }
                 TransportEvent::Frame { from, bytes } => {

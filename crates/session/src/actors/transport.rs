@@ -68,6 +68,24 @@ impl<T: Transport> Handler<Transmit> for TransportActor<T> {
     }
 }
 
+impl<T: Transport> Handler<SubscribeTopic> for TransportActor<T> {
+    type Result = ResponseFuture<Result<(), TransportError>>;
+
+    fn handle(&mut self, msg: SubscribeTopic, _ctx: &mut Self::Context) -> Self::Result {
+        let transport = T::clone(&self.transport);
+        Box::pin(async move { transport.subscribe(&msg.0).await }.instrument(self.span.clone()))
+    }
+}
+
+impl<T: Transport> Handler<Publish> for TransportActor<T> {
+    type Result = ResponseFuture<Result<(), TransportError>>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Self::Context) -> Self::Result {
+        let transport = T::clone(&self.transport);
+        Box::pin(async move { transport.publish(&msg.topic, msg.frame).await }.instrument(self.span.clone()))
+    }
+}
+
 impl<T: Transport> Handler<Dial> for TransportActor<T> {
     type Result = ResponseFuture<Result<(), TransportError>>;
 

@@ -57,7 +57,11 @@ impl GroupMachine {
         self.first_sight(&message_id);
         self.hear(key.epoch(), self.local, seq, &message);
         let to = self.others()?;
-        self.out.push_back(GroupOutput::Broadcast { message, to });
+        self.out.push_back(GroupOutput::Broadcast {
+            message,
+            to,
+            forwarded: false,
+        });
         Ok(())
     }
 
@@ -128,7 +132,11 @@ impl GroupMachine {
         if self.group.is_admin(self.local)? {
             let to: Vec<_> = self.others()?.into_iter().filter(|o| *o != opened.sender).collect();
             if !to.is_empty() {
-                self.out.push_back(GroupOutput::Broadcast { message: m.clone(), to });
+                self.out.push_back(GroupOutput::Broadcast {
+                    message: m.clone(),
+                    to,
+                    forwarded: true,
+                });
             }
         }
         self.emit(GroupEvent::Received {

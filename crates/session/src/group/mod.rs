@@ -12,8 +12,8 @@
 //!   secrets); **Pairwise** inputs arrive the same way, named by the
 //!   installation the pair session authenticated.
 //! - **Broadcast** outputs are `group-message`s for every other member
-//!   (one frame per member link; gossip publishing on the group's topic is
-//!   not built). Message inputs come from anyone: the MLS and AES layers
+//!   (one publish on the group's topic over gossip, one frame per member
+//!   link otherwise). Message inputs come from anyone: the MLS and AES layers
 //!   of [`GroupMls`] decide what opens. An admin passes every member's
 //!   message on to the other members once, so a member that has a link to
 //!   the admin alone still reaches everyone; copies are dropped by id.
@@ -200,6 +200,10 @@ pub enum GroupOutput {
         message: GroupMessage,
         /// The other members.
         to: Vec<InstallationId>,
+        /// An admin passing a member's message on, for members without a
+        /// link to its sender: on gossip, where every member hears the
+        /// sender's one publish, it is not sent.
+        forwarded: bool,
     },
     /// Tell the user.
     Event(GroupEvent),
