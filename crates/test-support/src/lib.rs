@@ -12,6 +12,7 @@
 //! - [`libp2p`]: libp2p nodes on loopback;
 //! - [`cascade`]: two installations with a working cascade, from the layer
 //!   APIs;
+//! - [`groups`]: group chat requests and waits on a [`TestNode`];
 //! - [`machines`]: two session machines driven directly, with a session
 //!   between them;
 //! - [`bench`](mod@bench): knobs, medians and the JS baselines the benches compare
@@ -39,6 +40,7 @@ use tokio::sync::mpsc;
 
 pub mod bench;
 pub mod cascade;
+pub mod groups;
 pub mod js;
 pub mod libp2p;
 pub mod machines;
@@ -51,6 +53,20 @@ pub fn run_paused<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(f)
+}
+
+/// Runs `f` in an actix system whose tokio runtime has worker threads, so
+/// transports' tasks run beside the actors (and beside their crypto) as
+/// they do in the daemon.
+pub fn run_threaded<F: Future>(f: F) -> F::Output {
+    let system = actix::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
             .build()
             .unwrap()
     });

@@ -26,14 +26,7 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 /// Runs `f` in an actix system whose tokio runtime has worker threads, so the
 /// transports' WebRTC tasks run beside the actors as they do in the daemon.
 pub fn run<F: Future>(f: F) -> F::Output {
-    let system = actix::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    });
-    system.block_on(f)
+    strata_test_support::run_threaded(f)
 }
 
 /// The PeerJS id a node registers: its installation id in hex, as the

@@ -159,6 +159,7 @@ impl GroupMachine {
             vec![sequencer]
         };
         let sync = self.sync_pdu(false)?;
+        tracing::debug!(group = %hex::encode(self.group_id()), members = to.len(), "group-sync round");
         for member in to {
             self.out.push_back(GroupOutput::Pairwise {
                 to: member,
@@ -222,6 +223,9 @@ impl GroupMachine {
             .take(RESEND_BATCH)
             .map(|k| k.message.clone())
             .collect();
+        if !lacking.is_empty() {
+            tracing::debug!(group = %hex::encode(self.group_id()), to = %from, count = lacking.len(), "group messages sent again");
+        }
         for message in lacking {
             self.out.push_back(GroupOutput::Pairwise {
                 to: from,
