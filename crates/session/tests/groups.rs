@@ -504,7 +504,8 @@ fn the_admin_passes_messages_on_to_members_without_a_link() {
 
 /// Hostile group messages change nothing and are refused: the same
 /// ciphertext again under a new message id (MLS has used its key), a
-/// message whose epoch field lies, garbage, and one for another group.
+/// message whose epoch field lies, garbage, one over the size cap, and one
+/// for another group.
 #[test]
 fn hostile_group_messages_are_refused() {
     let mut net = Net::new(3, 46);
@@ -549,15 +550,20 @@ fn hostile_group_messages_are_refused() {
         message_id: strata_proto::Text::new("elsewhere-id").unwrap(),
         ..sent.clone()
     };
-    for m in [&replay, &lying, &garbage, &elsewhere] {
+    let huge = GroupMessage {
+        message_id: strata_proto::Text::new("huge-id").unwrap(),
+        ciphertext: strata_proto::Blob::new(vec![0; strata_session::group::MAX_GROUP_MESSAGE_BYTES + 1]).unwrap(),
+        ..sent.clone()
+    };
+    for m in [&replay, &lying, &garbage, &elsewhere, &huge] {
         m2.handle(GroupInput::Message(m)).unwrap();
     }
     net.drain(2);
     assert_eq!(net.received(2).len(), 1, "nothing delivered twice or forged");
     assert_eq!(
         refusals(&net) - before,
-        3,
-        "replay, lie and garbage refused; another group's ignored"
+        4,
+        "replay, lie, garbage and the oversized one refused; another group's ignored"
     );
     // Nor can a member send a group PDU as a message.
     let pdu = GroupCommand::Send(Content::GroupPdu { data: vec![1] });

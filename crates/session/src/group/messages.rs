@@ -10,7 +10,9 @@ use strata_cascade::CascadeError;
 use strata_cascade::group::GroupMls;
 use strata_proto::{Blob, GroupMessage, Text};
 
-use super::{GroupEvent, GroupMachine, GroupOutput, MAX_EARLY_MESSAGES, Seqs};
+use super::{
+    GroupEvent, GroupMachine, GroupOutput, MAX_EARLY_BYTES, MAX_EARLY_MESSAGES, MAX_GROUP_MESSAGE_BYTES, Seqs,
+};
 use crate::content::Content;
 use crate::error::SessionError;
 
@@ -47,6 +49,9 @@ impl GroupMachine {
         let message_id = hex::encode(id);
         let seq = self.heard.get(&(key.epoch(), self.local)).map_or(0, Seqs::next);
         let ciphertext = self.group.seal(&frame(seq, content), &key, &mut self.rng)?;
+        if ciphertext.len() > MAX_GROUP_MESSAGE_BYTES {
+            return Err(SessionError::Misuse("group message too large"));
+        }
         let message = GroupMessage {
             group_id: Blob::new(self.group_id().to_vec())
                 .map_err(|_| SessionError::Internal("group id over its cap".into()))?,
@@ -71,16 +76,23 @@ impl GroupMachine {
         if m.group_id.as_bytes() != self.group_id() || self.seen.contains(m.message_id.as_str()) {
             return Ok(());
         }
+        if m.ciphertext.as_bytes().len() > MAX_GROUP_MESSAGE_BYTES {
+            self.refuse(None, "group message over its size cap");
+            return Ok(());
+        }
         let epoch = GroupMls::sealed_epoch(m.ciphertext.as_bytes()).unwrap_or(u64::MAX);
         if epoch != m.epoch {
             self.refuse(None, "group message whose epoch fields disagree");
             return Ok(());
         }
         if epoch > self.epoch() {
-            if self.early.len() >= MAX_EARLY_MESSAGES {
-                self.early.pop_front();
-            }
             self.early.push_back(m.clone());
+            let bytes = |m: &GroupMessage| m.ciphertext.as_bytes().len();
+            let mut total: usize = self.early.iter().map(bytes).sum();
+            while self.early.len() > MAX_EARLY_MESSAGES || total > MAX_EARLY_BYTES {
+                let Some(old) = self.early.pop_front() else { break };
+                total -= bytes(&old);
+            }
             // Behind: ask an admin, once per epoch.
             if self.asked_at != Some(self.epoch())
                 && let Some(admin) = self.group.admins()?.into_iter().find(|a| *a != self.local)

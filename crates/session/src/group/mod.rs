@@ -69,7 +69,7 @@ use strata_cascade::group::{GroupEpochSecret, GroupMessageKey, GroupMls, MAX_PAS
 use strata_cascade::{InstallationId, InstallationIdentity, KeyPackageSecrets, PeerIdentity};
 use strata_proto::{GroupCommit, GroupMessage, GroupWelcome, Pdu};
 
-pub use self::sync::{KEPT_MESSAGES, RESEND_BATCH, SYNC_INTERVAL};
+pub use self::sync::{KEPT_BYTES, KEPT_MESSAGES, RESEND_BATCH, SYNC_INTERVAL};
 use self::sync::{Kept, Seqs};
 use crate::content::Content;
 use crate::error::SessionError;
@@ -80,6 +80,12 @@ pub const COMMIT_LOG: usize = 64;
 pub const MAX_FUTURE_COMMITS: usize = 16;
 /// Group messages of future epochs kept until their commit.
 pub const MAX_EARLY_MESSAGES: usize = 256;
+/// Most bytes of group messages of future epochs kept.
+pub const MAX_EARLY_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes of one group message's ciphertext: the largest content (a
+/// 1 MiB text, base64 in JSON) sealed, with room to spare. Larger ones
+/// are refused before anything else.
+pub const MAX_GROUP_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Message ids remembered to drop duplicates.
 pub const SEEN_MESSAGES: usize = 4096;
 

@@ -34,6 +34,9 @@ use crate::error::SessionError;
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(3);
 /// Group messages each member keeps to send again.
 pub const KEPT_MESSAGES: usize = 256;
+/// Most bytes of ciphertext kept to send again (they are part of the
+/// group's stored record).
+pub const KEPT_BYTES: usize = 4 * 1024 * 1024;
 /// Messages sent again in answer to one `group-sync`.
 pub const RESEND_BATCH: usize = 64;
 
@@ -124,8 +127,11 @@ impl GroupMachine {
             seq,
             message: message.clone(),
         });
-        while self.kept.len() > KEPT_MESSAGES {
-            self.kept.pop_front();
+        let bytes = |k: &Kept| k.message.ciphertext.as_bytes().len();
+        let mut total: usize = self.kept.iter().map(bytes).sum();
+        while self.kept.len() > KEPT_MESSAGES || total > KEPT_BYTES {
+            let Some(old) = self.kept.pop_front() else { break };
+            total -= bytes(&old);
         }
         true
     }
