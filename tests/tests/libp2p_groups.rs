@@ -4,6 +4,11 @@
 //! members have none with each other: they hear one another on the group's
 //! gossip topic. Adds, texts all ways, a remove, a restart and a late add.
 //!
+//! Every node knows the relay alone: a star of 12 subscribers, more than
+//! the relay keeps in its mesh (D_high 8), so some members hear the group
+//! through the relay's IHAVE gossip (this test found gossipsub 0.50's
+//! 16 KiB control-message cap silencing them; see the transport's docs).
+//!
 //! Real time, real sockets: every wait is on an event with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -27,15 +32,11 @@ fn now_s() -> u64 {
 }
 
 /// Starts an installation with its KeyPackage pool stocked, as the daemon
-/// does at start, and the product's link timers. It knows the relay and
-/// `neighbour`: a chain of members beside the relay, so that gossip has
-/// more than one path (one relay with a dozen subscribers keeps only 8 in
-/// its mesh, the Waku D_high).
-async fn start(inst: &Installation, neighbour: Option<libp2p::Multiaddr>) -> Running {
+/// does at start, and the product's link timers.
+async fn start(inst: &Installation) -> Running {
     let identity = std::sync::Arc::clone(&inst.identity);
     inst.start_with(move |config, store| {
         config.link = strata_transport_libp2p::LinkConfig::default();
-        config.bootstrap.extend(neighbour);
         keep_stocked(store, &identity, &Config::default().key_package_pool, now_s()).unwrap();
     })
     .await
@@ -63,11 +64,8 @@ fn twelve_members_chat_over_libp2p_through_adds_a_remove_and_a_restart() {
             .map(|(name, seed)| Installation::new(name, seed, dir.path(), relay_addr.clone()))
             .collect();
         let mut nodes: Vec<Option<Running>> = Vec::new();
-        let mut addrs = Vec::new();
         for inst in &installs {
-            let node = start(inst, addrs.last().cloned()).await;
-            addrs.push(tcp_addr(&node.transport).await);
-            nodes.push(Some(node));
+            nodes.push(Some(start(inst).await));
         }
 
         // The admin opens a session with every member.
@@ -135,7 +133,7 @@ fn twelve_members_chat_over_libp2p_through_adds_a_remove_and_a_restart() {
         // m03 restarts: same store, same libp2p identity; its group comes
         // back from the store and goes on.
         nodes[3].take().unwrap().stop().await;
-        let mut m03 = start(&installs[3], Some(addrs[2].clone())).await;
+        let mut m03 = start(&installs[3]).await;
         assert!(m03.wait_ready().await, "the stored session with the admin resumes");
         nodes[3] = Some(m03);
         nodes[0].as_mut().unwrap().group_send(&group, "after the restart").await;

@@ -30,6 +30,7 @@
 //! | validation | `validate_messages()`; each message is decoded and checked ([`strata_proto::waku::WakuMessage::decode_bounded`]) and reported `Accept` (then relayed) or `Reject` | unreported messages are neither delivered nor forwarded |
 //! | `max_transmit_size` | 256 KiB | Waku messages go up to 150 KiB; one oversized frame kills a connection's later deliveries |
 //! | mesh | D 6, D_low 4, D_high 8, D_out 3, D_lazy 6, heartbeat 1 s, history 6/3, seen TTL 2 min, prune backoff 1 min, flood publish | 29/WAKU2-CONFIG, nwaku |
+//! | control messages | at most 400 IHAVE/IWANT ids sent per RPC; control parts up to 256 KiB accepted | gossipsub 0.50 refuses control parts over 16 KiB by default and, after 5 refused streams, stops talking to the sender: a relay with more than D_high subscribers (its IHAVEs list every recent id) went silent towards the peers outside its mesh |
 //! | idle timeout | 5 min | the swarm's 10 s drops relays outside the mesh |
 //! | pubsub topic | one, [`topic::DEFAULT_PUBSUB_TOPIC`] `/waku/2/rs/42/0` (configurable) | content topics are filtered locally, see [`topic`] |
 //!

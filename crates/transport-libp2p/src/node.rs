@@ -160,6 +160,16 @@ pub(crate) fn relay_config() -> Result<gossipsub::Config, Error> {
         .prune_backoff(Duration::from_secs(60))
         .unsubscribe_backoff(Duration::from_secs(5))
         .flood_publish(true)
+        // A relay with more subscribers than D_high gossips IHAVEs to the
+        // rest, listing every id of the last 3 heartbeats: up to 5,000 ids
+        // (≈170 KB), over the 16 KiB that 0.50 accepts in an RPC's control
+        // part by default. The receiver then drops the stream, and after 5
+        // attempts the relay's handler for it is disabled: that peer hears
+        // nothing for minutes. So send at most 400 ids (≈14 KB) a time, and
+        // accept control parts up to a whole transmission from peers that
+        // send more (nwaku, go-waku).
+        .max_control_messages_sent(400)
+        .max_control_message_size(MAX_TRANSMIT_SIZE)
         .build()
         .map_err(|e| Error::Config(format!("gossipsub: {e}")))
 }
