@@ -353,24 +353,26 @@ const HANDSHAKE_EVENTS: &[&str] = &[
     "disconnected",
 ];
 
+/// The absolute path of a regular file the user asked to send.
+fn file_to_send(file: &std::path::Path) -> Result<PathBuf> {
+    let path = std::fs::canonicalize(file).map_err(|e| {
+        AppError::new(ErrorKind::NotFound, format!("cannot send {}: {e}", file.display())).hint("check the path")
+    })?;
+    if !path.is_file() {
+        return Err(
+            AppError::new(ErrorKind::Usage, format!("{} is not a file", path.display()))
+                .hint("send one regular file at a time"),
+        );
+    }
+    Ok(path)
+}
+
 /// `strata send`.
 pub(crate) async fn send(ctx: &Ctx, args: SendArgs) -> Result<()> {
     let peer = PeerRef::parse(&args.peer)?;
     let body = match (args.text, args.file) {
         (Some(text), None) => SendBody::Text(text),
-        (None, Some(file)) => {
-            let path = std::fs::canonicalize(&file).map_err(|e| {
-                AppError::new(ErrorKind::NotFound, format!("cannot send {}: {e}", file.display()))
-                    .hint("check the path")
-            })?;
-            if !path.is_file() {
-                return Err(
-                    AppError::new(ErrorKind::Usage, format!("{} is not a file", path.display()))
-                        .hint("send one regular file at a time"),
-                );
-            }
-            SendBody::File(path)
-        }
+        (None, Some(file)) => SendBody::File(file_to_send(&file)?),
         _ => {
             return Err(AppError::new(ErrorKind::Usage, "give a text or --file PATH, not both")
                 .hint("see `strata send --help`"));
@@ -552,6 +554,19 @@ pub(crate) async fn group(ctx: &Ctx, action: crate::sessions::GroupAction) -> Re
     use crate::sessions::GroupAction;
     let listing = action == GroupAction::List;
     let members = matches!(action, GroupAction::Members { .. });
+    // The daemon reads the file: it gets an absolute path.
+    let action = match action {
+        GroupAction::Send {
+            group,
+            text,
+            file: Some(file),
+        } => GroupAction::Send {
+            group,
+            text,
+            file: Some(file_to_send(&file)?),
+        },
+        other => other,
+    };
     let daemon = require_daemon(ctx, "group").await?;
     let result = session_rpc(&daemon, &SessionCall::Group { action }).await?;
     if ctx.json {
@@ -571,6 +586,9 @@ pub(crate) async fn group(ctx: &Ctx, action: crate::sessions::GroupAction) -> Re
             output::line(format!("{}{admin}", m.as_str().unwrap_or_default()))?;
         }
         return Ok(());
+    }
+    if let Some(file_id) = at(&result, "fileId").as_str() {
+        return output::line(file_id);
     }
     if !listing {
         return output::line(at(&result, "group").as_str().unwrap_or_default());

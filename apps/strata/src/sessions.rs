@@ -81,12 +81,19 @@ pub(crate) enum GroupAction {
         /// The group id
         group: String,
     },
-    /// Send a text to a group
+    /// Send a text or a file (at most 2 MiB) to a group
     Send {
         /// The group id
         group: String,
         /// The text
-        text: String,
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// Send this file instead (an absolute path on the daemon's
+        /// machine in the API)
+        #[arg(long, value_name = "PATH")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<PathBuf>,
     },
     /// Show a group's name, epoch, members and admins
     Members {

@@ -1249,7 +1249,8 @@ fn wait_event(node: &Node, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// Three daemons over libp2p (issue #17): Alice creates a group chat and
-/// adds Bob and Carol, who join from her Welcomes; texts go all ways; Carol
+/// adds Bob and Carol, who join from her Welcomes; texts go all ways, and a
+/// file; Carol
 /// is removed, is told so, and the others go on without her.
 #[test]
 fn three_daemons_chat_in_a_group() {
@@ -1335,6 +1336,18 @@ fn three_daemons_chat_in_a_group() {
     says(&carol, "from carol");
     hears(&alice, "from carol");
     hears(&bob, "from carol");
+
+    // A file to the group: Bob and Carol have it whole.
+    let file = alice.dir().join("route.gpx");
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let sent = alice.ok(&["group", "send", &group, "--file", file.to_str().unwrap()]);
+    let file_id = sent.trim().to_owned();
+    for n in [&bob, &carol] {
+        let got = wait_event(n, "group-file", |d| d["fileId"] == file_id.as_str());
+        assert_eq!(got["name"], "route.gpx", "{got}");
+        assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), bytes);
+    }
 
     let carol_id = carol.id()["installationId"].as_str().unwrap().to_owned();
     alice.ok(&["group", "remove", &group, &carol_id]);

@@ -47,6 +47,7 @@
 //! | one peer's actor: machine steps, timer, footprint | `actors/session.rs` |
 //! | the transport actor | `actors/transport.rs`; the messages in `actors/mod.rs` |
 //! | file transfers: chunks out (pumping), chunks in, resuming after a restart | `files.rs` |
+//! | files to a group: chunks out, checked and written in, resuming after a restart | `group_files.rs` |
 //!
 //! The group machine sits beside it, in `group/` (its rules in
 //! [`group`]'s docs), run by a Group actor per group (`actors/groups.rs`:
@@ -332,6 +333,7 @@ pub mod durable;
 pub mod error;
 mod files;
 pub mod group;
+pub mod group_files;
 pub mod machine;
 pub mod pool;
 pub mod prekeys;

@@ -1,13 +1,13 @@
 //! A group chat between three `Node`s over `MemoryTransport` (issue #17):
 //! the admin creates it and adds two members from KeyPackages it claims
-//! over their sessions; messages go all ways; a removed member hears
-//! nothing more; a member restarts and goes on from its stored group.
+//! over their sessions; messages and a file go all ways; a removed member
+//! hears nothing more; a member restarts and goes on from its stored group.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod node_common;
 
 use node_common::{TestNode, handshake, now_s, run};
-use strata_session::actors::{AddToGroup, CreateGroup, GroupRequest, NodeEventKind};
+use strata_session::actors::{AddToGroup, CreateGroup, GroupRequest, NodeEventKind, SendGroupFile};
 use strata_session::group::{GroupCommand, GroupEvent};
 use strata_session::{Config, Content, keep_stocked};
 use strata_transport::memory::MemoryNetwork;
@@ -104,6 +104,39 @@ fn three_nodes_chat_in_a_group() {
         send(&bob, &group, "from bob").await;
         text_from(&mut alice, "from bob").await;
         text_from(&mut carol, "from bob").await;
+
+        // A file to the group: three chunks, written whole at both.
+        let src = dir.path().join("topo.pdf");
+        let bytes: Vec<u8> = (0..strata_session::content::FILE_CHUNK_BYTES * 2 + 7)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&src, &bytes).unwrap();
+        let reply = alice
+            .addr
+            .send(SendGroupFile {
+                request_id: 8,
+                group: group.clone(),
+                path: src,
+            })
+            .await
+            .unwrap();
+        let file_id = reply.result.unwrap();
+        for node in [&mut bob, &mut carol] {
+            let e = node
+                .wait_for("the group file", |e| matches!(&e.kind, NodeEventKind::GroupFile { .. }))
+                .await;
+            let NodeEventKind::GroupFile {
+                file_id: id,
+                name,
+                path,
+                ..
+            } = e.kind
+            else {
+                unreachable!()
+            };
+            assert_eq!((id.as_str(), name.as_str()), (file_id.as_str(), "topo.pdf"));
+            assert_eq!(std::fs::read(path).unwrap(), bytes);
+        }
 
         // Carol is removed: she is told, and hears nothing after.
         let carol_id = carol.identity.installation_id();

@@ -27,6 +27,16 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
         NodeEventKind::Failed { reason } => ("session-failed", json!({"reason": reason})),
         NodeEventKind::Lagged { dropped } => ("lagged", json!({"dropped": dropped})),
         NodeEventKind::Group { group, event } => describe_group(group, event),
+        NodeEventKind::GroupFile {
+            group,
+            sender,
+            file_id,
+            name,
+            path,
+        } => (
+            "group-file",
+            json!({"group": group, "sender": sender.to_hex(), "fileId": file_id, "name": name, "path": path}),
+        ),
         NodeEventKind::Session(event) => match event {
             Event::HandshakeStarted { role, from_bundle, .. } => (
                 "handshake-started",
@@ -321,6 +331,13 @@ mod tests {
                 reason: "r".into(),
             }),
         ]);
+        all.push(NodeEventKind::GroupFile {
+            group: "ab".into(),
+            sender: id(2),
+            file_id: "f".into(),
+            name: "n".into(),
+            path: "/d/f-n".into(),
+        });
         all.extend([
             session(Event::KeyPackageClaimed {
                 claim: "c".into(),
@@ -349,7 +366,8 @@ mod tests {
             | NodeEventKind::FileProgress { .. }
             | NodeEventKind::FileSent { .. }
             | NodeEventKind::Failed { .. }
-            | NodeEventKind::Lagged { .. } => true,
+            | NodeEventKind::Lagged { .. }
+            | NodeEventKind::GroupFile { .. } => true,
             NodeEventKind::Group { event, .. } => match event {
                 GroupEvent::Joined { .. }
                 | GroupEvent::Epoch { .. }

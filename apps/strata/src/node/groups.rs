@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use strata_session::Content;
-use strata_session::actors::{AddToGroup, CreateGroup, GroupInfo, GroupRequest, ListGroups};
+use strata_session::actors::{AddToGroup, CreateGroup, GroupInfo, GroupRequest, ListGroups, SendGroupFile};
 use strata_session::group::GroupCommand;
 
 use strata_session::SessionError;
@@ -49,10 +49,32 @@ impl NodeSessions {
                 self.group_command(&group, GroupCommand::Remove(vec![member])).await
             }
             GroupAction::Leave { group } => self.group_command(&group, GroupCommand::Leave).await,
-            GroupAction::Send { group, text } => {
+            GroupAction::Send {
+                group,
+                text: Some(text),
+                file: None,
+            } => {
                 self.group_command(&group, GroupCommand::Send(Content::Text { text }))
                     .await
             }
+            GroupAction::Send {
+                group,
+                text: None,
+                file: Some(path),
+            } => {
+                let reply = self
+                    .node
+                    .send(SendGroupFile {
+                        request_id: self.request_id(),
+                        group: group.clone(),
+                        path,
+                    })
+                    .await
+                    .map_err(|_| stopped())?;
+                let file_id = reply.result.map_err(group_error)?;
+                Ok(json!({"group": group, "fileId": file_id}))
+            }
+            GroupAction::Send { .. } => Err(AppError::new(ErrorKind::Usage, "give a text or a file, not both")),
             GroupAction::Members { group } => {
                 let reply = self
                     .node

@@ -159,6 +159,20 @@ pub struct GroupSummary {
     pub admins: Vec<String>,
 }
 
+/// Send the file at `path` to a group (at most
+/// [`crate::group_files::MAX_GROUP_FILE_BYTES`]); answers its transfer id
+/// once every chunk is sealed and on its way.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<String>")]
+pub struct SendGroupFile {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The group id, hex.
+    pub group: String,
+    /// The file.
+    pub path: PathBuf,
+}
+
 /// Ask a group what it is.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<GroupSummary, SessionError>")]
@@ -243,6 +257,9 @@ pub struct ListGroups;
 #[derive(Default)]
 pub(super) struct Groups {
     pub(super) actors: BTreeMap<String, (Addr<GroupActor>, Option<String>)>,
+    /// Group files being received (made with the downloads directory on
+    /// first use).
+    files: Option<crate::group_files::GroupFiles>,
     /// Pair messages that carry group PDUs, by peer and message id: their
     /// `delivered` events are the group's business, not the user's (the
     /// last [`INTERNAL_KEPT`]). A `queued` event is filtered too when the
@@ -559,6 +576,14 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                     }
                 }
                 GroupOutput::Event(event) => {
+                    if let GroupEvent::Received {
+                        sender,
+                        content: chunk @ Content::FileChunk { .. },
+                        ..
+                    } = &event
+                    {
+                        self.group_file_chunk(&group, *sender, chunk, ctx);
+                    }
                     if event == GroupEvent::Removed
                         && let Some((actor, _)) = self.groups.actors.remove(&group)
                     {
@@ -579,6 +604,65 @@ impl<T: Transport> Handler<CreateGroup> for Node<T> {
         MessageResult(Reply {
             request_id: msg.request_id,
             result,
+        })
+    }
+}
+
+impl<T: Transport> Node<T> {
+    /// Writes a chunk of a group file; tells subscribers when the file is
+    /// whole. A chunk that does not fit its file is dropped.
+    fn group_file_chunk(
+        &mut self,
+        group: &str,
+        sender: strata_cascade::InstallationId,
+        chunk: &Content,
+        ctx: &mut Context<Self>,
+    ) {
+        let downloads = self.setup.downloads.clone();
+        let files = self
+            .groups
+            .files
+            .get_or_insert_with(|| crate::group_files::GroupFiles::new(downloads));
+        match files.received(chunk) {
+            Ok(Some(file)) => {
+                let event = NodeEvent {
+                    peer: PeerAddr::new(format!("group/{group}")),
+                    kind: NodeEventKind::GroupFile {
+                        group: group.to_owned(),
+                        sender,
+                        file_id: file.file_id,
+                        name: file.name,
+                        path: file.path,
+                    },
+                };
+                self.publish(event, ctx);
+            }
+            Ok(None) => {}
+            Err(reason) => tracing::warn!(%group, sender = %sender.to_hex(), %reason, "group file chunk dropped"),
+        }
+    }
+}
+
+impl<T: Transport> Handler<SendGroupFile> for Node<T> {
+    type Result = ResponseFuture<Reply<String>>;
+
+    fn handle(&mut self, msg: SendGroupFile, _ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        let actor = self.groups.actors.get(&msg.group).map(|(a, _)| a.clone());
+        Box::pin(async move {
+            let result = async {
+                let actor = actor.ok_or_else(|| SessionError::UnknownPeer(format!("group {}", msg.group)))?;
+                let (file_id, chunks) = crate::group_files::chunks(&msg.path)?;
+                for chunk in chunks {
+                    actor
+                        .send(GroupStep(GroupStepInput::Command(GroupCommand::Send(chunk))))
+                        .await
+                        .unwrap_or(Err(SessionError::Unavailable("group")))?;
+                }
+                Ok(file_id)
+            }
+            .await;
+            Reply { request_id, result }
         })
     }
 }

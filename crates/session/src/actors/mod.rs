@@ -162,6 +162,20 @@ pub enum NodeEventKind {
         /// What happened.
         event: crate::group::GroupEvent,
     },
+    /// A whole file sent to a group chat arrived and was written to `path`
+    /// (its chunks were [`crate::group::GroupEvent::Received`] events).
+    GroupFile {
+        /// The group id, hex.
+        group: String,
+        /// Who sent it.
+        sender: strata_cascade::InstallationId,
+        /// The transfer id.
+        file_id: String,
+        /// The file's name, as sent.
+        name: String,
+        /// Where it is.
+        path: PathBuf,
+    },
 }
 
 /// A reply to a request.
@@ -425,7 +439,7 @@ mod transport;
 
 pub use groups::{
     AddToGroup, CreateGroup, DescribeGroup, FromGroup, GroupActor, GroupInfo, GroupRequest, GroupStep, GroupStepInput,
-    GroupSummary, ListGroups, group_topic,
+    GroupSummary, ListGroups, SendGroupFile, group_topic,
 };
 
 pub use node::Node;
