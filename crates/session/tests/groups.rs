@@ -580,10 +580,6 @@ fn hostile_group_messages_are_refused() {
     assert_eq!(net.received(2).len(), 2);
 }
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// One seeded run of a 10-member group: texts from random members, key
 /// updates (the sequencer's and members'), a member cut off and healed
 /// (group messages to and from it lost, its pair traffic held), and a
@@ -677,27 +673,13 @@ fn group_scenario(seed: u64) -> Result<(), String> {
 
 #[test]
 fn seeded_runs_of_a_ten_member_group_converge_over_a_faulty_network() {
-    let seeds: Vec<u64> = match env("STRATA_GROUP_SIM_SEED", u64::MAX) {
-        u64::MAX => (0..env("STRATA_GROUP_SIM_RUNS", 1000)).collect(),
+    use strata_test_support::bench::knob;
+    let seeds: Vec<u64> = match knob("STRATA_GROUP_SIM_SEED", u64::MAX) {
+        u64::MAX => (0..knob("STRATA_GROUP_SIM_RUNS", 1000)).collect(),
         one => vec![one],
     };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let seeds = &seeds;
-                scope.spawn(move || {
-                    seeds
-                        .iter()
-                        .skip(t)
-                        .step_by(threads)
-                        .filter_map(|seed| group_scenario(*seed).err().map(|e| format!("seed {seed}: {e}")))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
-    });
+    let failures = strata_test_support::run_seeds(&seeds, threads, group_scenario);
     assert!(
         failures.is_empty(),
         "{} of {} runs failed: {failures:#?}",

@@ -277,23 +277,7 @@ fn seeded_runs_reach_ready_and_deliver_exactly_once() {
     )
     .max(1) as usize;
     let started = std::time::Instant::now();
-    let mut failures: Vec<(u64, String)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|k| {
-                let seeds = &seeds;
-                scope.spawn(move || {
-                    seeds
-                        .iter()
-                        .skip(k)
-                        .step_by(threads)
-                        .filter_map(|&seed| scenario(seed, messages).err().map(|e| (seed, e)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
-    });
-    failures.sort();
+    let failures = strata_test_support::run_seeds(&seeds, threads, |seed| scenario(seed, messages));
     eprintln!(
         "{} runs of {messages} messages each way on {threads} threads in {:?}",
         seeds.len(),

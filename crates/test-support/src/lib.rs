@@ -73,6 +73,35 @@ pub fn run_threaded<F: Future>(f: F) -> F::Output {
     system.block_on(f)
 }
 
+/// Runs `scenario` once per seed, the seeds spread over `threads`
+/// threads (runs are independent and each is deterministic in its seed);
+/// returns the failures, by seed, in seed order.
+pub fn run_seeds<E: Send>(
+    seeds: &[u64],
+    threads: usize,
+    scenario: impl Fn(u64) -> Result<(), E> + Sync,
+) -> Vec<(u64, E)> {
+    let threads = threads.max(1);
+    let scenario = &scenario;
+    let mut failures: Vec<(u64, E)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                scope.spawn(move || {
+                    seeds
+                        .iter()
+                        .skip(k)
+                        .step_by(threads)
+                        .filter_map(|&seed| scenario(seed).err().map(|e| (seed, e)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    failures.sort_by_key(|(seed, _)| *seed);
+    failures
+}
+
 /// Forwards a node's events to a channel the test reads.
 struct Collector(mpsc::Sender<NodeEvent>);
 
