@@ -13,6 +13,7 @@
 //! - [`cascade`]: two installations with a working cascade, from the layer
 //!   APIs;
 //! - [`groups`]: group chat requests and waits on a [`TestNode`];
+//! - [`tap`]: a transport that records what its node sends and publishes;
 //! - [`machines`]: two session machines driven directly, with a session
 //!   between them;
 //! - [`bench`](mod@bench): knobs, medians and the JS baselines the benches compare
@@ -45,6 +46,7 @@ pub mod js;
 pub mod libp2p;
 pub mod machines;
 pub mod peerjs;
+pub mod tap;
 
 /// Runs `f` in an actix system on a paused current-thread runtime: waits
 /// cost no wall time.

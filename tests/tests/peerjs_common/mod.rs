@@ -6,17 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use strata_cascade::InstallationIdentity;
 use strata_session::Config;
 use strata_session::actors::{SessionRequest, SessionSetup};
 use strata_store::{KeySource, RedbBackend, Store, load_or_create_key_file};
 use strata_test_support::peerjs;
+pub use strata_test_support::tap::Tap;
 pub use strata_test_support::{TestNode, fresh_identity};
-use strata_transport::{Capabilities, EventStream, PeerAddr, Topic, Transport, TransportError};
+use strata_transport::{EventStream, PeerAddr, Transport};
 use strata_transport_peerjs::PeerJsTransport;
 
 /// Longest any awaited event may take (wall time; a shared 2-core machine
@@ -41,59 +41,6 @@ pub async fn open_store(dir: &Path) -> Store<RedbBackend> {
     std::fs::create_dir_all(dir).unwrap();
     let key = load_or_create_key_file(&dir.join("storage.key")).unwrap();
     strata_test_support::open_store(&dir.join("strata.redb"), KeySource::Key(key), Duration::from_secs(10)).await
-}
-
-/// A transport that records every frame it sends: the test compares them
-/// with what crossed the broker. Everything else is the wrapped transport.
-#[derive(Clone)]
-pub struct Tap<T> {
-    inner: T,
-    sent: Arc<Mutex<Vec<Bytes>>>,
-}
-
-impl<T> Tap<T> {
-    pub fn new(inner: T) -> Self {
-        Self {
-            inner,
-            sent: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
-    /// Every frame sent so far.
-    pub fn sent(&self) -> Vec<Bytes> {
-        self.sent.lock().unwrap().clone()
-    }
-}
-
-impl<T: Transport> Transport for Tap<T> {
-    fn local_addr(&self) -> PeerAddr {
-        self.inner.local_addr()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn connect(&self, peer: &PeerAddr) -> impl Future<Output = Result<(), TransportError>> + Send {
-        self.inner.connect(peer)
-    }
-
-    fn disconnect(&self, peer: &PeerAddr) -> impl Future<Output = Result<(), TransportError>> + Send {
-        self.inner.disconnect(peer)
-    }
-
-    fn send(&self, to: &PeerAddr, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
-        self.sent.lock().unwrap().push(frame.clone());
-        self.inner.send(to, frame)
-    }
-
-    fn subscribe(&self, topic: &Topic) -> impl Future<Output = Result<(), TransportError>> + Send {
-        self.inner.subscribe(topic)
-    }
-
-    fn publish(&self, topic: &Topic, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
-        self.inner.publish(topic, frame)
-    }
 }
 
 /// One Strata node: a session [`Node`] over a transport, with its store in
