@@ -55,6 +55,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Most bytes of one [`Content::FileChunk`]'s data. 48 KiB of data is 64 KiB
 /// of base64, which the cascade output then splits into 8 KiB chunks.
 pub const FILE_CHUNK_BYTES: usize = 48 * 1024;
+/// Whether a file chunk's place adds up: `total` is the chunk count of a
+/// `size`-byte file (an empty file is one empty chunk), `index` is one of
+/// them, and the chunk holds exactly the bytes at that place. A receiver
+/// writes a chunk at `index × FILE_CHUNK_BYTES`: one that does not fit
+/// could grow a file far past its size.
+pub(crate) fn chunk_fits(size: u64, index: u32, total: u32, len: usize) -> bool {
+    let chunk = FILE_CHUNK_BYTES as u64;
+    let offset = u64::from(index) * chunk;
+    u64::from(total) == size.div_ceil(chunk).max(1)
+        && index < total
+        && len as u64 == size.saturating_sub(offset).min(chunk)
+}
+
 /// Most bytes of a text message.
 pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
 /// Most ids in one `acks` list.

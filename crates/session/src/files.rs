@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use strata_cascade::InstallationId;
 use strata_transport::PeerAddr;
 
-use crate::content::{Content, FILE_CHUNK_BYTES};
+use crate::content::{Content, FILE_CHUNK_BYTES, chunk_fits};
 use crate::durable::{self, Durable};
 use crate::error::SessionError;
 use crate::machine::{Event, Now, PeerMachine};
@@ -333,14 +333,22 @@ impl Transfers {
         let Content::FileChunk {
             file_id,
             name,
+            size,
             index,
             total,
             data,
-            ..
         } = chunk
         else {
             return Ok(None);
         };
+        let refused =
+            |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("file chunk refused: {why}"));
+        if !chunk_fits(*size, *index, *total, data.len()) {
+            return Err(refused("its size, count, index or length do not add up"));
+        }
+        if self.receiving.get(file_id).is_some_and(|f| f.total != *total) {
+            return Err(refused("its count differs from the file's first chunk"));
+        }
         if self.done.contains(file_id) {
             self.clear_rows(store, installation, &[message_id.to_owned()]);
             return Ok(None);
@@ -488,4 +496,60 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use strata_store::{KeySource, MemoryBackend, Store};
+
+    use super::*;
+
+    /// A chunk whose place does not add up (past the file's end, a count
+    /// that is not the size's, the wrong length, a count that changes) is
+    /// refused and writes nothing: a peer cannot grow a file past its size.
+    #[test]
+    fn chunks_that_do_not_fit_their_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            MemoryBackend::new(),
+            KeySource::Key(strata_cascade::at_rest::StorageKey::generate(&mut rand::rng())),
+        )
+        .unwrap();
+        let mut files = Transfers::new(dir.path().to_owned(), PeerAddr::new("bob"));
+        let chunk = |size: u64, index: u32, total: u32, len: usize| Content::FileChunk {
+            file_id: "f".into(),
+            name: "n".into(),
+            size,
+            index,
+            total,
+            data: vec![1; len],
+        };
+        let chunk_bytes = FILE_CHUNK_BYTES as u64;
+        for bad in [
+            chunk(10, 4_000_000_000, u32::MAX, 10),
+            chunk(10, 0, 2, 10),
+            chunk(10, 0, 1, 11),
+            chunk(chunk_bytes + 1, 1, 2, 2),
+        ] {
+            assert!(files.received(&store, None, "m", &bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+        assert!(
+            files
+                .received(&store, None, "m1", &chunk(chunk_bytes + 1, 0, 2, FILE_CHUNK_BYTES))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            files
+                .received(&store, None, "m2", &chunk(chunk_bytes * 3, 1, 3, FILE_CHUNK_BYTES))
+                .is_err()
+        );
+        let path = files
+            .received(&store, None, "m3", &chunk(chunk_bytes + 1, 1, 2, 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(std::fs::metadata(path).unwrap().len(), chunk_bytes + 1);
+    }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 
-use crate::content::{Content, FILE_CHUNK_BYTES};
+use crate::content::{Content, FILE_CHUNK_BYTES, chunk_fits};
 use crate::error::SessionError;
 
 /// The largest file sent to a group: its sealed chunks must fit in what
@@ -161,14 +161,10 @@ impl GroupFiles {
         if self.done.contains(file_id) {
             return Ok(None);
         }
-        if *size > MAX_GROUP_FILE_BYTES || u64::from(*total) != chunk_count(*size) || index >= total {
-            return Err("a group file chunk whose size, count or index do not add up".into());
+        if *size > MAX_GROUP_FILE_BYTES || !chunk_fits(*size, *index, *total, data.len()) {
+            return Err("a group file chunk whose size, count, index or length do not add up".into());
         }
         let offset = u64::from(*index) * CHUNK;
-        let expected = size.saturating_sub(offset).min(CHUNK);
-        if data.len() as u64 != expected {
-            return Err("a group file chunk of the wrong length".into());
-        }
         let io = |e: std::io::Error| format!("group file: {e}");
         let mut sidecar = match std::fs::read(self.sidecar(file_id)) {
             Ok(bytes) => serde_json::from_slice::<Sidecar>(&bytes).map_err(|e| format!("group file sidecar: {e}"))?,
