@@ -77,6 +77,39 @@ async fn links_cross_a_relay() {
     tokio::join!(sender, at_bob, at_alice);
 }
 
+/// A star: twelve nodes know only the relay, more than it keeps in its mesh
+/// (D_high 8), so some hear the hub through the relay's IHAVE gossip. A
+/// burst of link frames from the hub to each makes those IHAVEs list
+/// hundreds of ids; every frame still arrives, in order. (Gossipsub 0.50
+/// refused control parts over 16 KiB and then stopped talking to the
+/// peer: the ones outside the mesh heard nothing for minutes.)
+#[tokio::test]
+async fn a_relay_reaches_subscribers_outside_its_mesh() {
+    const SPOKES: usize = 11;
+    const FRAMES: u32 = 60;
+    let (relay, _relay_events) = start("relay", &[], false).await;
+    let (hub, mut hub_events) = start("hub", &[&relay], false).await;
+    let mut spokes = Vec::new();
+    for i in 0..SPOKES {
+        spokes.push(start(&format!("spoke-{i}"), &[&relay], false).await);
+    }
+    for (spoke, events) in &mut spokes {
+        connect_pair(&hub, &mut hub_events, spoke, events).await;
+    }
+    for i in 0..FRAMES {
+        for (spoke, _) in &spokes {
+            hub.send(&spoke.local_addr(), Bytes::copy_from_slice(&i.to_be_bytes()))
+                .await
+                .unwrap();
+        }
+    }
+    for (_, events) in &mut spokes {
+        for i in 0..FRAMES {
+            assert_eq!(recv_frame(events, &hub.local_addr()).await, &i.to_be_bytes()[..]);
+        }
+    }
+}
+
 /// Publishing before any connection exists loses nothing: the queue holds
 /// the messages until the mesh has a peer (gossipsub alone would refuse
 /// them with `NoPeersSubscribedToTopic`).
