@@ -447,12 +447,27 @@ fn a_member_restarts_from_its_stored_state() {
     let key = strata_cascade::at_rest::StorageKey::generate(&mut net.rng);
     let store = Store::open(MemoryBackend::new(), KeySource::Key(key)).unwrap();
     let group = hex::encode(net.machines[2].as_ref().unwrap().group_id());
-    let state = net.machines[2].as_ref().unwrap().export().unwrap();
-    store.write(|w| w.set_group(&group, state.as_bytes())).unwrap();
+    let m2 = net.machines[2].as_mut().unwrap();
+    let state = m2.export().unwrap();
+    let kept = m2.pending_kept().unwrap();
+    assert!(!kept.put.is_empty(), "the message member 2 got is kept, as a row");
+    store
+        .write(|w| {
+            w.set_group(&group, state.as_bytes())?;
+            for (key, row) in &kept.put {
+                w.put_group_message(&group, key, row)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    m2.kept_stored();
+    assert!(m2.pending_kept().unwrap().put.is_empty());
     net.machines[2] = None;
     assert_eq!(store.read(|r| r.groups()).unwrap(), vec![group.clone()]);
     let stored = store.read(|r| r.group(&group)).unwrap().unwrap();
-    net.machines[2] = Some(GroupMachine::restore(&net.ids[2], &stored, [9; 32]).unwrap());
+    let rows = store.read(|r| r.group_messages(&group)).unwrap();
+    assert_eq!(rows.len(), kept.put.len());
+    net.machines[2] = Some(GroupMachine::restore(&net.ids[2], &stored, &rows, [9; 32]).unwrap());
 
     for m in &before {
         net.machines[2]
@@ -469,7 +484,13 @@ fn a_member_restarts_from_its_stored_state() {
     let got: Vec<String> = net.received(2).into_iter().map(|(_, t)| t).collect();
     assert_eq!(got, ["before", "after"]);
     net.converged();
-    assert!(GroupMachine::restore(&net.ids[2], b"{}", [0; 32]).is_err());
+    assert!(GroupMachine::restore::<Vec<u8>>(&net.ids[2], b"{}", &[], [0; 32]).is_err());
+    assert!(GroupMachine::restore(&net.ids[2], &stored, &[b"not a row".to_vec()], [0; 32]).is_err());
+    store.write(|w| w.delete_group(&group).map(drop)).unwrap();
+    assert!(
+        store.read(|r| r.group_messages(&group)).unwrap().is_empty(),
+        "rows go with their group"
+    );
 }
 
 /// Members with a link to the admin alone still reach each other: the
@@ -615,10 +636,11 @@ fn group_scenario(seed: u64) -> Result<(), String> {
                 net.held_back = vec![who];
             }
         } else if !net.held_back.contains(&who) {
-            let state = net.machines[who].as_ref().unwrap().export().unwrap();
+            let machine = net.machines[who].as_ref().unwrap();
+            let (state, rows) = (machine.export().unwrap(), machine.kept_rows().unwrap());
             let mut fresh = [0u8; 32];
             net.rng.fill(&mut fresh);
-            net.machines[who] = Some(GroupMachine::restore(&net.ids[who], state.as_bytes(), fresh).unwrap());
+            net.machines[who] = Some(GroupMachine::restore(&net.ids[who], state.as_bytes(), &rows, fresh).unwrap());
         }
         net.run();
         net.tick(Duration::from_secs(1));

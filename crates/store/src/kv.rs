@@ -35,6 +35,10 @@ pub enum Table {
     Handshakes,
     /// Group chats: each member machine's sealed state, by group id.
     Groups,
+    /// The group messages each group keeps to send again, by group id and
+    /// message key (apart from the group's state, which is rewritten at
+    /// every step: these are written once each).
+    GroupMessages,
 }
 
 impl Table {
@@ -53,6 +57,7 @@ impl Table {
         Table::Processed,
         Table::Handshakes,
         Table::Groups,
+        Table::GroupMessages,
     ];
 
     /// The table's on-disk name.
@@ -71,6 +76,7 @@ impl Table {
             Table::Processed => "processed",
             Table::Handshakes => "handshakes",
             Table::Groups => "groups",
+            Table::GroupMessages => "group_messages",
         }
     }
 }

@@ -157,6 +157,16 @@ macro_rules! reads {
                     .collect()
             }
 
+            /// The messages group `group` keeps to send again, by key order.
+            pub fn group_messages(&self, group: &str) -> Result<Vec<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                let prefix = group_message_key(group, "");
+                self.tx
+                    .scan(Table::GroupMessages, &prefix, usize::MAX)?
+                    .into_iter()
+                    .filter_map(|(k, _)| self.get_blob(Table::GroupMessages, &k).transpose())
+                    .collect()
+            }
+
             /// The outgoing message `message_id` to `peer`.
             pub fn outgoing(&self, peer: &str, message_id: &str) -> Result<Option<OutgoingMessage>, StoreError> {
                 self.record(Table::Outbox, &peer_key(peer, message_id)?)
@@ -258,9 +268,31 @@ impl Writer<'_> {
         put_sealed(self.tx, self.key, Table::Groups, group.as_bytes(), state)
     }
 
-    /// Forgets group chat `group`.
+    /// Forgets group chat `group`, with the messages it kept.
     pub fn delete_group(&mut self, group: &str) -> Result<bool, StoreError> {
+        for (k, _) in self
+            .tx
+            .scan(Table::GroupMessages, &group_message_key(group, ""), usize::MAX)?
+        {
+            self.tx.delete(Table::GroupMessages, &k)?;
+        }
         self.tx.delete(Table::Groups, group.as_bytes())
+    }
+
+    /// Keeps `message` (sealed) for group `group` under `key`.
+    pub fn put_group_message(&mut self, group: &str, key: &str, message: &[u8]) -> Result<(), StoreError> {
+        put_sealed(
+            self.tx,
+            self.key,
+            Table::GroupMessages,
+            &group_message_key(group, key),
+            message,
+        )
+    }
+
+    /// Forgets the message group `group` kept under `key`.
+    pub fn delete_group_message(&mut self, group: &str, key: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::GroupMessages, &group_message_key(group, key))
     }
 
     /// Forgets handshake progress with `peer`.
@@ -456,4 +488,10 @@ impl Writer<'_> {
     pub fn remove_incoming(&mut self, peer: &str, message_id: &str) -> Result<bool, StoreError> {
         self.tx.delete(Table::Inbox, &peer_key(peer, message_id)?)
     }
+}
+
+/// The key of a group's kept message: the group id, `/`, the message key
+/// (a group id is hex, so no group's prefix is another's).
+fn group_message_key(group: &str, key: &str) -> Vec<u8> {
+    format!("{group}/{key}").into_bytes()
 }

@@ -86,8 +86,19 @@ impl GroupActor {
     /// room in its mailbox, as a pair session does).
     fn flush(&mut self, ctx: &mut Context<Self>) -> Result<(), SessionError> {
         let state = self.machine.export()?;
+        let kept = self.machine.pending_kept()?;
         let id = self.id.clone();
-        durable::write(&*self.store, |w| w.set_group(&id, state.as_bytes()))?;
+        durable::write(&*self.store, |w| {
+            w.set_group(&id, state.as_bytes())?;
+            for (key, row) in &kept.put {
+                w.put_group_message(&id, key, row)?;
+            }
+            for key in &kept.delete {
+                w.delete_group_message(&id, key)?;
+            }
+            Ok(())
+        })?;
+        self.machine.kept_stored();
         let mut outputs = Vec::new();
         while let Some(out) = self.machine.poll_output() {
             outputs.push(out);
@@ -390,11 +401,11 @@ impl<T: Transport> Node<T> {
             }
         };
         for id in ids {
-            let restored = durable::read(&*store, |r| r.group(&id))
+            let restored = durable::read(&*store, |r| Ok((r.group(&id)?, r.group_messages(&id)?)))
                 .map_err(SessionError::from)
-                .and_then(|bytes| {
+                .and_then(|(bytes, kept)| {
                     let bytes = bytes.ok_or(SessionError::Misuse("group vanished"))?;
-                    GroupMachine::restore(&self.setup.local, &bytes, seed())
+                    GroupMachine::restore(&self.setup.local, &bytes, &kept, seed())
                 });
             match restored {
                 Ok(machine) if !machine.is_removed() => {

@@ -69,7 +69,7 @@ use strata_cascade::group::{GroupEpochSecret, GroupMessageKey, GroupMls, MAX_PAS
 use strata_cascade::{InstallationId, InstallationIdentity, KeyPackageSecrets, PeerIdentity};
 use strata_proto::{GroupCommit, GroupMessage, GroupWelcome, Pdu};
 
-pub use self::sync::{KEPT_BYTES, KEPT_MESSAGES, RESEND_BATCH, SYNC_INTERVAL};
+pub use self::sync::{KEPT_BYTES, KEPT_MESSAGES, KeptChanges, RESEND_BATCH, SYNC_INTERVAL};
 use self::sync::{Kept, Seqs};
 use crate::content::Content;
 use crate::error::SessionError;
@@ -237,6 +237,11 @@ pub struct GroupMachine {
     heard: BTreeMap<(u64, InstallationId), Seqs>,
     /// The last messages, as they came, to send again.
     kept: VecDeque<Kept>,
+    /// Keys of kept messages not stored yet, and of stored ones dropped
+    /// since: the owner stores them apart from the record
+    /// ([`GroupMachine::pending_kept`]).
+    kept_new: Vec<String>,
+    kept_gone: Vec<String>,
     /// What this member has changed since its last `group-sync`.
     sync_due: bool,
     last_sync: Option<Instant>,
@@ -270,6 +275,8 @@ impl GroupMachine {
             asked_at: None,
             heard: BTreeMap::new(),
             kept: VecDeque::new(),
+            kept_new: Vec::new(),
+            kept_gone: Vec::new(),
             sync_due: true,
             last_sync: None,
             rng: ChaCha20Rng::from_seed(seed),

@@ -1,9 +1,10 @@
 //! A group machine's persisted form: everything [`GroupMachine`] holds
 //! (the MLS group, the message keys of the epochs still in reach, the
 //! commit log, held commits and messages, the ids seen, what `group-sync`
-//! compares and the messages kept to send again), as one JSON
-//! record, sealed at rest by the store (`Writer::set_group`). Byte fields
-//! are base64; the PDUs are in their wire form.
+//! compares) as one JSON record, sealed at rest by the store
+//! (`Writer::set_group`) and rewritten at every step; and the messages
+//! kept to send again as a row each (`Writer::put_group_message`), written
+//! once. Byte fields are base64; the PDUs are in their wire form.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -34,7 +35,8 @@ struct GroupRecord {
     asked_at: Option<u64>,
     #[serde(default)]
     heard: Vec<HeardRecord>,
-    #[serde(default)]
+    /// Only in records written before kept messages had rows of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     kept: Vec<KeptRecord>,
 }
 
@@ -84,24 +86,23 @@ impl GroupMachine {
                     seqs: seqs.clone(),
                 })
                 .collect(),
-            kept: self
-                .kept
-                .iter()
-                .map(|k| KeptRecord {
-                    epoch: k.epoch,
-                    sender: k.sender.to_hex(),
-                    seq: k.seq,
-                    message: k.message.clone(),
-                })
-                .collect(),
+            // Stored apart, a row each (`pending_kept`): the record is
+            // rewritten at every step, and these may be megabytes.
+            kept: Vec::new(),
         };
         let json = serde_json::to_vec(&record).map_err(|e| SessionError::Internal(e.to_string()))?;
         Ok(SecretBytes::from_vec(json))
     }
 
-    /// A machine from [`GroupMachine::export`]'s record; `seed` seeds its
+    /// A machine from [`GroupMachine::export`]'s record and the rows of its
+    /// kept messages ([`GroupMachine::pending_kept`]); `seed` seeds its
     /// random generator anew.
-    pub fn restore(local: &InstallationIdentity, bytes: &[u8], seed: [u8; 32]) -> Result<Self, SessionError> {
+    pub fn restore<R: AsRef<[u8]>>(
+        local: &InstallationIdentity,
+        bytes: &[u8],
+        kept: &[R],
+        seed: [u8; 32],
+    ) -> Result<Self, SessionError> {
         let record: GroupRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(&e.to_string()))?;
         if record.version != VERSION {
             return Err(corrupt("unknown version"));
@@ -126,15 +127,39 @@ impl GroupMachine {
         for h in record.heard {
             m.heard.insert((h.epoch, installation(&h.sender)?), h.seqs);
         }
-        for k in record.kept {
-            m.kept.push_back(Kept {
+        let rows = kept
+            .iter()
+            .map(|row| serde_json::from_slice::<KeptRecord>(row.as_ref()).map_err(|e| corrupt(&e.to_string())));
+        // A record from before kept rows carries them inline: they are
+        // stored as rows at the next step.
+        let inline = record.kept.len();
+        for (i, k) in record.kept.into_iter().map(Ok).chain(rows).enumerate() {
+            let k = k?;
+            let kept = Kept {
                 epoch: k.epoch,
                 sender: installation(&k.sender)?,
                 seq: k.seq,
                 message: k.message,
-            });
+            };
+            if i < inline {
+                m.kept_new.push(kept.key());
+            }
+            m.kept.push_back(kept);
         }
         m.rng = ChaCha20Rng::from_seed(seed);
         Ok(m)
+    }
+}
+
+impl Kept {
+    /// Its stored row.
+    pub(super) fn to_row(&self) -> Result<Vec<u8>, SessionError> {
+        serde_json::to_vec(&KeptRecord {
+            epoch: self.epoch,
+            sender: self.sender.to_hex(),
+            seq: self.seq,
+            message: self.message.clone(),
+        })
+        .map_err(|e| SessionError::Internal(e.to_string()))
     }
 }

@@ -113,6 +113,23 @@ pub(super) struct Kept {
     pub(super) message: GroupMessage,
 }
 
+impl Kept {
+    /// Its key in the store: epoch, sender, sequence number, fixed width.
+    pub(super) fn key(&self) -> String {
+        format!("{:016x}{}{:016x}", self.epoch, self.sender.to_hex(), self.seq)
+    }
+}
+
+/// Kept messages to store apart from the group's record, and stored ones
+/// to delete: written in the same transaction as the record.
+#[derive(Debug, Default)]
+pub struct KeptChanges {
+    /// Key and row of each message to store.
+    pub put: Vec<(String, Vec<u8>)>,
+    /// Keys of the rows to delete.
+    pub delete: Vec<String>,
+}
+
 impl GroupMachine {
     /// Notes that this member has message `seq` of `sender` in `epoch`
     /// (and keeps `message` to send again); false when it had it.
@@ -127,11 +144,15 @@ impl GroupMachine {
             seq,
             message: message.clone(),
         });
+        if let Some(k) = self.kept.back() {
+            self.kept_new.push(k.key());
+        }
         let bytes = |k: &Kept| k.message.ciphertext.as_bytes().len();
         let mut total: usize = self.kept.iter().map(bytes).sum();
         while self.kept.len() > KEPT_MESSAGES || total > KEPT_BYTES {
             let Some(old) = self.kept.pop_front() else { break };
             total -= bytes(&old);
+            self.dropped(old.key());
         }
         true
     }
@@ -139,7 +160,47 @@ impl GroupMachine {
     /// Forgets the messages of epochs no longer readable.
     pub(super) fn forget_before(&mut self, epoch: u64) {
         self.heard.retain(|(e, _), _| *e >= epoch);
-        self.kept.retain(|k| k.epoch >= epoch);
+        let (gone, kept): (Vec<Kept>, Vec<Kept>) = self.kept.drain(..).partition(|k| k.epoch < epoch);
+        self.kept = kept.into();
+        for k in gone {
+            self.dropped(k.key());
+        }
+    }
+
+    /// A kept message left: its row goes, unless it was never stored.
+    fn dropped(&mut self, key: String) {
+        match self.kept_new.iter().position(|k| *k == key) {
+            Some(i) => {
+                self.kept_new.remove(i);
+            }
+            None => self.kept_gone.push(key),
+        }
+    }
+
+    /// The kept messages to store and the stored ones to delete since the
+    /// last [`GroupMachine::kept_stored`].
+    pub fn pending_kept(&self) -> Result<KeptChanges, SessionError> {
+        let put = self
+            .kept
+            .iter()
+            .filter(|k| self.kept_new.contains(&k.key()))
+            .map(|k| Ok((k.key(), k.to_row()?)))
+            .collect::<Result<_, SessionError>>()?;
+        Ok(KeptChanges {
+            put,
+            delete: self.kept_gone.clone(),
+        })
+    }
+
+    /// The owner stored [`GroupMachine::pending_kept`].
+    pub fn kept_stored(&mut self) {
+        self.kept_new.clear();
+        self.kept_gone.clear();
+    }
+
+    /// Every kept message's row, as [`GroupMachine::restore`] takes them.
+    pub fn kept_rows(&self) -> Result<Vec<Vec<u8>>, SessionError> {
+        self.kept.iter().map(Kept::to_row).collect()
     }
 
     /// The oldest epoch whose messages this member can read.
