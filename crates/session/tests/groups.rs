@@ -713,7 +713,8 @@ fn seeded_runs_of_a_ten_member_group_converge_over_a_faulty_network() {
 /// A `group-sync` from a non-member, or with a sender that is not an id
 /// or ranges out of order, is refused and answered with nothing; a
 /// member's empty one gets back every message the receiver keeps, at most
-/// a batch a time, and one that claims everything gets nothing back.
+/// a batch a time, and one that claims everything gets nothing back; past
+/// a few a tick, a member's syncs are refused.
 #[test]
 fn group_syncs_are_checked() {
     use strata_proto::{BoundedVec, GroupSync, HeardSeqs, Text};
@@ -783,6 +784,38 @@ fn group_syncs_are_checked() {
         })
         .unwrap();
     assert!(admin.poll_output().is_none());
+    // Past four a tick (two bad ones, the empty and the full one), a
+    // member's syncs are refused until the next tick: a flood of them
+    // cannot make the admin resend its store again and again.
+    let again = |admin: &mut GroupMachine| {
+        admin
+            .handle(GroupInput::Pairwise {
+                from: member,
+                pdu: &empty,
+            })
+            .unwrap();
+        std::iter::from_fn(|| admin.poll_output()).collect::<Vec<_>>()
+    };
+    let outputs = again(admin);
+    assert!(
+        matches!(outputs.as_slice(), [GroupOutput::Event(GroupEvent::Refused { .. })]),
+        "{outputs:?}"
+    );
+    admin.handle(GroupInput::Tick(std::time::Instant::now())).unwrap();
+    while admin.poll_output().is_some() {}
+    let resent = again(admin)
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                GroupOutput::Pairwise {
+                    pdu: Pdu::GroupMessage(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(resent, 3, "answered again after a tick");
     // The resent copies are dropped by id at the member.
     let before = net.received(2).len();
     net.command(1, text("after"));

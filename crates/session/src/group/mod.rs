@@ -69,7 +69,9 @@ use strata_cascade::group::{GroupEpochSecret, GroupMessageKey, GroupMls, MAX_PAS
 use strata_cascade::{InstallationId, InstallationIdentity, KeyPackageSecrets, PeerIdentity};
 use strata_proto::{GroupCommit, GroupMessage, GroupWelcome, Pdu};
 
-pub use self::sync::{KEPT_BYTES, KEPT_MESSAGES, KeptChanges, RESEND_BATCH, SYNC_INTERVAL};
+pub use self::sync::{
+    KEPT_BYTES, KEPT_MESSAGES, KeptChanges, RESEND_BATCH, RESEND_BYTES, SYNC_INTERVAL, SYNCS_PER_TICK,
+};
 use self::sync::{Kept, Seqs};
 use crate::content::Content;
 use crate::error::SessionError;
@@ -242,6 +244,8 @@ pub struct GroupMachine {
     /// ([`GroupMachine::pending_kept`]).
     kept_new: Vec<String>,
     kept_gone: Vec<String>,
+    /// `group-sync`s answered since the last tick, by member.
+    syncs_answered: BTreeMap<InstallationId, u8>,
     /// What this member has changed since its last `group-sync`.
     sync_due: bool,
     last_sync: Option<Instant>,
@@ -277,6 +281,7 @@ impl GroupMachine {
             kept: VecDeque::new(),
             kept_new: Vec::new(),
             kept_gone: Vec::new(),
+            syncs_answered: BTreeMap::new(),
             sync_due: true,
             last_sync: None,
             rng: ChaCha20Rng::from_seed(seed),

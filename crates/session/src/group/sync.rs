@@ -10,9 +10,10 @@
 //!   once per [`SYNC_INTERVAL`], a member sends a `group-sync` to the
 //!   sequencer, and the sequencer sends its own to every member;
 //! - the receiver of a `group-sync` sends back, pairwise, the messages it
-//!   keeps that the other lacks ([`RESEND_BATCH`] a time: the next round
-//!   brings the rest), and when the other has some it lacks, answers with
-//!   its own `group-sync`, which is not answered.
+//!   keeps that the other lacks ([`RESEND_BATCH`] and [`RESEND_BYTES`] a
+//!   time: the next round brings the rest), and when the other has some it
+//!   lacks, answers with its own `group-sync`, which is not answered. It
+//!   answers at most [`SYNCS_PER_TICK`] of one member's between two ticks.
 //!
 //! So a message anyone has reaches the sequencer, and one the sequencer
 //! has reaches everyone, whatever the lossy paths drop; duplicates are
@@ -39,6 +40,13 @@ pub const KEPT_MESSAGES: usize = 256;
 pub const KEPT_BYTES: usize = 4 * 1024 * 1024;
 /// Messages sent again in answer to one `group-sync`.
 pub const RESEND_BATCH: usize = 64;
+/// Most ciphertext bytes sent again in answer to one `group-sync` (the
+/// first message always goes, whatever its size).
+pub const RESEND_BYTES: usize = 1024 * 1024;
+/// `group-sync`s answered per member between two ticks: an honest one
+/// sends one per [`SYNC_INTERVAL`] and answers one; a flood of them would
+/// make this member resend its whole store again and again.
+pub const SYNCS_PER_TICK: u8 = 4;
 
 /// Sequence numbers held: sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +219,7 @@ impl GroupMachine {
     /// Time passes: sends what this member has, when it changed and the
     /// last round is [`SYNC_INTERVAL`] old.
     pub(super) fn on_tick(&mut self, now: Instant) -> Result<(), SessionError> {
+        self.syncs_answered.clear();
         let recent = self
             .last_sync
             .is_some_and(|t| now.saturating_duration_since(t) < SYNC_INTERVAL);
@@ -272,6 +281,12 @@ impl GroupMachine {
             self.refuse(Some(from), "group-sync from a non-member");
             return Ok(());
         }
+        let answered = self.syncs_answered.entry(from).or_insert(0);
+        if *answered >= SYNCS_PER_TICK {
+            self.refuse(Some(from), "group-sync over its rate");
+            return Ok(());
+        }
+        *answered += 1;
         let mut theirs: BTreeMap<(u64, InstallationId), Seqs> = BTreeMap::new();
         for entry in sync.heard.iter() {
             let sender = entry.sender.as_str().parse::<InstallationId>().ok();
@@ -283,11 +298,17 @@ impl GroupMachine {
         }
         let readable = |e: u64| sync.from_epoch <= e && e <= sync.to_epoch;
         let none = Seqs::default();
+        let mut bytes = 0;
         let lacking: Vec<GroupMessage> = self
             .kept
             .iter()
             .filter(|k| readable(k.epoch) && !theirs.get(&(k.epoch, k.sender)).unwrap_or(&none).contains(k.seq))
             .take(RESEND_BATCH)
+            .take_while(|k| {
+                let first = bytes == 0;
+                bytes += k.message.ciphertext.as_bytes().len();
+                first || bytes <= RESEND_BYTES
+            })
             .map(|k| k.message.clone())
             .collect();
         if !lacking.is_empty() {
