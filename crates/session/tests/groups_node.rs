@@ -214,5 +214,9 @@ fn three_nodes_chat_in_a_group() {
         }
         assert!(copies.len() >= 8, "{copies:?}");
         assert!(copies.values().all(|n| *n == 1), "{copies:?}");
+        // Carol's node left the group's topic with the group: it got the
+        // two texts and the file's three chunks, nothing published after.
+        let at_carol = copies.keys().filter(|(to, _)| to.as_str() == "carol").count();
+        assert_eq!(at_carol, 5, "{copies:?}");
     });
 }

@@ -62,6 +62,10 @@ impl<T: Transport> Transport for Tap<T> {
         self.inner.subscribe(topic)
     }
 
+    fn unsubscribe(&self, topic: &Topic) -> impl Future<Output = Result<(), TransportError>> + Send {
+        self.inner.unsubscribe(topic)
+    }
+
     fn publish(&self, topic: &Topic, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send {
         self.published.lock().unwrap().push(frame.clone());
         self.inner.publish(topic, frame)

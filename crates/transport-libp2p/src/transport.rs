@@ -94,11 +94,6 @@ impl Libp2pTransport {
         self.request(Command::RefreshBundle).await
     }
 
-    /// Stops receiving publications on `topic`.
-    pub async fn unsubscribe(&self, topic: &Topic) -> Result<(), TransportError> {
-        self.request(|reply| Command::Unsubscribe(topic.clone(), reply)).await
-    }
-
     /// Stops the node: its connections close and its event stream ends.
     /// Peers see its links time out.
     pub async fn shutdown(&self) {
@@ -168,6 +163,11 @@ impl Transport for Libp2pTransport {
     async fn subscribe(&self, topic: &Topic) -> Result<(), TransportError> {
         check_topic(topic)?;
         self.request(|reply| Command::Subscribe(topic.clone(), reply)).await
+    }
+
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), TransportError> {
+        check_topic(topic)?;
+        self.request(|reply| Command::Unsubscribe(topic.clone(), reply)).await
     }
 
     async fn publish(&self, topic: &Topic, frame: Bytes) -> Result<(), TransportError> {

@@ -266,6 +266,10 @@ impl Transport for PeerJsTransport {
     async fn publish(&self, _topic: &Topic, _frame: Bytes) -> Result<(), TransportError> {
         Err(TransportError::Unsupported("PeerJS is point-to-point: no topics"))
     }
+
+    async fn unsubscribe(&self, _topic: &Topic) -> Result<(), TransportError> {
+        Err(TransportError::Unsupported("PeerJS is point-to-point: no topics"))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

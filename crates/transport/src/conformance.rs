@@ -306,6 +306,11 @@ pub async fn broadcast<H: Harness>(h: &mut H) {
             matches!(published, Err(TransportError::Unsupported(_))),
             "{published:?}"
         );
+        let unsubscribed = node.unsubscribe(&topic).await;
+        assert!(
+            matches!(unsubscribed, Err(TransportError::Unsupported(_))),
+            "{unsubscribed:?}"
+        );
         return;
     }
     // A gossip mesh needs links; connect them where the transport can.
@@ -318,11 +323,17 @@ pub async fn broadcast<H: Harness>(h: &mut H) {
             }
         }
     }
+    let barrier = Topic::from("strata-conformance-barrier");
     for (node, _) in &nodes {
         node.subscribe(&topic)
             .await
             .unwrap_or_else(|e| panic!("subscribe: {e}"));
     }
+    nodes[2]
+        .0
+        .subscribe(&barrier)
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
     let addrs: Vec<PeerAddr> = nodes.iter().map(|(t, _)| t.local_addr()).collect();
     let mut received: Vec<Vec<(Option<PeerAddr>, Bytes)>> = vec![Vec::new(); NODES];
 
@@ -373,6 +384,40 @@ pub async fn broadcast<H: Harness>(h: &mut H) {
             }
         }
     }
+
+    // Node 2 unsubscribes: what is published on the topic after it no
+    // longer reaches it (node 1 still gets it), while the barrier topic,
+    // published next, does.
+    nodes[2]
+        .0
+        .unsubscribe(&topic)
+        .await
+        .unwrap_or_else(|e| panic!("unsubscribe: {e}"));
+    nodes[0].0.publish(&topic, Bytes::from_static(b"after")).await.unwrap();
+    nodes[0]
+        .0
+        .publish(&barrier, Bytes::from_static(b"barrier"))
+        .await
+        .unwrap();
+    expect_event(
+        &mut nodes[1].1,
+        "a publication after the unsubscribe",
+        |e| is_published(e, &topic),
+        DEADLINE,
+    )
+    .await;
+    let first = expect_event(
+        &mut nodes[2].1,
+        "the barrier",
+        |e| matches!(e, TransportEvent::Published { .. }),
+        DEADLINE,
+    )
+    .await;
+    assert!(
+        is_published(&first, &barrier),
+        "an unsubscribed topic was delivered: {}",
+        describe(&first)
+    );
 }
 
 /// Which capabilities a suite relies on.

@@ -268,6 +268,17 @@ impl<A: Transport, B: Transport> Transport for Duo<A, B> {
         result
     }
 
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), TransportError> {
+        let mut result = Err(TransportError::Unsupported("no transport here can broadcast"));
+        if let Some(a) = self.a.as_ref().filter(|a| a.capabilities().broadcast) {
+            result = a.unsubscribe(topic).await;
+        }
+        if let Some(b) = self.b.as_ref().filter(|b| b.capabilities().broadcast) {
+            result = b.unsubscribe(topic).await.or(result);
+        }
+        result
+    }
+
     async fn publish(&self, topic: &Topic, frame: Bytes) -> Result<(), TransportError> {
         // One side only, or subscribers of both would get it twice.
         if let Some(a) = self.a.as_ref().filter(|a| a.capabilities().broadcast) {

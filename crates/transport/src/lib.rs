@@ -198,6 +198,10 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Publishes `frame` to every other subscriber of `topic`;
     /// [`TransportError::Unsupported`] without broadcast.
     fn publish(&self, topic: &Topic, frame: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Stops receiving frames published on `topic` (`Ok` when it was not
+    /// subscribed); [`TransportError::Unsupported`] without broadcast.
+    fn unsubscribe(&self, topic: &Topic) -> impl Future<Output = Result<(), TransportError>> + Send;
 }
 
 /// The bounded stream of a transport's events, handed out once with the

@@ -609,6 +609,15 @@ impl Transport for MemoryTransport {
         })
     }
 
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), TransportError> {
+        self.with_state(|state, _| {
+            if let Some(node) = state.nodes.get_mut(&self.addr) {
+                node.topics.remove(topic);
+            }
+            Ok(())
+        })
+    }
+
     async fn publish(&self, topic: &Topic, frame: Bytes) -> Result<(), TransportError> {
         self.with_state(|state, now| {
             state.check_len(frame.len())?;

@@ -16,9 +16,7 @@
 //!   frame per member link this node has; members without a link get them
 //!   from the admin, which passes every member's message on (not on
 //!   gossip: everyone hears the one publish). A node subscribes to the
-//!   topic of every group it is in; it cannot unsubscribe (the transport
-//!   has no call for it), so after a removal the topic's messages reach
-//!   it until it restarts, and are dropped.
+//!   topic of every group it is in, and unsubscribes when it is removed.
 //! - Every second the group's clock ticks ([`GroupInput::Tick`]): its
 //!   `group-sync` rounds recover the group messages lost on the way.
 //! - After every step the group's record is written (one transaction),
@@ -599,6 +597,11 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                         && let Some((actor, _)) = self.groups.actors.remove(&group)
                     {
                         self.forward(actor, Shutdown, ctx);
+                        if self.broadcast
+                            && let Some(transport) = self.transport_actor.clone()
+                        {
+                            self.forward(transport, UnsubscribeTopic(group_topic(&group)), ctx);
+                        }
                     }
                     self.publish(group_event(&group, event), ctx);
                 }

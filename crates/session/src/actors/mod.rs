@@ -212,6 +212,11 @@ pub struct Transmit {
 #[rtype(result = "Result<(), TransportError>")]
 pub struct SubscribeTopic(pub Topic);
 
+/// Stop receiving what is published on a topic.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), TransportError>")]
+pub struct UnsubscribeTopic(pub Topic);
+
 /// Publish one frame on a topic.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), TransportError>")]

@@ -77,6 +77,15 @@ impl<T: Transport> Handler<SubscribeTopic> for TransportActor<T> {
     }
 }
 
+impl<T: Transport> Handler<UnsubscribeTopic> for TransportActor<T> {
+    type Result = ResponseFuture<Result<(), TransportError>>;
+
+    fn handle(&mut self, msg: UnsubscribeTopic, _ctx: &mut Self::Context) -> Self::Result {
+        let transport = T::clone(&self.transport);
+        Box::pin(async move { transport.unsubscribe(&msg.0).await }.instrument(self.span.clone()))
+    }
+}
+
 impl<T: Transport> Handler<Publish> for TransportActor<T> {
     type Result = ResponseFuture<Result<(), TransportError>>;
 
