@@ -393,12 +393,16 @@ pub async fn broadcast<H: Harness>(h: &mut H) {
         .unsubscribe(&topic)
         .await
         .unwrap_or_else(|e| panic!("unsubscribe: {e}"));
-    nodes[0].0.publish(&topic, Bytes::from_static(b"after")).await.unwrap();
+    nodes[0]
+        .0
+        .publish(&topic, Bytes::from_static(b"after"))
+        .await
+        .unwrap_or_else(|e| panic!("publish: {e}"));
     nodes[0]
         .0
         .publish(&barrier, Bytes::from_static(b"barrier"))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("publish: {e}"));
     expect_event(
         &mut nodes[1].1,
         "a publication after the unsubscribe",
