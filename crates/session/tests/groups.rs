@@ -822,3 +822,53 @@ fn group_syncs_are_checked() {
     net.run();
     assert_eq!(net.received(2).len(), before + 1);
 }
+
+/// A member that lost more commits than anyone's log keeps (its pair
+/// traffic gone, as after restoring an old backup) is told so, and so is
+/// the admin it asks: no commit of a later epoch is offered it to wait for,
+/// and its requests do not multiply. A member less far behind catches up
+/// batch after batch.
+#[test]
+fn a_member_behind_beyond_the_commit_log_is_reported_not_looped() {
+    use strata_session::group::COMMIT_LOG;
+    let mut net = Net::new(4, 48);
+    let invitees: Vec<_> = (1..4).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    net.held_back = vec![2, 3];
+    for _ in 0..COMMIT_LOG + 6 {
+        net.command(0, GroupCommand::Update);
+        net.run();
+    }
+    // Member 2 loses everything sent to it; member 3 only the commits
+    // past the first 30, which a catch-up still reaches.
+    let mut kept = 0;
+    net.wire.retain(|(to, _)| match to {
+        3 => {
+            kept += 1;
+            kept <= 30
+        }
+        2 => false,
+        _ => true,
+    });
+    net.held_back.clear();
+    net.run();
+    net.command(0, GroupCommand::Update);
+    let mut steps = 0;
+    while !net.wire.is_empty() {
+        let (to, d) = net.wire.pop_front().unwrap();
+        net.deliver(to, d);
+        steps += 1;
+        assert!(steps < 10_000, "catch-up requests multiply");
+    }
+    let refused = |net: &Net, i: usize, what: &str| {
+        net.events[i]
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Refused { reason, .. } if reason.contains(what)))
+    };
+    assert!(refused(&net, 2, "beyond the commit log"), "{:?}", net.events[2]);
+    assert!(refused(&net, 0, "beyond the commit log"));
+    let epoch = net.machines[0].as_ref().unwrap().epoch();
+    assert_eq!(net.machines[3].as_ref().unwrap().epoch(), epoch, "member 3 caught up");
+    assert!(net.machines[2].as_ref().unwrap().epoch() < epoch);
+}

@@ -224,6 +224,11 @@ impl GroupMachine {
             if self.future.len() < MAX_FUTURE_COMMITS || self.future.contains_key(&pdu.epoch) {
                 self.future.insert(pdu.epoch, pdu);
             }
+            // Once per epoch: every early commit asking again would make
+            // answers of early commits ask again, without end.
+            if self.asked_at == Some(epoch) {
+                return Ok(());
+            }
             return self.ask_catch_up(from);
         }
         self.apply(pdu)?;
@@ -289,10 +294,20 @@ impl GroupMachine {
             self.refuse(Some(from), "catch-up request from a non-member");
             return Ok(());
         }
+        // Commits only from the asker's epoch on, without a gap: past the
+        // log's reach the asker cannot be caught up (an admin must add it
+        // again), and later commits alone would only wait at its end.
+        let reaches = self.log.front().is_some_and(|c| c.epoch <= epoch) || epoch >= self.epoch();
+        if !reaches {
+            self.refuse(
+                Some(from),
+                "a member behind beyond the commit log: an admin must add it again",
+            );
+        }
         let commits: Vec<GroupCommit> = self
             .log
             .iter()
-            .filter(|c| c.epoch >= epoch)
+            .filter(|c| reaches && c.epoch >= epoch)
             .take(CATCH_UP_BATCH)
             .cloned()
             .collect();

@@ -40,7 +40,10 @@
 //!   may overtake the Welcome) and one that receives a message of an epoch
 //!   it has not reached (it asks an admin, once per epoch). Every member
 //!   keeps the last [`COMMIT_LOG`] commits to answer (`group-catch-up`, up
-//!   to 16 a time).
+//!   to 16 a time; the asker asks again after each batch, and at most once
+//!   per epoch while an answer is due). One behind beyond the log is told
+//!   so, as is the member it asked ([`GroupEvent::Refused`]): an admin must
+//!   add it again.
 //! - **Messages** are sealed with the epoch's [`GroupMessageKey`]; a
 //!   message of an epoch not reached yet waits (at most
 //!   [`MAX_EARLY_MESSAGES`]) for its commit, one of an epoch passed opens
@@ -425,8 +428,25 @@ impl GroupMachine {
                 self.on_catch_up_request(from, r.epoch)
             }
             Pdu::GroupCatchUp(c) if c.group_id.as_bytes() == self.group_id() => {
+                let before = self.epoch();
+                // The question is answered: later early commits may ask
+                // again (unless the answer says nobody can help).
+                if c.complete || !c.commits.is_empty() {
+                    self.asked_at = None;
+                }
                 for commit in c.commits.iter() {
                     self.on_commit(from, commit.clone())?;
+                }
+                if !c.complete && !self.removed {
+                    if c.commits.is_empty() {
+                        self.refuse(
+                            Some(from),
+                            "behind beyond the commit log: an admin must add this member again",
+                        );
+                    } else if self.epoch() > before {
+                        // A batch brought us on: ask for the next one.
+                        self.ask_catch_up(from)?;
+                    }
                 }
                 Ok(())
             }
