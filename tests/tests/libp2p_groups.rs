@@ -19,17 +19,11 @@ use strata_session::group::{GroupCommand, GroupEvent};
 use strata_session::{Config, keep_stocked};
 use strata_test_support::groups::is_group_text;
 use strata_test_support::libp2p::tcp_addr;
+use strata_test_support::now_s;
 
 const NAMES: [&str; 12] = [
     "admin", "m01", "m02", "m03", "m04", "m05", "m06", "m07", "m08", "m09", "m10", "m11",
 ];
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// Starts an installation with its KeyPackage pool stocked, as the daemon
 /// does at start, and the product's link timers.

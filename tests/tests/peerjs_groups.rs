@@ -16,17 +16,11 @@ use strata_cascade::InstallationIdentity;
 use strata_session::group::{GroupCommand, GroupEvent};
 use strata_session::{Config, keep_stocked};
 use strata_test_support::groups::is_group_text;
+use strata_test_support::now_s;
 use strata_test_support::peerjs;
 use strata_transport_peerjs::{BrokerConfig, PeerJsTransport};
 
 type Node = PeerNode<PeerJsTransport>;
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// Starts `identity`'s node on its store in `dir`, its KeyPackage pool
 /// stocked first, as the daemon does at start.

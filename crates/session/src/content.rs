@@ -63,9 +63,12 @@ pub const FILE_CHUNK_BYTES: usize = 48 * 1024;
 pub(crate) fn chunk_fits(size: u64, index: u32, total: u32, len: usize) -> bool {
     let chunk = FILE_CHUNK_BYTES as u64;
     let offset = u64::from(index) * chunk;
-    u64::from(total) == size.div_ceil(chunk).max(1)
-        && index < total
-        && len as u64 == size.saturating_sub(offset).min(chunk)
+    u64::from(total) == chunk_count(size) && index < total && len as u64 == size.saturating_sub(offset).min(chunk)
+}
+
+/// Chunks a file of `size` bytes takes (an empty file is one empty chunk).
+pub(crate) fn chunk_count(size: u64) -> u64 {
+    size.div_ceil(FILE_CHUNK_BYTES as u64).max(1)
 }
 
 /// Most bytes of a text message.

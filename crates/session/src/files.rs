@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use strata_cascade::InstallationId;
 use strata_transport::PeerAddr;
 
-use crate::content::{Content, FILE_CHUNK_BYTES, chunk_fits};
+use crate::content::{Content, FILE_CHUNK_BYTES, chunk_count, chunk_fits};
 use crate::durable::{self, Durable};
 use crate::error::SessionError;
 use crate::machine::{Event, Now, PeerMachine};
@@ -191,8 +191,7 @@ impl Transfers {
         let io = |e: std::io::Error| SessionError::Internal(format!("file {}: {e}", path.display()));
         let file = std::fs::File::open(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
-        let total = u32::try_from(size.div_ceil(FILE_CHUNK_BYTES as u64).max(1))
-            .map_err(|_| SessionError::Misuse("file too large"))?;
+        let total = u32::try_from(chunk_count(size)).map_err(|_| SessionError::Misuse("file too large"))?;
         let mut id = [0u8; 12];
         rand::rng().fill_bytes(&mut id);
         let manifest = Manifest {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 
-use crate::content::{Content, FILE_CHUNK_BYTES, chunk_fits};
+use crate::content::{Content, FILE_CHUNK_BYTES, chunk_count, chunk_fits};
 use crate::error::SessionError;
 
 /// The largest file sent to a group: its sealed chunks must fit in what
@@ -36,11 +36,6 @@ pub const MAX_INCOMING_GROUP_FILES: usize = 16;
 const DONE_MEMORY: usize = 1024;
 
 const CHUNK: u64 = FILE_CHUNK_BYTES as u64;
-
-/// Chunks a file of `size` bytes takes (an empty file is one empty chunk).
-fn chunk_count(size: u64) -> u64 {
-    size.div_ceil(CHUNK).max(1)
-}
 
 /// The chunks of the file at `path`, under a fresh file id; refused when
 /// the file is over [`MAX_GROUP_FILE_BYTES`].

@@ -61,6 +61,14 @@ pub fn run_paused<F: Future>(f: F) -> F::Output {
     system.block_on(f)
 }
 
+/// The wall clock, Unix seconds (KeyPackage lifetimes run on it).
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 /// Runs `f` in an actix system whose tokio runtime has worker threads, so
 /// transports' tasks run beside the actors (and beside their crypto) as
 /// they do in the daemon.

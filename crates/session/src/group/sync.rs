@@ -188,12 +188,17 @@ impl GroupMachine {
     /// The kept messages to store and the stored ones to delete since the
     /// last [`GroupMachine::kept_stored`].
     pub fn pending_kept(&self) -> Result<KeptChanges, SessionError> {
-        let put = self
-            .kept
-            .iter()
-            .filter(|k| self.kept_new.contains(&k.key()))
-            .map(|k| Ok((k.key(), k.to_row()?)))
-            .collect::<Result<_, SessionError>>()?;
+        // Every step asks; most steps kept nothing new.
+        let put = if self.kept_new.is_empty() {
+            Vec::new()
+        } else {
+            self.kept
+                .iter()
+                .map(|k| (k.key(), k))
+                .filter(|(key, _)| self.kept_new.contains(key))
+                .map(|(key, k)| Ok((key, k.to_row()?)))
+                .collect::<Result<_, SessionError>>()?
+        };
         Ok(KeptChanges {
             put,
             delete: self.kept_gone.clone(),

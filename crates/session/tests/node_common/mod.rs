@@ -25,13 +25,7 @@ pub const DEADLINE: Duration = Duration::from_secs(900);
 /// Runs `f` in an actix system on a paused current-thread runtime.
 pub use strata_test_support::run_paused as run;
 
-/// The wall clock, Unix seconds (KeyPackage lifetimes run on it).
-pub fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+pub use strata_test_support::now_s;
 
 /// `a` opens a session with `b`; both wait until it is ready.
 pub async fn handshake(a: &mut TestNode, b: &mut TestNode) {
