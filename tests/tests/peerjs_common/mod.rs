@@ -25,9 +25,7 @@ pub const DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs `f` in an actix system whose tokio runtime has worker threads, so the
 /// transports' WebRTC tasks run beside the actors as they do in the daemon.
-pub fn run<F: Future>(f: F) -> F::Output {
-    strata_test_support::run_threaded(f)
-}
+pub use strata_test_support::run_threaded as run;
 
 /// The PeerJS id a node registers: its installation id in hex, as the
 /// daemon and the demo do.

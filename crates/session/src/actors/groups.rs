@@ -360,10 +360,15 @@ pub fn group_topic(group: &str) -> Topic {
     Topic::new(format!("/strata/1/group-{group}/proto"))
 }
 
+/// The `peer` of a group's events: `group/<id>`.
+fn group_addr(group: &str) -> PeerAddr {
+    PeerAddr::new(format!("group/{group}"))
+}
+
 /// A group event for subscribers.
 pub(super) fn group_event(group: &str, event: GroupEvent) -> NodeEvent {
     NodeEvent {
-        peer: PeerAddr::new(format!("group/{group}")),
+        peer: group_addr(group),
         kind: NodeEventKind::Group {
             group: group.to_owned(),
             event,
@@ -640,7 +645,7 @@ impl<T: Transport> Node<T> {
         match files.received(chunk) {
             Ok(Some(file)) => {
                 let event = NodeEvent {
-                    peer: PeerAddr::new(format!("group/{group}")),
+                    peer: group_addr(group),
                     kind: NodeEventKind::GroupFile {
                         group: group.to_owned(),
                         sender,
