@@ -13,6 +13,16 @@
 //!   checks) against openmls's `create_message` and `process_message`
 //!   (target ≤ 1.3×).
 //!
+//! The openmls groups are set up as Strata's are, so the ratio is what
+//! Strata adds to the same MLS work: the same ciphersuite, the ratchet
+//! tree in the Welcome, [`MAX_PAST_EPOCHS`] past epochs kept for late
+//! messages, and credentials as long as Strata's (openmls keeps every
+//! member's credential for each past epoch and writes them at every
+//! commit, so both settings are part of the work).
+//!
+//! With `STRATA_BENCH_PARTS` set, each sample also prints the admin's,
+//! the joiner's and the member's parts.
+//!
 //! Medians of `STRATA_BENCH_SAMPLES` (default 20) runs.
 //!
 //! `cargo bench -p strata-cascade --bench groups`
@@ -33,11 +43,14 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use strata_cascade::group::{GroupEpochSecret, GroupMls};
+use strata_cascade::group::{GroupEpochSecret, GroupMls, MAX_PAST_EPOCHS};
 use strata_cascade::{AccountIdentity, InstallationIdentity, KeyPackageKind, generate_key_package};
 use strata_test_support::bench::{knob, median};
 
 const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+/// The length of a Strata member's credential identity (checked in
+/// `main` against a real one).
+const STRATA_CREDENTIAL_LEN: usize = 114;
 
 fn micros(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e6
@@ -52,10 +65,15 @@ struct Plain {
 }
 
 impl Plain {
+    /// A member whose credential is as long as a Strata member's: openmls
+    /// keeps every member's credential for each past epoch and writes them
+    /// at every commit, so their length is part of the work.
     fn new(n: usize) -> Self {
         let signer = SignatureKeyPair::new(SUITE.signature_algorithm()).unwrap();
+        let mut identity = format!("member-{n}").into_bytes();
+        identity.resize(STRATA_CREDENTIAL_LEN, 0);
         let credential = CredentialWithKey {
-            credential: BasicCredential::new(format!("member-{n}").into_bytes()).into(),
+            credential: BasicCredential::new(identity).into(),
             signature_key: signer.public().into(),
         };
         Self {
@@ -78,11 +96,15 @@ fn plain_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(SUITE)
         .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS as usize)
         .build()
 }
 
 fn plain_join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder().use_ratchet_tree_extension(true).build()
+    MlsGroupJoinConfig::builder()
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(MAX_PAST_EPOCHS as usize)
+        .build()
 }
 
 /// An openmls group of `n`: the admin's and one other member's groups.
@@ -141,16 +163,25 @@ fn plain_add(admin: &Plain, group: &mut MlsGroup, member: &Plain, other: &mut Ml
         .unwrap();
     let (commit, welcome, _) = group.add_members(&admin.provider, &admin.signer, &[package]).unwrap();
     group.merge_pending_commit(&admin.provider).unwrap();
+    let t1 = micros(t);
     let welcome = welcome_in(&welcome);
     StagedWelcome::new_from_welcome(&joiner.provider, &plain_join_config(), welcome, None)
         .unwrap()
         .into_group(&joiner.provider)
         .unwrap();
+    let t2 = micros(t);
     let processed = other.process_message(&member.provider, protocol_in(&commit)).unwrap();
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         panic!("not a commit");
     };
     other.merge_staged_commit(&member.provider, *staged).unwrap();
+    if std::env::var_os("STRATA_BENCH_PARTS").is_some() {
+        println!(
+            "  openmls parts: add {t1:.0} join {:.0} process {:.0}",
+            t2 - t1,
+            micros(t) - t2
+        );
+    }
     micros(t)
 }
 
@@ -198,6 +229,19 @@ fn strata_add(group: &mut GroupMls, other: &mut GroupMls, rng: &mut ChaCha20Rng)
 fn main() {
     let samples: usize = knob("STRATA_BENCH_SAMPLES", 20);
     let mut rng = ChaCha20Rng::seed_from_u64(17);
+    let made = generate_key_package(&installation(&mut rng), KeyPackageKind::OneTime, 3600).unwrap();
+    let MlsMessageBodyIn::KeyPackage(package) = MlsMessageIn::tls_deserialize_exact(made.package.bytes())
+        .unwrap()
+        .extract()
+    else {
+        panic!("not a KeyPackage");
+    };
+    let credential = BasicCredential::try_from(package.unverified_credential().credential).unwrap();
+    assert_eq!(
+        credential.identity().len(),
+        STRATA_CREDENTIAL_LEN,
+        "the baseline's credentials"
+    );
     for n in [10, 100, 250] {
         let (admin, mut group, member, mut other) = plain_group(n);
         let (mut s_group, mut s_other) = strata_group(n, &mut rng);

@@ -36,9 +36,9 @@ use std::fmt;
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, CredentialWithKey, Extension, ExtensionType, Extensions, GroupId, LeafNodeIndex, MlsGroup,
-    MlsGroupCreateConfig, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, RequiredCapabilitiesExtension, Sender,
-    StagedWelcome, UnknownExtension,
+    BasicCredential, Credential, CredentialWithKey, Extension, ExtensionType, Extensions, GroupId, LeafNodeIndex,
+    MlsGroup, MlsGroupCreateConfig, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProcessedWelcome,
+    RequiredCapabilitiesExtension, Sender, UnknownExtension,
 };
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::OpenMlsProvider as _;
@@ -348,15 +348,41 @@ impl GroupMls {
             .sender_ratchet_configuration(sender_ratchet())
             .max_past_epochs(MAX_PAST_EPOCHS as usize)
             .build();
-        let staged = StagedWelcome::new_from_welcome(&provider, &config, welcome, None)
-            .map_err(|e| peer_error(e.to_string()))?;
+        let processed =
+            ProcessedWelcome::new_from_welcome(&provider, &config, welcome).map_err(|e| peer_error(e.to_string()))?;
+        // One XEdDSA verification per member is as much work as openmls's
+        // own check of the tree (one signature per leaf), so the two run
+        // side by side, the bindings spread over the other cores. The
+        // leaves checked are the tree's as received; the group is kept
+        // only if openmls accepts that same tree and its leaves are exactly
+        // these.
+        let leaves: Vec<(Credential, Vec<u8>)> = processed
+            .unverified_group_info()
+            .extensions()
+            .ratchet_tree()
+            .ok_or_else(|| peer_error("Welcome without its ratchet tree"))?
+            .ratchet_tree()
+            .leaves()
+            .map(|leaf| (leaf.credential().clone(), leaf.signature_key().as_slice().to_vec()))
+            .collect();
+        let (bound, staged) = rayon::join(
+            || {
+                leaves
+                    .par_iter()
+                    .try_for_each(|(credential, key)| member_of(credential, key).map(drop))
+            },
+            || processed.into_staged_welcome(&provider, None),
+        );
+        bound?;
+        let staged = staged.map_err(|e| peer_error(e.to_string()))?;
+        if !staged
+            .members()
+            .map(|m| (m.credential, m.signature_key))
+            .eq(leaves)
+        {
+            return Err(peer_error("the group's leaves are not the tree's"));
+        }
         admins_of(staged.group_context().extensions())?;
-        // One XEdDSA verification per member: most of a join's cost past
-        // openmls's own at a few hundred members, so spread over the cores.
-        let members: Vec<_> = staged.members().collect();
-        members
-            .par_iter()
-            .try_for_each(|m| member_of(&m.credential, &m.signature_key).map(drop))?;
         let group = staged.into_group(&provider).map_err(internal)?;
         Ok(Self {
             provider,
@@ -1112,6 +1138,61 @@ mod tests {
         let stranger = installation(&mut rng).installation_id();
         assert!(members[1].group.set_admins(&[stranger]).is_err());
         assert!(members[1].group.set_admins(&[]).is_err());
+    }
+
+    /// An admin that bypasses its own checks and adds a leaf claiming
+    /// another member's installation (its credential copied, the
+    /// signature key the admin's own) cannot get a joiner to accept the
+    /// group: the joiner checks every leaf's binding.
+    #[test]
+    fn a_joiner_refuses_a_tree_with_an_impostor_leaf() {
+        use openmls::prelude::{Capabilities, KeyPackage, MlsMessageBodyIn, ProtocolVersion};
+        use openmls_basic_credential::SignatureKeyPair;
+
+        let mut rng = ChaCha20Rng::seed_from_u64(175);
+        let mut members = group(3, &mut rng);
+        let copied = members[1].identity.mls_credential().credential;
+        let admin = &mut members[0].group;
+        let impostor_signer = SignatureKeyPair::new(MLS_CIPHERSUITE.signature_algorithm()).unwrap();
+        let impostor = KeyPackage::builder()
+            .leaf_node_capabilities(
+                Capabilities::builder()
+                    .extensions(vec![ExtensionType::Unknown(GROUP_ADMINS_EXTENSION)])
+                    .build(),
+            )
+            .build(
+                MLS_CIPHERSUITE,
+                &admin.provider,
+                &impostor_signer,
+                CredentialWithKey {
+                    credential: copied,
+                    signature_key: impostor_signer.public().into(),
+                },
+            )
+            .unwrap()
+            .key_package()
+            .clone();
+        let joiner = installation(&mut rng);
+        let made = generate_key_package(&joiner, KeyPackageKind::OneTime, 3600).unwrap();
+        let MlsMessageBodyIn::KeyPackage(honest) = MlsMessageIn::tls_deserialize_exact(made.package.bytes())
+            .unwrap()
+            .extract()
+        else {
+            panic!("not a KeyPackage");
+        };
+        let honest = honest
+            .validate(admin.provider.crypto(), ProtocolVersion::Mls10)
+            .unwrap();
+        let (_, welcome, _) = admin
+            .group
+            .add_members(&admin.provider, &admin.signer, &[impostor, honest])
+            .unwrap();
+        admin.group.merge_pending_commit(&admin.provider).unwrap();
+        let welcome = welcome.tls_serialize_detached().unwrap();
+        assert!(matches!(
+            GroupMls::join(&joiner, &made.secrets, &welcome),
+            Err(CascadeError::BadBinding(_))
+        ));
     }
 
     /// The state survives export and import mid-conversation; damaged
