@@ -375,11 +375,7 @@ impl GroupMls {
         );
         bound?;
         let staged = staged.map_err(|e| peer_error(e.to_string()))?;
-        if !staged
-            .members()
-            .map(|m| (m.credential, m.signature_key))
-            .eq(leaves)
-        {
+        if !staged.members().map(|m| (m.credential, m.signature_key)).eq(leaves) {
             return Err(peer_error("the group's leaves are not the tree's"));
         }
         admins_of(staged.group_context().extensions())?;
@@ -457,6 +453,27 @@ impl GroupMls {
             .add_members(&self.provider, &self.signer, &checked)
             .map_err(internal)?;
         self.merge(commit, Some(welcome))
+    }
+
+    /// Admin: adds `member` again from a fresh KeyPackage of its own (a
+    /// member behind beyond every commit log), its old leaf replaced in the
+    /// same commit, so it stays in the admin list if it is there. The
+    /// Welcome is for its new leaf.
+    pub fn readd(&mut self, member: InstallationId, package: &(PeerIdentity, Vec<u8>)) -> Result<GroupCommit> {
+        self.require_admin()?;
+        if package.0.installation_id != member {
+            return Err(CascadeError::InvalidArgument("a KeyPackage of another installation"));
+        }
+        if member == self.local {
+            return Err(CascadeError::InvalidArgument("an admin cannot add itself again"));
+        }
+        let leaves = self.leaves_of(&[member])?;
+        let checked = validate_key_package_bytes(&self.provider, &package.0, &package.1)?;
+        let messages = self
+            .group
+            .swap_members(&self.provider, &self.signer, &leaves, &[checked])
+            .map_err(internal)?;
+        self.merge(messages.commit, Some(messages.welcome))
     }
 
     /// Admin: removes `members`. One commit.
@@ -1138,6 +1155,45 @@ mod tests {
         let stranger = installation(&mut rng).installation_id();
         assert!(members[1].group.set_admins(&[stranger]).is_err());
         assert!(members[1].group.set_admins(&[]).is_err());
+    }
+
+    /// A member that missed commits is added again: its old leaf replaced
+    /// by a fresh one in one commit, it joins from the Welcome and reads
+    /// and is read as before; its old state is left behind.
+    #[test]
+    fn a_member_behind_is_added_again() {
+        let mut rng = ChaCha20Rng::seed_from_u64(176);
+        let mut members = group(4, &mut rng);
+        let missed = members[0].group.self_update().unwrap();
+        for m in &mut members[1..3] {
+            m.group.process_commit(&missed.commit).unwrap();
+        }
+        let behind = id(&members[3]);
+        let made = generate_key_package(&members[3].identity, KeyPackageKind::OneTime, 3600).unwrap();
+        let package = (members[3].identity.peer_identity(), made.package.bytes().to_vec());
+        let other = id(&members[1]);
+        assert!(members[0].group.readd(other, &package).is_err(), "another's package");
+        let commit = members[0].group.readd(behind, &package).unwrap();
+        for m in &mut members[1..3] {
+            let outcome = m.group.process_commit(&commit.commit).unwrap();
+            assert_eq!((outcome.added, outcome.removed), (vec![behind], vec![behind]));
+        }
+        assert!(
+            members[3].group.process_commit(&commit.commit).is_err(),
+            "the old state is behind"
+        );
+        members[3].group = GroupMls::join(&members[3].identity, &made.secrets, &commit.welcome.unwrap()).unwrap();
+        assert_eq!(members[3].group.epoch(), commit.epoch);
+        assert_eq!(members[3].group.members().unwrap().len(), 4);
+        let key = members[0]
+            .group
+            .message_key(&GroupEpochSecret::generate(&mut rng))
+            .unwrap();
+        let sealed = members[3].group.seal(b"back", &key, &mut rng).unwrap();
+        let got = members[1].group.open(&sealed, &key).unwrap();
+        assert_eq!((got.sender, got.plaintext.as_slice()), (behind, b"back".as_slice()));
+        let sealed = members[2].group.seal(b"welcome back", &key, &mut rng).unwrap();
+        assert_eq!(members[3].group.open(&sealed, &key).unwrap().plaintext, b"welcome back");
     }
 
     /// An admin that bypasses its own checks and adds a leaf claiming

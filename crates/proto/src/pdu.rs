@@ -619,7 +619,9 @@ pub struct GroupCommit {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "kebab-case")]
 pub enum ProposalKind {
-    /// Add `member` (reachable at `address`).
+    /// Add `member` (reachable at `address`); for a current member, add
+    /// it again (it is behind beyond every commit log: the sender could
+    /// not catch it up).
     Add,
     /// Remove `member`.
     Remove,

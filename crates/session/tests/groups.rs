@@ -108,6 +108,7 @@ impl Net {
 
     fn drain(&mut self, i: usize) {
         let from = self.id(i);
+        let mut add_again = Vec::new();
         while let Some(out) = self.machines[i].as_mut().and_then(GroupMachine::poll_output) {
             match out {
                 GroupOutput::Pairwise { to, pdu } => {
@@ -130,8 +131,18 @@ impl Net {
                         }
                     }
                 }
-                GroupOutput::Event(e) => self.events[i].push(e),
+                GroupOutput::Event(e) => {
+                    if let GroupEvent::AddAgain { member } = e {
+                        add_again.push(self.index(member));
+                    }
+                    self.events[i].push(e);
+                }
             }
+        }
+        // What the sequencer's owner does: claim a fresh package, add again.
+        for member in add_again {
+            let invitee = self.invitee(member);
+            self.command(i, GroupCommand::AddAgain(invitee));
         }
     }
 
@@ -163,11 +174,16 @@ impl Net {
             Delivery::Pairwise {
                 from,
                 pdu: Pdu::GroupWelcome(w),
-            } if self.machines[to].is_none() => {
+            } => {
                 let secrets = self.held.remove(w.key_package_ref.as_bytes()).unwrap();
                 let mut seed = [0u8; 32];
                 self.rng.fill(&mut seed);
-                self.machines[to] = Some(GroupMachine::join(&self.ids[to], from, &w, &secrets, seed).unwrap());
+                let joined = GroupMachine::join(&self.ids[to], from, &w, &secrets, seed).unwrap();
+                match self.machines[to].as_mut() {
+                    // Added again: the member's state is the new join.
+                    Some(m) => m.adopt(from, joined).unwrap(),
+                    None => self.machines[to] = Some(joined),
+                }
             }
             Delivery::Pairwise { from, pdu } => {
                 if let Some(m) = self.machines[to].as_mut() {
@@ -824,24 +840,128 @@ fn group_syncs_are_checked() {
 }
 
 /// A member that lost more commits than anyone's log keeps (its pair
-/// traffic gone, as after restoring an old backup) is told so, and so is
-/// the admin it asks: no commit of a later epoch is offered it to wait for,
-/// and its requests do not multiply. A member less far behind catches up
-/// batch after batch.
+/// traffic gone, as after restoring an old backup) is added again by the
+/// sequencer: from a fresh KeyPackage, its old leaf replaced in one
+/// commit, it joins from the Welcome, and reads and is read as before.
+/// Its requests do not multiply, and it is added once. A member less far
+/// behind catches up batch after batch.
 #[test]
-fn a_member_behind_beyond_the_commit_log_is_reported_not_looped() {
-    use strata_session::group::COMMIT_LOG;
-    let mut net = Net::new(4, 48);
+fn a_member_behind_beyond_the_commit_log_is_added_again() {
+    let mut net = behind_beyond_the_log(48);
+    net.command(1, text("still there?"));
+    deliver_all(&mut net);
+    let (epoch, members) = net.converged();
+    assert_eq!(members.len(), 4);
+    assert_eq!(net.machines[2].as_ref().unwrap().epoch(), epoch, "member 2 added again");
+    assert_eq!(net.machines[3].as_ref().unwrap().epoch(), epoch, "member 3 caught up");
+    let added_again = |e: &GroupEvent| matches!(e, GroupEvent::AddAgain { .. });
+    assert_eq!(net.events[0].iter().filter(|e| added_again(e)).count(), 1, "added once");
+    reads_and_is_read(&mut net, 2);
+}
+
+/// The same when the role moved on while the member was behind: the admin
+/// it asks (an admin no longer sequencing) asks the sequencer for it, and
+/// the Welcome of the new sequencer (an admin as the member knew the group)
+/// is taken.
+#[test]
+fn a_member_behind_is_added_again_by_a_new_sequencer() {
+    let mut net = Net::new(4, 49);
     let invitees: Vec<_> = (1..4).map(|i| net.invitee(i)).collect();
     net.command(0, GroupCommand::Add(invitees));
     net.run();
+    let (zero, one) = (net.id(0), net.id(1));
+    net.command(0, GroupCommand::SetAdmins(vec![zero, one]));
+    net.run();
+    lose_beyond_the_log(&mut net);
+    net.command(0, GroupCommand::SetAdmins(vec![one, zero]));
+    net.run();
+    net.command(3, text("still there?"));
+    deliver_all(&mut net);
+    net.converged();
+    assert!(
+        net.events[0]
+            .iter()
+            .any(|e| matches!(e, GroupEvent::Refused { reason, .. } if reason.contains("the sequencer is asked"))),
+        "the old sequencer turned to the new one"
+    );
+    assert!(net.events[1].iter().any(|e| matches!(e, GroupEvent::AddAgain { .. })));
+    assert_eq!(
+        net.machines[2].as_ref().unwrap().epoch(),
+        net.machines[1].as_ref().unwrap().epoch()
+    );
+    reads_and_is_read(&mut net, 2);
+}
+
+/// A member takes a new state of its group only from a Welcome of an admin
+/// as it knew the group, and of a later epoch: one that came from any other
+/// member (which could have made a group of its own under the same id) is
+/// refused, and so is one of an epoch already reached; nothing changes.
+#[test]
+fn only_an_admin_takes_a_member_into_a_new_state() {
+    let mut net = Net::new(3, 50);
+    let invitees: Vec<_> = (1..3).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    let epoch = net.machines[2].as_ref().unwrap().epoch();
+    let invitee = net.invitee(2);
+    net.command(0, GroupCommand::AddAgain(invitee));
+    let welcome = net
+        .wire
+        .iter()
+        .find_map(|(to, d)| match d {
+            Delivery::Pairwise {
+                pdu: Pdu::GroupWelcome(w),
+                ..
+            } if *to == 2 => Some(w.clone()),
+            _ => None,
+        })
+        .unwrap();
+    net.wire.clear();
+    let secrets = net.held.remove(welcome.key_package_ref.as_bytes()).unwrap();
+    let (zero, one) = (net.id(0), net.id(1));
+    let joined = |net: &mut Net| {
+        let mut seed = [0u8; 32];
+        net.rng.fill(&mut seed);
+        GroupMachine::join(&net.ids[2], zero, &welcome, &secrets, seed).unwrap()
+    };
+    let from_member = joined(&mut net);
+    let m = net.machines[2].as_mut().unwrap();
+    m.adopt(one, from_member).unwrap();
+    assert_eq!(m.epoch(), epoch, "a member's Welcome is refused");
+    let twice = joined(&mut net);
+    let m = net.machines[2].as_mut().unwrap();
+    m.adopt(zero, twice).unwrap();
+    assert_eq!(m.epoch(), epoch + 1, "the admin's is taken");
+    let again = joined(&mut net);
+    let m = net.machines[2].as_mut().unwrap();
+    m.adopt(zero, again).unwrap();
+    assert_eq!(m.epoch(), epoch + 1);
+    net.drain(2);
+    let refused = net.events[2]
+        .iter()
+        .filter(|e| matches!(e, GroupEvent::Refused { .. }))
+        .count();
+    assert_eq!(refused, 2, "{:?}", net.events[2]);
+}
+
+/// Four members; member 2 loses every commit past the log's reach, member
+/// 3 the commits past the first 30 (a catch-up still reaches it).
+fn behind_beyond_the_log(seed: u64) -> Net {
+    let mut net = Net::new(4, seed);
+    let invitees: Vec<_> = (1..4).map(|i| net.invitee(i)).collect();
+    net.command(0, GroupCommand::Add(invitees));
+    net.run();
+    lose_beyond_the_log(&mut net);
+    net
+}
+
+fn lose_beyond_the_log(net: &mut Net) {
+    use strata_session::group::COMMIT_LOG;
     net.held_back = vec![2, 3];
     for _ in 0..COMMIT_LOG + 6 {
         net.command(0, GroupCommand::Update);
         net.run();
     }
-    // Member 2 loses everything sent to it; member 3 only the commits
-    // past the first 30, which a catch-up still reaches.
     let mut kept = 0;
     net.wire.retain(|(to, _)| match to {
         3 => {
@@ -853,22 +973,28 @@ fn a_member_behind_beyond_the_commit_log_is_reported_not_looped() {
     });
     net.held_back.clear();
     net.run();
-    net.command(0, GroupCommand::Update);
+}
+
+/// Delivers everything in order, one at a time: requests must not multiply.
+fn deliver_all(net: &mut Net) {
     let mut steps = 0;
-    while !net.wire.is_empty() {
-        let (to, d) = net.wire.pop_front().unwrap();
+    while let Some((to, d)) = net.wire.pop_front() {
         net.deliver(to, d);
         steps += 1;
         assert!(steps < 10_000, "catch-up requests multiply");
     }
-    let refused = |net: &Net, i: usize, what: &str| {
-        net.events[i]
-            .iter()
-            .any(|e| matches!(e, GroupEvent::Refused { reason, .. } if reason.contains(what)))
-    };
-    assert!(refused(&net, 2, "beyond the commit log"), "{:?}", net.events[2]);
-    assert!(refused(&net, 0, "beyond the commit log"));
-    let epoch = net.machines[0].as_ref().unwrap().epoch();
-    assert_eq!(net.machines[3].as_ref().unwrap().epoch(), epoch, "member 3 caught up");
-    assert!(net.machines[2].as_ref().unwrap().epoch() < epoch);
+}
+
+/// Member `i` and the others read each other.
+fn reads_and_is_read(net: &mut Net, i: usize) {
+    let others: Vec<usize> = net.live().into_iter().filter(|k| *k != i).collect();
+    net.command(i, text("back"));
+    net.command(others[0], text("welcome back"));
+    net.run();
+    let me = net.id(i);
+    for k in &others {
+        assert!(net.received(*k).contains(&(me, "back".into())), "member {k}");
+    }
+    let them = net.id(others[0]);
+    assert!(net.received(i).contains(&(them, "welcome back".into())));
 }

@@ -220,3 +220,111 @@ fn three_nodes_chat_in_a_group() {
         assert_eq!(at_carol, 5, "{copies:?}");
     });
 }
+
+/// A member the sequencer finds behind beyond its commit log (here: one
+/// that asks for the commits since the group's first epoch, long gone from
+/// the log) is added again by the node on its own: a fresh KeyPackage
+/// claimed over the session, one commit replacing its leaf, and the
+/// member's node takes the new state from the Welcome; both go on.
+#[test]
+fn a_member_behind_is_added_again_by_the_nodes() {
+    use strata_session::actors::{PeerRequest, SessionRequest};
+    use strata_session::group::COMMIT_LOG;
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let net = MemoryNetwork::new(8);
+        let mut alice = TestNode::start("alice", &net, 31, dir.path().join("a"));
+        let mut bob = TestNode::start("bob", &net, 32, dir.path().join("b"));
+        keep_stocked(
+            &bob.store(),
+            &bob.identity,
+            &Config::default().key_package_pool,
+            now_s(),
+        )
+        .unwrap();
+        handshake(&mut alice, &mut bob).await;
+        let group = alice
+            .addr
+            .send(CreateGroup {
+                request_id: 1,
+                name: None,
+            })
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+        let reply = alice
+            .addr
+            .send(AddToGroup {
+                request_id: 2,
+                group: group.clone(),
+                peer: "bob".into(),
+            })
+            .await
+            .unwrap();
+        reply.result.unwrap();
+        group_event(&mut bob, "joined", |e| matches!(e, GroupEvent::Joined { .. })).await;
+        let updates = COMMIT_LOG as u64 + 2;
+        for _ in 0..updates {
+            let reply = alice
+                .addr
+                .send(GroupRequest {
+                    request_id: 3,
+                    group: group.clone(),
+                    command: GroupCommand::Update,
+                })
+                .await
+                .unwrap();
+            reply.result.unwrap();
+        }
+        let last = 1 + updates;
+        group_event(
+            &mut bob,
+            "the last update",
+            |e| matches!(e, GroupEvent::Epoch { epoch, .. } if *epoch == last),
+        )
+        .await;
+
+        let request = strata_proto::GroupCatchUpRequest {
+            group_id: strata_proto::Blob::new(hex::decode(&group).unwrap()).unwrap(),
+            epoch: 0,
+        };
+        let data = strata_proto::Pdu::from(request).encode();
+        let reply = bob
+            .addr
+            .send(PeerRequest {
+                request_id: 4,
+                peer: "alice".into(),
+                request: SessionRequest::Command(strata_session::Command::Send(Content::GroupPdu { data })),
+            })
+            .await
+            .unwrap();
+        reply.result.unwrap();
+        let bob_id = bob.identity.installation_id();
+        group_event(&mut alice, "bob to add again", |e| {
+            *e == GroupEvent::AddAgain { member: bob_id }
+        })
+        .await;
+        group_event(
+            &mut bob,
+            "bob's new join",
+            |e| matches!(e, GroupEvent::Joined { epoch, .. } if *epoch == last + 1),
+        )
+        .await;
+        send(&alice, &group, "still with us").await;
+        text_from(&mut bob, "still with us").await;
+        send(&bob, &group, "yes").await;
+        text_from(&mut alice, "yes").await;
+        let summary = bob
+            .addr
+            .send(strata_session::actors::GroupInfo {
+                request_id: 5,
+                group: group.clone(),
+            })
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+        assert_eq!((summary.epoch, summary.members.len()), (last + 1, 2));
+    });
+}

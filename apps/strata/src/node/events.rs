@@ -146,6 +146,7 @@ fn describe_group(group: &str, event: &GroupEvent) -> (&'static str, Value) {
             "group-add-requested",
             json!({"group": group, "by": by.to_hex(), "member": member, "address": address}),
         ),
+        GroupEvent::AddAgain { member } => ("group-add-again", json!({"group": group, "member": member.to_hex()})),
         GroupEvent::Removed => ("group-removed", json!({"group": group})),
         GroupEvent::Refused { from, reason } => (
             "group-refused",
@@ -325,6 +326,7 @@ mod tests {
                 member: "i".into(),
                 address: Some("a".into()),
             }),
+            group(GroupEvent::AddAgain { member: id(3) }),
             group(GroupEvent::Removed),
             group(GroupEvent::Refused {
                 from: Some(id(2)),
@@ -373,6 +375,7 @@ mod tests {
                 | GroupEvent::Epoch { .. }
                 | GroupEvent::Received { .. }
                 | GroupEvent::AddRequested { .. }
+                | GroupEvent::AddAgain { .. }
                 | GroupEvent::Removed
                 | GroupEvent::Refused { .. } => true,
             },

@@ -210,6 +210,27 @@ impl Handler<Shutdown> for GroupActor {
     }
 }
 
+/// This member's join of its group from a later Welcome of `from`: it was
+/// added again ([`GroupMachine::adopt`]).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SessionError>")]
+pub struct Rejoin {
+    /// Who sent the Welcome.
+    pub from: strata_cascade::InstallationId,
+    /// The joined state.
+    pub machine: GroupMachine,
+}
+
+impl Handler<Rejoin> for GroupActor {
+    type Result = Result<(), SessionError>;
+
+    fn handle(&mut self, Rejoin { from, machine }: Rejoin, ctx: &mut Self::Context) -> Self::Result {
+        let adopted = self.machine.adopt(from, machine);
+        self.flush(ctx)?;
+        adopted
+    }
+}
+
 /// Start a new group chat; answered with its id (hex).
 #[derive(Debug, Message)]
 #[rtype(result = "Reply<String>")]
@@ -328,6 +349,22 @@ pub(super) fn group_pdu(event: &NodeEvent) -> Option<Result<strata_proto::Pdu, S
         }) => Some(strata_proto::Pdu::decode(data).map_err(|e| e.to_string())),
         _ => None,
     }
+}
+
+/// Claims one KeyPackage of `peer` over the session with it: the invitee
+/// to add.
+async fn claim_invitee<T: Transport>(
+    node: Addr<Node<T>>,
+    store: &dyn Durable,
+    request_id: RequestId,
+    peer: PeerAddr,
+) -> Result<Invitee, SessionError> {
+    let claimed = node
+        .send(ClaimKeyPackage { request_id, peer })
+        .await
+        .map_err(|_| SessionError::Unavailable("node"))?
+        .result?;
+    invitee(store, &claimed.installation, now().unix_ms / 1000)
 }
 
 /// The invitee for the peer `installation` (hex): one of its stored
@@ -488,20 +525,61 @@ impl<T: Transport> Node<T> {
                 return;
             }
         };
-        if let Some((actor, _)) = self.groups.actors.get(&group) {
-            self.forward(actor.clone(), GroupStep(GroupStepInput::Pairwise { from, pdu }), ctx);
-            return;
-        }
+        let actor = self.groups.actors.get(&group).map(|(a, _)| a.clone());
         let strata_proto::Pdu::GroupWelcome(welcome) = pdu else {
-            tracing::debug!(%peer, %group, "group PDU for a group this node is not in");
+            match actor {
+                Some(actor) => self.forward(actor, GroupStep(GroupStepInput::Pairwise { from, pdu }), ctx),
+                None => tracing::debug!(%peer, %group, "group PDU for a group this node is not in"),
+            }
             return;
         };
-        match self.join_group(from, &welcome) {
-            Ok(machine) => {
+        let machine = match self.join_group(from, &welcome) {
+            Ok(machine) => machine,
+            Err(e) => {
+                tracing::warn!(%peer, %group, error = %e, "cannot join a group");
+                return;
+            }
+        };
+        match actor {
+            // Added again (it was behind beyond every commit log): its
+            // actor takes the new state, if the Welcome is its admin's.
+            Some(actor) => self.forward(actor, Rejoin { from, machine }, ctx),
+            None => {
                 self.start_group(machine, ctx);
             }
-            Err(e) => tracing::warn!(%peer, %group, error = %e, "cannot join a group"),
         }
+    }
+
+    /// The sequencer's owner adds `member` (at `peer`) again: a fresh
+    /// KeyPackage claimed over the session with it, then the commit.
+    fn add_again(
+        &mut self,
+        group: &str,
+        member: strata_cascade::InstallationId,
+        peer: Option<PeerAddr>,
+        ctx: &mut Context<Self>,
+    ) {
+        let (Some(peer), Some((actor, _))) = (peer, self.groups.actors.get(group)) else {
+            tracing::warn!(%group, member = %member.to_hex(), "no session with a member to add again");
+            return;
+        };
+        let (actor, node, store) = (actor.clone(), ctx.address(), self.setup.store.clone());
+        let group = group.to_owned();
+        ctx.spawn(
+            async move {
+                let invitee = claim_invitee(node, &*store, 0, peer).await?;
+                actor
+                    .send(GroupStep(GroupStepInput::Command(GroupCommand::AddAgain(invitee))))
+                    .await
+                    .map_err(|_| SessionError::Unavailable("group"))?
+            }
+            .into_actor(self)
+            .map(move |result, _, _| {
+                if let Err(e) = result {
+                    tracing::warn!(%group, member = %member.to_hex(), error = %e, "cannot add a member again");
+                }
+            }),
+        );
     }
 
     /// Joins from a Welcome, with the private parts the pool held for the
@@ -597,6 +675,9 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                     } = &event
                     {
                         self.group_file_chunk(&group, *sender, chunk, ctx);
+                    }
+                    if let GroupEvent::AddAgain { member } = &event {
+                        self.add_again(&group, *member, addresses.get(member).cloned(), ctx);
                     }
                     if event == GroupEvent::Removed
                         && let Some((actor, _)) = self.groups.actors.remove(&group)
@@ -716,15 +797,7 @@ impl<T: Transport> Handler<AddToGroup> for Node<T> {
         Box::pin(
             async move {
                 let actor = actor.ok_or_else(|| SessionError::UnknownPeer(format!("group {}", msg.group)))?;
-                let claimed = node
-                    .send(ClaimKeyPackage {
-                        request_id,
-                        peer: msg.peer,
-                    })
-                    .await
-                    .map_err(|_| SessionError::Unavailable("node"))?
-                    .result?;
-                let invitee = invitee(&*store, &claimed.installation, now().unix_ms / 1000)?;
+                let invitee = claim_invitee(node, &*store, request_id, msg.peer).await?;
                 actor
                     .send(GroupStep(GroupStepInput::Command(GroupCommand::Add(vec![invitee]))))
                     .await

@@ -34,6 +34,42 @@ impl GroupMachine {
         self.committed(commit, &joiners, &[], &[])
     }
 
+    /// The sequencer: `member` asked for commits since `epoch`, past the
+    /// log (or another member asked for it, at `epoch`). Its owner is
+    /// asked to add it again, once while that is pending; a request of an
+    /// epoch before its last re-add was made before that re-add and is
+    /// left.
+    fn add_again_asked(&mut self, member: InstallationId, epoch: u64) {
+        let waiting = match self.add_again.get(&member) {
+            Some(super::AddAgain::Done(since)) => epoch < *since,
+            Some(super::AddAgain::Asked(at)) => match (at, self.now) {
+                (Some(at), Some(now)) => now.saturating_duration_since(*at) < super::ADD_AGAIN_RETRY,
+                _ => true,
+            },
+            None => false,
+        };
+        if !waiting {
+            self.add_again.insert(member, super::AddAgain::Asked(self.now));
+            self.emit(GroupEvent::AddAgain { member });
+        }
+    }
+
+    /// The sequencer adds a member behind again, from a fresh KeyPackage:
+    /// its old leaf replaced in one commit; the Welcome goes to it, the
+    /// commit to the others.
+    pub(super) fn add_again(&mut self, invitee: &Invitee) -> Result<(), SessionError> {
+        if !self.is_sequencer()? {
+            return Err(SessionError::Misuse("only the first admin adds members"));
+        }
+        let member = invitee.peer.installation_id;
+        if !self.members()?.contains(&member) {
+            return Err(SessionError::Misuse("not a member: add it instead"));
+        }
+        let commit = self.group.readd(member, &(invitee.peer, invitee.key_package.clone()))?;
+        self.add_again.insert(member, super::AddAgain::Done(commit.epoch));
+        self.committed(commit, &[(member, invitee.key_ref.clone())], &[], &[])
+    }
+
     /// The sequencer removes `members`; anyone else asks it to.
     pub(super) fn remove(&mut self, members: &[InstallationId]) -> Result<(), SessionError> {
         if !self.is_sequencer()? {
@@ -295,14 +331,21 @@ impl GroupMachine {
             return Ok(());
         }
         // Commits only from the asker's epoch on, without a gap: past the
-        // log's reach the asker cannot be caught up (an admin must add it
+        // log's reach the asker cannot be caught up (the sequencer adds it
         // again), and later commits alone would only wait at its end.
         let reaches = self.log.front().is_some_and(|c| c.epoch <= epoch) || epoch >= self.epoch();
         if !reaches {
-            self.refuse(
-                Some(from),
-                "a member behind beyond the commit log: an admin must add it again",
-            );
+            if self.is_sequencer()? {
+                self.add_again_asked(from, epoch);
+            } else {
+                // It asked an admin of its epoch that no longer sequences
+                // commits: this member asks the sequencer on its behalf.
+                self.refuse(
+                    Some(from),
+                    "a member behind beyond the commit log: the sequencer is asked to add it again",
+                );
+                self.propose(ProposalKind::Add, Some(from.to_hex()), None)?;
+            }
         }
         let commits: Vec<GroupCommit> = self
             .log
@@ -357,6 +400,12 @@ impl GroupMachine {
                 }
                 let commit = self.group.remove(&[member])?;
                 self.committed(commit, &[], &[member], &[])
+            }
+            // A member asks for another, behind beyond its commit log, to
+            // be added again.
+            (ProposalKind::Add, Some(member)) if members.contains(&member) => {
+                self.add_again_asked(member, p.epoch);
+                Ok(())
             }
             (ProposalKind::Add, _) => {
                 let Some(member) = p.member.as_ref().map(|m| m.as_str().to_owned()) else {

@@ -41,9 +41,19 @@
 //!   it has not reached (it asks an admin, once per epoch). Every member
 //!   keeps the last [`COMMIT_LOG`] commits to answer (`group-catch-up`, up
 //!   to 16 a time; the asker asks again after each batch, and at most once
-//!   per epoch while an answer is due). One behind beyond the log is told
-//!   so, as is the member it asked ([`GroupEvent::Refused`]): an admin must
-//!   add it again.
+//!   per epoch while an answer is due).
+//! - **Added again.** A member behind beyond every log (its pair traffic
+//!   lost, as after restoring an old backup) is told so, and the sequencer
+//!   adds it again: its owner claims a fresh KeyPackage of the member
+//!   ([`GroupEvent::AddAgain`], [`GroupCommand::AddAgain`]), one commit
+//!   replaces the member's leaf (so it keeps its place in the admin list),
+//!   and the member's owner joins from the Welcome and hands the new state
+//!   to its machine ([`GroupMachine::adopt`]). An admin asked that no
+//!   longer sequences asks the sequencer for the member (a `group-proposal`
+//!   to add a current member). The member takes the new state only from
+//!   an admin as it knew the group, for a later epoch: a member that was
+//!   behind while every admin it knew left the role is reported, not
+//!   added again.
 //! - **Messages** are sealed with the epoch's [`GroupMessageKey`]; a
 //!   message of an epoch not reached yet waits (at most
 //!   [`MAX_EARLY_MESSAGES`]) for its commit, one of an epoch passed opens
@@ -64,7 +74,7 @@ mod record;
 mod sync;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -93,6 +103,19 @@ pub const MAX_EARLY_BYTES: usize = 8 * 1024 * 1024;
 pub const MAX_GROUP_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Message ids remembered to drop duplicates.
 pub const SEEN_MESSAGES: usize = 4096;
+/// How long the sequencer waits for a member's re-add
+/// ([`GroupCommand::AddAgain`]) before it raises [`GroupEvent::AddAgain`]
+/// again.
+pub const ADD_AGAIN_RETRY: Duration = Duration::from_secs(60);
+
+/// Where the sequencer is with adding a member behind again.
+#[derive(Clone, Copy, Debug)]
+enum AddAgain {
+    /// Asked of the owner, at the time of the last tick then.
+    Asked(Option<Instant>),
+    /// Done: requests of epochs before this one came before it.
+    Done(u64),
+}
 
 /// A member to add: the KeyPackage its owner handed out (a pool claim),
 /// with the identity it was checked against and its `KeyPackageRef`.
@@ -122,6 +145,10 @@ pub enum GroupCommand {
     /// A fresh leaf key for this member: committed by the sequencer, or
     /// proposed to it.
     Update,
+    /// The sequencer: add again a member behind beyond every commit log
+    /// ([`GroupEvent::AddAgain`]), from a fresh KeyPackage of its own; its
+    /// old leaf is replaced in the same commit.
+    AddAgain(Invitee),
 }
 
 /// What happens to a group machine.
@@ -183,6 +210,14 @@ pub enum GroupEvent {
         member: String,
         /// Where to reach it, if given.
         address: Option<String>,
+    },
+    /// A member is behind beyond every commit log: the sequencer's owner
+    /// claims a fresh KeyPackage of it and commands
+    /// [`GroupCommand::AddAgain`]. Raised once per member while its
+    /// re-add is pending (again after [`ADD_AGAIN_RETRY`]).
+    AddAgain {
+        /// The member behind.
+        member: InstallationId,
     },
     /// This member was removed: the group is over for it.
     Removed,
@@ -252,6 +287,11 @@ pub struct GroupMachine {
     /// What this member has changed since its last `group-sync`.
     sync_due: bool,
     last_sync: Option<Instant>,
+    /// The time of the last tick.
+    now: Option<Instant>,
+    /// The sequencer's re-adds of members behind (not stored: after a
+    /// restart a member still behind asks again and is re-added).
+    add_again: BTreeMap<InstallationId, AddAgain>,
     rng: ChaCha20Rng,
     out: VecDeque<GroupOutput>,
 }
@@ -287,6 +327,8 @@ impl GroupMachine {
             syncs_answered: BTreeMap::new(),
             sync_due: true,
             last_sync: None,
+            now: None,
+            add_again: BTreeMap::new(),
             rng: ChaCha20Rng::from_seed(seed),
             out: VecDeque::new(),
         }
@@ -345,6 +387,37 @@ impl GroupMachine {
         // dropped before this machine existed): ask the welcomer.
         m.ask_catch_up(from)?;
         Ok(m)
+    }
+
+    /// Takes the state of `joined`, this member's join of the same group
+    /// from a later Welcome of `from` (the sequencer added it again,
+    /// [`GroupCommand::AddAgain`]); the old state, behind beyond every
+    /// commit log, is left, and its kept messages' rows are to be deleted
+    /// ([`GroupMachine::pending_kept`]). Refused (nothing changes) unless
+    /// `from` is an admin as this member last knew the group, and the
+    /// Welcome is of a later epoch: a peer that is not an admin cannot
+    /// take a member out of its group with a group of its own.
+    pub fn adopt(&mut self, from: InstallationId, mut joined: GroupMachine) -> Result<(), SessionError> {
+        if joined.group_id() != self.group_id() {
+            return Err(SessionError::Misuse("a join of another group"));
+        }
+        if !self.group.is_admin(from)? {
+            self.refuse(
+                Some(from),
+                "a Welcome for this group from a member that was not its admin",
+            );
+            return Ok(());
+        }
+        if joined.epoch() <= self.epoch() {
+            self.refuse(Some(from), "a Welcome for this group of an epoch already reached");
+            return Ok(());
+        }
+        joined.kept_gone = self.stored_kept();
+        let mut out = std::mem::take(&mut self.out);
+        out.append(&mut joined.out);
+        joined.out = out;
+        *self = joined;
+        Ok(())
     }
 
     /// The group id.
@@ -418,6 +491,7 @@ impl GroupMachine {
                 self.committed(commit, &[], &[], &[])
             }
             GroupCommand::Update => self.update(),
+            GroupCommand::AddAgain(invitee) => self.add_again(&invitee),
         }
     }
 
@@ -441,7 +515,7 @@ impl GroupMachine {
                     if c.commits.is_empty() {
                         self.refuse(
                             Some(from),
-                            "behind beyond the commit log: an admin must add this member again",
+                            "behind beyond the commit log: the sequencer adds this member again",
                         );
                     } else if self.epoch() > before {
                         // A batch brought us on: ask for the next one.

@@ -175,6 +175,13 @@ impl GroupMachine {
         }
     }
 
+    /// The keys of every stored kept-message row (the state is left).
+    pub(super) fn stored_kept(&self) -> Vec<String> {
+        let mut keys = self.kept_gone.clone();
+        keys.extend(self.kept.iter().map(Kept::key).filter(|k| !self.kept_new.contains(k)));
+        keys
+    }
+
     /// A kept message left: its row goes, unless it was never stored.
     fn dropped(&mut self, key: String) {
         match self.kept_new.iter().position(|k| *k == key) {
@@ -225,6 +232,12 @@ impl GroupMachine {
     /// last round is [`SYNC_INTERVAL`] old.
     pub(super) fn on_tick(&mut self, now: Instant) -> Result<(), SessionError> {
         self.syncs_answered.clear();
+        self.now = Some(now);
+        for pending in self.add_again.values_mut() {
+            if let super::AddAgain::Asked(at @ None) = pending {
+                *at = Some(now);
+            }
+        }
         let recent = self
             .last_sync
             .is_some_and(|t| now.saturating_duration_since(t) < SYNC_INTERVAL);
