@@ -14,7 +14,9 @@ pub struct Config {
     /// First delay before retrying an abandoned handshake; doubles per
     /// stall, up to [`Config::handshake_stall`].
     pub handshake_retry: Duration,
-    /// First retransmission timeout of an unacknowledged message.
+    /// Retransmission timeout of an unacknowledged message until the
+    /// round trip to the peer is measured (then RFC 6298's estimate, at
+    /// least 1 s).
     pub message_rto: Duration,
     /// Largest message retransmission timeout.
     pub message_rto_max: Duration,

@@ -169,8 +169,12 @@
 //! with the state after the last, so the pair state is sealed once per
 //! burst) before they leave. It is retransmitted (2 s,
 //! doubling to 60 s; at once after a reconnect) until the peer's
-//! end-to-end acknowledgement deletes it (`ack_outgoing`). Retransmission
-//! resends the same frames, so a chunked message completes across
+//! end-to-end acknowledgement deletes it (`ack_outgoing`). A message goes
+//! again when its timeout passes: RFC 6298's estimate from the round trips
+//! of acknowledged messages sent once (SRTT + 4·RTTVAR, at least 1 s; 2 s
+//! before the first measure), doubled by each timeout until the next
+//! measure, so a peer slowed by load is not sent everything twice.
+//! Retransmission resends the same frames, so a chunked message completes across
 //! attempts from the chunks the receiver kept; it re-encrypts only when
 //! the peer reports it cannot decrypt them (`protocol-error decrypt-failed`
 //! naming the message) or when our MLS epoch moved since.

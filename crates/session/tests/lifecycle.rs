@@ -275,3 +275,34 @@ fn a_stalled_handshake_is_abandoned_and_retried_with_backoff() {
             .any(|(_, e)| matches!(e, Event::HandshakeStalled { .. }))
     );
 }
+
+/// A peer slowed down to a 3 s round trip is not sent every message twice:
+/// the first message's timeout (2 s, nothing measured yet) fires, and once
+/// a round trip is measured the timeout follows it (RFC 6298), where a
+/// fixed one would send every message again.
+#[test]
+fn a_slow_peer_is_not_sent_every_message_twice() {
+    use std::collections::BTreeMap;
+    use strata_proto::Pdu;
+    let mut sim = established(71, Faults::NONE, Config::default());
+    sim.faults.delay_ms = (1500, 1500);
+    sim.tap = Some(Vec::new());
+    for k in 0..6 {
+        let id = sim.send_text(0, &format!("slow {k}"));
+        let until = sim.t + Duration::from_secs(60);
+        assert!(
+            sim.run_while(until, |s| s.nodes[0].delivered.contains_key(&id)),
+            "message {k}"
+        );
+    }
+    let mut copies = BTreeMap::<String, u32>::new();
+    for (from, frame) in sim.tap.take().unwrap() {
+        if from == 0
+            && let Ok(Pdu::Message(m)) = Pdu::decode(&frame)
+        {
+            *copies.entry(m.message_id.as_str().to_owned()).or_default() += 1;
+        }
+    }
+    let resent = copies.values().filter(|n| **n > 1).count();
+    assert!(resent <= 1, "{copies:?}");
+}

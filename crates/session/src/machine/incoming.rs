@@ -345,7 +345,11 @@ impl PeerMachine {
             };
             for a in parsed.acks {
                 if let Some(pos) = self.outbox.iter().position(|t| t.id == a) {
-                    self.outbox.remove(pos);
+                    let t = self.outbox.remove(pos);
+                    if let Some(sent) = t.sent {
+                        let max = self.config.message_rto_max;
+                        self.round_trip.measured(d.now.at.saturating_duration_since(sent), max);
+                    }
                     if delivered.contains(&a) {
                         self.emit(Event::Delivered { message_id: a });
                     }

@@ -65,6 +65,7 @@ use self::incoming::Decrypted;
 use self::outgoing::Tracked;
 use self::ratelimit::RateLimit;
 pub(crate) use self::retransmission::Retx;
+use self::retransmission::RoundTrip;
 use crate::config::Config;
 use crate::content::Content;
 use crate::durable::Durable;
@@ -472,6 +473,8 @@ pub struct PeerMachine {
     abandoned: VecDeque<[u8; 16]>,
     retry_at: Option<Instant>,
     retry_backoff: Duration,
+    /// The round trip to the peer, timing the outbox's retransmissions.
+    round_trip: RoundTrip,
     outbox: Vec<Tracked>,
     pending_acks: Vec<String>,
     ack_at: Option<Instant>,
@@ -523,6 +526,7 @@ impl PeerMachine {
         let errors = RateLimit::new(config.error_burst, config.error_rate);
         let claims = Claims::new(&config.key_package_pool);
         let retry_backoff = config.handshake_retry;
+        let round_trip = RoundTrip::new(config.message_rto);
         let mut m = Self {
             config,
             local_hex: local_id.to_hex(),
@@ -543,6 +547,7 @@ impl PeerMachine {
             abandoned: VecDeque::new(),
             retry_at: None,
             retry_backoff,
+            round_trip,
             outbox: Vec::new(),
             pending_acks: Vec::new(),
             ack_at: None,

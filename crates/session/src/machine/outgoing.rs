@@ -24,6 +24,11 @@ pub(super) struct Tracked {
     pub(super) stale: bool,
     pub(super) next: Instant,
     pub(super) rto: Duration,
+    /// When it was sent, while it was sent only once (a measure of the
+    /// round trip when its ack comes).
+    pub(super) sent: Option<Instant>,
+    /// It went more than once (or was encrypted again).
+    pub(super) resent: bool,
 }
 
 impl Tracked {
@@ -38,6 +43,8 @@ impl Tracked {
             stale: false,
             next: now,
             rto,
+            sent: None,
+            resent: false,
         }
     }
 }
@@ -120,7 +127,7 @@ impl PeerMachine {
                 seq,
                 None,
                 now.at,
-                self.config.message_rto,
+                self.round_trip.rto(),
             ));
             self.emit(Event::Queued {
                 message_id: m.message_id.clone(),
@@ -208,7 +215,7 @@ impl PeerMachine {
             self.ack_at = None;
         }
         let epoch = self.session.as_ref().map_or(0, Session::mls_epoch);
-        let rto = self.config.message_rto;
+        let rto = self.round_trip.rto();
         let sent = u64::try_from(burst.len()).unwrap_or(u64::MAX);
         if let Some(s) = &mut self.session {
             s.sent_since_kem += sent;
@@ -219,6 +226,8 @@ impl PeerMachine {
                 t.frames = Some(frames.clone());
                 t.mls_epoch = epoch;
                 t.stale = false;
+                // A message encrypted again is sent again: no measure.
+                t.sent = (!t.resent).then_some(now.at);
                 t.rto = rto;
                 t.next = now.at + rto;
             }

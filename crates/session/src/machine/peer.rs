@@ -77,7 +77,7 @@ impl PeerMachine {
                 }
             }
         }
-        let rto = self.config.message_rto;
+        let rto = self.round_trip.rto();
         for m in outbox {
             let Ok(p) = Plaintext::from_bytes(&m.body) else {
                 continue;

@@ -4,7 +4,8 @@
 //! probes, MLS commits and rotation broadcasts are retransmitted ([`Retx`],
 //! 1 s doubling to 16 s) until answered; a handshake that stalls is
 //! abandoned and retried with backoff; messages of the outbox are
-//! retransmitted (2 s doubling to 60 s) and re-encrypted when the peer
+//! retransmitted after the round trip's timeout ([`RoundTrip`], RFC 6298:
+//! 2 s until measured, doubling to 60 s) and re-encrypted when the peer
 //! cannot decrypt them. The rules are in the crate docs, "Retransmission"
 //! and "Traffic".
 
@@ -45,6 +46,59 @@ impl Retx {
         self.rto = (self.rto * 2).min(max);
         self.next = now + self.rto;
         self.frame.clone()
+    }
+}
+
+/// The least retransmission timeout of a message, as RFC 6298 (2.4) sets
+/// it: acknowledgements wait up to [`crate::Config::ack_delay`], and a
+/// timeout under a second retransmits what is only late.
+const MIN_MESSAGE_RTO: Duration = Duration::from_secs(1);
+
+/// The round trip to the peer, estimated as RFC 6298 does (SRTT, RTTVAR)
+/// from the acknowledgements of messages sent once (Karn: the ack of a
+/// retransmitted message does not say which copy it answers), and the
+/// timeout it sets for the next message. A timeout that fires doubles it
+/// until a new measure (RFC 6298 5.5): a peer slowed down by load is not
+/// sent every message twice, as a fixed timeout would.
+#[derive(Debug)]
+pub(super) struct RoundTrip {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    rto: Duration,
+}
+
+impl RoundTrip {
+    /// Before any measure, messages wait `initial`.
+    pub(super) const fn new(initial: Duration) -> Self {
+        Self {
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto: initial,
+        }
+    }
+
+    /// The timeout of a message sent now.
+    pub(super) const fn rto(&self) -> Duration {
+        self.rto
+    }
+
+    /// A message sent once was acknowledged `r` after it left.
+    pub(super) fn measured(&mut self, r: Duration, max: Duration) {
+        let (srtt, rttvar) = match self.srtt {
+            None => (r, r / 2),
+            Some(srtt) => {
+                let delta = srtt.abs_diff(r);
+                ((srtt * 7 + r) / 8, (self.rttvar * 3 + delta) / 4)
+            }
+        };
+        self.srtt = Some(srtt);
+        self.rttvar = rttvar;
+        self.rto = (srtt + rttvar * 4).clamp(MIN_MESSAGE_RTO, max.max(MIN_MESSAGE_RTO));
+    }
+
+    /// A message's timeout fired.
+    pub(super) fn back_off(&mut self, max: Duration) {
+        self.rto = (self.rto * 2).min(max);
     }
 }
 
@@ -162,6 +216,7 @@ impl PeerMachine {
             if t.frames.is_none() || t.next > now.at {
                 continue;
             }
+            t.resent = true;
             if t.stale || t.mls_epoch < epoch {
                 t.frames = None;
                 again.push(t.id.clone());
@@ -169,11 +224,56 @@ impl PeerMachine {
             }
             t.rto = (t.rto * 2).min(max);
             t.next = now.at + t.rto;
+            t.sent = None;
             resend.extend(t.frames.iter().flatten().cloned());
+        }
+        // Once per timer, however many messages it found late.
+        if !resend.is_empty() || !again.is_empty() {
+            self.round_trip.back_off(max);
         }
         for f in resend {
             self.transmit(f);
         }
         self.encrypt_burst(&again, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_timeout_follows_the_round_trip_as_rfc_6298_sets_it() {
+        let mut rtt = RoundTrip::new(Duration::from_secs(2));
+        assert_eq!(rtt.rto(), Duration::from_secs(2), "before any measure");
+        // A fast link: never under a second.
+        rtt.measured(Duration::from_millis(40), MAX);
+        assert_eq!(rtt.rto(), MIN_MESSAGE_RTO);
+        // A peer slowed down to 3 s: SRTT + 4·RTTVAR, above the round trip.
+        let mut slow = RoundTrip::new(Duration::from_secs(2));
+        slow.measured(Duration::from_secs(3), MAX);
+        assert_eq!(slow.rto(), Duration::from_secs(9));
+        for _ in 0..50 {
+            slow.measured(Duration::from_secs(3), MAX);
+        }
+        assert!(
+            slow.rto() > Duration::from_secs(3) && slow.rto() < Duration::from_secs(4),
+            "{:?}",
+            slow.rto()
+        );
+        // A timeout doubles it, up to the cap; a measure sets it again.
+        slow.back_off(MAX);
+        assert!(slow.rto() > Duration::from_secs(6));
+        for _ in 0..10 {
+            slow.back_off(MAX);
+        }
+        assert_eq!(slow.rto(), MAX);
+        slow.measured(Duration::from_secs(3), MAX);
+        assert!(slow.rto() < Duration::from_secs(4));
+        // Never above the cap, whatever the measure.
+        slow.measured(Duration::from_secs(600), MAX);
+        assert_eq!(slow.rto(), MAX);
     }
 }
