@@ -27,6 +27,12 @@ mod storage;
 
 use std::process::ExitCode;
 
+/// mimalloc, not the system allocator: a node with a thousand sessions
+/// spent a quarter of its time in glibc's malloc, and its heap grew half
+/// again as large (`cargo bench -p strata-session --bench sessions`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory as _, FromArgMatches as _};
 use tracing_subscriber::EnvFilter;
 

@@ -26,6 +26,8 @@
 //! transport): how fast this machine can go at all, so a slower box is not
 //! read as a regression.
 //!
+//! The process runs on mimalloc, the node's allocator (`apps/strata`).
+//!
 //! `cargo bench -p strata-session --bench sessions`
 #![allow(
     clippy::unwrap_used,
@@ -237,6 +239,10 @@ fn floor(turns: &[Vec<(usize, usize)>]) -> f64 {
     }
     messages as f64 / started.elapsed().as_secs_f64()
 }
+
+/// The node's allocator (see `apps/strata`), so the figures are the node's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let sessions = env("STRATA_BENCH_SESSIONS", 1000);

@@ -8,7 +8,7 @@ mod node_common;
 
 use std::collections::BTreeSet;
 
-use node_common::{TestNode, handshake, now_s, run};
+use node_common::{TestNode, now_s, run, stocked_pair};
 use strata_cascade::MlsLayer;
 use strata_session::actors::{ClaimKeyPackage, NodeEventKind};
 use strata_session::{ClaimedKeyPackage, Config, Event, keep_stocked};
@@ -98,16 +98,7 @@ fn a_package_claimed_then_used_after_both_nodes_restarted_still_works() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let net = MemoryNetwork::new(5);
-        let mut alice = TestNode::start("alice", &net, 11, dir.path().join("a"));
-        let mut bob = TestNode::start("bob", &net, 12, dir.path().join("b"));
-        keep_stocked(
-            &bob.store(),
-            &bob.identity,
-            &Config::default().key_package_pool,
-            now_s(),
-        )
-        .unwrap();
-        handshake(&mut alice, &mut bob).await;
+        let (alice, bob) = stocked_pair(&net, 11, dir.path()).await;
         let claimed = claim(&alice, "bob", 1).await;
         assert!(!claimed.last_resort);
 

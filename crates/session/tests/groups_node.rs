@@ -6,7 +6,7 @@
 
 mod node_common;
 
-use node_common::{TestNode, handshake, now_s, run};
+use node_common::{TestNode, handshake, now_s, run, stocked_pair};
 use strata_session::actors::{AddToGroup, CreateGroup, GroupRequest, NodeEventKind, SendGroupFile};
 use strata_session::group::{GroupCommand, GroupEvent};
 use strata_session::{Config, Content, keep_stocked};
@@ -233,16 +233,7 @@ fn a_member_behind_is_added_again_by_the_nodes() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
         let net = MemoryNetwork::new(8);
-        let mut alice = TestNode::start("alice", &net, 31, dir.path().join("a"));
-        let mut bob = TestNode::start("bob", &net, 32, dir.path().join("b"));
-        keep_stocked(
-            &bob.store(),
-            &bob.identity,
-            &Config::default().key_package_pool,
-            now_s(),
-        )
-        .unwrap();
-        handshake(&mut alice, &mut bob).await;
+        let (mut alice, mut bob) = stocked_pair(&net, 31, dir.path()).await;
         let group = alice
             .addr
             .send(CreateGroup {

@@ -43,6 +43,17 @@ pub async fn ready_pair(net: &MemoryNetwork, seed: u64, dir: &Path) -> (TestNode
     (alice, bob)
 }
 
+/// [`ready_pair`] with Bob's KeyPackage pool stocked first (claims and
+/// group adds take from it).
+pub async fn stocked_pair(net: &MemoryNetwork, seed: u64, dir: &Path) -> (TestNode, TestNode) {
+    let mut alice = TestNode::start("alice", net, seed, dir.join("a"));
+    let mut bob = TestNode::start("bob", net, seed + 1, dir.join("b"));
+    let pool = Config::default().key_package_pool;
+    strata_session::keep_stocked(&bob.store(), &bob.identity, &pool, now_s()).unwrap();
+    handshake(&mut alice, &mut bob).await;
+    (alice, bob)
+}
+
 /// A node on the memory network, with the store and keys a restart keeps.
 pub struct TestNode {
     pub node: strata_test_support::TestNode<MemoryTransport>,
