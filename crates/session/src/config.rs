@@ -23,6 +23,11 @@ pub struct Config {
     /// Most messages encrypted and unacknowledged at once; later ones wait,
     /// durable in the outbox.
     pub window: usize,
+    /// Most messages queued to one peer and not yet acknowledged: past it,
+    /// a send is refused ([`SessionError::Busy`](crate::SessionError::Busy),
+    /// a transient error: send again once some are delivered), so a flood
+    /// of sends meets back-pressure rather than an outbox without end.
+    pub max_outbox: usize,
     /// How long a received message's acknowledgement may wait for company.
     pub ack_delay: Duration,
     /// Acknowledge at once when this many received messages await it: a
@@ -61,6 +66,7 @@ impl Default for Config {
             message_rto: Duration::from_secs(2),
             message_rto_max: Duration::from_secs(60),
             window: 64,
+            max_outbox: 10_000,
             ack_delay: Duration::from_millis(20),
             ack_every: 8,
             kem_rotation_messages: 1000,

@@ -35,6 +35,13 @@ pub enum SessionError {
     /// A mailbox was full or an actor has stopped.
     #[error("actor unavailable: {0}")]
     Unavailable(&'static str),
+    /// The peer's outbox is full ([`Config::max_outbox`](crate::Config::max_outbox)
+    /// messages not yet acknowledged): send again once some are delivered.
+    #[error("busy: {queued} messages to this peer wait for delivery")]
+    Busy {
+        /// Messages queued to the peer.
+        queued: usize,
+    },
     /// A bug or a broken invariant.
     #[error("internal: {0}")]
     Internal(String),
@@ -70,7 +77,7 @@ impl SessionError {
                 strata_cascade::ErrorClass::Internal => ErrorKind::Internal,
             },
             Self::Misuse(_) | Self::UnknownPeer(_) => ErrorKind::Misuse,
-            Self::Unavailable(_) | Self::ClaimFailed(_) => ErrorKind::Transient,
+            Self::Unavailable(_) | Self::ClaimFailed(_) | Self::Busy { .. } => ErrorKind::Transient,
             Self::IdentityMismatch => ErrorKind::Verification,
             Self::Internal(_) => ErrorKind::Internal,
         }

@@ -169,7 +169,10 @@
 //! with the state after the last, so the pair state is sealed once per
 //! burst) before they leave. It is retransmitted (2 s,
 //! doubling to 60 s; at once after a reconnect) until the peer's
-//! end-to-end acknowledgement deletes it (`ack_outgoing`). A message goes
+//! end-to-end acknowledgement deletes it (`ack_outgoing`). At most
+//! [`Config::max_outbox`] messages wait for one peer: past that a send is
+//! refused with [`SessionError::Busy`] (transient; the control API answers
+//! `busy`), so a flood of sends meets back-pressure. A message goes
 //! again when its timeout passes: RFC 6298's estimate from the round trips
 //! of acknowledged messages sent once (SRTT + 4·RTTVAR, at least 1 s; 2 s
 //! before the first measure), doubled by each timeout until the next

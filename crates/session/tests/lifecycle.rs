@@ -306,3 +306,44 @@ fn a_slow_peer_is_not_sent_every_message_twice() {
     let resent = copies.values().filter(|n| **n > 1).count();
     assert!(resent <= 1, "{copies:?}");
 }
+
+/// A flood of sends to a peer that does not answer meets back-pressure:
+/// past `max_outbox` messages waiting, a send is refused with a transient
+/// error and stores nothing; once the peer has them, sending goes on.
+#[test]
+fn a_flood_of_sends_meets_back_pressure() {
+    use strata_session::{Content, ErrorKind, SessionError};
+    let config = Config {
+        max_outbox: 50,
+        ..Config::default()
+    };
+    let mut sim = established(73, Faults::NONE, config);
+    sim.disconnect();
+    let mut refused = 0;
+    for k in 0..60 {
+        let now = sim.now();
+        match sim.nodes[0].machine().send(
+            Content::Text {
+                text: format!("flood {k}"),
+            },
+            now,
+        ) {
+            Ok(id) => sim.nodes[0].sent.push(id),
+            Err(e @ SessionError::Busy { queued: 50 }) => {
+                assert_eq!(e.kind(), ErrorKind::Transient);
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        sim.drain(0);
+    }
+    assert_eq!(refused, 10);
+    let bob = sim.nodes[0].machine().peer().unwrap().to_string();
+    assert_eq!(sim.nodes[0].store().read(|r| r.outbox(&bob)).unwrap().len(), 50);
+    sim.connect();
+    assert!(sim.run_while(sim.t + Duration::from_secs(120), |s| s.nodes[0].delivered.len() >= 50));
+    let after = sim.send_text(0, "after the flood");
+    assert!(sim.run_while(sim.t + Duration::from_secs(30), |s| {
+        s.nodes[0].delivered.contains_key(&after)
+    }));
+}

@@ -56,6 +56,11 @@ impl PeerMachine {
         for content in &contents {
             content.check().map_err(SessionError::Misuse)?;
         }
+        if self.outbox.len().saturating_add(contents.len()) > self.config.max_outbox {
+            return Err(SessionError::Busy {
+                queued: self.outbox.len(),
+            });
+        }
         let peer = self.peer_hex.clone();
         if self.peer.is_none() {
             return Err(SessionError::Misuse(
