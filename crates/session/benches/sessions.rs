@@ -27,6 +27,9 @@
 //! read as a regression.
 //!
 //! The process runs on mimalloc, the node's allocator (`apps/strata`).
+//! With `STRATA_BENCH_DISK` set, every node keeps its store in a redb file
+//! (under Cargo's target scratch directory, deleted after); the bench counts the
+//! store's write transactions (each a durable commit on redb) per burst.
 //!
 //! `cargo bench -p strata-session --bench sessions`
 #![allow(
@@ -48,11 +51,12 @@ use rand::{Rng as _, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::at_rest::StorageKey;
 use strata_cascade::{AccountIdentity, Cascade, InstallationIdentity};
+use strata_session::Durable;
 use strata_session::actors::{
     Connect, Node, NodeEvent, NodeEventKind, PeerRequest, SessionRequest, SessionSetup, Subscribe,
 };
 use strata_session::{Command, Config, Content, Event};
-use strata_store::{KeySource, MemoryBackend, Store};
+use strata_store::{KeySource, MemoryBackend, RedbBackend, Store};
 use strata_transport::PeerAddr;
 use strata_transport::memory::{MemoryConfig, MemoryNetwork, MemoryTransport};
 
@@ -120,18 +124,66 @@ impl Handler<NodeEvent> for Counter {
     }
 }
 
+/// A store that counts its write transactions (on redb, each is one
+/// durable commit).
+struct Counted<S> {
+    store: S,
+    commits: Arc<AtomicU64>,
+}
+
+impl<S: Durable> Durable for Counted<S> {
+    fn read_tx(
+        &self,
+        f: &mut dyn FnMut(&strata_store::Reader<'_>) -> Result<(), strata_store::StoreError>,
+    ) -> Result<(), strata_store::StoreError> {
+        self.store.read_tx(f)
+    }
+
+    fn write_tx(
+        &self,
+        f: &mut dyn FnMut(&mut strata_store::Writer<'_>) -> Result<(), strata_store::StoreError>,
+    ) -> Result<(), strata_store::StoreError> {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.store.write_tx(f)
+    }
+}
+
+/// Where the nodes keep their stores: in memory, or in redb files under a
+/// directory (`STRATA_BENCH_DISK` set).
+enum Stores {
+    Memory,
+    Disk(tempfile::TempDir),
+}
+
 fn start_node(
     net: &MemoryNetwork,
     name: &str,
     rng: &mut ChaCha20Rng,
     counter: Recipient<NodeEvent>,
+    stores: &Stores,
+    commits: &Arc<AtomicU64>,
 ) -> Addr<Node<MemoryTransport>> {
     let identity = Arc::new(InstallationIdentity::generate(AccountIdentity::generate(rng), rng).unwrap());
-    let store = Store::open(MemoryBackend::new(), KeySource::Key(StorageKey::generate(rng))).unwrap();
+    let key = KeySource::Key(StorageKey::generate(rng));
+    let commits = Arc::clone(commits);
+    let store: Arc<dyn Durable + Send + Sync> = match stores {
+        Stores::Memory => Arc::new(Counted {
+            store: Store::open(MemoryBackend::new(), key).unwrap(),
+            commits,
+        }),
+        Stores::Disk(dir) => Arc::new(Counted {
+            store: Store::open(
+                RedbBackend::open(&dir.path().join(format!("{name}.redb"))).unwrap(),
+                key,
+            )
+            .unwrap(),
+            commits,
+        }),
+    };
     let setup = SessionSetup {
         config: Config::default(),
         local: identity,
-        store: Arc::new(store),
+        store,
         downloads: std::env::temp_dir().join("strata-bench-sessions"),
     };
     let (transport, stream) = net.join(name).unwrap();
@@ -268,11 +320,18 @@ fn main() {
         let (hub_counts, client_counts) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
         let hub_counter = Counter(Arc::clone(&hub_counts)).start().recipient();
         let client_counter = Counter(Arc::clone(&client_counts)).start().recipient();
-        let hub = start_node(&net, "hub", &mut rng, hub_counter);
+        let stores = if std::env::var_os("STRATA_BENCH_DISK").is_some() {
+            // Cargo's scratch directory, on the build's disk (not a tmpfs).
+            Stores::Disk(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+        } else {
+            Stores::Memory
+        };
+        let commits = Arc::new(AtomicU64::new(0));
+        let hub = start_node(&net, "hub", &mut rng, hub_counter, &stores, &commits);
         let names: Vec<String> = (0..sessions).map(|i| format!("client-{i}")).collect();
         let clients: Vec<_> = names
             .iter()
-            .map(|n| start_node(&net, n, &mut rng, client_counter.clone()))
+            .map(|n| start_node(&net, n, &mut rng, client_counter.clone(), &stores, &commits))
             .collect();
 
         let started = Instant::now();
@@ -316,20 +375,31 @@ fn main() {
             hub_counts: &hub_counts,
             client_counts: &client_counts,
         };
+        let before = commits.load(Ordering::Relaxed);
         let (chat_messages, chat_time) = nodes.run(&chat, 0).await;
+        let chat_commits = commits.load(Ordering::Relaxed) - before;
         let floor_ping_pong = floor(&ping_pong);
+        let before = commits.load(Ordering::Relaxed);
         let (pp_messages, pp_time) = nodes.run(&ping_pong, chat_messages).await;
+        let pp_commits = commits.load(Ordering::Relaxed) - before;
         let rss_end = rss();
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        println!("sessions/handshakes: {sessions} in {handshakes:.2?}");
-        for (what, messages, time, floor) in [
-            ("chat (bursts of 1 to 10 per turn)", chat_messages, chat_time, floor_chat),
-            ("ping-pong (one message per turn)", pp_messages, pp_time, floor_ping_pong),
+        let where_ = match stores {
+            Stores::Memory => "memory stores",
+            Stores::Disk(_) => "redb stores on disk",
+        };
+        println!("sessions/handshakes: {sessions} in {handshakes:.2?} ({where_})");
+        // Each turn is one burst each way per session.
+        let bursts = |turns: usize| (2 * sessions * turns) as f64;
+        for (what, messages, time, floor, commits, turns) in [
+            ("chat (bursts of 1 to 10 per turn)", chat_messages, chat_time, floor_chat, chat_commits, rounds as usize),
+            ("ping-pong (one message per turn)", pp_messages, pp_time, floor_ping_pong, pp_commits, per_session),
         ] {
             let rate = messages as f64 / time.as_secs_f64();
             println!(
-                "sessions/{what}: {messages} messages in {time:.2?} = {rate:.0} msg/s on one core (target ≥ 5,000 for chat); the floor, MLS + Signal alone: {floor:.0} msg/s, so {:.2} of it",
-                rate / floor
+                "sessions/{what}: {messages} messages in {time:.2?} = {rate:.0} msg/s on one core (target ≥ 5,000 for chat in memory, ≥ 3,000 on disk); the floor, MLS + Signal alone: {floor:.0} msg/s, so {:.2} of it; {:.1} store commits per burst, both sides (target on disk ≤ 1)",
+                rate / floor,
+                commits as f64 / bursts(turns)
             );
         }
         println!(
