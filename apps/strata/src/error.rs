@@ -113,7 +113,7 @@ impl ErrorKind {
             ErrorKind::AlreadyInitialized => "`init` would replace an identity (use --force)",
             ErrorKind::Locked => "wrong or missing passphrase (STRATA_PASSPHRASE) or key file",
             ErrorKind::Storage => "the store is damaged, from a newer Strata, or unreadable",
-            ErrorKind::Busy => "another strata process uses the data directory",
+            ErrorKind::Busy => "another strata process uses the data directory, or the node is busy: try again later",
             ErrorKind::NoDaemon => "the command needs a running `strata run`",
             ErrorKind::Unauthorized => "the control API refused the token",
             ErrorKind::NotFound => "unknown peer, contact or file",
