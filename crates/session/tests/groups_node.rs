@@ -234,43 +234,17 @@ fn a_member_behind_is_added_again_by_the_nodes() {
         let dir = tempfile::tempdir().unwrap();
         let net = MemoryNetwork::new(8);
         let (mut alice, mut bob) = stocked_pair(&net, 31, dir.path()).await;
-        let group = alice
-            .addr
-            .send(CreateGroup {
-                request_id: 1,
-                name: None,
-            })
-            .await
-            .unwrap()
-            .result
-            .unwrap();
-        let reply = alice
-            .addr
-            .send(AddToGroup {
-                request_id: 2,
-                group: group.clone(),
-                peer: "bob".into(),
-            })
-            .await
-            .unwrap();
-        reply.result.unwrap();
-        group_event(&mut bob, "joined", |e| matches!(e, GroupEvent::Joined { .. })).await;
+        let group = alice.create_group("behind").await;
+        alice.add_to_group(&group, "bob").await;
+        bob.wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
         let updates = COMMIT_LOG as u64 + 2;
         for _ in 0..updates {
-            let reply = alice
-                .addr
-                .send(GroupRequest {
-                    request_id: 3,
-                    group: group.clone(),
-                    command: GroupCommand::Update,
-                })
-                .await
-                .unwrap();
-            reply.result.unwrap();
+            alice.group_command(&group, GroupCommand::Update).await;
         }
         let last = 1 + updates;
-        group_event(
-            &mut bob,
+        bob.wait_group(
+            &group,
             "the last update",
             |e| matches!(e, GroupEvent::Epoch { epoch, .. } if *epoch == last),
         )
@@ -292,30 +266,22 @@ fn a_member_behind_is_added_again_by_the_nodes() {
             .unwrap();
         reply.result.unwrap();
         let bob_id = bob.identity.installation_id();
-        group_event(&mut alice, "bob to add again", |e| {
-            *e == GroupEvent::AddAgain { member: bob_id }
-        })
-        .await;
-        group_event(
-            &mut bob,
+        alice
+            .wait_group(&group, "bob to add again", |e| {
+                *e == GroupEvent::AddAgain { member: bob_id }
+            })
+            .await;
+        bob.wait_group(
+            &group,
             "bob's new join",
             |e| matches!(e, GroupEvent::Joined { epoch, .. } if *epoch == last + 1),
         )
         .await;
-        send(&alice, &group, "still with us").await;
-        text_from(&mut bob, "still with us").await;
-        send(&bob, &group, "yes").await;
-        text_from(&mut alice, "yes").await;
-        let summary = bob
-            .addr
-            .send(strata_session::actors::GroupInfo {
-                request_id: 5,
-                group: group.clone(),
-            })
-            .await
-            .unwrap()
-            .result
-            .unwrap();
+        alice.group_send(&group, "still with us").await;
+        bob.wait_group_text(&group, "still with us").await;
+        bob.group_send(&group, "yes").await;
+        alice.wait_group_text(&group, "yes").await;
+        let summary = bob.group_info(&group).await;
         assert_eq!((summary.epoch, summary.members.len()), (last + 1, 2));
     });
 }
