@@ -64,6 +64,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: crate::sessions::GroupAction,
     },
+    /// This account's devices: list them, remove one
+    Devices {
+        #[command(subcommand)]
+        command: crate::sessions::DeviceAction,
+    },
     /// Show the configuration in effect, or where it is read from
     Config {
         #[command(subcommand)]

@@ -461,8 +461,8 @@ pub(crate) async fn inbox(ctx: &Ctx, args: InboxArgs) -> Result<()> {
             return Err(no_daemon("inbox --follow"));
         }
         None => {
-            let (store, _local) = open_store(ctx).await?;
-            crate::inbox::stored(&store)?
+            let (store, local) = open_store(ctx).await?;
+            crate::inbox::stored(&store, &local.peer_id().identity_key().serialize())?
         }
     };
     let empty = Vec::new();
@@ -488,6 +488,8 @@ pub(crate) async fn inbox(ctx: &Ctx, args: InboxArgs) -> Result<()> {
 /// protocol step.
 const INBOX_EVENTS: &[&str] = &[
     "message",
+    "message-sent-copy",
+    "devices-changed",
     "file-received",
     "delivered",
     "identity-changed",
@@ -514,7 +516,26 @@ fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<(
         .or(at(data, "installation").as_str())
         .unwrap_or("");
     match kind {
+        // A text this account sent from another of its devices.
+        "message" | "message-sent-copy" if at(data, "sentTo").is_string() || at(data, "to").is_string() => {
+            output::line(format!(
+                "you (on {peer}) to {}: {}",
+                at(data, "sentTo")
+                    .as_str()
+                    .or(at(data, "to").as_str())
+                    .unwrap_or_default(),
+                at(data, "text").as_str().unwrap_or_default()
+            ))
+        }
         "message" => output::line(format!("{peer}: {}", at(data, "text").as_str().unwrap_or_default())),
+        "devices-changed" => output::line(format!(
+            "{}: devices now {}",
+            at(data, "peerId").as_str().unwrap_or_default(),
+            at(data, "installations")
+                .as_array()
+                .map(|a| a.iter().filter_map(|i| i.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        )),
         "file-received" => output::line(format!(
             "{peer}: file {}",
             at(data, "path").as_str().unwrap_or_default()
@@ -603,6 +624,43 @@ pub(crate) async fn group(ctx: &Ctx, action: crate::sessions::GroupAction) -> Re
             "{}  {}",
             at(g, "group").as_str().unwrap_or_default(),
             at(g, "name").as_str().unwrap_or("(no name)")
+        ))?;
+    }
+    Ok(())
+}
+
+/// `strata devices …`: one request to the running node.
+pub(crate) async fn devices(ctx: &Ctx, action: crate::sessions::DeviceAction) -> Result<()> {
+    let listing = action == crate::sessions::DeviceAction::List;
+    let daemon = require_daemon(ctx, "devices").await?;
+    let result = session_rpc(&daemon, &SessionCall::Devices { action }).await?;
+    if ctx.json {
+        return output::json(&result);
+    }
+    if !listing {
+        return output::line(format!(
+            "removed {}; device list version {}",
+            at(&result, "removed").as_str().unwrap_or_default(),
+            at(&result, "version")
+        ));
+    }
+    if at(&result, "paired") == &serde_json::Value::Bool(false) {
+        output::line("this device was removed from the account's device list")?;
+    }
+    let empty = Vec::new();
+    for d in at(&result, "devices").as_array().unwrap_or(&empty) {
+        let this = if at(d, "this").as_bool() == Some(true) {
+            "  (this device)"
+        } else {
+            ""
+        };
+        let seen = at(d, "lastActiveMs")
+            .as_u64()
+            .map(|ms| format!("  last heard {}s ago", crate::ops::now_ms().saturating_sub(ms) / 1000))
+            .unwrap_or_default();
+        output::line(format!(
+            "{}{this}{seen}",
+            at(d, "installation").as_str().unwrap_or_default()
         ))?;
     }
     Ok(())

@@ -11,7 +11,12 @@ use crate::error::{AppError, Result};
 /// Received texts (oldest first) and pending identity changes. File chunks
 /// are left out: a file shows as its `file-received` event, and its bytes
 /// are in the downloads directory.
-pub(crate) fn stored<B: Backend>(store: &Store<B>) -> Result<Value> {
+///
+/// A `sent-copy` (a text this account sent from another of its devices) is
+/// listed only when it came from an installation pinned to `account`, this
+/// account's identity key: the node refuses others, but the store keeps
+/// what the session received.
+pub(crate) fn stored<B: Backend>(store: &Store<B>, account: &[u8]) -> Result<Value> {
     let unreadable = |e: &dyn std::fmt::Display| AppError::internal(format!("cannot read the inbox: {e}"));
     let (contacts, rows) = store
         .read(|r| {
@@ -30,8 +35,25 @@ pub(crate) fn stored<B: Backend>(store: &Store<B>) -> Result<Value> {
                 m.received_ms,
                 json!({"peer": m.peer, "messageId": m.message_id, "receivedMs": m.received_ms, "text": text}),
             )),
-            // Files are written out as they arrive; group PDUs are the groups'.
-            Ok(Content::FileChunk { .. } | Content::GroupPdu { .. }) => None,
+            Ok(Content::SentCopy { to, text })
+                if contacts
+                    .iter()
+                    .any(|c| c.installation_id == m.peer && c.identity_key == account) =>
+            {
+                let to = crate::identity::PeerId::from_key_bytes(&to).map(|p| p.to_string()).ok();
+                Some((
+                    m.received_ms,
+                    json!({"peer": m.peer, "messageId": m.message_id, "receivedMs": m.received_ms, "sentTo": to, "text": text}),
+                ))
+            }
+            // Files are written out as they arrive; group PDUs are the
+            // groups' and device lists the node's.
+            Ok(
+                Content::FileChunk { .. }
+                | Content::GroupPdu { .. }
+                | Content::Devices { .. }
+                | Content::SentCopy { .. },
+            ) => None,
             Err(e) => {
                 tracing::warn!(peer = %m.peer, message_id = %m.message_id, error = %e, "an inbox entry is unreadable");
                 None

@@ -133,6 +133,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Keys => commands::keys(&ctx).await?,
         Command::Verify(args) => commands::verify(&ctx, args).await?,
         Command::Group { command } => commands::group(&ctx, command).await?,
+        Command::Devices { command } => commands::devices(&ctx, command).await?,
         Command::Config { command } => commands::config(&ctx, command)?,
         Command::Broker(args) => broker::run(&ctx, args).await?,
         Command::Demo => return demo::run().await,

@@ -49,6 +49,27 @@ pub(crate) enum SessionCall {
         /// What.
         action: GroupAction,
     },
+    /// This account's devices.
+    Devices {
+        /// What.
+        action: DeviceAction,
+    },
+}
+
+/// What `strata devices` asks: the CLI's subcommands and the API's
+/// `devices` params alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Subcommand)]
+#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub(crate) enum DeviceAction {
+    /// This account's devices: the signed list's version, and when each
+    /// device was last heard from
+    List,
+    /// Remove one of this account's devices: a new list without it goes
+    /// to your contacts and devices, and contacts stop sending to it
+    Remove {
+        /// Its installation id
+        installation: String,
+    },
 }
 
 /// What `strata group` asks: the CLI's subcommands and the API's `group`
@@ -124,6 +145,7 @@ impl SessionCall {
             Self::Inbox { .. } => "inbox",
             Self::Peers => "peers",
             Self::Group { .. } => "group",
+            Self::Devices { .. } => "devices",
         }
     }
 }

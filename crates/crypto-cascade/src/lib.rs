@@ -155,6 +155,7 @@ pub mod at_rest;
 pub mod bundle;
 mod cascade;
 mod codec;
+pub mod devices;
 mod error;
 pub mod group;
 pub mod identity;

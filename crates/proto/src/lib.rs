@@ -74,13 +74,14 @@
 //! string and array has a cap checked while it is read. Chunking: see
 //! [`chunk`].
 //!
-//! Besides the PDUs: the Waku relay envelope ([`waku`]) and the signed
-//! bundles an installation broadcasts over gossip ([`bundle`]), both
-//! protobuf.
+//! Besides the PDUs: the Waku relay envelope ([`waku`]), the signed
+//! bundles an installation broadcasts over gossip ([`bundle`]) and the
+//! signed device list of an account ([`devices`]), all protobuf.
 
 pub mod bundle;
 pub mod chunk;
 pub mod codec;
+pub mod devices;
 pub mod error;
 pub mod limits;
 pub mod pdu;

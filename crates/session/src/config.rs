@@ -28,6 +28,12 @@ pub struct Config {
     /// a transient error: send again once some are delivered), so a flood
     /// of sends meets back-pressure rather than an outbox without end.
     pub max_outbox: usize,
+    /// Most installations of one account a text goes to (fan-out, see
+    /// [`crate::devices`]); 54/WAKU2-X3DH-SESSIONS recommends 3.
+    pub max_devices: usize,
+    /// How long a fan-out waits for the session with a device it has no
+    /// session with yet before sending without it.
+    pub fan_out_wait: Duration,
     /// How long a received message's acknowledgement may wait for company.
     pub ack_delay: Duration,
     /// Acknowledge at once when this many received messages await it: a
@@ -67,6 +73,8 @@ impl Default for Config {
             message_rto_max: Duration::from_secs(60),
             window: 64,
             max_outbox: 10_000,
+            max_devices: 3,
+            fan_out_wait: Duration::from_secs(10),
             ack_delay: Duration::from_millis(20),
             ack_every: 8,
             kem_rotation_messages: 1000,

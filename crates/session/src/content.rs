@@ -12,6 +12,8 @@
 //! | `text` | `text` | yes |
 //! | `file-chunk` | `fileId`, `name`, `size`, `index`, `total`, `data` | yes |
 //! | `group-pdu` | `data`: one encoded group PDU (`strata_proto`), detached, ≤ 1 MiB | yes |
+//! | `devices` | `list`: the sender's account's signed device list (`strata_proto::devices`), ≤ 1 KiB | yes |
+//! | `sent-copy` | `to` (an account's identity key), `text` | yes |
 //! | `ack` | — | no (it *is* an acknowledgement) |
 //! | `key-package-claim` | `claim` | no (answered) |
 //! | `key-package-grant` | `claim`, `keyPackage` | no (answers a claim) |
@@ -36,6 +38,13 @@
 //!   (end-to-end acknowledgements ride on any message);
 //! - `kemKeyAck`: the highest ML-KEM key id of the peer this side installed
 //!   (acknowledges a `rotation-timestamp-broadcast`).
+//!
+//! `devices` and `sent-copy` are multi-device traffic (see
+//! [`crate::devices`]): a device list goes to the account's contacts and
+//! its own devices, and to a contact that sends to an installation the
+//! list no longer names; a `sent-copy` tells the sender's other devices of
+//! a text it sent to an account, and is taken only from a device of the
+//! same account.
 //!
 //! `text` and `file-chunk` are [`Content`]: the application's payload, kept
 //! in the outbox until acknowledged and in the inbox once received.
@@ -113,7 +122,27 @@ pub enum Content {
         #[serde(with = "b64")]
         data: Vec<u8>,
     },
+    /// The sender's account's signed device list
+    /// (`strata_cascade::devices`). The node takes it, never the
+    /// application.
+    Devices {
+        /// The signed list, as signed.
+        #[serde(with = "b64")]
+        list: Vec<u8>,
+    },
+    /// A text this account sent to another account from another of its
+    /// devices, so that every device shows the whole conversation.
+    SentCopy {
+        /// The identity key of the account it was sent to.
+        #[serde(with = "b64")]
+        to: Vec<u8>,
+        /// The text.
+        text: String,
+    },
 }
+
+/// Most bytes of a [`Content::Devices`] list.
+pub const MAX_DEVICE_LIST_BYTES: usize = strata_proto::devices::MAX_DEVICE_LIST_BYTES;
 
 /// Most bytes of one [`Content::GroupPdu`] (a Welcome with the ratchet
 /// tree of a few hundred members fits).
@@ -144,7 +173,7 @@ impl Content {
     fn detached_data(&self) -> Option<&[u8]> {
         match self {
             Self::FileChunk { data, .. } | Self::GroupPdu { data } => Some(data),
-            Self::Text { .. } => None,
+            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => None,
         }
     }
 
@@ -167,7 +196,7 @@ impl Content {
                 data: Vec::new(),
             },
             Self::GroupPdu { .. } => Self::GroupPdu { data: Vec::new() },
-            Self::Text { .. } => self.clone(),
+            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => self.clone(),
         }
     }
 
@@ -186,14 +215,16 @@ impl Content {
                 *data = bytes.to_vec();
                 Ok(())
             }
-            Self::Text { .. } => Err("detached bytes after a text"),
+            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => Err("detached bytes after a text"),
         }
     }
 
     /// Checks the caps a sender must respect.
     pub(crate) fn check(&self) -> Result<(), &'static str> {
         match self {
-            Self::Text { text } if text.len() > MAX_TEXT_BYTES => Err("text over 1 MiB"),
+            Self::Text { text } | Self::SentCopy { text, .. } if text.len() > MAX_TEXT_BYTES => Err("text over 1 MiB"),
+            Self::Devices { list } if list.len() > MAX_DEVICE_LIST_BYTES => Err("device list over 1 KiB"),
+            Self::SentCopy { to, .. } if to.len() > 64 => Err("sent copy to a key over 64 bytes"),
             Self::FileChunk { data, .. } if data.len() > FILE_CHUNK_BYTES => Err("file chunk over 48 KiB"),
             Self::FileChunk { index, total, .. } if index >= total => Err("file chunk index out of range"),
             Self::GroupPdu { data } if data.len() > MAX_GROUP_PDU_BYTES => Err("group PDU over 1 MiB"),

@@ -336,6 +336,7 @@ pub mod actors;
 pub mod config;
 pub mod content;
 mod crypto;
+pub mod devices;
 pub mod durable;
 pub mod error;
 mod files;

@@ -39,6 +39,9 @@ pub enum Table {
     /// message key (apart from the group's state, which is rewritten at
     /// every step: these are written once each).
     GroupMessages,
+    /// Accounts' signed device lists, by identity key (this account's
+    /// own too).
+    Devices,
 }
 
 impl Table {
@@ -58,6 +61,7 @@ impl Table {
         Table::Handshakes,
         Table::Groups,
         Table::GroupMessages,
+        Table::Devices,
     ];
 
     /// The table's on-disk name.
@@ -77,6 +81,7 @@ impl Table {
             Table::Handshakes => "handshakes",
             Table::Groups => "groups",
             Table::GroupMessages => "group_messages",
+            Table::Devices => "devices",
         }
     }
 }

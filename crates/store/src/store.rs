@@ -143,6 +143,21 @@ macro_rules! reads {
                 self.get_blob(Table::Groups, group.as_bytes())
             }
 
+            /// The signed device list held for the account with this
+            /// identity key (serialized; opaque to the store).
+            pub fn device_list(&self, identity_key: &[u8]) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Devices, identity_key)
+            }
+
+            /// Every signed device list held.
+            pub fn device_lists(&self) -> Result<Vec<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.tx
+                    .scan(Table::Devices, &[], usize::MAX)?
+                    .into_iter()
+                    .map(|(k, sealed)| open_value(self.key, Table::Devices, &k, &sealed))
+                    .collect()
+            }
+
             /// The ids (hex) of every group chat with a stored state.
             pub fn groups(&self) -> Result<Vec<String>, StoreError> {
                 self.tx
@@ -261,6 +276,13 @@ impl Writer<'_> {
     /// Stores handshake progress with `peer`.
     pub fn set_handshake(&mut self, peer: &str, progress: &[u8]) -> Result<(), StoreError> {
         put_sealed(self.tx, self.key, Table::Handshakes, peer.as_bytes(), progress)
+    }
+
+    /// Stores the signed device list of the account with this identity
+    /// key, replacing the one held (the caller keeps the newer: see
+    /// `strata_proto::devices`).
+    pub fn set_device_list(&mut self, identity_key: &[u8], list: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Devices, identity_key, list)
     }
 
     /// Stores the state of group chat `group` (id, hex), replacing it.

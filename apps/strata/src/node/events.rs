@@ -27,6 +27,18 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
         NodeEventKind::Failed { reason } => ("session-failed", json!({"reason": reason})),
         NodeEventKind::Lagged { dropped } => ("lagged", json!({"dropped": dropped})),
         NodeEventKind::Group { group, event } => describe_group(group, event),
+        NodeEventKind::DevicesChanged {
+            account,
+            version,
+            installations,
+        } => (
+            "devices-changed",
+            json!({
+                "peerId": peer_id(account),
+                "version": version,
+                "installations": installations.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+            }),
+        ),
         NodeEventKind::GroupFile {
             group,
             sender,
@@ -74,8 +86,14 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
                     "file-chunk",
                     json!({"fileId": file_id, "name": name, "size": size, "index": index, "total": total}),
                 ),
-                // The node hands group PDUs to their group; never published.
+                Content::SentCopy { to, text } => (
+                    "message-sent-copy",
+                    json!({"messageId": message_id, "seq": seq, "to": peer_id(to), "text": text}),
+                ),
+                // The node hands group PDUs to their group and takes device
+                // lists itself; never published.
                 Content::GroupPdu { .. } => ("group-pdu", json!({"messageId": message_id})),
+                Content::Devices { .. } => ("devices", json!({"messageId": message_id})),
             },
             Event::Rotated { what } => ("rotated", json!({"what": what.as_str()})),
             Event::PeerError { code, reason } => ("peer-error", json!({"code": code.as_str(), "reason": reason})),
@@ -100,6 +118,12 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
             }
         },
     }
+}
+
+/// The peer id of an account's identity key (serialized), or its hex when
+/// it is not a key.
+fn peer_id(key: &[u8]) -> String {
+    crate::identity::PeerId::from_key_bytes(key).map_or_else(|_| hex::encode(key), |p| p.to_string())
 }
 
 /// The API name and data of a group chat's event.
@@ -139,7 +163,7 @@ fn describe_group(group: &str, event: &GroupEvent) -> (&'static str, Value) {
                     with(base, "file", json!({"fileId": file_id, "index": index, "total": total})),
                 ),
                 // The group machine refuses these: never published.
-                Content::GroupPdu { .. } => ("group-pdu", base),
+                Content::GroupPdu { .. } | Content::Devices { .. } | Content::SentCopy { .. } => ("group-pdu", base),
             }
         }
         GroupEvent::AddRequested { by, member, address } => (
@@ -248,6 +272,22 @@ mod tests {
                 seq: 6,
                 content: chunk(),
             }),
+            session(Event::Received {
+                message_id: "m".into(),
+                seq: 7,
+                content: Content::SentCopy {
+                    to: vec![5; 33],
+                    text: "t".into(),
+                },
+            }),
+            NodeEventKind::DevicesChanged {
+                account: vec![5; 33],
+                version: 9,
+                installations: vec![
+                    strata_cascade::InstallationId::from_bytes([2; 16]),
+                    strata_cascade::InstallationId::from_bytes([3; 16]),
+                ],
+            },
         ]);
         for what in [
             Rotation::KemKey,
@@ -369,7 +409,8 @@ mod tests {
             | NodeEventKind::FileSent { .. }
             | NodeEventKind::Failed { .. }
             | NodeEventKind::Lagged { .. }
-            | NodeEventKind::GroupFile { .. } => true,
+            | NodeEventKind::GroupFile { .. }
+            | NodeEventKind::DevicesChanged { .. } => true,
             NodeEventKind::Group { event, .. } => match event {
                 GroupEvent::Joined { .. }
                 | GroupEvent::Epoch { .. }

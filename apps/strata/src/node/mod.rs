@@ -14,6 +14,7 @@
 //!   only, never to logs.
 
 mod actors;
+mod devices;
 mod events;
 mod groups;
 mod transports;
@@ -74,6 +75,10 @@ pub(crate) struct NodeSessions {
     /// The periodic upkeep of the KeyPackage pool.
     pool_upkeep: tokio::task::AbortHandle,
     store: Arc<NodeStore>,
+    /// This installation.
+    local: strata_cascade::InstallationId,
+    /// This account's identity key (serialized).
+    account: Vec<u8>,
     events: Arc<EventBus>,
     /// Node events, typed, for the daemon's own waits.
     observed: broadcast::Sender<Arc<Observed>>,
@@ -204,6 +209,8 @@ impl NodeSessions {
             session_config.key_package_pool.clone(),
             POOL_UPKEEP,
         );
+        let local = identity.installation_id();
+        let account = identity.account().identity_key().serialize().to_vec();
         let setup = SessionSetup {
             config: session_config,
             local: identity,
@@ -225,6 +232,8 @@ impl NodeSessions {
                 renewal,
                 pool_upkeep,
                 store,
+                local,
+                account,
                 events,
                 observed,
                 requests: AtomicU64::new(1),
@@ -442,6 +451,11 @@ impl NodeSessions {
     }
 
     async fn send(&self, text: &str, body: SendBody, wait_ack: bool) -> Result<Value> {
+        if let SendBody::Text(message) = &body
+            && let Some((account, prefer)) = self.account_named(text).await?
+        {
+            return self.send_to_account(account, prefer, message.clone(), wait_ack).await;
+        }
         let peer = self.resolve(text).await?;
         // A URI's account key must be the one pinned for the installation.
         self.uri_identity(text, &peer)?;
@@ -470,6 +484,68 @@ impl NodeSessions {
                 NodeEventKind::FileSent { file_id } => is_file && *file_id == id,
                 NodeEventKind::Session(Event::Delivered { message_id }) => !is_file && *message_id == id,
                 _ => false,
+            })
+            .await;
+            if !acked {
+                return Err(AppError::new(
+                    ErrorKind::Network,
+                    format!(
+                        "message {id} is queued but {peer} did not acknowledge it within {}s",
+                        WAIT.as_secs()
+                    ),
+                )
+                .hint("it stays in the outbox and is retransmitted; watch `strata inbox --follow` for `delivered`"));
+            }
+            set(&mut result, "acknowledged", json!(true));
+        }
+        Ok(result)
+    }
+
+    /// The account a `<peer>` argument names (a peer id or a contact
+    /// URI), and the installation a URI names; `None` for an installation
+    /// or a transport address. A URI's libp2p addresses are dialled and its
+    /// account key checked against the installation's pin first.
+    async fn account_named(&self, text: &str) -> Result<Option<(Vec<u8>, Option<strata_cascade::InstallationId>)>> {
+        match PeerRef::parse(text)? {
+            PeerRef::PeerId(peer) => Ok(Some((peer.identity_key().serialize().to_vec(), None))),
+            PeerRef::Contact(uri) => {
+                let peer = self.resolve(text).await?;
+                self.uri_identity(text, &peer)?;
+                Ok(Some((
+                    uri.peer_id.identity_key().serialize().to_vec(),
+                    Some(uri.installation),
+                )))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A text to every device of an account (see `devices.rs`); with
+    /// `wait_ack`, returns once the copy named by `messageId` (the one to
+    /// the URI's installation when it took it) is acknowledged.
+    async fn send_to_account(
+        &self,
+        account: Vec<u8>,
+        prefer: Option<strata_cascade::InstallationId>,
+        text: String,
+        wait_ack: bool,
+    ) -> Result<Value> {
+        let mut live = self.observed.subscribe();
+        let (copies, id) = self.fan_out(account, text, prefer).await?;
+        let peer = copies
+            .iter()
+            .find(|c| c.outcome.as_ref().is_ok_and(|m| *m == id))
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
+        let mut result = json!({
+            "peer": peer,
+            "messageId": id,
+            "acknowledged": false,
+            "copies": devices::copies_json(&copies),
+        });
+        if wait_ack {
+            let acked = wait_for(&mut live, WAIT, |o| {
+                matches!(&o.event.kind, NodeEventKind::Session(Event::Delivered { message_id }) if *message_id == id)
             })
             .await;
             if !acked {
@@ -542,13 +618,14 @@ impl Sessions for NodeSessions {
             SessionCall::Connect { peer } => self.connect(&peer).await,
             SessionCall::Send { peer, body, wait_ack } => self.send(&peer, body, wait_ack).await,
             SessionCall::Inbox { .. } => {
-                let mut inbox = crate::inbox::stored(&self.store)?;
+                let mut inbox = crate::inbox::stored(&self.store, &self.account)?;
                 // Where a follower picks up the live stream.
                 set(&mut inbox, "lastEventId", json!(self.events.last_id()));
                 Ok(inbox)
             }
             SessionCall::Peers => self.peers().await,
             SessionCall::Group { action } => self.group(action).await,
+            SessionCall::Devices { action } => self.devices(action).await,
         }
     }
 }

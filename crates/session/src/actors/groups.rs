@@ -303,7 +303,7 @@ pub(super) struct Groups {
 const INTERNAL_KEPT: usize = 4096;
 
 impl Groups {
-    fn remember(&mut self, peer: PeerAddr, message_id: String) {
+    pub(super) fn remember(&mut self, peer: PeerAddr, message_id: String) {
         let key = (peer, message_id);
         if self.internal.insert(key.clone()) {
             self.internal_order.push_back(key);

@@ -162,6 +162,16 @@ pub enum NodeEventKind {
         /// What happened.
         event: crate::group::GroupEvent,
     },
+    /// An account's device list changed (this account's own, or a
+    /// contact's): the event's `peer` is the installation it came from.
+    DevicesChanged {
+        /// The account's identity key (serialized).
+        account: Vec<u8>,
+        /// The list's version.
+        version: u64,
+        /// Its installations.
+        installations: Vec<strata_cascade::InstallationId>,
+    },
     /// A whole file sent to a group chat arrived and was written to `path`
     /// (its chunks were [`crate::group::GroupEvent::Received`] events).
     GroupFile {
@@ -437,6 +447,7 @@ pub struct ListPeers;
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+mod devices;
 mod groups;
 mod node;
 mod session;
@@ -447,6 +458,7 @@ pub use groups::{
     GroupSummary, ListGroups, SendGroupFile, group_topic,
 };
 
+pub use devices::{ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, SendToAccount};
 pub use node::Node;
 pub use session::PeerSession;
 pub use transport::TransportActor;

@@ -44,6 +44,8 @@ pub struct Node<T: Transport> {
     claims: BTreeMap<(PeerAddr, String), ClaimWaiter>,
     /// The group chats, each an actor.
     pub(super) groups: super::groups::Groups,
+    /// Device lists, fan-out, sent copies.
+    pub(super) devices: super::devices::Devices,
     /// A refill of the KeyPackage pool is running (one at a time).
     refilling: bool,
     span: tracing::Span,
@@ -74,6 +76,7 @@ impl<T: Transport> Node<T> {
             waiters: BTreeMap::new(),
             claims: BTreeMap::new(),
             groups: super::groups::Groups::default(),
+            devices: super::devices::Devices::default(),
             refilling: false,
             span,
         })
@@ -346,6 +349,7 @@ impl<T: Transport> Actor for Node<T> {
         }
         ctx.run_interval(SWEEP, |act, ctx| act.sweep(ctx));
         self.restore_groups(ctx);
+        self.restore_devices(ctx);
         // Stored sessions come back and resume once their peers connect.
         let stored: Vec<PeerAddr> = self.stored.keys().cloned().collect();
         for peer in stored {
@@ -449,7 +453,7 @@ impl<T: Transport> Handler<FromSession> for Node<T> {
                     self.group_pdu(&event.peer, pdu, ctx);
                     return;
                 }
-                if self.groups.is_internal(&event) {
+                if self.groups.is_internal(&event) || self.device_event(&event, ctx) {
                     return;
                 }
                 self.publish(event, ctx);

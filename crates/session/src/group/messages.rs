@@ -35,8 +35,8 @@ fn unframe(plain: &[u8]) -> Option<(u64, &[u8])> {
 impl GroupMachine {
     /// Seals `content` for the group and broadcasts it to the others.
     pub(super) fn send(&mut self, content: &Content) -> Result<(), SessionError> {
-        if let Content::GroupPdu { .. } = content {
-            return Err(SessionError::Misuse("group PDUs are not group messages"));
+        if !matches!(content, Content::Text { .. } | Content::FileChunk { .. }) {
+            return Err(SessionError::Misuse("a group message is a text or a file chunk"));
         }
         let key = self
             .keys
@@ -131,9 +131,10 @@ impl GroupMachine {
             self.refuse(None, e);
             return Ok(());
         }
-        // Group PDUs travel pairwise, never as a group's message.
-        if let Content::GroupPdu { .. } = content {
-            self.refuse(None, "a group PDU as a group message's content");
+        // Group PDUs, device lists and sent copies travel pairwise, never
+        // as a group's message.
+        if !matches!(content, Content::Text { .. } | Content::FileChunk { .. }) {
+            self.refuse(None, "a group message is a text or a file chunk");
             return Ok(());
         }
         self.first_sight(m.message_id.as_str());

@@ -1,0 +1,623 @@
+//! The node's multi-device part: device lists in and out, fan-out of a
+//! text to an account, sent copies, partitioned devices. The rules are in
+//! [`crate::devices`]; this file does their I/O.
+
+use strata_cascade::devices::verify_device_list;
+use strata_cascade::{IdentityKey, InstallationId};
+
+use super::*;
+use crate::content::Content;
+use crate::devices::{Admitted, DeviceBook};
+
+/// Send a text to an account: to its devices and, as a `sent-copy`, to
+/// this account's other devices (see [`crate::devices`]). Answered once
+/// every copy is queued, or could not be.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<Vec<FannedOut>>")]
+pub struct SendToAccount {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The account's identity key (serialized).
+    pub account: Vec<u8>,
+    /// The text.
+    pub text: String,
+}
+
+/// One copy of a [`SendToAccount`] text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FannedOut {
+    /// The installation it went to.
+    pub installation: InstallationId,
+    /// Its session's address.
+    pub peer: PeerAddr,
+    /// The message id it was queued under, or why it could not be.
+    pub outcome: Result<String, String>,
+    /// A device of this account (the copy is a `sent-copy`).
+    pub own_device: bool,
+}
+
+/// This account's devices as this node knows them.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<DeviceList, SessionError>")]
+pub struct ListDevices;
+
+/// This account's device list, with what the node saw of each device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceList {
+    /// The list's version.
+    pub version: u64,
+    /// Whether the list names this installation (false: it was removed).
+    pub paired: bool,
+    /// The listed devices.
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// One listed device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceStatus {
+    /// Its installation.
+    pub installation: InstallationId,
+    /// This installation.
+    pub this: bool,
+    /// When this node last heard from it, Unix ms.
+    pub last_active_ms: Option<u64>,
+}
+
+/// Change this account's device list: add or remove one installation.
+/// The new list is stored, then sent to every peer with a ready session
+/// (a removed device included, so it knows). Answered with its version.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<u64>")]
+pub struct ChangeDevices {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// Installations to add.
+    pub add: Vec<InstallationId>,
+    /// Installations to remove.
+    pub remove: Vec<InstallationId>,
+}
+
+/// What the node keeps for multi-device.
+#[derive(Default)]
+pub(super) struct Devices {
+    /// Made at start, from the store.
+    book: Option<DeviceBook>,
+    /// The account each peer's session is pinned to, learnt when it
+    /// became ready.
+    accounts: BTreeMap<PeerAddr, IdentityKey>,
+    /// The version of our list each peer was last sent.
+    pushed: BTreeMap<PeerAddr, u64>,
+    /// The last texts sent to each account, and the installations each
+    /// went to: when the account's list names one it missed (the list
+    /// held was older, or none was), it is sent again (Sesame's retry).
+    recent: BTreeMap<Vec<u8>, VecDeque<Recent>>,
+}
+
+/// A text recently sent to an account.
+struct Recent {
+    text: String,
+    sent_to: BTreeSet<InstallationId>,
+}
+
+/// Texts remembered per account for [`Devices::recent`], and accounts.
+const RECENT_TEXTS: usize = 32;
+const RECENT_ACCOUNTS: usize = 256;
+
+impl<T: Transport> Node<T> {
+    /// Builds the device book from the store (signing and storing this
+    /// account's first list if it has none), and opens sessions with this
+    /// account's other devices.
+    pub(super) fn restore_devices(&mut self, ctx: &mut Context<Self>) {
+        let book = (|| {
+            let held = durable::read(&*self.setup.store, |r| r.device_lists())?;
+            let lists = held.iter().filter_map(|b| verify_device_list(b).ok());
+            let (book, signed) = DeviceBook::new(&self.setup.local, lists, now().unix_ms, &mut rand::rng())?;
+            if let Some(list) = signed {
+                self.store_list(&list)?;
+            }
+            Ok::<_, SessionError>(book)
+        })();
+        match book {
+            Ok(book) => {
+                let own = book.own_devices();
+                self.devices.book = Some(book);
+                for installation in own {
+                    self.open_own_device(installation, ctx);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "multi-device is off: cannot read the device lists"),
+        }
+    }
+
+    fn store_list(&self, list: &strata_cascade::devices::VerifiedDeviceList) -> Result<(), SessionError> {
+        let key = list.identity_key().serialize();
+        durable::write(&*self.setup.store, |w| w.set_device_list(&key, list.as_bytes()))?;
+        Ok(())
+    }
+
+    /// Where the session with `installation` is, or would be: Strata's
+    /// transports name an installation by its id.
+    fn address_of(&self, installation: InstallationId) -> PeerAddr {
+        self.stored
+            .iter()
+            .find(|(_, i)| **i == installation)
+            .map(|(p, _)| p.clone())
+            .or_else(|| {
+                let hex = installation.to_hex();
+                self.status
+                    .iter()
+                    .find(|(_, s)| s.installation.as_deref() == Some(hex.as_str()))
+                    .map(|(p, _)| p.clone())
+            })
+            .unwrap_or_else(|| PeerAddr::new(installation.to_hex()))
+    }
+
+    fn own_account(&self) -> IdentityKey {
+        *self.setup.local.account().identity_key()
+    }
+
+    /// Opens the session with one of this account's devices, expecting
+    /// this account's key.
+    fn open_own_device(&mut self, installation: InstallationId, ctx: &mut Context<Self>) {
+        let connect = Connect {
+            request_id: 0,
+            peer: self.address_of(installation),
+            expect_identity: Some(self.own_account().serialize().to_vec()),
+        };
+        ctx.spawn(
+            ctx.address()
+                .send(connect)
+                .into_actor(self)
+                .map(move |reply, _, _| match reply.map(|r| r.result) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%installation, error = %e, "cannot open a session with our device"),
+                    Err(_) => {}
+                }),
+        );
+    }
+
+    /// The account the session with `peer` is pinned to.
+    fn account_at(&self, peer: &PeerAddr) -> Option<IdentityKey> {
+        if let Some(account) = self.devices.accounts.get(peer) {
+            return Some(*account);
+        }
+        let installation = self.status.get(peer)?.installation.clone()?;
+        self.pinned_account(&installation)
+    }
+
+    /// The account `installation` (hex) is pinned to in the store.
+    fn pinned_account(&self, installation: &str) -> Option<IdentityKey> {
+        let contact = durable::read(&*self.setup.store, |r| r.contact(installation)).ok()??;
+        IdentityKey::decode(&contact.identity_key).ok()
+    }
+
+    /// Sends `content` to `peer` as a message of the node's own (its
+    /// queueing and delivery are not the user's events).
+    fn send_internal(&mut self, peer: PeerAddr, content: Content, ctx: &mut Context<Self>) {
+        let session = match self.session(&peer, ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "no session to send a device list to");
+                return;
+            }
+        };
+        ctx.spawn(
+            session
+                .send(SessionRequest::Command(Command::Send(content)))
+                .into_actor(self)
+                .map(move |reply, act, _| match reply {
+                    Ok(Ok(Some(id))) => act.groups.remember(peer, id),
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "device list not queued"),
+                    _ => {}
+                }),
+        );
+    }
+
+    /// Sends our list to `peer` unless it has this version already.
+    fn push_list(&mut self, peer: &PeerAddr, ctx: &mut Context<Self>) {
+        let Some(book) = &self.devices.book else { return };
+        let own = book.own();
+        if self.devices.pushed.get(peer) == Some(&own.version()) {
+            return;
+        }
+        if self.devices.pushed.len() >= MAX_SESSIONS * 4 {
+            self.devices.pushed.clear();
+        }
+        self.devices.pushed.insert(peer.clone(), own.version());
+        let list = own.as_bytes().to_vec();
+        self.send_internal(peer.clone(), Content::Devices { list }, ctx);
+    }
+
+    /// Looks at a session event for multi-device; true when the event is
+    /// the node's own business (a device list) or refused (a sent copy
+    /// from another account), and goes no further.
+    pub(super) fn device_event(&mut self, event: &NodeEvent, ctx: &mut Context<Self>) -> bool {
+        let NodeEventKind::Session(session_event) = &event.kind else {
+            return false;
+        };
+        let peer = &event.peer;
+        match session_event {
+            Event::EncryptionReady { installation, .. } => {
+                self.devices.accounts.remove(peer);
+                if let Some(account) = self.pinned_account(installation) {
+                    self.devices.accounts.insert(peer.clone(), account);
+                }
+                self.touch(installation);
+                // A device the list no longer names does not speak for
+                // the account: it answers messages, below, and nothing else.
+                if self.devices.book.as_ref().is_some_and(DeviceBook::paired) {
+                    self.push_list(peer, ctx);
+                }
+                false
+            }
+            Event::Received { content, .. } => {
+                if let Some(installation) = self.status.get(peer).and_then(|s| s.installation.clone()) {
+                    self.touch(&installation);
+                }
+                match content {
+                    Content::Devices { list } => {
+                        self.take_list(peer, list, ctx);
+                        true
+                    }
+                    Content::SentCopy { .. } => {
+                        let own = self.account_at(peer) == Some(self.own_account());
+                        if !own {
+                            tracing::warn!(%peer, "a sent copy from another account: dropped");
+                        }
+                        !own
+                    }
+                    Content::Text { .. } | Content::FileChunk { .. } => {
+                        self.answer_if_partitioned(peer, ctx);
+                        false
+                    }
+                    Content::GroupPdu { .. } => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn touch(&mut self, installation: &str) {
+        if let (Some(book), Ok(installation)) = (&mut self.devices.book, installation.parse()) {
+            book.touch(installation, now().unix_ms);
+        }
+    }
+
+    /// A partitioned device (one its account's list does not name) answers
+    /// a contact's message with that list, once per list version.
+    fn answer_if_partitioned(&mut self, peer: &PeerAddr, ctx: &mut Context<Self>) {
+        let partitioned = self.devices.book.as_ref().is_some_and(|b| !b.paired());
+        if partitioned && self.account_at(peer) != Some(self.own_account()) {
+            tracing::info!(%peer, "a message to this removed device: telling the sender our device list");
+            self.push_list(peer, ctx);
+        }
+    }
+
+    /// A device list from `peer`: taken when it is signed by the account
+    /// the session is pinned to and newer than the one held.
+    fn take_list(&mut self, peer: &PeerAddr, bytes: &[u8], ctx: &mut Context<Self>) {
+        let list = match verify_device_list(bytes) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "a device list refused");
+                return;
+            }
+        };
+        if self.account_at(peer) != Some(*list.identity_key()) {
+            tracing::warn!(%peer, "a device list of another account than the session's: refused");
+            return;
+        }
+        let Some(book) = &mut self.devices.book else { return };
+        let Admitted::Updated { added, removed } = book.admit(list.clone()) else {
+            return;
+        };
+        if let Err(e) = self.store_list(&list) {
+            tracing::warn!(error = %e, "cannot store a device list");
+        }
+        let own = *list.identity_key() == self.own_account();
+        tracing::info!(%peer, version = list.version(), own, ?added, ?removed, "device list updated");
+        let event = NodeEvent {
+            peer: peer.clone(),
+            kind: NodeEventKind::DevicesChanged {
+                account: list.identity_key().serialize().to_vec(),
+                version: list.version(),
+                installations: list.installations().to_vec(),
+            },
+        };
+        self.publish(event, ctx);
+        if !own {
+            self.send_missed(&list, ctx);
+        }
+        if own {
+            let local = self.setup.local.installation_id();
+            for installation in added.into_iter().filter(|i| *i != local) {
+                self.open_own_device(installation, ctx);
+            }
+            let paired = self.devices.book.as_ref().is_some_and(DeviceBook::paired);
+            if paired {
+                // Our contacts hear of the change from us too.
+                self.spread_list(ctx);
+            }
+        }
+    }
+
+    /// Sends the recent texts to `list`'s account again to the listed
+    /// installations (at most `max_devices`) that did not get them.
+    fn send_missed(&mut self, list: &strata_cascade::devices::VerifiedDeviceList, ctx: &mut Context<Self>) {
+        let key = list.identity_key().serialize().to_vec();
+        let Some(book) = &self.devices.book else { return };
+        let targets = book.targets(list.identity_key(), &[], self.setup.config.max_devices);
+        let Some(recent) = self.devices.recent.get_mut(&key) else {
+            return;
+        };
+        let mut copies = Vec::new();
+        for text in recent.iter_mut() {
+            for installation in &targets {
+                if text.sent_to.insert(*installation) {
+                    copies.push((*installation, text.text.clone()));
+                }
+            }
+        }
+        let account = *list.identity_key();
+        let wait = self.setup.config.fan_out_wait;
+        for (installation, text) in copies {
+            tracing::info!(%installation, "sending a text again to a device it missed");
+            let copy = Copy {
+                installation,
+                peer: self.address_of(installation),
+                account,
+                content: Content::Text { text },
+                own_device: false,
+                known: self.knows(installation),
+            };
+            ctx.spawn(
+                deliver_copy(ctx.address(), copy, wait)
+                    .into_actor(self)
+                    .map(|sent, _, _| {
+                        if let Err(e) = sent.outcome {
+                            tracing::debug!(installation = %sent.installation, error = %e, "a missed text not sent");
+                        }
+                    }),
+            );
+        }
+    }
+
+    /// Whether the node knows the session with `installation` (stored or
+    /// named by a handshake), so a copy can be queued at once.
+    fn knows(&self, installation: InstallationId) -> bool {
+        let peer = self.address_of(installation);
+        self.stored.get(&peer) == Some(&installation)
+            || self.status.get(&peer).and_then(|s| s.installation.as_deref()) == Some(installation.to_hex().as_str())
+    }
+
+    /// Remembers a text sent to `account`'s `installations`.
+    fn remember_text(&mut self, account: &IdentityKey, text: &str, installations: &[InstallationId]) {
+        let recent = &mut self.devices.recent;
+        if recent.len() >= RECENT_ACCOUNTS && !recent.contains_key(account.serialize().as_ref()) {
+            recent.clear();
+        }
+        let texts = recent.entry(account.serialize().to_vec()).or_default();
+        texts.push_back(Recent {
+            text: text.to_owned(),
+            sent_to: installations.iter().copied().collect(),
+        });
+        while texts.len() > RECENT_TEXTS {
+            texts.pop_front();
+        }
+    }
+
+    /// Sends our list to every peer with a ready session.
+    fn spread_list(&mut self, ctx: &mut Context<Self>) {
+        let ready: Vec<PeerAddr> = self
+            .status
+            .iter()
+            .filter(|(_, s)| s.state == SessionState::Ready)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in ready {
+            self.push_list(&peer, ctx);
+        }
+    }
+}
+
+impl<T: Transport> Handler<ChangeDevices> for Node<T> {
+    type Result = MessageResult<ChangeDevices>;
+
+    fn handle(&mut self, msg: ChangeDevices, ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        let local = Arc::clone(&self.setup.local);
+        let result = (|| {
+            let book = self
+                .devices
+                .book
+                .as_mut()
+                .ok_or(SessionError::Unavailable("device lists"))?;
+            let list = book.change(&local, &msg.add, &msg.remove, now().unix_ms, &mut rand::rng())?;
+            self.store_list(&list)?;
+            Ok(list)
+        })();
+        let result = result.map(|list| {
+            for installation in msg.add.iter().filter(|i| **i != local.installation_id()) {
+                self.open_own_device(*installation, ctx);
+            }
+            // A removed device is told too, so that it knows.
+            self.spread_list(ctx);
+            list.version()
+        });
+        MessageResult(Reply { request_id, result })
+    }
+}
+
+impl<T: Transport> Handler<ListDevices> for Node<T> {
+    type Result = Result<DeviceList, SessionError>;
+
+    fn handle(&mut self, _: ListDevices, _ctx: &mut Self::Context) -> Self::Result {
+        let book = self
+            .devices
+            .book
+            .as_ref()
+            .ok_or(SessionError::Unavailable("device lists"))?;
+        let local = self.setup.local.installation_id();
+        let own = book.own();
+        Ok(DeviceList {
+            version: own.version(),
+            paired: book.paired(),
+            devices: own
+                .installations()
+                .iter()
+                .map(|i| DeviceStatus {
+                    installation: *i,
+                    this: *i == local,
+                    last_active_ms: book.last_active(i),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl<T: Transport> Handler<SendToAccount> for Node<T> {
+    type Result = ResponseFuture<Reply<Vec<FannedOut>>>;
+
+    fn handle(&mut self, msg: SendToAccount, ctx: &mut Self::Context) -> Self::Result {
+        let request_id = msg.request_id;
+        let plan = self.fan_out_plan(&msg);
+        if let Ok(plan) = &plan {
+            let theirs: Vec<InstallationId> = plan.iter().filter(|c| !c.own_device).map(|c| c.installation).collect();
+            if let Some(first) = plan.iter().find(|c| !c.own_device) {
+                self.remember_text(&first.account, &msg.text, &theirs);
+            }
+        }
+        let node = ctx.address();
+        let wait = self.setup.config.fan_out_wait;
+        Box::pin(async move {
+            let plan = match plan {
+                Ok(p) => p,
+                Err(e) => {
+                    return Reply {
+                        request_id,
+                        result: Err(e),
+                    };
+                }
+            };
+            let sends = plan.into_iter().map(|copy| deliver_copy(node.clone(), copy, wait));
+            Reply {
+                request_id,
+                result: Ok(futures::future::join_all(sends).await),
+            }
+        })
+    }
+}
+
+/// One copy a fan-out sends.
+struct Copy {
+    installation: InstallationId,
+    peer: PeerAddr,
+    account: IdentityKey,
+    content: Content,
+    own_device: bool,
+    /// The node knows the installation at that address: send at once.
+    known: bool,
+}
+
+impl<T: Transport> Node<T> {
+    /// Who a [`SendToAccount`] goes to, and what each gets.
+    fn fan_out_plan(&self, msg: &SendToAccount) -> Result<Vec<Copy>, SessionError> {
+        let account =
+            IdentityKey::decode(&msg.account).map_err(|_| SessionError::Misuse("not an account identity key"))?;
+        let book = self
+            .devices
+            .book
+            .as_ref()
+            .ok_or(SessionError::Unavailable("device lists"))?;
+        let own_account = self.own_account();
+        if account == own_account {
+            return Err(SessionError::Misuse("a text to this account itself"));
+        }
+        let pinned = pinned_to(&*self.setup.store, &account)?;
+        let max = self.setup.config.max_devices;
+        let theirs = book
+            .targets(&account, &pinned, max)
+            .into_iter()
+            .map(|i| (i, account, false));
+        let text = Content::Text { text: msg.text.clone() };
+        let copy = Content::SentCopy {
+            to: msg.account.clone(),
+            text: msg.text.clone(),
+        };
+        let ours = book
+            .targets(&own_account, &[], max)
+            .into_iter()
+            .map(|i| (i, own_account, true));
+        let plan: Vec<Copy> = theirs
+            .chain(ours)
+            .map(|(installation, account, own_device)| Copy {
+                installation,
+                peer: self.address_of(installation),
+                known: self.knows(installation),
+                account,
+                content: if own_device { copy.clone() } else { text.clone() },
+                own_device,
+            })
+            .collect();
+        if plan.iter().all(|c| c.own_device) {
+            return Err(SessionError::UnknownPeer(
+                "no installation of that account is known".into(),
+            ));
+        }
+        Ok(plan)
+    }
+}
+
+/// The installations pinned to `account` (every contact with its key).
+fn pinned_to(store: &dyn Durable, account: &IdentityKey) -> Result<Vec<InstallationId>, SessionError> {
+    let key = account.serialize();
+    let contacts = durable::read(store, |r| r.contacts())?;
+    Ok(contacts
+        .iter()
+        .filter(|c| *c.identity_key == *key)
+        .filter_map(|c| c.installation_id.parse().ok())
+        .collect())
+}
+
+/// Queues one copy: at once where the node knows the installation,
+/// otherwise after opening a session with it (at most `wait`).
+async fn deliver_copy<T: Transport>(node: Addr<Node<T>>, copy: Copy, wait: Duration) -> FannedOut {
+    let outcome = async {
+        if !copy.known {
+            let connect = Connect {
+                request_id: 0,
+                peer: copy.peer.clone(),
+                expect_identity: Some(copy.account.serialize().to_vec()),
+            };
+            node.send(connect)
+                .await
+                .map_err(|_| SessionError::Unavailable("node"))?
+                .result?;
+            let ready = node.send(AwaitReady {
+                request_id: 0,
+                peer: copy.peer.clone(),
+            });
+            tokio::time::timeout(wait, ready)
+                .await
+                .map_err(|_| SessionError::Unavailable("no session with the device in time"))?
+                .map_err(|_| SessionError::Unavailable("node"))?
+                .result?;
+        }
+        node.send(PeerRequest {
+            request_id: 0,
+            peer: copy.peer.clone(),
+            request: SessionRequest::Command(Command::Send(copy.content.clone())),
+        })
+        .await
+        .map_err(|_| SessionError::Unavailable("node"))?
+        .result?
+        .ok_or_else(|| SessionError::Internal("queued without an id".into()))
+    }
+    .await;
+    FannedOut {
+        installation: copy.installation,
+        peer: copy.peer,
+        outcome: outcome.map_err(|e| e.to_string()),
+        own_device: copy.own_device,
+    }
+}
