@@ -37,9 +37,35 @@ pub(crate) const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 pub(crate) struct Published {
     identity: Arc<InstallationIdentity>,
     pre_keys: RwLock<InstallationPreKeys>,
+    /// The account's other devices, from its device list.
+    paired: RwLock<Vec<InstallationId>>,
 }
 
 impl Published {
+    /// Lists `paired` (the account's other devices) from now on; when that
+    /// changes the list, the pre-keys are renewed too, so the bundle's
+    /// version rises (54/WAKU2-X3DH-SESSIONS: a paired or removed device
+    /// is a new bundle version). True when the bundle changed and should
+    /// be re-published. Blocking: a store write.
+    pub(crate) fn set_paired(
+        &self,
+        store: &NodeStore,
+        session: &strata_session::Config,
+        mut paired: Vec<InstallationId>,
+        now_ms: u64,
+    ) -> Result<bool> {
+        paired.sort_unstable();
+        if *self.paired.read().unwrap_or_else(PoisonError::into_inner) == paired {
+            return Ok(false);
+        }
+        let renewed = prekeys::rotate(store, &self.identity, session, now_ms)
+            .map_err(|e| AppError::caused("cannot renew the bundle pre-keys", &e))?;
+        tracing::info!(version = renewed.version(), ?paired, "bundle lists new paired devices");
+        *self.pre_keys.write().unwrap_or_else(PoisonError::into_inner) = renewed;
+        *self.paired.write().unwrap_or_else(PoisonError::into_inner) = paired;
+        Ok(true)
+    }
+
     /// Replaces the pre-keys (in the store first) when renewal is due;
     /// true when it did, and the bundle should be re-published. Blocking:
     /// a store write.
@@ -73,7 +99,8 @@ impl BundleSource for Published {
 
     fn signed_bundle(&self, now_ms: u64) -> std::result::Result<Vec<u8>, SourceError> {
         let pre_keys = self.pre_keys.read().unwrap_or_else(PoisonError::into_inner);
-        Ok(prekeys::signed_bundle(&self.identity, &pre_keys, now_ms, Vec::new())?)
+        let paired = self.paired.read().unwrap_or_else(PoisonError::into_inner).clone();
+        Ok(prekeys::signed_bundle(&self.identity, &pre_keys, now_ms, paired)?)
     }
 }
 
@@ -91,6 +118,7 @@ pub(crate) fn config(
     let published = Arc::new(Published {
         identity: Arc::clone(identity),
         pre_keys: RwLock::new(pre_keys),
+        paired: RwLock::new(paired_devices(store, identity)),
     });
     published.renew_if_due(store, session, now_ms)?;
     let verifier = Arc::new(|bytes: &[u8]| verify_bundle(bytes).map(|v| v.header().clone()));
@@ -102,21 +130,46 @@ pub(crate) fn config(
     Ok((BundleConfig::new(verifier).with_source(source), topics, published))
 }
 
-/// Renews the pre-keys whenever due, every `period`, re-publishing the
-/// bundle after a renewal; runs until aborted.
+/// The account's other devices, as its stored device list names them
+/// (none before the node signed the first list).
+pub(crate) fn paired_devices(store: &NodeStore, identity: &InstallationIdentity) -> Vec<InstallationId> {
+    let key = identity.account().identity_key().serialize();
+    let list = store.read(|r| r.device_list(&key)).ok().flatten();
+    let mut paired: Vec<InstallationId> = list
+        .and_then(|bytes| strata_cascade::devices::verify_device_list(&bytes).ok())
+        .map(|l| l.installations().to_vec())
+        .unwrap_or_default();
+    paired.retain(|i| *i != identity.installation_id());
+    paired
+}
+
+/// Renews the pre-keys whenever due, every `period`, and lists the
+/// account's other devices whenever `paired` changes, re-publishing the
+/// bundle after either; runs until aborted.
 pub(crate) async fn renew_periodically(
     published: Arc<Published>,
     store: Arc<NodeStore>,
     session: strata_session::Config,
     libp2p: Libp2pTransport,
     period: Duration,
+    mut paired: tokio::sync::watch::Receiver<Vec<InstallationId>>,
 ) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut watching = true;
     loop {
-        ticks.tick().await;
+        let devices = tokio::select! {
+            _ = ticks.tick() => None,
+            changed = paired.changed(), if watching => {
+                watching = changed.is_ok();
+                Some(paired.borrow_and_update().clone())
+            }
+        };
         let (published, store, session) = (Arc::clone(&published), Arc::clone(&store), session.clone());
-        let renewed =
-            tokio::task::spawn_blocking(move || published.renew_if_due(&store, &session, crate::ops::now_ms())).await;
+        let renewed = tokio::task::spawn_blocking(move || match devices {
+            Some(devices) => published.set_paired(&store, &session, devices, crate::ops::now_ms()),
+            None => published.renew_if_due(&store, &session, crate::ops::now_ms()),
+        })
+        .await;
         match renewed {
             Ok(Ok(true)) => {
                 if let Err(e) = libp2p.refresh_bundle().await {

@@ -201,6 +201,17 @@ impl InstallationIdentity {
     /// the MLS provider's CSPRNG; the rest from `rng`.
     pub fn generate<R: Rng + CryptoRng>(account: AccountIdentity, rng: &mut R) -> Result<Self> {
         let installation_id = InstallationId::generate(rng);
+        Self::generate_with_id(account, installation_id, rng)
+    }
+
+    /// New installation keys for `account` under an installation id chosen
+    /// before (a new device picks its id first: it is its address while it
+    /// pairs, before it holds the account key).
+    pub fn generate_with_id<R: Rng + CryptoRng>(
+        account: AccountIdentity,
+        installation_id: InstallationId,
+        rng: &mut R,
+    ) -> Result<Self> {
         // Signal registration ids are 14-bit and non-zero.
         let registration_id = rng.random_range(1..=0x3ffc);
         let mls_signer = SignatureKeyPair::new(SignatureScheme::ED25519)

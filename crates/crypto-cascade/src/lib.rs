@@ -163,6 +163,7 @@ mod key_packages;
 mod layer;
 pub mod layers;
 mod pair;
+pub mod pairing;
 mod prekeys;
 pub mod safety;
 mod schedule;

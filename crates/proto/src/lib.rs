@@ -40,6 +40,7 @@
 //! | – | `group-catch-up-request` | [`GroupCatchUpRequest`] | a member behind asks for the commits since its epoch (pairwise only) |
 //! | – | `group-catch-up` | [`GroupCatchUp`] | up to 16 logged commits, oldest first (pairwise only) |
 //! | – | `group-sync` | [`GroupSync`] | the group messages a member has, by epoch, sender and sequence ranges: the other sends what it lacks (pairwise only) |
+//! | – | `device-pairing` | [`DevicePairing`] | one step of pairing a new device with an account, sealed with the pairing secret (outside sessions) |
 //!
 //! The group machine (`strata_session::group`) sends them. `group-message`
 //! travels in the clear (it is sealed by the group); those marked

@@ -52,3 +52,7 @@ pub const MAX_CATCH_UP: usize = 16;
 pub const MAX_SYNC_ENTRIES: usize = 4096;
 /// Most ranges of sequence numbers one `group-sync` entry carries.
 pub const MAX_SYNC_RANGES: usize = 64;
+
+/// Most bytes of a `device-pairing` PDU's sealed body: the grant carries
+/// the account's contacts (about 150 bytes each in JSON).
+pub const MAX_PAIRING_BODY: usize = 1024 * 1024;

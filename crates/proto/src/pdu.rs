@@ -11,8 +11,8 @@ use crate::codec::{Blob, BoundedVec, FixedBytes, LIMIT_PREFIX, LayerParameters, 
 use crate::error::DecodeError;
 use crate::limits::{
     CHUNK_SIZE, MAX_ADDRESS, MAX_CATCH_UP, MAX_GROUP_NAME, MAX_GROUP_PROPOSALS, MAX_ID, MAX_JSON_DEPTH, MAX_KEY,
-    MAX_LAYER_NAMES, MAX_LAYERS, MAX_MLS_OBJECT, MAX_PDU_BYTES, MAX_REASON, MAX_SIGNAL_MESSAGE, MAX_SYNC_ENTRIES,
-    MAX_SYNC_RANGES,
+    MAX_LAYER_NAMES, MAX_LAYERS, MAX_MLS_OBJECT, MAX_PAIRING_BODY, MAX_PDU_BYTES, MAX_REASON, MAX_SIGNAL_MESSAGE,
+    MAX_SYNC_ENTRIES, MAX_SYNC_RANGES,
 };
 
 /// The profile id Strata speaks (P1.1).
@@ -718,6 +718,30 @@ pub struct GroupSync {
     pub answer: bool,
 }
 
+/// `device-pairing`: one step of pairing a new device with an account
+/// (`strata_session::pairing`), between the new device and one of the
+/// account's, outside any session. Steps: 1, the new device asks; 2, the
+/// existing device grants (the account key, its device list naming the
+/// new device, its contacts); 0, the existing device refuses, in the clear
+/// (`reason`: the asker may not hold the secret, so nothing can be sealed
+/// for it). Steps 1 and 2 are sealed with keys only holders of the pairing
+/// secret derive (`strata_cascade::pairing`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePairing {
+    /// Names the offer (derived from the pairing secret; public).
+    pub pairing: FixedBytes<16>,
+    /// The step: 0, 1 or 2.
+    pub step: u8,
+    /// The step's body, sealed (steps 1 and 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Blob<MAX_PAIRING_BODY>>,
+    /// Why the attempt was refused (step 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Text<MAX_REASON>>,
+}
+
 /// Where a PDU type belongs in a session's life (P6.4: handshake PDUs are
 /// processed before `encryptionReady`; messages are not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -730,6 +754,8 @@ pub enum Phase {
     Control,
     /// Group management and group traffic.
     Group,
+    /// Pairing a new device, outside any session.
+    Pairing,
 }
 
 macro_rules! catalog {
@@ -824,6 +850,7 @@ catalog! {
     GroupCatchUpRequest(GroupCatchUpRequest) = "group-catch-up-request", Group;
     GroupCatchUp(GroupCatchUp) = "group-catch-up", Group;
     GroupSync(GroupSync) = "group-sync", Group;
+    DevicePairing(DevicePairing) = "device-pairing", Pairing;
 }
 
 impl std::fmt::Display for PduType {

@@ -343,6 +343,7 @@ mod files;
 pub mod group;
 pub mod group_files;
 pub mod machine;
+pub mod pairing;
 pub mod pool;
 pub mod prekeys;
 

@@ -234,3 +234,76 @@ fn a_sent_copy_from_another_account_is_dropped() {
         assert!(!na.seen.iter().any(|e| is_copy(e, "you said this")));
     });
 }
+
+/// A new device pairs with Alice's through the node's offer, gets her
+/// account key, contacts and device list, and from then on receives what a
+/// contact sends to her account, as her first device does.
+#[test]
+fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
+    use strata_session::actors::OfferPairing;
+    use strata_session::pairing::{Joiner, PairingError, PairingRefusal, join, store_grant};
+
+    run(async {
+        let net = MemoryNetwork::new(73);
+        let mut rng = ChaCha20Rng::seed_from_u64(73);
+        let (alice, carol) = (AccountIdentity::generate(&mut rng), AccountIdentity::generate(&mut rng));
+        let (a1, c1) = (device(&alice, 31), device(&carol, 32));
+        let mut na1 = start(&net, a1.clone(), &account_list(&alice, 5, &[&a1]), 31);
+        let mut nc1 = start(&net, c1.clone(), &account_list(&carol, 5, &[&c1]), 32);
+        nc1.connect(na1.name).await;
+        wait_ready_with(&mut nc1, na1.name).await;
+
+        let offer = na1
+            .addr
+            .send(OfferPairing { request_id: 3 })
+            .await
+            .unwrap()
+            .result
+            .unwrap();
+        let new_id = strata_cascade::InstallationId::from_bytes([0x42; 16]);
+        let name: &'static str = Box::leak(new_id.to_hex().into_boxed_str());
+        let (transport, mut events) = net.join(name).unwrap();
+        let device_addr = strata_transport::PeerAddr::new(na1.name);
+
+        // A wrong secret changes nothing and is told so.
+        let wrong = Joiner::new(strata_cascade::pairing::PairingSecret::generate(&mut rng), new_id).unwrap();
+        let refused = join(&transport, &mut events, &device_addr, &wrong, Duration::from_secs(20)).await;
+        assert_eq!(
+            refused.unwrap_err(),
+            PairingError::Refused(Some(PairingRefusal::UnknownOffer))
+        );
+
+        let joiner = Joiner::new(offer.secret.clone(), new_id).unwrap();
+        let grant = join(&transport, &mut events, &device_addr, &joiner, Duration::from_secs(20))
+            .await
+            .unwrap();
+        // A second device with the same offer is refused.
+        let late = Joiner::new(offer.secret, strata_cascade::InstallationId::from_bytes([0x43; 16])).unwrap();
+        let used = join(&transport, &mut events, &device_addr, &late, Duration::from_secs(20)).await;
+        assert_eq!(used.unwrap_err(), PairingError::Refused(Some(PairingRefusal::Used)));
+        drop(transport);
+
+        // The new device: the account key from the grant, its own keys.
+        let account = AccountIdentity::import(&grant.account).unwrap();
+        assert_eq!(account.identity_key(), alice.identity_key());
+        let a2 = Arc::new(InstallationIdentity::generate_with_id(account, new_id, &mut rng).unwrap());
+        assert_eq!(grant.contacts.len(), 1, "Carol");
+        let backend = MemoryBackend::new();
+        let key = StorageKey::generate(&mut rng);
+        let store = Store::open(backend.clone(), KeySource::Key(key.clone())).unwrap();
+        store_grant(&store, &grant).unwrap();
+        // `strata run` after `devices join`: the same address, a new process.
+        let (transport, stream) = net.restart(&strata_transport::PeerAddr::new(name)).unwrap();
+        let mut na2 = TestNode::boot(name, transport, stream, a2, backend, key, std::env::temp_dir());
+        wait_ready_with(&mut na2, na1.name).await;
+
+        // Carol hears of the new list from Alice's first device, and her
+        // next text reaches both.
+        let list = na1.addr.send(ListDevices).await.unwrap().unwrap();
+        wait_list(&mut nc1, &alice, list.version).await;
+        let sent = send_to(&mut nc1, &alice, "to both").await;
+        assert_eq!(sent.len(), 2);
+        wait_text(&mut na1, "to both").await;
+        wait_text(&mut na2, "to both").await;
+    });
+}

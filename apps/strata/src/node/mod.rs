@@ -74,6 +74,8 @@ pub(crate) struct NodeSessions {
     renewal: Option<tokio::task::AbortHandle>,
     /// The periodic upkeep of the KeyPackage pool.
     pool_upkeep: tokio::task::AbortHandle,
+    /// Tells the bundle of changes to this account's device list.
+    devices_follower: tokio::task::AbortHandle,
     store: Arc<NodeStore>,
     /// This installation.
     local: strata_cascade::InstallationId,
@@ -83,6 +85,35 @@ pub(crate) struct NodeSessions {
     /// Node events, typed, for the daemon's own waits.
     observed: broadcast::Sender<Arc<Observed>>,
     requests: AtomicU64,
+}
+
+/// Passes this account's device list, each time the node reports a new
+/// one, to the bundle (its other devices are the bundle's paired
+/// installations); runs until aborted or the node stops.
+async fn follow_devices(
+    mut observed: broadcast::Receiver<Arc<Observed>>,
+    account: Vec<u8>,
+    local: strata_cascade::InstallationId,
+    paired: tokio::sync::watch::Sender<Vec<strata_cascade::InstallationId>>,
+) {
+    loop {
+        match observed.recv().await {
+            Ok(o) => {
+                if let NodeEventKind::DevicesChanged {
+                    account: changed,
+                    installations,
+                    ..
+                } = &o.event.kind
+                    && *changed == account
+                {
+                    let others = installations.iter().copied().filter(|i| *i != local).collect();
+                    paired.send_replace(others);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// How often a running node tops up its KeyPackage pool and sweeps expired
@@ -172,6 +203,8 @@ impl NodeSessions {
             None => None,
         };
         let mut renewal = None;
+        // This account's other devices, for the bundle (see `follow_devices`).
+        let (paired_tx, paired_rx) = tokio::sync::watch::channel(crate::bundles::paired_devices(&store, &identity));
         let libp2p = if let Some(libp2p_net) = &network.libp2p {
             let (bundles, follow, published) =
                 crate::bundles::config(&store, &identity, &session_config, crate::ops::now_ms())?;
@@ -183,6 +216,7 @@ impl NodeSessions {
                     session_config.clone(),
                     transport.clone(),
                     crate::bundles::RENEWAL_CHECK,
+                    paired_rx,
                 ))
                 .abort_handle(),
             );
@@ -221,6 +255,8 @@ impl NodeSessions {
         let (node, system, thread) =
             spawn_actors(setup, wire.clone(), stream, Arc::clone(&events), observed.clone()).await?;
         let pool_upkeep = tokio::spawn(upkeep).abort_handle();
+        let devices_follower =
+            tokio::spawn(follow_devices(observed.subscribe(), account.clone(), local, paired_tx)).abort_handle();
         Ok((
             Self {
                 node,
@@ -231,6 +267,7 @@ impl NodeSessions {
                 libp2p: libp2p_handle,
                 renewal,
                 pool_upkeep,
+                devices_follower,
                 store,
                 local,
                 account,
@@ -248,6 +285,7 @@ impl NodeSessions {
             renewal.abort();
         }
         self.pool_upkeep.abort();
+        self.devices_follower.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.node.send(Shutdown)).await;
         self.system.stop();
         let thread = self

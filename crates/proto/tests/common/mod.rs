@@ -255,6 +255,13 @@ pub fn samples() -> Vec<Pdu> {
             answer: false,
         }
         .into(),
+        DevicePairing {
+            pairing: FixedBytes([7; 16]),
+            step: 1,
+            sealed: Some(blob(97, 48)),
+            reason: None,
+        }
+        .into(),
     ]
 }
 

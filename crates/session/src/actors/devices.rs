@@ -77,6 +77,24 @@ pub struct ChangeDevices {
     pub remove: Vec<InstallationId>,
 }
 
+/// Open a pairing offer on this device (`strata devices pair`): the
+/// secret a new device needs, to show in a pairing URI.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<PairingOffer>")]
+pub struct OfferPairing {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+}
+
+/// An open pairing offer.
+#[derive(Clone, Debug)]
+pub struct PairingOffer {
+    /// Its one-time secret.
+    pub secret: strata_cascade::pairing::PairingSecret,
+    /// When it expires, Unix ms.
+    pub expires_ms: u64,
+}
+
 /// What the node keeps for multi-device.
 #[derive(Default)]
 pub(super) struct Devices {
@@ -87,6 +105,8 @@ pub(super) struct Devices {
     accounts: BTreeMap<PeerAddr, IdentityKey>,
     /// The version of our list each peer was last sent.
     pushed: BTreeMap<PeerAddr, u64>,
+    /// Pairing offers open on this device.
+    offers: crate::pairing::Offers,
     /// The last texts sent to each account, and the installations each
     /// went to: when the account's list names one it missed (the list
     /// held was older, or none was), it is sent again (Sesame's retry).
@@ -406,6 +426,103 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// A `device-pairing` frame from `from` (a new device: no session).
+    pub(super) fn pairing_frame(&mut self, from: PeerAddr, frame: &[u8], ctx: &mut Context<Self>) {
+        let ask = match strata_proto::Pdu::decode(frame) {
+            Ok(strata_proto::Pdu::DevicePairing(ask)) => ask,
+            _ => {
+                tracing::debug!(%from, "an undecodable pairing frame");
+                return;
+            }
+        };
+        let answer = match self.devices.offers.on_ask(&ask, now().unix_ms) {
+            crate::pairing::AskOutcome::Answer(frame) => {
+                if let Ok(strata_proto::Pdu::DevicePairing(p)) = strata_proto::Pdu::decode(&frame)
+                    && let Some(reason) = &p.reason
+                {
+                    tracing::warn!(%from, reason = reason.as_str(), "a pairing request refused");
+                }
+                frame
+            }
+            crate::pairing::AskOutcome::Pair { offer, installation } => match self.pair(offer, installation, ctx) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    tracing::warn!(%from, error = %e, "pairing failed");
+                    return;
+                }
+            },
+        };
+        let Some(transport) = self.transport_actor.clone() else {
+            return;
+        };
+        let transmit = Transmit {
+            to: from.clone(),
+            frames: vec![Bytes::from(answer)],
+        };
+        ctx.spawn(transport.send(transmit).into_actor(self).map(move |sent, _, _| {
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::debug!(%from, "a pairing answer not sent (the new device asks again)");
+            }
+        }));
+    }
+
+    /// Adds `installation` to this account's device list and seals the
+    /// grant for it: the account key, the new list, the contacts and the
+    /// device lists held.
+    fn pair(
+        &mut self,
+        offer: [u8; 16],
+        installation: InstallationId,
+        ctx: &mut Context<Self>,
+    ) -> Result<Vec<u8>, SessionError> {
+        let local = Arc::clone(&self.setup.local);
+        let book = self
+            .devices
+            .book
+            .as_mut()
+            .ok_or(SessionError::Unavailable("device lists"))?;
+        let list = book.change(&local, &[installation], &[], now().unix_ms, &mut rand::rng())?;
+        self.store_list(&list)?;
+        let own = list.identity_key().serialize();
+        let (contacts, lists) = durable::read(&*self.setup.store, |r| Ok((r.contacts()?, r.device_lists()?)))?;
+        let grant = crate::pairing::Grant {
+            account: local.account().export().as_bytes().to_vec(),
+            devices: list.as_bytes().to_vec(),
+            contacts: contacts
+                .into_iter()
+                .filter(|c| c.identity_key != *own && !c.is_blocked())
+                .map(|c| crate::pairing::GrantedContact {
+                    installation_id: c.installation_id,
+                    identity_key: c.identity_key,
+                    verified: c.verified,
+                    first_seen_ms: c.first_seen_ms,
+                })
+                .collect(),
+            lists: lists
+                .iter()
+                .filter(|l| verify_device_list(l).is_ok_and(|l| l.identity_key().serialize() != own))
+                .map(|l| l.to_vec())
+                .collect(),
+        };
+        let frame = self
+            .devices
+            .offers
+            .grant(offer, installation, &grant, &mut rand::rng())?;
+        tracing::info!(%installation, "a new device paired");
+        let event = NodeEvent {
+            peer: PeerAddr::new(local.installation_id().to_hex()),
+            kind: NodeEventKind::DevicesChanged {
+                account: own.to_vec(),
+                version: list.version(),
+                installations: list.installations().to_vec(),
+            },
+        };
+        self.publish(event, ctx);
+        self.open_own_device(installation, ctx);
+        self.spread_list(ctx);
+        Ok(frame)
+    }
+
     /// Sends our list to every peer with a ready session.
     fn spread_list(&mut self, ctx: &mut Context<Self>) {
         let ready: Vec<PeerAddr> = self
@@ -437,6 +554,15 @@ impl<T: Transport> Handler<ChangeDevices> for Node<T> {
             Ok(list)
         })();
         let result = result.map(|list| {
+            let event = NodeEvent {
+                peer: PeerAddr::new(local.installation_id().to_hex()),
+                kind: NodeEventKind::DevicesChanged {
+                    account: list.identity_key().serialize().to_vec(),
+                    version: list.version(),
+                    installations: list.installations().to_vec(),
+                },
+            };
+            self.publish(event, ctx);
             for installation in msg.add.iter().filter(|i| **i != local.installation_id()) {
                 self.open_own_device(*installation, ctx);
             }
@@ -445,6 +571,22 @@ impl<T: Transport> Handler<ChangeDevices> for Node<T> {
             list.version()
         });
         MessageResult(Reply { request_id, result })
+    }
+}
+
+impl<T: Transport> Handler<OfferPairing> for Node<T> {
+    type Result = MessageResult<OfferPairing>;
+
+    fn handle(&mut self, msg: OfferPairing, _ctx: &mut Self::Context) -> Self::Result {
+        let result = self
+            .devices
+            .offers
+            .create(now().unix_ms, &mut rand::rng())
+            .map(|(secret, expires_ms)| PairingOffer { secret, expires_ms });
+        MessageResult(Reply {
+            request_id: msg.request_id,
+            result,
+        })
     }
 }
 

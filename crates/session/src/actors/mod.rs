@@ -163,7 +163,8 @@ pub enum NodeEventKind {
         event: crate::group::GroupEvent,
     },
     /// An account's device list changed (this account's own, or a
-    /// contact's): the event's `peer` is the installation it came from.
+    /// contact's): the event's `peer` is the installation it came from
+    /// (this one's address when this node changed its own).
     DevicesChanged {
         /// The account's identity key (serialized).
         account: Vec<u8>,
@@ -458,7 +459,9 @@ pub use groups::{
     GroupSummary, ListGroups, SendGroupFile, group_topic,
 };
 
-pub use devices::{ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, SendToAccount};
+pub use devices::{
+    ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, OfferPairing, PairingOffer, SendToAccount,
+};
 pub use node::Node;
 pub use session::PeerSession;
 pub use transport::TransportActor;

@@ -376,6 +376,10 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                     self.group_message(Some(&from), &bytes);
                     continue;
                 }
+                TransportEvent::Frame { from, bytes } if crate::pairing::is_pairing(&bytes) => {
+                    self.pairing_frame(from, &bytes, ctx);
+                    continue;
+                }
                 TransportEvent::Published { from, bytes, .. } if super::groups::is_group_message(&bytes) => {
                     self.group_message(from.as_ref(), &bytes);
                     continue;

@@ -92,6 +92,11 @@ impl PeerMachine {
                 self.refuse(Refusal::Unexpected, "no groups in a pair session", Some(ty), None, now);
                 Ok(())
             }
+            // The node takes pairing before any session sees it.
+            Pdu::DevicePairing(_) => {
+                self.refuse(Refusal::Unexpected, "no pairing in a pair session", Some(ty), None, now);
+                Ok(())
+            }
         }
     }
 
