@@ -38,7 +38,7 @@ impl Ctx {
 
     /// Loads the configuration, with defaults when the file does not exist
     /// even if it was named (for `init`, which writes it).
-    fn config_or_defaults(&self) -> Result<Config> {
+    pub(crate) fn config_or_defaults(&self) -> Result<Config> {
         Config::load(&self.config_file, FileRule::MayBeAbsent, &env_vars())
     }
 }
@@ -631,11 +631,35 @@ pub(crate) async fn group(ctx: &Ctx, action: crate::sessions::GroupAction) -> Re
 
 /// `strata devices …`: one request to the running node.
 pub(crate) async fn devices(ctx: &Ctx, action: crate::sessions::DeviceAction) -> Result<()> {
-    let listing = action == crate::sessions::DeviceAction::List;
+    use crate::sessions::DeviceAction;
+    if let DeviceAction::Join { uri } = &action {
+        let joined = crate::pairing::join_device(ctx, uri).await?;
+        if ctx.json {
+            return output::json(&joined);
+        }
+        output::line(format!("This device is now one of {}'s.", joined.peer_id))?;
+        output::fields(&[
+            ("installation id", &joined.installation_id),
+            ("paired with", &joined.paired_with),
+            ("contacts", &joined.contacts.to_string()),
+        ])?;
+        output::note("Start it with `strata run`: it opens sessions with your other devices and contacts.");
+        return Ok(());
+    }
+    let listing = action == DeviceAction::List;
+    let qr = matches!(action, DeviceAction::Pair { qr: true });
     let daemon = require_daemon(ctx, "devices").await?;
     let result = session_rpc(&daemon, &SessionCall::Devices { action }).await?;
     if ctx.json {
         return output::json(&result);
+    }
+    if let Some(uri) = at(&result, "uri").as_str() {
+        if qr {
+            output::line(crate::qr::render(uri.as_bytes())?)?;
+        }
+        output::line(uri)?;
+        output::note("On the new device: strata devices join '<this URI>'. It pairs one device, within 10 minutes.");
+        return Ok(());
     }
     if !listing {
         return output::line(format!(

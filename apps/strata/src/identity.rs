@@ -124,7 +124,8 @@ impl Local {
         Ok(Self::from_installation(installation))
     }
 
-    fn from_installation(installation: InstallationIdentity) -> Self {
+    /// The names of `installation`.
+    pub(crate) fn from_installation(installation: InstallationIdentity) -> Self {
         let peer_id = PeerId::from_key(*installation.account().identity_key());
         Self { installation, peer_id }
     }

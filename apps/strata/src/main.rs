@@ -20,6 +20,7 @@ mod json;
 mod node;
 mod ops;
 mod output;
+mod pairing;
 mod paths;
 mod qr;
 mod sessions;

@@ -70,6 +70,20 @@ pub(crate) enum DeviceAction {
         /// Its installation id
         installation: String,
     },
+    /// Show a one-time pairing URI (and QR code) for a new device; it
+    /// holds 10 minutes and pairs one device
+    Pair {
+        /// Also draw the URI as a QR code
+        #[arg(long)]
+        #[serde(default)]
+        qr: bool,
+    },
+    /// Make this fresh data directory a device of the account whose
+    /// device showed `uri` (no daemon: run `strata run` after)
+    Join {
+        /// The pairing URI (`strata-pair:…`)
+        uri: String,
+    },
 }
 
 /// What `strata group` asks: the CLI's subcommands and the API's `group`

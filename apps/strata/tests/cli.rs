@@ -1359,3 +1359,74 @@ fn three_daemons_chat_in_a_group() {
     let refused = carol.fails(&["group", "send", &group, "still here?"], 11);
     assert!(refused.contains("unknown group"), "{refused}");
 }
+
+/// Waits until `probe` holds, polling; fails after [`DEADLINE`].
+fn eventually(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !probe() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Multi-device (issue #18): `devices pair` on Alice's device shows a
+/// one-time URI; `devices join` on a fresh data directory pairs over
+/// PeerJS and gets her contacts. A text Bob sends to Alice's account then
+/// arrives on both her devices, and the one she sends from her new device
+/// shows on her first as sent. The used URI is refused.
+#[test]
+fn a_second_device_pairs_and_gets_what_is_sent_to_the_account() {
+    let (alice, alice2, bob, stranger) = (Node::new(), Node::new(), Node::new(), Node::new());
+    let a_init = alice.init();
+    let b_init = bob.init();
+    let a_peer = a_init["peerId"].as_str().unwrap().to_owned();
+    let b_uri = b_init["contactUri"].as_str().unwrap().to_owned();
+    let b_peer = b_init["peerId"].as_str().unwrap().to_owned();
+    let _a_daemon = alice.daemon();
+    let broker = started_broker(&alice);
+    let env = [("STRATA_PEERJS__BROKER", broker.as_str())];
+    let _b_daemon = bob.daemon_with(&env);
+    let connect = json_of(&alice.ok(&["connect", &b_uri, "--json"]));
+    assert_eq!(connect["state"], "ready", "{connect}");
+
+    let pair = json_of(&alice.ok(&["devices", "pair", "--json"]));
+    let uri = pair["uri"].as_str().unwrap().to_owned();
+    assert!(uri.starts_with("strata-pair:"), "{pair}");
+    let joined = json_of(&alice2.ok(&["devices", "join", &uri, "--json"]));
+    assert_eq!(joined["peerId"], a_init["peerId"], "{joined}");
+    assert_eq!(joined["contacts"], 1, "{joined}");
+    assert_ne!(joined["installationId"], a_init["installationId"]);
+    let refused = stranger.fails(&["devices", "join", &uri], 12);
+    assert!(refused.contains("used"), "{refused}");
+    assert!(
+        !stranger.dir().join("store.redb").exists(),
+        "a refused join writes nothing"
+    );
+    // The same account: the same safety number with Bob on both devices.
+    let number = |n: &Node| json_of(&n.ok(&["verify", &b_peer, "--json"]))["safetyNumber"].clone();
+    assert_eq!(number(&alice2), number(&alice));
+
+    let _a2_daemon = alice2.daemon_with(&env);
+    let devices = json_of(&alice2.ok(&["devices", "list", "--json"]));
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
+    wait_event(&bob, "devices-changed", |d| {
+        d["peerId"] == a_peer.as_str() && d["installations"].as_array().is_some_and(|i| i.len() == 2)
+    });
+    send_acked(&bob, &a_peer, "to both of alice's devices");
+    for device in [&alice, &alice2] {
+        eventually("the text on both devices", || {
+            inbox_texts(device).contains(&"to both of alice's devices".to_owned())
+        });
+    }
+    // From the new device: Bob gets it, and Alice's first device shows it
+    // as sent.
+    send_acked(&alice2, &b_peer, "from the new device");
+    eventually("Bob gets it", || {
+        inbox_texts(&bob).contains(&"from the new device".to_owned())
+    });
+    eventually("the first device shows it as sent", || {
+        json_lines(&alice.ok(&["inbox", "--json"]))
+            .iter()
+            .any(|m| m["sentTo"] == b_peer.as_str() && m["text"] == "from the new device")
+    });
+}

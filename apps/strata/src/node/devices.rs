@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use strata_cascade::InstallationId;
-use strata_session::actors::{ChangeDevices, FannedOut, ListDevices, SendToAccount};
+use strata_session::actors::{ChangeDevices, FannedOut, ListDevices, OfferPairing, SendToAccount};
 
 use super::{NodeSessions, session_error, stopped};
 use crate::error::{AppError, ErrorKind, Result};
@@ -33,6 +33,29 @@ impl NodeSessions {
                     .collect();
                 Ok(json!({"version": list.version, "paired": list.paired, "devices": devices}))
             }
+            DeviceAction::Pair { .. } => {
+                let reply = self
+                    .node
+                    .send(OfferPairing {
+                        request_id: self.request_id(),
+                    })
+                    .await
+                    .map_err(|_| stopped())?;
+                let offer = reply.result.map_err(session_error)?;
+                let uri = crate::pairing::PairingUri {
+                    device: self.local,
+                    secret: offer.secret,
+                    expires_ms: offer.expires_ms,
+                    broker: self.reach.0.clone(),
+                    addrs: self.reach.1.clone(),
+                };
+                Ok(json!({"uri": uri.to_string(), "expiresMs": offer.expires_ms}))
+            }
+            DeviceAction::Join { .. } => Err(AppError::new(
+                ErrorKind::Usage,
+                "a device joins from its own fresh data directory, without a daemon",
+            )
+            .hint("run `strata devices join <uri>` on the new device")),
             DeviceAction::Remove { installation } => {
                 let id: InstallationId = installation.parse().map_err(|e| {
                     AppError::new(

@@ -39,7 +39,8 @@ use strata_transport_peerjs::PeerJsTransport;
 use tokio::sync::broadcast;
 
 use self::actors::{Observed, spawn_actors};
-use self::transports::{reachable_addrs, start_libp2p, start_peerjs};
+use self::transports::reachable_addrs;
+pub(crate) use self::transports::{start_libp2p, start_peerjs};
 use crate::config::Network;
 use crate::control::events::EventBus;
 use crate::error::{AppError, ErrorKind, Result};
@@ -81,10 +82,29 @@ pub(crate) struct NodeSessions {
     local: strata_cascade::InstallationId,
     /// This account's identity key (serialized).
     account: Vec<u8>,
+    /// Where a new device reaches this one: the PeerJS broker and the
+    /// libp2p addresses (for pairing URIs).
+    reach: (Option<url::Url>, Vec<libp2p::Multiaddr>),
     events: Arc<EventBus>,
     /// Node events, typed, for the daemon's own waits.
     observed: broadcast::Sender<Arc<Observed>>,
     requests: AtomicU64,
+}
+
+/// The URL of the PeerJS broker this node registers with.
+fn broker_url(network: &Network) -> Option<url::Url> {
+    match &network.broker {
+        Some(crate::config::BrokerChoice::External(url)) => Some(url.clone()),
+        Some(crate::config::BrokerChoice::Embedded(socket)) => {
+            let host = if socket.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                socket.ip().to_string()
+            };
+            format!("ws://{host}:{}/", socket.port()).parse().ok()
+        }
+        None => None,
+    }
 }
 
 /// Passes this account's device list, each time the node reports a new
@@ -271,6 +291,7 @@ impl NodeSessions {
                 store,
                 local,
                 account,
+                reach: (broker_url(network), reachable.libp2p.clone()),
                 events,
                 observed,
                 requests: AtomicU64::new(1),

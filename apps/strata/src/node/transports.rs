@@ -12,7 +12,7 @@ use crate::error::{AppError, ErrorKind, Result};
 use crate::paths::{DataDir, write_atomic};
 
 /// Registers with the PeerJS broker `choice`.
-pub(super) async fn start_peerjs(
+pub(crate) async fn start_peerjs(
     network: &Network,
     dir: &DataDir,
     addr: &str,
@@ -87,7 +87,7 @@ fn peerjs_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-pub(super) async fn start_libp2p(
+pub(crate) async fn start_libp2p(
     libp2p_net: &Libp2pNetwork,
     dir: &DataDir,
     addr: &str,
