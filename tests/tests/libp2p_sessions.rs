@@ -85,6 +85,37 @@ fn sessions_over_a_relay_survive_an_offline_peer() {
 
 // ---- bundles ---------------------------------------------------------------
 
+/// Multi-device over libp2p (issue #18): Alice's two devices and Bob's
+/// three (one stale) through a relay; see
+/// `strata_test_support::devices::two_and_three`.
+#[test]
+fn two_accounts_with_several_devices_over_libp2p() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _relay_events) = start_relay().await;
+        let relay_addr = tcp_addr(&relay).await;
+        let accounts = strata_test_support::devices::Accounts::new(81);
+        let mut nodes = Vec::new();
+        for identity in accounts.a.iter().chain(accounts.b.iter()) {
+            let installation = Installation::of(Arc::clone(identity), dir.path(), relay_addr.clone());
+            nodes.push(installation.start_with(|_, store| accounts.seed(store, identity)).await);
+        }
+        let [a1, a2, b1, b2, b3] = &mut nodes[..] else {
+            unreachable!("five devices")
+        };
+        strata_test_support::devices::two_and_three(
+            &accounts,
+            [&mut a1.node, &mut a2.node],
+            [&mut b1.node, &mut b2.node, &mut b3.node],
+            Duration::from_secs(5),
+        )
+        .await;
+        for node in nodes {
+            node.stop().await;
+        }
+    });
+}
+
 mod bundles {
     use std::sync::Mutex;
 

@@ -181,6 +181,39 @@ const SIGNALING: [&str; 9] = [
     "ERROR",
 ];
 
+/// Multi-device over PeerJS and WebRTC (issue #18): Alice's two devices
+/// and Bob's three (one stale); see
+/// `strata_test_support::devices::two_and_three`.
+#[test]
+fn two_accounts_with_several_devices_over_webrtc() {
+    run(async {
+        let broker = peerjs::broker(BrokerConfig::default()).await;
+        let port = broker.local_addr().port();
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = strata_test_support::devices::Accounts::new(91);
+        let mut nodes = Vec::new();
+        for identity in accounts.a.iter().chain(accounts.b.iter()) {
+            let home = dir.path().join(identity.installation_id().to_hex());
+            nodes.push(
+                PeerNode::start_as(Arc::clone(identity), port, home, |store| accounts.seed(store, identity)).await,
+            );
+        }
+        let [a1, a2, b1, b2, b3] = &mut nodes[..] else {
+            unreachable!("five devices")
+        };
+        strata_test_support::devices::two_and_three(
+            &accounts,
+            [&mut a1.node, &mut a2.node],
+            [&mut b1.node, &mut b2.node, &mut b3.node],
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        for node in nodes {
+            node.shutdown().await;
+        }
+    });
+}
+
 #[test]
 fn two_session_nodes_handshake_and_talk_over_webrtc_and_only_signaling_crosses_the_broker() {
     run(async {

@@ -10,16 +10,17 @@ mod node_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use node_common::{DEADLINE, TestNode, run};
+use node_common::{TestNode, run};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::at_rest::StorageKey;
 use strata_cascade::devices::sign_device_list;
 use strata_cascade::{AccountIdentity, InstallationId, InstallationIdentity};
 use strata_session::Content;
-use strata_session::actors::{ChangeDevices, FannedOut, ListDevices, NodeEvent, NodeEventKind, SendToAccount};
+use strata_session::actors::{ListDevices, NodeEventKind};
 use strata_session::machine::Event;
 use strata_store::{KeySource, MemoryBackend, Store};
+use strata_test_support::devices::{Accounts, send_to, two_and_three, wait_list, wait_ready_with, wait_text};
 use strata_transport::memory::MemoryNetwork;
 
 /// One device of an account: keys of its own, the account key shared.
@@ -50,161 +51,27 @@ fn account_list(account: &AccountIdentity, version: u64, devices: &[&Arc<Install
         .to_vec()
 }
 
-async fn send_to(node: &mut TestNode, account: &AccountIdentity, text: &str) -> Vec<FannedOut> {
-    let reply = node
-        .addr
-        .send(SendToAccount {
-            request_id: 1,
-            account: account.identity_key().serialize().to_vec(),
-            text: text.into(),
-        })
-        .await
-        .unwrap();
-    let sent = reply.result.unwrap();
-    for copy in &sent {
-        assert!(copy.outcome.is_ok(), "{}: {:?}", node.name, copy);
-    }
-    sent
-}
-
-fn is_text(e: &NodeEvent, want: &str) -> bool {
-    matches!(&e.kind, NodeEventKind::Session(Event::Received { content: Content::Text { text }, .. }) if text == want)
-}
-
-fn is_copy(e: &NodeEvent, want: &str) -> bool {
-    matches!(&e.kind, NodeEventKind::Session(Event::Received { content: Content::SentCopy { text, .. }, .. }) if text == want)
-}
-
-async fn wait_text(node: &mut TestNode, text: &str) {
-    node.wait_for(text, |e| is_text(e, text)).await;
-}
-
-async fn wait_copy(node: &mut TestNode, text: &str) {
-    node.wait_for(text, |e| is_copy(e, text)).await;
-}
-
-/// Waits until `node`'s session with `peer` is ready (a node also opens
-/// sessions with its own devices on its own).
-async fn wait_ready_with(node: &mut TestNode, peer: &str) {
-    node.wait_for("encryptionReady", |e| {
-        e.peer.as_str() == peer && matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
-    })
-    .await;
-}
-
-/// Waits until `node` holds a list of `account` at `version`.
-async fn wait_list(node: &mut TestNode, account: &AccountIdentity, version: u64) {
-    let key = account.identity_key().serialize().to_vec();
-    node.wait_for("a device list", |e| {
-        matches!(&e.kind, NodeEventKind::DevicesChanged { account, version: v, .. } if *account == key && *v == version)
-    })
-    .await;
-}
-
-/// Lets the network run for `d` (virtual time), collecting events.
-async fn settle(nodes: &mut [&mut TestNode], d: Duration) {
-    tokio::time::sleep(d).await;
-    for node in nodes.iter_mut() {
-        while let Ok(e) = node.events.try_recv() {
-            node.seen.push(e);
-        }
-    }
-}
-
-fn got(node: &TestNode, text: &str) -> bool {
-    node.seen.iter().any(|e| is_text(e, text))
-}
-
 #[test]
 fn two_accounts_with_several_devices_see_the_whole_conversation() {
     run(async {
         let net = MemoryNetwork::new(71);
-        let mut rng = ChaCha20Rng::seed_from_u64(71);
-        let (alice, bob) = (AccountIdentity::generate(&mut rng), AccountIdentity::generate(&mut rng));
-        let (a1, a2) = (device(&alice, 1), device(&alice, 2));
-        let (b1, b2, b3) = (device(&bob, 11), device(&bob, 12), device(&bob, 13));
-        let alice_list = account_list(&alice, 100, &[&a1, &a2]);
-        // Bob's list names two devices: the third holds the account key
-        // and the list, but is not one of them (a stale copy).
-        let bob_list = account_list(&bob, 200, &[&b1, &b2]);
-        let mut na1 = start(&net, a1.clone(), &alice_list, 1);
-        let mut na2 = start(&net, a2.clone(), &alice_list, 2);
-        let mut nb1 = start(&net, b1.clone(), &bob_list, 11);
-        let mut nb2 = start(&net, b2.clone(), &bob_list, 12);
-        let mut nb3 = start(&net, b3.clone(), &bob_list, 13);
-
-        // Alice's first device knows only the stale one (an old contact).
-        na1.connect(nb3.name).await;
-        wait_ready_with(&mut na1, nb3.name).await;
-        let first = send_to(&mut na1, &bob, "hello-1").await;
-        let theirs: Vec<InstallationId> = first.iter().filter(|c| !c.own_device).map(|c| c.installation).collect();
-        assert_eq!(
-            theirs,
-            vec![b3.installation_id()],
-            "no list known: the pinned installation"
-        );
-        assert!(
-            first
-                .iter()
-                .any(|c| c.own_device && c.installation == a2.installation_id())
-        );
-        wait_text(&mut nb3, "hello-1").await;
-        // Its partitioned answer tells Alice Bob's list; the text is sent
-        // again to the devices it names.
-        wait_list(&mut na1, &bob, 200).await;
-        wait_text(&mut nb1, "hello-1").await;
-        wait_text(&mut nb2, "hello-1").await;
-        wait_copy(&mut na2, "hello-1").await;
-
-        let second = send_to(&mut na1, &bob, "hello-2").await;
-        let mut theirs: Vec<InstallationId> = second
+        let accounts = Accounts::new(71);
+        let devices: Vec<_> = accounts.a.iter().chain(accounts.b.iter()).cloned().collect();
+        let mut nodes: Vec<TestNode> = devices
             .iter()
-            .filter(|c| !c.own_device)
-            .map(|c| c.installation)
+            .zip(1..)
+            .map(|(d, seed)| start(&net, d.clone(), &accounts.list_of(d), seed))
             .collect();
-        theirs.sort();
-        let mut listed = vec![b1.installation_id(), b2.installation_id()];
-        listed.sort();
-        assert_eq!(theirs, listed);
-        wait_text(&mut nb1, "hello-2").await;
-        wait_text(&mut nb2, "hello-2").await;
-        wait_copy(&mut na2, "hello-2").await;
-
-        // Bob answers from his second device: both of Alice's get it, and
-        // his first device gets the copy.
-        let back = send_to(&mut nb2, &alice, "hi-back").await;
-        assert_eq!(back.iter().filter(|c| !c.own_device).count(), 2);
-        wait_text(&mut na1, "hi-back").await;
-        wait_text(&mut na2, "hi-back").await;
-        wait_copy(&mut nb1, "hi-back").await;
-
-        settle(&mut [&mut nb3], Duration::from_secs(30)).await;
-        assert!(!got(&nb3, "hello-2"), "the stale device gets nothing after its answer");
-        assert!(!got(&nb3, "hi-back"));
-        let listed = nb3.addr.send(ListDevices).await.unwrap().unwrap();
-        assert!(!listed.paired);
-
-        // Bob removes his second device: the new list reaches Alice and
-        // his removed device, which hears nothing more.
-        let version = nb1
-            .addr
-            .send(ChangeDevices {
-                request_id: 2,
-                add: Vec::new(),
-                remove: vec![b2.installation_id()],
-            })
-            .await
-            .unwrap()
-            .result
-            .unwrap();
-        wait_list(&mut na1, &bob, version).await;
-        let after = send_to(&mut na1, &bob, "hello-3").await;
-        let theirs: Vec<InstallationId> = after.iter().filter(|c| !c.own_device).map(|c| c.installation).collect();
-        assert_eq!(theirs, vec![b1.installation_id()]);
-        wait_text(&mut nb1, "hello-3").await;
-        settle(&mut [&mut nb2], Duration::from_secs(30)).await;
-        assert!(!got(&nb2, "hello-3"), "a removed device stops receiving");
-        let _ = DEADLINE;
+        let [a1, a2, b1, b2, b3] = &mut nodes[..] else {
+            unreachable!("five devices")
+        };
+        two_and_three(
+            &accounts,
+            [&mut a1.node, &mut a2.node],
+            [&mut b1.node, &mut b2.node, &mut b3.node],
+            Duration::from_secs(30),
+        )
+        .await;
     });
 }
 
@@ -231,7 +98,19 @@ fn a_sent_copy_from_another_account_is_dropped() {
         .await;
         nm.send_text(na.name, "after").await;
         na.wait_text("after").await;
-        assert!(!na.seen.iter().any(|e| is_copy(e, "you said this")));
+        let copied = |e: &strata_session::actors::NodeEvent| {
+            matches!(
+                &e.kind,
+                NodeEventKind::Session(Event::Received {
+                    content: Content::SentCopy { .. },
+                    ..
+                })
+            )
+        };
+        assert!(
+            !na.seen.iter().any(copied),
+            "a copy from another account is never published"
+        );
     });
 }
 

@@ -13,6 +13,8 @@
 //! - [`cascade`]: two installations with a working cascade, from the layer
 //!   APIs;
 //! - [`groups`]: group chat requests and waits on a [`TestNode`];
+//! - [`devices`]: multi-device accounts and the scenario every transport
+//!   runs;
 //! - [`tap`]: a transport that records what its node sends and publishes;
 //! - [`machines`]: two session machines driven directly, with a session
 //!   between them;
@@ -41,6 +43,7 @@ use tokio::sync::mpsc;
 
 pub mod bench;
 pub mod cascade;
+pub mod devices;
 pub mod groups;
 pub mod js;
 pub mod libp2p;

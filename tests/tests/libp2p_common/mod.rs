@@ -91,6 +91,20 @@ impl Installation {
         }
     }
 
+    /// An installation of `identity`, named (and addressed) by its id.
+    pub fn of(identity: Arc<InstallationIdentity>, dir: &Path, relay: Multiaddr) -> Self {
+        let name = strata_test_support::devices::name_of(&identity);
+        Self {
+            name,
+            identity,
+            keypair: Keypair::generate_ed25519(),
+            store_path: dir.join(format!("{name}.redb")),
+            key: StorageKey::generate(&mut rand::rng()),
+            downloads: dir.join(format!("{name}-downloads")),
+            relay,
+        }
+    }
+
     /// Starts a transport (bootstrapped to the relay only) and a session
     /// `Node` on this installation's store.
     pub async fn start(&self) -> Running {

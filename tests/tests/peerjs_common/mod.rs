@@ -115,6 +115,22 @@ impl PeerNode<PeerJsTransport> {
     }
 }
 
+impl PeerNode<PeerJsTransport> {
+    /// A node of `identity` registered on the broker at `port` under its
+    /// installation id, its store in `dir` prepared by `prepare` first.
+    pub async fn start_as(
+        identity: Arc<InstallationIdentity>,
+        port: u16,
+        dir: PathBuf,
+        prepare: impl FnOnce(&Store<RedbBackend>),
+    ) -> Self {
+        prepare(&open_store(&dir).await);
+        let name = strata_test_support::devices::name_of(&identity);
+        let (transport, stream) = PeerJsTransport::start(peerjs::config(name, port)).await.unwrap();
+        Self::boot(name, identity, dir, transport, stream).await
+    }
+}
+
 impl PeerNode<Tap<PeerJsTransport>> {
     /// As [`PeerNode::start`], recording the frames the node sends.
     pub async fn start_tapped(name: &'static str, port: u16, dir: PathBuf) -> (Self, Tap<PeerJsTransport>) {
