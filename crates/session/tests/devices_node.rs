@@ -186,3 +186,93 @@ fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
         wait_text(&mut na2, "to both").await;
     });
 }
+
+/// Re-keying (54/WAKU2-X3DH-SESSIONS): Bob publishes a bundle, then a newer
+/// one; Alice's session with him expires on the newer one, and her next
+/// send opens a new session from it, which both sides then use.
+#[test]
+fn a_newer_bundle_re_keys_the_session_at_the_next_send() {
+    use strata_session::ResetReason;
+    use strata_session::prekeys;
+
+    run(async {
+        let net = MemoryNetwork::new(74);
+        let mut rng = ChaCha20Rng::seed_from_u64(74);
+        let (alice, bob) = (AccountIdentity::generate(&mut rng), AccountIdentity::generate(&mut rng));
+        let (a1, b1) = (device(&alice, 41), device(&bob, 42));
+        let topic = strata_transport::Topic::new("bundles-of-bob");
+        // Alice follows Bob's bundle topic; a third node publishes them (a
+        // bundle is self-certifying: who relays it does not matter).
+        let name: &'static str = Box::leak(a1.installation_id().to_hex().into_boxed_str());
+        let (transport, stream) = net.join(name).unwrap();
+        strata_transport::Transport::subscribe(&transport, &topic)
+            .await
+            .unwrap();
+        let backend = MemoryBackend::new();
+        let key = StorageKey::generate(&mut rng);
+        let mut na = TestNode::boot(name, transport, stream, a1.clone(), backend, key, std::env::temp_dir());
+        let mut nb = start(&net, b1.clone(), &account_list(&bob, 5, &[&b1]), 42);
+        let (relay, _relay_events) = net.join("relay").unwrap();
+
+        na.connect(nb.name).await;
+        wait_ready_with(&mut na, nb.name).await;
+        let config = strata_session::Config::default();
+        let now_ms = strata_test_support::now_s() * 1000;
+        let bob_store = nb.store();
+        let v1 = prekeys::ensure(&bob_store, &b1, &config, now_ms).unwrap();
+        let publish = |pre_keys: &strata_cascade::InstallationPreKeys| {
+            prekeys::signed_bundle(&b1, pre_keys, now_ms, Vec::new()).unwrap()
+        };
+        strata_transport::Transport::publish(&relay, &topic, publish(&v1).into())
+            .await
+            .unwrap();
+        nb.send_text(na.name, "before").await;
+        na.wait_text("before").await;
+        // Seen once: the first version only marks what Alice knows.
+        assert!(
+            !na.seen
+                .iter()
+                .any(|e| matches!(e.kind, NodeEventKind::Session(Event::SessionReset { .. })))
+        );
+
+        let v2 = prekeys::rotate(&bob_store, &b1, &config, now_ms).unwrap();
+        assert!(v2.version() > v1.version());
+        strata_transport::Transport::publish(&relay, &topic, publish(&v2).into())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        na.send_text(nb.name, "after the new bundle").await;
+        na.wait_for("re-keyed", |e| {
+            matches!(
+                e.kind,
+                NodeEventKind::Session(Event::SessionReset {
+                    reason: ResetReason::Rekeyed
+                })
+            )
+        })
+        .await;
+        nb.wait_for("the peer's new session", |e| {
+            matches!(
+                e.kind,
+                NodeEventKind::Session(Event::SessionReset {
+                    reason: ResetReason::PeerRestarted
+                })
+            )
+        })
+        .await;
+        nb.wait_text("after the new bundle").await;
+        // Nothing was sent under the expiring session meanwhile.
+        let refused = |e: &strata_session::actors::NodeEvent| {
+            matches!(
+                e.kind,
+                NodeEventKind::Session(Event::Refused { .. } | Event::PeerError { .. })
+            )
+        };
+        assert!(!nb.seen.iter().any(refused) && !na.seen.iter().any(refused));
+        // Both sides are on the new session: texts flow both ways.
+        nb.send_text(na.name, "on the new session").await;
+        na.wait_text("on the new session").await;
+        na.send_text(nb.name, "and back").await;
+        nb.wait_text("and back").await;
+    });
+}

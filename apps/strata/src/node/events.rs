@@ -246,6 +246,7 @@ mod tests {
             ResetReason::PeerRestarted,
             ResetReason::IdentityAccepted,
             ResetReason::StateMismatch,
+            ResetReason::Rekeyed,
         ] {
             all.push(session(Event::SessionReset { reason }));
         }

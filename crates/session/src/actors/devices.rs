@@ -107,6 +107,8 @@ pub(super) struct Devices {
     pushed: BTreeMap<PeerAddr, u64>,
     /// Pairing offers open on this device.
     offers: crate::pairing::Offers,
+    /// The highest bundle version seen of each installation.
+    bundle_versions: BTreeMap<InstallationId, u64>,
     /// The last texts sent to each account, and the installations each
     /// went to: when the account's list names one it missed (the list
     /// held was older, or none was), it is sent again (Sesame's retry).
@@ -424,6 +426,47 @@ impl<T: Transport> Node<T> {
         while texts.len() > RECENT_TEXTS {
             texts.pop_front();
         }
+    }
+
+    /// A publication on a followed topic: a peer's bundle (the transport
+    /// checked its freshness; it is verified again here, where keys are
+    /// known). A higher version than the one seen before of an
+    /// installation with a session expires that session: the next send
+    /// opens a new one from the bundle (54/WAKU2-X3DH-SESSIONS re-keying).
+    pub(super) fn bundle_published(&mut self, bytes: &[u8], ctx: &mut Context<Self>) {
+        let Ok(bundle) = strata_cascade::bundle::verify_bundle(bytes) else {
+            return;
+        };
+        let installation = bundle.peer().installation_id;
+        let version = bundle.header().version;
+        if self.devices.bundle_versions.len() >= MAX_SESSIONS * 4
+            && !self.devices.bundle_versions.contains_key(&installation)
+        {
+            self.devices.bundle_versions.clear();
+        }
+        let seen = self.devices.bundle_versions.entry(installation).or_insert(version);
+        if version <= *seen {
+            return;
+        }
+        *seen = version;
+        if !self.knows(installation) {
+            return;
+        }
+        let peer = self.address_of(installation);
+        let session = match self.session(&peer, ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "no session to re-key");
+                return;
+            }
+        };
+        tracing::info!(%peer, version, "a newer bundle: re-keying at the next send");
+        ctx.spawn(
+            session
+                .send(SessionRequest::Expire(Box::new(bundle)))
+                .into_actor(self)
+                .map(|_, _, _| ()),
+        );
     }
 
     /// A `device-pairing` frame from `from` (a new device: no session).

@@ -269,6 +269,9 @@ pub enum SessionRequest {
     /// Open the session from the peer's verified bundle (one round trip;
     /// see [`PeerMachine::open_from_bundle`]).
     OpenFromBundle(Box<strata_cascade::bundle::VerifiedBundle>),
+    /// The peer published a newer bundle: the session expires and the next
+    /// send opens a new one from it ([`PeerMachine::expire`]).
+    Expire(Box<strata_cascade::bundle::VerifiedBundle>),
 }
 
 /// What a [`PeerSession`] tells the [`Node`].

@@ -408,7 +408,10 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                     }
                     (peer, Deliver::Disconnected, NodeEventKind::Disconnected)
                 }
-                TransportEvent::Published { .. } => continue,
+                TransportEvent::Published { bytes, .. } => {
+                    self.bundle_published(&bytes, ctx);
+                    continue;
+                }
             };
             if let Some((peer, burst)) = frames.take() {
                 self.deliver(peer, Deliver::Frames(burst), ctx);

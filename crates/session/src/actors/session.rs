@@ -251,6 +251,10 @@ impl Handler<SessionRequest> for PeerSession {
             SessionRequest::Command(c) => self.machine.handle(Input::Command(c), now()).map(|()| None),
             SessionRequest::SendFile(path) => self.files.start(&path).map(Some),
             SessionRequest::OpenFromBundle(bundle) => self.machine.open_from_bundle(&bundle, now()).map(|()| None),
+            SessionRequest::Expire(bundle) => {
+                self.machine.expire(*bundle);
+                Ok(None)
+            }
             SessionRequest::SafetyNumber => {
                 let peer = self
                     .machine

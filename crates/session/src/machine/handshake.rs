@@ -143,7 +143,9 @@ impl PeerMachine {
 
     /// The initiator's side of [`PeerMachine::open_from_bundle`].
     pub(super) fn start_from_bundle(&mut self, bundle: &VerifiedBundle, now: Now) -> Step {
-        if self.session.is_some() || self.attempt.is_some() || self.blocked {
+        // With a session, only a re-keying replaces it (`PeerMachine::expire`).
+        let rekeying = self.session.as_ref().is_some_and(|s| s.peer == bundle.peer());
+        if (self.session.is_some() && !rekeying) || self.attempt.is_some() || self.blocked {
             return Ok(());
         }
         let ty = PduType::KeyPackage;
@@ -208,6 +210,7 @@ impl PeerMachine {
         attempt.signal_ok = true;
         attempt.kem_ok = true;
         attempt.from_bundle = true;
+        attempt.replacing = rekeying;
         self.begin(attempt);
         Ok(())
     }
@@ -737,11 +740,15 @@ impl PeerMachine {
     fn establish(&mut self, a: Attempt, cascade: PairCascade, peer: PeerIdentity, now: Now) -> Step {
         let old = self.session.take();
         if a.replacing && old.is_some() {
-            // The peer proved its identity in this handshake: it did
-            // restart. Ready again, under the new session.
-            self.emit(Event::SessionReset {
-                reason: ResetReason::PeerRestarted,
-            });
+            // Ours, from the peer's newer bundle: re-keyed. Theirs: the
+            // peer proved its identity in this handshake, so it did
+            // restart (or re-keyed). Ready again, under the new session.
+            let reason = if a.role == Role::Initiator {
+                ResetReason::Rekeyed
+            } else {
+                ResetReason::PeerRestarted
+            };
+            self.emit(Event::SessionReset { reason });
             self.was_ready = false;
         }
         let next_seq = old

@@ -164,6 +164,9 @@ pub enum ResetReason {
     /// The peer answered our resume probe with a proof that does not match
     /// our state: it holds another state for this session.
     StateMismatch,
+    /// The peer published a newer bundle; we opened a new session from it
+    /// (54/WAKU2-X3DH-SESSIONS re-keying).
+    Rekeyed,
 }
 
 impl ResetReason {
@@ -174,6 +177,7 @@ impl ResetReason {
             Self::PeerRestarted => "peer-restarted",
             Self::IdentityAccepted => "identity-accepted",
             Self::StateMismatch => "state-mismatch",
+            Self::Rekeyed => "rekeyed",
         }
     }
 }
@@ -461,6 +465,10 @@ pub struct PeerMachine {
     link_up: bool,
     wants_session: bool,
     blocked: bool,
+    /// The peer published a newer bundle: the current session expired,
+    /// and the next send opens a new one from this bundle
+    /// ([`PeerMachine::expire`]).
+    rekey: Option<Box<VerifiedBundle>>,
     /// A first contact's identity key and the time, pinned in the
     /// transaction that saves the session it completed: an attempt that
     /// never proves anything leaves nothing in the store.
@@ -540,6 +548,7 @@ impl PeerMachine {
             link_up: false,
             wants_session: false,
             blocked: false,
+            rekey: None,
             pin: None,
             expected_identity: None,
             attempt: None,
@@ -724,6 +733,19 @@ impl PeerMachine {
         let result = self.end_of_input(result);
         self.after_step(now)?;
         result
+    }
+
+    /// The peer published `bundle`, of a higher version than the one seen
+    /// before (54/WAKU2-X3DH-SESSIONS re-keying): the current session
+    /// expires, and the next send opens a new session from the bundle,
+    /// replacing it once established (messages meanwhile still go under
+    /// the old one, and are sent again under the new). Nothing happens
+    /// without a session, or for another installation's bundle.
+    pub fn expire(&mut self, bundle: VerifiedBundle) {
+        if self.session.as_ref().is_some_and(|s| s.peer == bundle.peer()) {
+            tracing::info!(peer = %self.peer_hex, version = bundle.header().version, "a newer bundle: the session is re-keyed at the next send");
+            self.rekey = Some(Box::new(bundle));
+        }
     }
 
     /// Queues `content` for the peer; returns its message id. Equivalent to

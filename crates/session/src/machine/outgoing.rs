@@ -53,6 +53,13 @@ impl PeerMachine {
     /// Queues `contents`, in order, in one store transaction; returns their
     /// message ids.
     pub(super) fn queue(&mut self, contents: Vec<Content>, now: Now) -> Result<Vec<String>, SessionError> {
+        if self.attempt.is_none()
+            && let Some(bundle) = self.rekey.take()
+        {
+            // The session expired on a newer bundle: this send opens the
+            // new one (see `PeerMachine::expire`).
+            self.start_from_bundle(&bundle, now)?;
+        }
         for content in &contents {
             content.check().map_err(SessionError::Misuse)?;
         }
@@ -100,7 +107,7 @@ impl PeerMachine {
         // While the window has room and nothing older waits, the burst is
         // encrypted now and commits with its frames and the cascade state
         // in the same transaction as the queueing: one commit, no read-back.
-        let room = if self.is_ready() && self.outbox.iter().all(|t| t.frames.is_some()) {
+        let room = if self.is_ready() && !self.rekeying() && self.outbox.iter().all(|t| t.frames.is_some()) {
             self.config.window.saturating_sub(self.outbox.len())
         } else {
             0
@@ -145,8 +152,20 @@ impl PeerMachine {
         Ok(ids)
     }
 
+    /// Whether our re-keying handshake runs (`PeerMachine::expire`).
+    pub(super) fn rekeying(&self) -> bool {
+        self.attempt
+            .as_ref()
+            .is_some_and(|a| a.replacing && a.role == super::Role::Initiator)
+    }
+
     /// Encrypts and sends queued messages while the window allows.
     pub(super) fn pump(&mut self, now: Now) -> Step {
+        if self.rekeying() {
+            // New messages wait for the new session: under the expiring
+            // one they would reach a peer that already moved on.
+            return Ok(());
+        }
         let in_flight = self.outbox.iter().filter(|t| t.frames.is_some()).count();
         let burst: Vec<String> = self
             .outbox
