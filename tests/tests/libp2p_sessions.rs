@@ -290,8 +290,8 @@ mod bundles {
         Libp2pTransport::start(config).await.unwrap()
     }
 
-    /// A node that starts after Bob published (and whose re-broadcast is
-    /// hours away) gets his bundle from the relay's store, verified.
+    /// A node that starts after Bob published and went away gets his
+    /// bundle from the relay's store, verified.
     #[tokio::test]
     async fn a_late_follower_gets_the_bundle_from_the_relay_store() {
         let (relay, _relay_events) = start_relay().await;
@@ -311,6 +311,8 @@ mod bundles {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
+        // Bob is gone: only the relay's store can answer.
+        bob.shutdown().await;
         let mut config = Config::loopback("carol");
         config.bootstrap = vec![relay_addr];
         config.topics = vec![bob_topic.clone()];
@@ -319,12 +321,56 @@ mod bundles {
         let bytes = next_bundle(&mut carol_events, &bob_topic, "bob's stored bundle").await;
         assert_eq!(verify_bundle(&bytes).unwrap().peer(), bob_src.identity.peer_identity());
         assert_eq!(held_of(&carol, &bob_src).await.admission, Admission::New);
-        assert_eq!(
-            bob.status().await.unwrap().bundles_published,
-            1,
-            "no re-broadcast helped"
+        for node in [carol, relay] {
+            node.shutdown().await;
+        }
+    }
+
+    /// Through a relay that keeps nothing, a node that follows Bob's
+    /// bundle topic after Bob published (his re-broadcast hours away) gets
+    /// the bundle within seconds: its query names the topic, and Bob
+    /// publishes again. Queries do not make him publish more than once per
+    /// interval.
+    #[tokio::test]
+    async fn a_late_follower_gets_the_bundle_from_its_owner() {
+        let (relay, _relay_events) = Libp2pTransport::start(Config::loopback("relay")).await.unwrap();
+        let relay_addr = tcp_addr(&relay).await;
+        let bob_src = Source::new(52);
+        let bob_topic = bundle_topic(&bob_src.key());
+        let mut config = Config::loopback("bob");
+        config.bootstrap = vec![relay_addr.clone()];
+        config.bundles = Some(BundleConfig::new(verifier()).with_source(Arc::clone(&bob_src) as Arc<dyn BundleSource>));
+        let (bob, _bob_events) = Libp2pTransport::start(config).await.unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while relay.status().await.unwrap().connected_peers == 0 || bob.status().await.unwrap().bundles_published == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "bob never published");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let started = tokio::time::Instant::now();
+        let mut config = Config::loopback("carol");
+        config.bootstrap = vec![relay_addr.clone()];
+        config.topics = vec![bob_topic.clone()];
+        config.bundles = Some(BundleConfig::new(verifier()));
+        let (carol, mut carol_events) = Libp2pTransport::start(config).await.unwrap();
+        let bytes = next_bundle(&mut carol_events, &bob_topic, "bob's bundle, published again").await;
+        assert_eq!(verify_bundle(&bytes).unwrap().peer(), bob_src.identity.peer_identity());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
         );
-        for node in [carol, bob, relay] {
+        assert_eq!(bob.status().await.unwrap().bundles_published, 2, "published again once");
+        // A second late follower within the interval: no third publication.
+        let mut config = Config::loopback("dave");
+        config.bootstrap = vec![relay_addr];
+        config.topics = vec![bob_topic.clone()];
+        config.bundles = Some(BundleConfig::new(verifier()));
+        let (dave, _dave_events) = Libp2pTransport::start(config).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(bob.status().await.unwrap().bundles_published, 2, "rate-limited");
+        for node in [dave, carol, bob, relay] {
             node.shutdown().await;
         }
     }

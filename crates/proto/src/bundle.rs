@@ -38,8 +38,9 @@
 //! KeyPackage's credential binds its MLS signature key to the identity key:
 //! a receiver checks all of them (`strata_cascade::bundle::verify_bundle`).
 //!
-//! `paired_installations` is part of the format, but Strata's bundles list
-//! none yet: pairing is planned (issue #18).
+//! `paired_installations` lists the account's other devices, as its
+//! signed device list names them ([`crate::devices`]); a pairing or a
+//! removal changes it, and with it the bundle's version.
 //!
 //! # Which bundle wins (re-keying)
 //!
@@ -49,9 +50,10 @@
 //! new ML-KEM key, a device paired or removed; 54/X3DH-SESSIONS says the
 //! old bundle then expires), the same version with a later timestamp is the
 //! periodic re-broadcast. Anything else is [`BundleError::Stale`], so a
-//! replayed old bundle can never roll keys back. (Re-keying established
-//! sessions on a newer bundle is planned, issue #18: today the newer bundle
-//! only replaces the held one.)
+//! replayed old bundle can never roll keys back. A node that holds a
+//! session with the installation expires it on a higher version, and its
+//! next send opens a new session from the new bundle
+//! (`strata_session::PeerMachine::expire`).
 //!
 //! Independently of what is held, a bundle signed more than
 //! [`MAX_BUNDLE_AGE_MS`] ago is [`BundleError::Expired`] and one dated more
@@ -322,8 +324,8 @@ pub fn signed_message(bundle_bytes: &[u8]) -> [&[u8]; 3] {
 pub enum Admission {
     /// Nothing was held for this installation.
     New,
-    /// A higher version (a re-keying): it replaces the held bundle. Sessions
-    /// are not re-keyed on it yet (planned, issue #18).
+    /// A higher version (a re-keying): it replaces the held bundle, and a
+    /// session with the installation is re-keyed at the next send.
     Rekeyed {
         /// The version it replaces.
         previous_version: u64,

@@ -48,6 +48,8 @@
 //! | the transport actor | `actors/transport.rs`; the messages in `actors/mod.rs` |
 //! | file transfers: chunks out (pumping), chunks in, resuming after a restart | `files.rs` |
 //! | files to a group: chunks out, checked and written in, resuming after a restart | `group_files.rs` |
+//! | multi-device: device lists, fan-out, partitioned devices | `devices.rs` (the rules), `actors/devices.rs` (the node's side) |
+//! | pairing a new device | `pairing.rs` |
 //!
 //! The group machine sits beside it, in `group/` (its rules in
 //! [`group`]'s docs), run by a Group actor per group (`actors/groups.rs`:
@@ -262,6 +264,24 @@
 //! A then runs the full handshake. Because a bundle is public, its pre-keys
 //! serve any number of initiators (no one-time pre-key; the KeyPackage is
 //! last-resort), as 53/WAKU2-X3DH accepts.
+//!
+//! # Re-keying on a newer bundle
+//!
+//! A bundle of a higher version than the one seen before of an
+//! installation (a re-keying, 54/WAKU2-X3DH-SESSIONS) expires the session
+//! with it ([`PeerMachine::expire`]): the next send opens a new session
+//! from that bundle as above, replacing the old one once established
+//! ([`ResetReason::Rekeyed`]; the peer sees
+//! [`ResetReason::PeerRestarted`]). Messages queued meanwhile wait for the
+//! new session. The node does this for every bundle its transport
+//! delivers (the libp2p transport, on followed bundle topics).
+//!
+//! # Multi-device
+//!
+//! An account's installations are named by its signed device list; texts
+//! to an account fan out to its devices, with sent copies to this
+//! account's own; a new device pairs through a one-time secret. The rules
+//! are in [`devices`] and [`pairing`].
 //!
 //! # KeyPackage pool
 //!

@@ -60,10 +60,18 @@
 //! A starts with `PeerMachine::open_from_bundle`, and step 3 names the
 //! bundle version so B seeds the new session from the right keys.
 //!
-//! Not built: acting on a bundle of a higher version (re-keying,
-//! 54/X3DH-SESSIONS). The node ignores the `Published` event, so a newer
-//! bundle only replaces the held one here; restarting or re-keying
-//! sessions on it is planned (issue #18).
+//! # Late followers and re-keying
+//!
+//! A node that follows a bundle topic asks the network for what was
+//! published there (a store query naming the topic): serving relays
+//! answer from their store, and the bundle's owner publishes it again, at
+//! most once every 10 s however many ask. A follower gets the current
+//! bundle within seconds, not at the next re-broadcast hours later.
+//!
+//! Acting on a bundle of a higher version (54/X3DH-SESSIONS re-keying) is
+//! the session node's: it verifies the `Published` bundle again and
+//! expires its session with that installation
+//! (`strata_session::PeerMachine::expire`).
 
 use std::collections::HashMap;
 use std::fmt;

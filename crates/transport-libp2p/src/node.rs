@@ -127,9 +127,16 @@ struct Bundles {
     own_topic: String,
     rebroadcast: Duration,
     next_rebroadcast: Instant,
+    /// When a query for our bundle topic last had it published again.
+    last_answer: Option<Instant>,
     rejected: u64,
     published: u64,
 }
+
+/// A node that follows a bundle topic late asks for what was published
+/// there (a store query); the bundle's owner answers by publishing it
+/// again, at most this often.
+pub(crate) const BUNDLE_ANSWER_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -344,6 +351,7 @@ impl Node {
                 source: b.source.clone(),
                 rebroadcast: b.rebroadcast,
                 next_rebroadcast: now,
+                last_answer: None,
                 rejected: 0,
                 published: 0,
             }),
@@ -596,6 +604,7 @@ impl Node {
             tracing::debug!("malformed store query ignored");
             return;
         };
+        self.answer_bundle_query(&query.content_topics);
         let for_us = if query.responder.is_empty() {
             self.store.serves()
         } else {
@@ -621,6 +630,26 @@ impl Node {
             }
         }
         self.flush();
+    }
+
+    /// A late follower of our bundle topic asked for it: publish the
+    /// bundle again, unless that was done in the last
+    /// [`BUNDLE_ANSWER_INTERVAL`] (so queries cannot make us flood).
+    fn answer_bundle_query(&mut self, topics: &[String]) {
+        let now = Instant::now();
+        let due = self.bundles.as_ref().is_some_and(|b| {
+            b.source.is_some()
+                && topics.contains(&b.own_topic)
+                && b.last_answer
+                    .is_none_or(|at| now.saturating_duration_since(at) >= BUNDLE_ANSWER_INTERVAL)
+        });
+        if due {
+            if let Some(b) = self.bundles.as_mut() {
+                b.last_answer = Some(now);
+            }
+            tracing::debug!("a late follower asked for our bundle: published again");
+            self.publish_own_bundle();
+        }
     }
 
     /// Moves the link machine's outputs to the queue and the backlog.
