@@ -633,7 +633,8 @@ pub(crate) async fn group(ctx: &Ctx, action: crate::sessions::GroupAction) -> Re
 pub(crate) async fn devices(ctx: &Ctx, action: crate::sessions::DeviceAction) -> Result<()> {
     use crate::sessions::DeviceAction;
     if let DeviceAction::Join { uri } = &action {
-        let joined = crate::pairing::join_device(ctx, uri).await?;
+        let config = ctx.config_or_defaults()?;
+        let joined = crate::pairing::join_device(&ctx.dir, &ctx.config_file, &config, uri).await?;
         if ctx.json {
             return output::json(&joined);
         }

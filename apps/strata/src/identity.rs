@@ -26,10 +26,27 @@
 //! registers with (present when it is not the embedded one), `addr` a libp2p
 //! address it can be reached at (repeatable). Unknown query keys are
 //! ignored, so later versions can add some.
+//!
+//! # Pairing URI
+//!
+//! ```text
+//! strata-pair:<installation id>?secret=<base64url>&expires=<Unix ms>[&broker=<ws(s) URL>][&addr=<multiaddr>]...
+//! ```
+//!
+//! What `strata devices pair` shows and `devices join` reads. The
+//! installation is the existing device (the new one reaches it there),
+//! `secret` the one-time pairing secret (32 bytes, unpadded base64url),
+//! `expires` when the offer lapses, `broker` the PeerJS broker the device
+//! registers with, `addr` a libp2p address it listens on. Whoever holds the
+//! URI until it expires can pair a device with the account: show it only
+//! to the new device.
 
 use std::fmt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use data_encoding::BASE32_NOPAD;
+use strata_cascade::pairing::PairingSecret;
 use strata_cascade::{AccountIdentity, IdentityKey, InstallationId, InstallationIdentity, SafetyNumber};
 use strata_store::{Backend, Store};
 
@@ -347,6 +364,86 @@ impl fmt::Display for PeerRef {
     }
 }
 
+/// The pairing URI scheme.
+const PAIRING_SCHEME: &str = "strata-pair";
+
+/// What a pairing URI names (see the module docs).
+#[derive(Clone, PartialEq)]
+pub(crate) struct PairingUri {
+    /// The existing device.
+    pub(crate) device: InstallationId,
+    /// The offer's secret.
+    pub(crate) secret: PairingSecret,
+    /// When the offer lapses, Unix ms.
+    pub(crate) expires_ms: u64,
+    /// Its PeerJS broker.
+    pub(crate) broker: Option<url::Url>,
+    /// Its libp2p addresses.
+    pub(crate) addrs: Vec<libp2p::Multiaddr>,
+}
+
+impl fmt::Debug for PairingUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PairingUri")
+            .field("device", &self.device)
+            .field("secret", &"[redacted]")
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PairingUri {
+    /// Parses `strata-pair:…`.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("not a URI: {e}"))?;
+        if url.scheme() != PAIRING_SCHEME {
+            return Err(format!("a pairing URI starts with `{PAIRING_SCHEME}:`"));
+        }
+        let device: InstallationId = url.path().parse().map_err(|e| format!("{e}"))?;
+        let (mut secret, mut expires_ms, mut broker, mut addrs) = (None, None, None, Vec::new());
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "secret" => {
+                    let bytes = URL_SAFE_NO_PAD
+                        .decode(value.as_bytes())
+                        .map_err(|_| "the secret is not base64url")?;
+                    secret = Some(PairingSecret::from_bytes(&bytes).ok_or("the secret is not 32 bytes")?);
+                }
+                "expires" => expires_ms = Some(value.parse().map_err(|_| "`expires` is not a number")?),
+                "broker" => broker = Some(crate::config::parse_broker_url(&value)?),
+                "addr" => addrs.push(
+                    value
+                        .parse()
+                        .map_err(|e| format!("bad libp2p address {value:?}: {e}"))?,
+                ),
+                _ => {}
+            }
+        }
+        Ok(Self {
+            device,
+            secret: secret.ok_or("no `secret`")?,
+            expires_ms: expires_ms.ok_or("no `expires`")?,
+            broker,
+            addrs,
+        })
+    }
+}
+
+impl fmt::Display for PairingUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query.append_pair("secret", &URL_SAFE_NO_PAD.encode(self.secret.as_bytes()));
+        query.append_pair("expires", &self.expires_ms.to_string());
+        if let Some(broker) = &self.broker {
+            query.append_pair("broker", broker.as_str());
+        }
+        for addr in &self.addrs {
+            query.append_pair("addr", &addr.to_string());
+        }
+        write!(f, "{PAIRING_SCHEME}:{}?{}", self.device, query.finish())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +551,40 @@ mod tests {
         for bad in ["", "strata:nope", "/not/a/multiaddr", "has space!"] {
             let err = PeerRef::parse(bad).unwrap_err();
             assert_eq!(err.kind, ErrorKind::Usage, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pairing_uris_round_trip_and_say_what_is_wrong() {
+        let uri = PairingUri {
+            device: InstallationId::from_bytes([7; 16]),
+            secret: PairingSecret::generate(&mut rand::rng()),
+            expires_ms: 1_800_000_000_000,
+            broker: Some("ws://127.0.0.1:9000/".parse().unwrap()),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+        };
+        let text = uri.to_string();
+        assert!(
+            text.starts_with("strata-pair:07070707070707070707070707070707?secret="),
+            "{text}"
+        );
+        assert_eq!(PairingUri::parse(&text).unwrap(), uri);
+        assert!(!format!("{uri:?}").contains(&URL_SAFE_NO_PAD.encode(uri.secret.as_bytes())));
+        for (bad, why) in [
+            (
+                "strata:07070707070707070707070707070707?secret=AA&expires=1",
+                "starts with",
+            ),
+            ("strata-pair:0707?secret=AA&expires=1", "32 hex"),
+            ("strata-pair:07070707070707070707070707070707?expires=1", "secret"),
+            (
+                "strata-pair:07070707070707070707070707070707?secret=AAAA&expires=1",
+                "32 bytes",
+            ),
+            ("strata-pair:07070707070707070707070707070707?secret=%%%", "base64url"),
+        ] {
+            let err = PairingUri::parse(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 }

@@ -42,7 +42,7 @@ impl NodeSessions {
                     .await
                     .map_err(|_| stopped())?;
                 let offer = reply.result.map_err(session_error)?;
-                let uri = crate::pairing::PairingUri {
+                let uri = crate::identity::PairingUri {
                     device: self.local,
                     secret: offer.secret,
                     expires_ms: offer.expires_ms,
