@@ -101,9 +101,16 @@
 //!   doubling up to 300 s. PDUs of abandoned sessions are ignored.
 //! - **Simultaneous open.** When both sides send step 1, the handshake
 //!   with the *lower session id* (bytewise) wins: a side whose own attempt
-//!   has the higher id abandons it and answers the peer's; a side whose
-//!   attempt has the lower id ignores the peer's request (the peer will
-//!   give up its own when it sees ours). Both end in the same session.
+//!   has the higher id answers the peer's and parks its own; a side whose
+//!   attempt has the lower id ignores the peer's request (the peer parks
+//!   its own when it sees ours). Both end in the same session. A parked
+//!   attempt is given up once the peer's completes; until then each PDU
+//!   goes to the attempt it names, so a *forged* step 1 with a low id
+//!   (anyone can send one in the peer's name) costs us nothing: the real
+//!   peer answers ours, which completes, and the forged one stalls.
+//!   (54/WAKU2-X3DH-SESSIONS asks instead to keep, of two sessions, the
+//!   one whose key comes first: not built, as each side may see a
+//!   different pair of sessions when starts cross a lossy link.)
 //! - **Make before break.** A step 1 (or bundle step 3) while a session is
 //!   established starts a responder attempt *beside* it: the start is
 //!   unauthenticated, so the session keeps working until the new handshake

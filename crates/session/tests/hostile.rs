@@ -290,6 +290,40 @@ fn a_resumed_answer_without_a_matching_proof_falls_back_to_a_handshake() {
     }));
 }
 
+/// A forged step 1 in Alice's name, with the lowest session id there is,
+/// arrives while Bob's own handshake with Alice runs: Bob answers it and
+/// keeps his own, which completes as if nothing happened (a session id
+/// anyone can choose no longer decides which handshake lives).
+#[test]
+fn a_forged_start_does_not_displace_our_own_handshake() {
+    let mut sim = Sim::new(31, Faults::NONE, Config::default());
+    sim.connect();
+    sim.command(1, Command::Open);
+    sim.inject(1, step_one([0; 16], &sim.nodes[0].identity));
+    assert!(sim.run_while(Duration::from_secs(5), ready_both));
+    let ours = sim.nodes[1]
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            Event::HandshakeStarted {
+                session_id,
+                role: strata_session::Role::Initiator,
+                ..
+            } => Some(*session_id),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(sim.nodes[1].machine().session_id(), Some(ours));
+    assert_eq!(sim.nodes[0].machine().session_id(), Some(ours));
+    assert!(
+        !sim.nodes[1]
+            .events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::HandshakeStalled { .. }))
+    );
+    sim.exchange(2);
+}
+
 /// Anyone on the path can send a step 1 in Alice's name: her installation
 /// id and identity key are public. Bob answers it (it may be Alice after
 /// losing her state), but the established session carries on while the

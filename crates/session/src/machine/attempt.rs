@@ -36,6 +36,9 @@ pub(super) struct Attempt {
     /// unauthenticated (anyone can name a known installation in step 1),
     /// so it must not be able to pause a working session.
     pub(super) replacing: bool,
+    /// Initiator: opened on the peer's newer bundle while a session runs
+    /// (`PeerMachine::expire`): new messages wait for it.
+    pub(super) rekey: bool,
     /// Initiator: our requests, by type, until answered.
     pub(super) pending: BTreeMap<PduType, Retx>,
     /// Responder: our encoded answer, by the request's type.
@@ -76,6 +79,7 @@ impl Attempt {
             kem_ok: false,
             mls_ok: false,
             from_bundle: false,
+            rekey: false,
             pending: BTreeMap::new(),
             replies: BTreeMap::new(),
         }
@@ -87,15 +91,55 @@ impl Attempt {
 const MAX_ABANDONED: usize = 16;
 
 impl PeerMachine {
-    /// Gives up attempt `id` (if current) and remembers its id, so late
-    /// copies of its PDUs are ignored.
+    /// Gives up attempt `id` (current or rival) and remembers its id, so
+    /// late copies of its PDUs are ignored.
     pub(super) fn abandon(&mut self, id: [u8; 16]) {
         if self.attempt.as_ref().is_some_and(|a| a.id == id) {
             self.attempt = None;
         }
+        if self.rival.as_ref().is_some_and(|a| a.id == id) {
+            self.rival = None;
+        }
+        self.promote_rival();
         self.abandoned.push_back(id);
         while self.abandoned.len() > MAX_ABANDONED {
             self.abandoned.pop_front();
+        }
+    }
+
+    /// Once the current attempt is gone, the rival becomes current; with a
+    /// session established meanwhile it now runs beside it (`replacing`).
+    pub(super) fn promote_rival(&mut self) {
+        if self.attempt.is_none()
+            && let Some(mut rival) = self.rival.take()
+        {
+            rival.replacing = self.session.is_some();
+            self.attempt = Some(rival);
+        }
+    }
+
+    /// Room for a new start of the peer's (with a lower session id than
+    /// ours, or while we run none): our own attempt, if one runs, is parked
+    /// as the rival rather than given up, so a start that never completes
+    /// cannot cost us ours; an earlier start of theirs is given up (a newer
+    /// one replaces it).
+    pub(super) fn make_room_for_theirs(&mut self) {
+        let mut ours = None;
+        for a in [self.attempt.take(), self.rival.take()].into_iter().flatten() {
+            if a.role == Role::Initiator && ours.is_none() {
+                ours = Some(a);
+            } else {
+                self.abandon(a.id);
+            }
+        }
+        self.rival = ours;
+    }
+
+    /// Makes attempt `id` current, if it is the rival: each PDU goes to
+    /// the attempt it names.
+    pub(super) fn focus(&mut self, id: &[u8; 16]) {
+        if self.rival.as_ref().is_some_and(|r| &r.id == id) {
+            std::mem::swap(&mut self.attempt, &mut self.rival);
         }
     }
 
@@ -123,7 +167,7 @@ impl PeerMachine {
 
     /// True for a session id we know, whose late duplicates are ignored.
     pub(super) fn known_session(&self, id: &[u8; 16]) -> bool {
-        self.attempt.as_ref().is_some_and(|a| &a.id == id)
+        self.attempt.iter().chain(&self.rival).any(|a| &a.id == id)
             || self.session.as_ref().is_some_and(|s| &s.id == id)
             || self.abandoned.contains(id)
     }
@@ -234,5 +278,29 @@ impl PeerMachine {
                 now,
             );
         }
+    }
+}
+
+/// The handshake session a PDU names, if any: the attempt it goes to.
+pub(super) fn session_of(pdu: &Pdu) -> Option<[u8; 16]> {
+    match pdu {
+        Pdu::KeyPackageRequest(p) => Some(p.session_id.0),
+        Pdu::KeyPackage(p) => Some(p.session_id.0),
+        Pdu::EncryptionSyncRequest(p) => Some(p.session_id.0),
+        Pdu::EncryptionSyncResponse(p) => Some(p.session_id.0),
+        Pdu::SignalKeyExchangeRequest(p) => Some(p.session_id.0),
+        Pdu::SignalKeyExchangeResponse(p) => Some(p.session_id.0),
+        Pdu::SignalSessionComplete(p) => Some(p.session_id.0),
+        Pdu::MlKemKeyExchange(p) => Some(p.session_id.0),
+        Pdu::MlKemKeyExchangeResponse(p) => Some(p.session_id.0),
+        Pdu::MlsWelcome(p) => p.session_id.map(|s| s.0),
+        Pdu::MlsWelcomeAck(p) => p.session_id.map(|s| s.0),
+        Pdu::MlsCommit(p) => p.session_id.map(|s| s.0),
+        Pdu::ProtocolError(e) => e
+            .ref_id
+            .as_ref()
+            .and_then(|r| hex::decode(r.as_str()).ok())
+            .and_then(|b| b.try_into().ok()),
+        _ => None,
     }
 }

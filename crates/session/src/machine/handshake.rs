@@ -211,6 +211,7 @@ impl PeerMachine {
         attempt.kem_ok = true;
         attempt.from_bundle = true;
         attempt.replacing = rekeying;
+        attempt.rekey = rekeying;
         self.begin(attempt);
         Ok(())
     }
@@ -234,9 +235,15 @@ impl PeerMachine {
             );
             return Ok(());
         }
-        // Simultaneous open: the handshake with the lower session id wins.
-        if let Some(a) = &self.attempt
-            && a.role == Role::Initiator
+        // Simultaneous open: the handshake with the lower session id wins
+        // (the peer applies the same rule to ours). A lower id that never
+        // completes (anyone can send a step 1 in the peer's name) does not
+        // cost us ours: see `make_room_for_theirs`.
+        if let Some(a) = self
+            .attempt
+            .iter()
+            .chain(&self.rival)
+            .find(|a| a.role == Role::Initiator)
             && a.id < id
         {
             return Ok(());
@@ -258,9 +265,7 @@ impl PeerMachine {
         let Some(peer) = self.check_identity(&start.installation_id, start.identity_key.as_bytes(), ty, now)? else {
             return Ok(());
         };
-        if let Some(old) = self.attempt.as_ref().map(|a| a.id) {
-            self.abandon(old);
-        }
+        self.make_room_for_theirs();
         let mls = pre_keys.mls_layer(&self.local, peer)?;
         let signal = pre_keys.signal_layer(&self.local, peer)?;
         let kem = pre_keys.kem_layer(&self.local, peer)?;
@@ -289,9 +294,15 @@ impl PeerMachine {
             self.refuse(Refusal::Unexpected, "unknown profile", Some(ty), None, now);
             return Ok(());
         }
-        // Simultaneous open: the handshake with the lower session id wins.
-        if let Some(a) = &self.attempt
-            && a.role == Role::Initiator
+        // Simultaneous open: the handshake with the lower session id wins
+        // (the peer applies the same rule to ours). A lower id that never
+        // completes (anyone can send a step 1 in the peer's name) does not
+        // cost us ours: see `make_room_for_theirs`.
+        if let Some(a) = self
+            .attempt
+            .iter()
+            .chain(&self.rival)
+            .find(|a| a.role == Role::Initiator)
             && a.id < id
         {
             return Ok(());
@@ -299,9 +310,7 @@ impl PeerMachine {
         let Some(peer) = self.check_identity(&req.installation_id, req.identity_key.as_bytes(), ty, now)? else {
             return Ok(());
         };
-        if let Some(old) = self.attempt.as_ref().map(|a| a.id) {
-            self.abandon(old);
-        }
+        self.make_room_for_theirs();
         let (mls, key_package, last_resort) = self.step_two_key_package(peer, now)?;
         let layers = self.fresh_layers(peer)?;
         let (installation_id, identity_key) = self.own_identity_fields();
@@ -743,7 +752,7 @@ impl PeerMachine {
             // Ours, from the peer's newer bundle: re-keyed. Theirs: the
             // peer proved its identity in this handshake, so it did
             // restart (or re-keyed). Ready again, under the new session.
-            let reason = if a.role == Role::Initiator {
+            let reason = if a.rekey {
                 ResetReason::Rekeyed
             } else {
                 ResetReason::PeerRestarted
@@ -801,6 +810,16 @@ impl PeerMachine {
             self.transmit(f);
         }
         tracing::debug!(peer = %self.peer_hex, replaced = old.is_some(), "session established");
+        match self.rival.take() {
+            // The peer's start, lower than ours, was genuine: it completed,
+            // and the peer ignores ours (the same rule). Ours goes, before
+            // its step 1, sent again, reads as a new start to the peer.
+            Some(ours) if a.role == Role::Responder => self.abandon(ours.id),
+            rival => {
+                self.rival = rival;
+                self.promote_rival();
+            }
+        }
         Ok(())
     }
 }

@@ -60,6 +60,9 @@ impl PeerMachine {
             // messages decrypted before it reach the disk first.
             self.commit_decrypted()?;
         }
+        if let Some(id) = super::attempt::session_of(&pdu) {
+            self.focus(&id);
+        }
         match pdu {
             Pdu::KeyPackageRequest(p) => self.on_kp_request(p, now),
             Pdu::KeyPackage(p) => self.on_key_package(p, now),

@@ -477,6 +477,13 @@ pub struct PeerMachine {
     /// ([`Command::OpenExpecting`]); any other is refused.
     expected_identity: Option<Vec<u8>>,
     attempt: Option<Attempt>,
+    /// Our own attempt, parked while we answer a start of the peer's with
+    /// a lower session id (`make_room_for_theirs`): each PDU goes to the
+    /// attempt it names. If the start was the peer's, it ignores ours
+    /// (the same rule), and ours stalls beside the session; if it was
+    /// forged (anyone can send a step 1 in the peer's name), the peer
+    /// answers ours and ours completes.
+    rival: Option<Attempt>,
     session: Option<Session>,
     abandoned: VecDeque<[u8; 16]>,
     retry_at: Option<Instant>,
@@ -552,6 +559,7 @@ impl PeerMachine {
             pin: None,
             expected_identity: None,
             attempt: None,
+            rival: None,
             session: None,
             abandoned: VecDeque::new(),
             retry_at: None,
@@ -619,6 +627,11 @@ impl PeerMachine {
         self.session.as_ref().map(|s| s.id)
     }
 
+    /// Whether a handshake runs (ours, the peer's, or both).
+    pub fn handshaking(&self) -> bool {
+        self.attempt.is_some() || self.rival.is_some()
+    }
+
     /// Messages in the outbox, acknowledged or not yet.
     pub fn outbox_len(&self) -> usize {
         self.outbox.len()
@@ -638,7 +651,7 @@ impl PeerMachine {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut at = |i: Instant| t = Some(t.map_or(i, |t| t.min(i)));
-        if let Some(a) = &self.attempt {
+        for a in self.attempt.iter().chain(&self.rival) {
             at(a.started + self.config.handshake_stall);
             a.pending.values().for_each(|r| at(r.next));
         }

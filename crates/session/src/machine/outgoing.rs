@@ -154,9 +154,7 @@ impl PeerMachine {
 
     /// Whether our re-keying handshake runs (`PeerMachine::expire`).
     pub(super) fn rekeying(&self) -> bool {
-        self.attempt
-            .as_ref()
-            .is_some_and(|a| a.replacing && a.role == super::Role::Initiator)
+        self.attempt.iter().chain(&self.rival).any(|a| a.rekey)
     }
 
     /// Encrypts and sends queued messages while the window allows.

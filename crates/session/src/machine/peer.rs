@@ -35,6 +35,7 @@ impl PeerMachine {
             if self.attempt.as_ref().is_some_and(|a| a.peer.is_some()) {
                 self.attempt = None;
             }
+            self.rival = None;
         }
         self.peer = Some(peer);
         self.peer_hex = peer.to_hex();
@@ -272,6 +273,7 @@ impl PeerMachine {
                 if !self.blocked {
                     self.blocked = true;
                     self.attempt = None;
+                    self.rival = None;
                     self.emit(Event::IdentityChanged { installation: hex });
                 }
                 self.refuse(Refusal::IdentityBlocked, "identity key changed", Some(ty), None, now);

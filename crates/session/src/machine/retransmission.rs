@@ -128,8 +128,10 @@ impl PeerMachine {
     /// requests, a resume probe, or a new handshake the user asked for).
     pub(super) fn on_connected(&mut self, now: Now) -> Step {
         self.link_up = true;
-        if let Some(a) = &mut self.attempt {
-            a.pending.values_mut().for_each(|r| r.next = now.at);
+        if self.attempt.is_some() {
+            for a in self.attempt.iter_mut().chain(self.rival.iter_mut()) {
+                a.pending.values_mut().for_each(|r| r.next = now.at);
+            }
             return Ok(());
         }
         if self.blocked {
@@ -148,11 +150,11 @@ impl PeerMachine {
     pub(super) fn on_timeout(&mut self, now: Now) -> Step {
         let max = self.config.handshake_rto_max;
         // Handshake retransmissions and stall.
-        let mut stalled = None;
+        let mut stalled = Vec::new();
         let mut resend = Vec::new();
-        if let Some(a) = &mut self.attempt {
+        for a in self.attempt.iter_mut().chain(self.rival.iter_mut()) {
             if now.at >= a.started + self.config.handshake_stall {
-                stalled = Some((a.id, a.role));
+                stalled.push((a.id, a.role));
             } else {
                 resend.extend(
                     a.pending
@@ -162,10 +164,10 @@ impl PeerMachine {
                 );
             }
         }
-        if let Some((id, role)) = stalled {
+        for (id, role) in stalled {
             self.abandon(id);
             self.emit(Event::HandshakeStalled { session_id: id });
-            if role == Role::Initiator || self.wants_session {
+            if self.session.is_none() && (role == Role::Initiator || self.wants_session) {
                 self.schedule_retry(now);
             }
         }
