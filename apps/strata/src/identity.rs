@@ -264,17 +264,7 @@ impl ContactUri {
         let mut broker = None;
         let mut addrs = Vec::new();
         for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "broker" => {
-                    broker = Some(crate::config::parse_broker_url(&value)?);
-                }
-                "addr" => addrs.push(
-                    value
-                        .parse()
-                        .map_err(|e| format!("bad libp2p address {value:?}: {e}"))?,
-                ),
-                _ => {}
-            }
+            read_reach(&key, &value, &mut broker, &mut addrs)?;
         }
         Ok(Self {
             peer_id,
@@ -289,17 +279,47 @@ impl fmt::Display for ContactUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{URI_SCHEME}:{}/{}", self.peer_id, self.installation)?;
         let mut query = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(broker) = &self.broker {
-            query.append_pair("broker", broker.as_str());
-        }
-        for addr in &self.addrs {
-            query.append_pair("addr", &addr.to_string());
-        }
+        write_reach(&mut query, self.broker.as_ref(), &self.addrs);
         let query = query.finish();
         if !query.is_empty() {
             write!(f, "?{query}")?;
         }
         Ok(())
+    }
+}
+
+/// Reads one query pair of the reach both URIs carry: `broker` (the PeerJS
+/// broker) or `addr` (a libp2p address, repeatable). False for another
+/// key, which the caller reads or ignores.
+fn read_reach(
+    key: &str,
+    value: &str,
+    broker: &mut Option<url::Url>,
+    addrs: &mut Vec<libp2p::Multiaddr>,
+) -> std::result::Result<bool, String> {
+    match key {
+        "broker" => *broker = Some(crate::config::parse_broker_url(value)?),
+        "addr" => addrs.push(
+            value
+                .parse()
+                .map_err(|e| format!("bad libp2p address {value:?}: {e}"))?,
+        ),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Writes the reach [`read_reach`] reads.
+fn write_reach(
+    query: &mut url::form_urlencoded::Serializer<'_, String>,
+    broker: Option<&url::Url>,
+    addrs: &[libp2p::Multiaddr],
+) {
+    if let Some(broker) = broker {
+        query.append_pair("broker", broker.as_str());
+    }
+    for addr in addrs {
+        query.append_pair("addr", &addr.to_string());
     }
 }
 
@@ -410,13 +430,9 @@ impl PairingUri {
                     secret = Some(PairingSecret::from_bytes(&bytes).ok_or("the secret is not 32 bytes")?);
                 }
                 "expires" => expires_ms = Some(value.parse().map_err(|_| "`expires` is not a number")?),
-                "broker" => broker = Some(crate::config::parse_broker_url(&value)?),
-                "addr" => addrs.push(
-                    value
-                        .parse()
-                        .map_err(|e| format!("bad libp2p address {value:?}: {e}"))?,
-                ),
-                _ => {}
+                _ => {
+                    read_reach(&key, &value, &mut broker, &mut addrs)?;
+                }
             }
         }
         Ok(Self {
@@ -434,12 +450,7 @@ impl fmt::Display for PairingUri {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         query.append_pair("secret", &URL_SAFE_NO_PAD.encode(self.secret.as_bytes()));
         query.append_pair("expires", &self.expires_ms.to_string());
-        if let Some(broker) = &self.broker {
-            query.append_pair("broker", broker.as_str());
-        }
-        for addr in &self.addrs {
-            query.append_pair("addr", &addr.to_string());
-        }
+        write_reach(&mut query, self.broker.as_ref(), &self.addrs);
         write!(f, "{PAIRING_SCHEME}:{}?{}", self.device, query.finish())
     }
 }

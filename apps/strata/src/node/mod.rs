@@ -91,6 +91,18 @@ pub(crate) struct NodeSessions {
     requests: AtomicU64,
 }
 
+/// `send --wait-ack` gave up waiting for `peer` to acknowledge `id`.
+fn not_acknowledged(id: &str, peer: &dyn std::fmt::Display) -> AppError {
+    AppError::new(
+        ErrorKind::Network,
+        format!(
+            "message {id} is queued but {peer} did not acknowledge it within {}s",
+            WAIT.as_secs()
+        ),
+    )
+    .hint("it stays in the outbox and is retransmitted; watch `strata inbox --follow` for `delivered`")
+}
+
 /// The URL of the PeerJS broker this node registers with.
 fn broker_url(network: &Network) -> Option<url::Url> {
     match &network.broker {
@@ -546,14 +558,7 @@ impl NodeSessions {
             })
             .await;
             if !acked {
-                return Err(AppError::new(
-                    ErrorKind::Network,
-                    format!(
-                        "message {id} is queued but {peer} did not acknowledge it within {}s",
-                        WAIT.as_secs()
-                    ),
-                )
-                .hint("it stays in the outbox and is retransmitted; watch `strata inbox --follow` for `delivered`"));
+                return Err(not_acknowledged(&id, &peer));
             }
             set(&mut result, "acknowledged", json!(true));
         }
@@ -608,14 +613,7 @@ impl NodeSessions {
             })
             .await;
             if !acked {
-                return Err(AppError::new(
-                    ErrorKind::Network,
-                    format!(
-                        "message {id} is queued but {peer} did not acknowledge it within {}s",
-                        WAIT.as_secs()
-                    ),
-                )
-                .hint("it stays in the outbox and is retransmitted; watch `strata inbox --follow` for `delivered`"));
+                return Err(not_acknowledged(&id, &peer));
             }
             set(&mut result, "acknowledged", json!(true));
         }

@@ -748,19 +748,6 @@ impl PeerMachine {
         result
     }
 
-    /// The peer published `bundle`, of a higher version than the one seen
-    /// before (54/WAKU2-X3DH-SESSIONS re-keying): the current session
-    /// expires, and the next send opens a new session from the bundle,
-    /// replacing it once established (messages meanwhile still go under
-    /// the old one, and are sent again under the new). Nothing happens
-    /// without a session, or for another installation's bundle.
-    pub fn expire(&mut self, bundle: VerifiedBundle) {
-        if self.session.as_ref().is_some_and(|s| s.peer == bundle.peer()) {
-            tracing::info!(peer = %self.peer_hex, version = bundle.header().version, "a newer bundle: the session is re-keyed at the next send");
-            self.rekey = Some(Box::new(bundle));
-        }
-    }
-
     /// Queues `content` for the peer; returns its message id. Equivalent to
     /// `handle(Input::Command(Command::Send(content)))`.
     pub fn send(&mut self, content: Content, now: Now) -> Result<String, SessionError> {
