@@ -69,6 +69,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: crate::sessions::DeviceAction,
     },
+    /// The account key: a backup to restore the account on a new device
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// Show the configuration in effect, or where it is read from
     Config {
         #[command(subcommand)]
@@ -86,6 +91,10 @@ pub(crate) struct InitArgs {
     /// are deleted, and peers will see a new safety number
     #[arg(long)]
     pub(crate) force: bool,
+    /// Restore the account from a backup (`strata account export`) as a
+    /// new device of it; its passphrase comes from STRATA_BACKUP_PASSPHRASE
+    #[arg(long, value_name = "FILE")]
+    pub(crate) restore: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +144,18 @@ pub(crate) struct VerifyArgs {
     /// this base64 scanned code, match; compared in constant time
     #[arg(long, value_name = "DIGITS")]
     pub(crate) mark_verified: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AccountCommand {
+    /// Write the account key, sealed with STRATA_BACKUP_PASSPHRASE, to a
+    /// file (`strata init --restore FILE` on a new device reads it). Whoever
+    /// has the file and the passphrase has the account: keep both apart
+    Export {
+        /// Where to write the backup (refused if it exists)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,7 @@ use crate::paths::{DataDir, write_atomic};
 use crate::sessions::{SendBody, SessionCall};
 use crate::storage::{self, Unlock};
 use crate::{output, qr};
+use strata_cascade::InstallationIdentity;
 
 /// What every command knows.
 pub(crate) struct Ctx {
@@ -92,6 +93,23 @@ pub(crate) async fn init(ctx: &Ctx, args: InitArgs) -> Result<()> {
     let config = ctx.config_or_defaults()?;
     let dir = ctx.dir.clone();
     let force = args.force;
+    // Read and opened before anything is written: a wrong passphrase
+    // changes nothing.
+    let restored = match &args.restore {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                AppError::new(ErrorKind::NotFound, format!("cannot read {}: {e}", file.display()))
+                    .hint("give the file `strata account export` wrote")
+            })?;
+            let passphrase = crate::account::passphrase()?;
+            Some(
+                tokio::task::spawn_blocking(move || crate::account::restore(&text, &passphrase))
+                    .await
+                    .map_err(|e| AppError::internal(format!("restore task failed: {e}")))??,
+            )
+        }
+        None => None,
+    };
     let (local, unlock_text) = tokio::task::spawn_blocking(move || -> Result<(Local, String)> {
         let store_path = dir.store_file();
         if store_path.exists() {
@@ -112,8 +130,14 @@ pub(crate) async fn init(ctx: &Ctx, args: InitArgs) -> Result<()> {
             remove_if_present(&dir.key_file())?;
         }
         let unlock = Unlock::from_env()?;
+        let local = match &restored {
+            Some(account) => Local::from_installation(
+                InstallationIdentity::generate(account.clone(), &mut rand::rng())
+                    .map_err(|e| AppError::caused("cannot generate the installation keys", &e))?,
+            ),
+            None => Local::generate()?,
+        };
         let store = storage::create(&dir, &unlock)?;
-        let local = Local::generate()?;
         local.save(&store, &store_path)?;
         Ok((local, unlock.describe(&dir)))
     })
@@ -688,6 +712,27 @@ pub(crate) async fn devices(ctx: &Ctx, action: crate::sessions::DeviceAction) ->
             at(d, "installation").as_str().unwrap_or_default()
         ))?;
     }
+    Ok(())
+}
+
+/// `strata account export --out FILE`: the account key, sealed.
+pub(crate) async fn account(ctx: &Ctx, command: crate::cli::AccountCommand) -> Result<()> {
+    let crate::cli::AccountCommand::Export { out } = command;
+    if out.exists() {
+        return Err(AppError::new(ErrorKind::Usage, format!("{} exists", out.display()))
+            .hint("name a new file: a backup is never overwritten"));
+    }
+    let passphrase = crate::account::passphrase()?;
+    let (_store, local) = open_store(ctx).await?;
+    let text = tokio::task::spawn_blocking(move || crate::account::export(&local, &passphrase))
+        .await
+        .map_err(|e| AppError::internal(format!("export task failed: {e}")))??;
+    write_atomic(&out, text.as_bytes(), 0o600)?;
+    if ctx.json {
+        return output::json(&serde_json::json!({"backup": out}));
+    }
+    output::line(format!("account key sealed in {}", out.display()))?;
+    output::note("Keep the file and the passphrase apart: together they are the account.");
     Ok(())
 }
 

@@ -111,7 +111,9 @@ impl ErrorKind {
             ErrorKind::Config => "the config file or a STRATA_* variable is invalid",
             ErrorKind::NotInitialized => "no identity in the data directory: run `strata init`",
             ErrorKind::AlreadyInitialized => "`init` would replace an identity (use --force)",
-            ErrorKind::Locked => "wrong or missing passphrase (STRATA_PASSPHRASE) or key file",
+            ErrorKind::Locked => {
+                "wrong or missing passphrase (STRATA_PASSPHRASE, or STRATA_BACKUP_PASSPHRASE for a backup) or key file"
+            }
             ErrorKind::Storage => "the store is damaged, from a newer Strata, or unreadable",
             ErrorKind::Busy => "another strata process uses the data directory, or the node is busy: try again later",
             ErrorKind::NoDaemon => "the command needs a running `strata run`",

@@ -5,6 +5,7 @@
 //! [`error::ErrorKind`] (the table is in the README).
 #![forbid(unsafe_code)]
 
+mod account;
 mod broker;
 mod bundles;
 mod cli;
@@ -135,6 +136,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(args) => commands::verify(&ctx, args).await?,
         Command::Group { command } => commands::group(&ctx, command).await?,
         Command::Devices { command } => commands::devices(&ctx, command).await?,
+        Command::Account { command } => commands::account(&ctx, command).await?,
         Command::Config { command } => commands::config(&ctx, command)?,
         Command::Broker(args) => broker::run(&ctx, args).await?,
         Command::Demo => return demo::run().await,

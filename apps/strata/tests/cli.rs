@@ -1430,3 +1430,77 @@ fn a_second_device_pairs_and_gets_what_is_sent_to_the_account() {
             .any(|m| m["sentTo"] == b_peer.as_str() && m["text"] == "from the new device")
     });
 }
+
+/// Account recovery (issue #18): the account key exported under a
+/// passphrase restores the account on a fresh data directory as a new
+/// device: the same peer id, a new installation, and Bob sees the same
+/// safety number and no identity change. A wrong passphrase writes
+/// nothing.
+#[test]
+fn a_restored_account_is_a_new_device_of_the_same_account() {
+    let (alice, restored, bob, wrong) = (Node::new(), Node::new(), Node::new(), Node::new());
+    let a_init = alice.init();
+    let b_init = bob.init();
+    let b_uri = b_init["contactUri"].as_str().unwrap().to_owned();
+    let b_peer = b_init["peerId"].as_str().unwrap().to_owned();
+    let backup = alice.tmp.path().join("alice.backup");
+    let pass = [("STRATA_BACKUP_PASSPHRASE", "a long enough passphrase")];
+    ok(alice
+        .cmd()
+        .envs(pass)
+        .args(["account", "export", "--out", backup.to_str().unwrap()]));
+    assert_eq!(mode(&backup) & 0o777, 0o600);
+    let refused = fails(
+        wrong
+            .cmd()
+            .env("STRATA_BACKUP_PASSPHRASE", "not the passphrase at all")
+            .args(["init", "--restore", backup.to_str().unwrap()]),
+        6,
+    );
+    assert!(refused.contains("does not open"), "{refused}");
+    assert!(
+        !wrong.dir().join("store.redb").exists(),
+        "a refused restore writes nothing"
+    );
+    let init: Value = serde_json::from_str(&ok(restored.cmd().envs(pass).args([
+        "init",
+        "--restore",
+        backup.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(init["peerId"], a_init["peerId"]);
+    assert_ne!(init["installationId"], a_init["installationId"]);
+
+    // Bob knew Alice's first device; the restored one talks to him as a
+    // new device of the same account.
+    let _b_daemon = bob.daemon();
+    let broker = started_broker(&bob);
+    let env = [("STRATA_PEERJS__BROKER", broker.as_str())];
+    let _a_daemon = alice.daemon_with(&env);
+    json_of(&alice.ok(&["connect", &b_uri, "--json"]));
+    let _r_daemon = restored.daemon_with(&env);
+    let connect = json_of(&restored.ok(&["connect", &b_uri, "--json"]));
+    assert_eq!(connect["state"], "ready", "{connect}");
+    send_acked(&restored, &b_uri, "from the restored device");
+    eventually("Bob gets it", || {
+        inbox_texts(&bob).contains(&"from the restored device".to_owned())
+    });
+    let first = a_init["installationId"].as_str().unwrap();
+    let second = init["installationId"].as_str().unwrap();
+    let number = |installation: &str| json_of(&bob.ok(&["verify", installation, "--json"]))["safetyNumber"].clone();
+    assert_eq!(number(first), number(second));
+    let peers = json_of(&bob.ok(&["peers", "--json"]));
+    assert!(
+        peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["identityChangePending"] == false),
+        "{peers}"
+    );
+    assert_eq!(
+        number(second),
+        json_of(&restored.ok(&["verify", &b_peer, "--json"]))["safetyNumber"]
+    );
+}

@@ -3,7 +3,8 @@
 //!
 //! A key `section.name` is overridden by `STRATA_SECTION__NAME` (two
 //! underscores between the levels; list values are comma-separated).
-//! `STRATA_HOME`, `STRATA_CONFIG` and `STRATA_PASSPHRASE` are the CLI's own
+//! `STRATA_HOME`, `STRATA_CONFIG`, `STRATA_PASSPHRASE` and
+//! `STRATA_BACKUP_PASSPHRASE` are the CLI's own
 //! variables, not config keys.
 //!
 //! Loading reports every problem it can find at once, each with its key
@@ -29,7 +30,12 @@ pub(crate) use network::{BrokerChoice, Libp2pNetwork, Network, broker_warning, p
 
 /// Variables with the `STRATA_` prefix that belong to the CLI, not to the
 /// config.
-pub(crate) const RESERVED_ENV: &[&str] = &["STRATA_HOME", "STRATA_CONFIG", "STRATA_PASSPHRASE"];
+pub(crate) const RESERVED_ENV: &[&str] = &[
+    "STRATA_HOME",
+    "STRATA_CONFIG",
+    "STRATA_PASSPHRASE",
+    "STRATA_BACKUP_PASSPHRASE",
+];
 const ENV_PREFIX: &str = "STRATA";
 const ENV_SEPARATOR: &str = "__";
 /// Keys whose environment value is a comma-separated list.
