@@ -564,4 +564,105 @@ mod bundles {
             relay.shutdown().await;
         });
     }
+
+    /// A source whose pre-keys can be swapped, as the app's renewal does.
+    struct Renewable {
+        identity: Arc<InstallationIdentity>,
+        pre_keys: std::sync::RwLock<strata_cascade::InstallationPreKeys>,
+    }
+
+    impl BundleSource for Renewable {
+        fn identity_key(&self) -> Vec<u8> {
+            self.identity.account().identity_key().serialize().to_vec()
+        }
+
+        fn signed_bundle(&self, now_ms: u64) -> Result<Vec<u8>, SourceError> {
+            let pre_keys = self.pre_keys.read().unwrap();
+            Ok(prekeys::signed_bundle(&self.identity, &pre_keys, now_ms, Vec::new())?)
+        }
+    }
+
+    /// Re-keying over libp2p (issue #18): Alice has a session with Bob and
+    /// follows his bundle topic; Bob publishes a bundle of a higher version
+    /// (new pre-keys); Alice's next send opens a new session from it, which
+    /// both then use.
+    #[test]
+    fn a_newer_bundle_re_keys_the_session_over_libp2p() {
+        run(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (relay, _relay_events) = start_relay().await;
+            let relay_addr = tcp_addr(&relay).await;
+            let alice_inst = Installation::new("alice", 33, dir.path(), relay_addr.clone());
+            let bob_inst = Installation::new("bob", 34, dir.path(), relay_addr);
+            let bob_key = bob_inst.identity.account().identity_key().serialize().to_vec();
+            let bob_identity = Arc::clone(&bob_inst.identity);
+            let mut next = None;
+            let mut source = None;
+            let mut bob = bob_inst
+                .start_with(|config, store| {
+                    let session = strata_session::Config::default();
+                    let v1 = prekeys::ensure(store, &bob_identity, &session, now_ms()).unwrap();
+                    // What Bob renews to later; his store holds it from now.
+                    next = Some(prekeys::rotate(store, &bob_identity, &session, now_ms()).unwrap());
+                    let renewable = Arc::new(Renewable {
+                        identity: bob_identity,
+                        pre_keys: std::sync::RwLock::new(v1),
+                    });
+                    source = Some(Arc::clone(&renewable));
+                    config.bundles = Some(BundleConfig::new(verifier()).with_source(renewable));
+                })
+                .await;
+            let mut alice = alice_inst
+                .start_with(|config, _| {
+                    config.topics = vec![bundle_topic(&bob_key)];
+                    config.bundles = Some(BundleConfig::new(verifier()));
+                })
+                .await;
+            let held_version = |node: &Libp2pTransport| {
+                let node = node.clone();
+                let key = bob_key.clone();
+                async move { node.bundles_of(&key).await.unwrap().first().map(|h| h.header.version) }
+            };
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while held_version(&alice.transport).await.is_none() {
+                assert!(tokio::time::Instant::now() < deadline, "alice never got bob's bundle");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            alice.connect("bob").await;
+            alice.wait_ready().await;
+            bob.wait_ready().await;
+            alice.send_text("bob", "before").await;
+            bob.wait_text("before").await;
+
+            let (next, source) = (next.unwrap(), source.unwrap());
+            let version = next.version();
+            *source.pre_keys.write().unwrap() = next;
+            bob.transport.refresh_bundle().await.unwrap();
+            while held_version(&alice.transport).await != Some(version) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "alice never got the newer bundle"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            alice.send_text("bob", "after the new bundle").await;
+            alice
+                .wait_for("re-keyed", |e| {
+                    matches!(
+                        e.kind,
+                        NodeEventKind::Session(Event::SessionReset {
+                            reason: strata_session::ResetReason::Rekeyed
+                        })
+                    )
+                })
+                .await;
+            bob.wait_text("after the new bundle").await;
+            bob.send_text("alice", "on the new session").await;
+            alice.wait_text("on the new session").await;
+            alice.stop().await;
+            bob.stop().await;
+            relay.shutdown().await;
+        });
+    }
 }
