@@ -18,6 +18,7 @@ use strata_cascade::devices::sign_device_list;
 use strata_cascade::{AccountIdentity, InstallationId, InstallationIdentity};
 use strata_session::Content;
 use strata_session::actors::{ListDevices, NodeEventKind};
+use strata_session::group::GroupEvent;
 use strata_session::machine::Event;
 use strata_store::{KeySource, MemoryBackend, Store};
 use strata_test_support::devices::{Accounts, send_to, two_and_three, wait_list, wait_ready_with, wait_text};
@@ -131,6 +132,13 @@ fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
         let mut nc1 = start(&net, c1.clone(), &account_list(&carol, 5, &[&c1]), 32);
         nc1.connect(na1.name).await;
         wait_ready_with(&mut nc1, na1.name).await;
+        // Alice's group with Carol, before the new device exists.
+        let pool = strata_session::Config::default().key_package_pool;
+        strata_session::keep_stocked(&nc1.store(), &c1, &pool, strata_test_support::now_s()).unwrap();
+        let group = na1.create_group("climbing").await;
+        na1.add_to_group(&group, nc1.name).await;
+        nc1.wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
 
         let offer = na1
             .addr
@@ -171,6 +179,7 @@ fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
         let key = StorageKey::generate(&mut rng);
         let store = Store::open(backend.clone(), KeySource::Key(key.clone())).unwrap();
         store_grant(&store, &grant).unwrap();
+        strata_session::keep_stocked(&store, &a2, &pool, strata_test_support::now_s()).unwrap();
         // `strata run` after `devices join`: the same address, a new process.
         let (transport, stream) = net.restart(&strata_transport::PeerAddr::new(name)).unwrap();
         let mut na2 = TestNode::boot(name, transport, stream, a2, backend, key, std::env::temp_dir());
@@ -184,6 +193,12 @@ fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
         assert_eq!(sent.len(), 2);
         wait_text(&mut na1, "to both").await;
         wait_text(&mut na2, "to both").await;
+        // Alice's first device sequences the group: it adds the new one.
+        na2.wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
+        nc1.group_send(&group, "hello both of you").await;
+        na2.wait_group_text(&group, "hello both of you").await;
+        na1.wait_group_text(&group, "hello both of you").await;
     });
 }
 

@@ -109,6 +109,8 @@ pub(super) struct Devices {
     offers: crate::pairing::Offers,
     /// The highest bundle version seen of each installation.
     bundle_versions: BTreeMap<InstallationId, u64>,
+    /// Devices paired here whose groups wait for their session.
+    new_devices: BTreeSet<InstallationId>,
     /// The last texts sent to each account, and the installations each
     /// went to: when the account's list names one it missed (the list
     /// held was older, or none was), it is sent again (Sesame's retry).
@@ -265,6 +267,11 @@ impl<T: Transport> Node<T> {
                     self.devices.accounts.insert(peer.clone(), account);
                 }
                 self.touch(installation);
+                if let Ok(id) = installation.parse()
+                    && self.devices.new_devices.remove(&id)
+                {
+                    self.add_to_our_groups(peer.clone(), ctx);
+                }
                 // A device the list no longer names does not speak for
                 // the account: it answers messages, below, and nothing else.
                 if self.devices.book.as_ref().is_some_and(DeviceBook::paired) {
@@ -563,7 +570,49 @@ impl<T: Transport> Node<T> {
         self.publish(event, ctx);
         self.open_own_device(installation, ctx);
         self.spread_list(ctx);
+        if self.devices.new_devices.len() < crate::devices::MAX_ACCOUNTS {
+            self.devices.new_devices.insert(installation);
+        }
         Ok(frame)
+    }
+
+    /// A device paired here, its session now ready, joins the groups this
+    /// installation sequences (only the first admin adds members): each
+    /// claims one of its KeyPackages and commits its add. Groups another
+    /// admin sequences are left to that admin.
+    fn add_to_our_groups(&mut self, peer: PeerAddr, ctx: &mut Context<Self>) {
+        let local = self.setup.local.installation_id().to_hex();
+        let groups: Vec<(String, Addr<super::GroupActor>)> = self
+            .groups
+            .actors
+            .iter()
+            .map(|(id, (addr, _))| (id.clone(), addr.clone()))
+            .collect();
+        let node = ctx.address();
+        let add = async move {
+            for (group, actor) in groups {
+                let sequencer = matches!(
+                    actor.send(super::DescribeGroup).await,
+                    Ok(Ok(summary)) if summary.admins.first() == Some(&local)
+                );
+                if !sequencer {
+                    continue;
+                }
+                let added = node
+                    .send(super::AddToGroup {
+                        request_id: 0,
+                        group: group.clone(),
+                        peer: peer.clone(),
+                    })
+                    .await;
+                match added.map(|r| r.result) {
+                    Ok(Ok(())) => tracing::info!(%group, %peer, "our new device added to the group"),
+                    Ok(Err(e)) => tracing::warn!(%group, %peer, error = %e, "our new device not added to the group"),
+                    Err(_) => return,
+                }
+            }
+        };
+        ctx.spawn(add.into_actor(self));
     }
 
     /// Sends our list to every peer with a ready session.
