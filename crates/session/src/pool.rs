@@ -271,10 +271,11 @@ mod tests {
         let store = memory_store();
         let owner = installation();
         let now = now_s();
-        // Lifetimes run on the wall clock (openmls): a stock that lives one
-        // second is expired half a minute on.
+        // Lifetimes run on the wall clock (openmls): a stock that lives ten
+        // seconds is expired half a minute on. (One second was too short on
+        // a loaded machine: a package could expire before it was stored.)
         let short = PoolConfig {
-            lifetime_secs: 1,
+            lifetime_secs: 10,
             ..small()
         };
         keep_stocked(&store, &owner, &short, now).unwrap();

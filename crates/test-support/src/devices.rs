@@ -128,6 +128,19 @@ pub async fn wait_ready_with<T: Transport + Unpin + 'static>(node: &mut TestNode
     .await;
 }
 
+/// Waits until `node`'s session with `peer` is ready; its session id.
+pub async fn ready_session<T: Transport + Unpin + 'static>(node: &mut TestNode<T>, peer: &str) -> [u8; 16] {
+    let ready = node
+        .wait_for("encryptionReady", |e| {
+            e.peer.as_str() == peer && matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
+        })
+        .await;
+    match ready.kind {
+        NodeEventKind::Session(Event::EncryptionReady { session_id, .. }) => session_id,
+        _ => unreachable!("the wait matched encryptionReady"),
+    }
+}
+
 /// Waits until `node` holds a list of `account` at `version`.
 pub async fn wait_list<T: Transport + Unpin + 'static>(
     node: &mut TestNode<T>,
@@ -154,6 +167,8 @@ pub async fn got_after<T: Transport + Unpin + 'static>(node: &mut TestNode<T>, t
 /// The whole scenario, on started nodes (`a`: Alice's two, `b`: Bob's
 /// three, in [`Accounts`] order):
 ///
+/// 0. Alice's first device and Bob's stale one open a session at once:
+///    both end in the same session.
 /// 1. Alice's first device knows only Bob's stale one, and sends to Bob's
 ///    account: with no list of Bob's known, it goes to that pinned
 ///    installation, which answers with Bob's list (it is partitioned);
@@ -182,8 +197,12 @@ pub async fn two_and_three<T: Transport + Unpin + 'static>(
         ids
     };
 
+    // Both open at once: each ends in the same one session.
     a1.connect(b3.name).await;
-    wait_ready_with(a1, b3.name).await;
+    b3.connect(a1.name).await;
+    let at_alice = ready_session(a1, b3.name).await;
+    let at_bob = ready_session(b3, a1.name).await;
+    assert_eq!(at_alice, at_bob, "simultaneous starts converge on one session");
     let first = send_to(a1, bob, "hello-1").await;
     assert_eq!(
         theirs(&first),
