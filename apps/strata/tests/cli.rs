@@ -1418,6 +1418,29 @@ fn a_second_device_pairs_and_gets_what_is_sent_to_the_account() {
             inbox_texts(device).contains(&"to both of alice's devices".to_owned())
         });
     }
+    // A file to the account: both of Alice's devices get it whole.
+    let file = bob.tmp.path().join("photo.bin");
+    let content: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(&file, &content).unwrap();
+    let sent = json_of(&bob.ok(&["send", &a_peer, "--file", file.to_str().unwrap(), "--json"]));
+    let copies = sent["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{sent}");
+    for (device, copy) in [&alice, &alice2]
+        .into_iter()
+        .zip(copies.iter().rev().chain(copies.iter()).take(2))
+    {
+        let _ = copy;
+        eventually("the file on the device", || {
+            std::fs::read_dir(device.dir().join("downloads"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .any(|e| std::fs::read(e.path()).is_ok_and(|b| b == content))
+                })
+                .unwrap_or(false)
+        });
+    }
     // From the new device: Bob gets it, and Alice's first device shows it
     // as sent.
     send_acked(&alice2, &b_peer, "from the new device");

@@ -11,7 +11,9 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::devices::sign_device_list;
 use strata_cascade::{AccountIdentity, InstallationId, InstallationIdentity};
-use strata_session::actors::{ChangeDevices, FannedOut, ListDevices, NodeEvent, NodeEventKind, SendToAccount};
+use strata_session::actors::{
+    AccountMessage, ChangeDevices, FannedOut, ListDevices, NodeEvent, NodeEventKind, SendToAccount,
+};
 use strata_session::{Content, Event};
 use strata_store::{Backend, Store};
 use strata_transport::Transport;
@@ -83,7 +85,7 @@ pub async fn send_to<T: Transport + Unpin + 'static>(
         .send(SendToAccount {
             request_id: 1,
             account: account.identity_key().serialize().to_vec(),
-            text: text.into(),
+            message: AccountMessage::Text(text.into()),
         })
         .await
         .unwrap();

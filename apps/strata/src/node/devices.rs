@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 use strata_cascade::InstallationId;
-use strata_session::actors::{ChangeDevices, FannedOut, ListDevices, OfferPairing, SendToAccount};
+use strata_session::actors::{AccountMessage, ChangeDevices, FannedOut, ListDevices, OfferPairing, SendToAccount};
 
 use super::{NodeSessions, session_error, stopped};
 use crate::error::{AppError, ErrorKind, Result};
@@ -103,7 +103,7 @@ impl NodeSessions {
     pub(super) async fn fan_out(
         &self,
         account: Vec<u8>,
-        text: String,
+        message: AccountMessage,
         prefer: Option<InstallationId>,
     ) -> Result<(Vec<FannedOut>, String)> {
         let reply = self
@@ -111,7 +111,7 @@ impl NodeSessions {
             .send(SendToAccount {
                 request_id: self.request_id(),
                 account,
-                text,
+                message,
             })
             .await
             .map_err(|_| stopped())?;

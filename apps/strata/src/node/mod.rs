@@ -28,8 +28,8 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use strata_cascade::InstallationIdentity;
 use strata_session::actors::{
-    AwaitReady, Connect, ListPeers, Node, NodeEventKind, PeerRequest, SessionRequest, SessionSetup, SessionState,
-    Shutdown,
+    AccountMessage, AwaitReady, Connect, ListPeers, Node, NodeEventKind, PeerRequest, SessionRequest, SessionSetup,
+    SessionState, Shutdown,
 };
 use strata_session::{Command, Content, Event, SessionError};
 use strata_transport::PeerAddr;
@@ -89,6 +89,12 @@ pub(crate) struct NodeSessions {
     /// Node events, typed, for the daemon's own waits.
     observed: broadcast::Sender<Arc<Observed>>,
     requests: AtomicU64,
+}
+
+/// The file to send cannot be read.
+fn unreadable(path: &std::path::Path, e: &std::io::Error) -> AppError {
+    AppError::new(ErrorKind::NotFound, format!("cannot read {}: {e}", path.display()))
+        .hint("the daemon reads the file: give a path it can open")
 }
 
 /// `send --wait-ack` gave up waiting for `peer` to acknowledge `id`.
@@ -522,10 +528,15 @@ impl NodeSessions {
     }
 
     async fn send(&self, text: &str, body: SendBody, wait_ack: bool) -> Result<Value> {
-        if let SendBody::Text(message) = &body
-            && let Some((account, prefer)) = self.account_named(text).await?
-        {
-            return self.send_to_account(account, prefer, message.clone(), wait_ack).await;
+        if let Some((account, prefer)) = self.account_named(text).await? {
+            let message = match &body {
+                SendBody::Text(text) => AccountMessage::Text(text.clone()),
+                SendBody::File(path) => {
+                    std::fs::metadata(path).map_err(|e| unreadable(path, &e))?;
+                    AccountMessage::File(path.clone())
+                }
+            };
+            return self.send_to_account(account, prefer, message, wait_ack).await;
         }
         let peer = self.resolve(text).await?;
         // A URI's account key must be the one pinned for the installation.
@@ -534,10 +545,9 @@ impl NodeSessions {
         let (request, file) = match body {
             SendBody::Text(text) => (SessionRequest::Command(Command::Send(Content::Text { text })), None),
             SendBody::File(path) => {
-                let size = std::fs::metadata(&path).map(|m| m.len()).map_err(|e| {
-                    AppError::new(ErrorKind::NotFound, format!("cannot read {}: {e}", path.display()))
-                        .hint("the daemon reads the file: give a path it can open")
-                })?;
+                let size = std::fs::metadata(&path)
+                    .map(|m| m.len())
+                    .map_err(|e| unreadable(&path, &e))?;
                 (SessionRequest::SendFile(path.clone()), Some((path, size)))
             }
         };
@@ -591,11 +601,15 @@ impl NodeSessions {
         &self,
         account: Vec<u8>,
         prefer: Option<strata_cascade::InstallationId>,
-        text: String,
+        message: AccountMessage,
         wait_ack: bool,
     ) -> Result<Value> {
         let mut live = self.observed.subscribe();
-        let (copies, id) = self.fan_out(account, text, prefer).await?;
+        let file = match &message {
+            AccountMessage::File(path) => Some(path.clone()),
+            AccountMessage::Text(_) => None,
+        };
+        let (copies, id) = self.fan_out(account, message, prefer).await?;
         let peer = copies
             .iter()
             .find(|c| c.outcome.as_ref().is_ok_and(|m| *m == id))
@@ -607,9 +621,16 @@ impl NodeSessions {
             "acknowledged": false,
             "copies": devices::copies_json(&copies),
         });
+        if let Some(path) = &file {
+            let size = std::fs::metadata(path).map_or(0, |m| m.len());
+            set(&mut result, "file", json!({"path": path, "size": size}));
+        }
         if wait_ack {
-            let acked = wait_for(&mut live, WAIT, |o| {
-                matches!(&o.event.kind, NodeEventKind::Session(Event::Delivered { message_id }) if *message_id == id)
+            let is_file = file.is_some();
+            let acked = wait_for(&mut live, WAIT, |o| match &o.event.kind {
+                NodeEventKind::FileSent { file_id } => is_file && *file_id == id,
+                NodeEventKind::Session(Event::Delivered { message_id }) => !is_file && *message_id == id,
+                _ => false,
             })
             .await;
             if !acked {

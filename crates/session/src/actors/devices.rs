@@ -2,6 +2,8 @@
 //! text to an account, sent copies, partitioned devices. The rules are in
 //! [`crate::devices`]; this file does their I/O.
 
+use std::path::PathBuf;
+
 use strata_cascade::devices::verify_device_list;
 use strata_cascade::{IdentityKey, InstallationId};
 
@@ -9,9 +11,10 @@ use super::*;
 use crate::content::Content;
 use crate::devices::{Admitted, DeviceBook};
 
-/// Send a text to an account: to its devices and, as a `sent-copy`, to
-/// this account's other devices (see [`crate::devices`]). Answered once
-/// every copy is queued, or could not be.
+/// Send a text or a file to an account: to its devices and, for a text,
+/// as a `sent-copy` to this account's other devices (see
+/// [`crate::devices`]). Answered once every copy is queued (a file: once
+/// its chunks are on their way), or could not be.
 #[derive(Debug, Message)]
 #[rtype(result = "Reply<Vec<FannedOut>>")]
 pub struct SendToAccount {
@@ -19,8 +22,19 @@ pub struct SendToAccount {
     pub request_id: RequestId,
     /// The account's identity key (serialized).
     pub account: Vec<u8>,
-    /// The text.
-    pub text: String,
+    /// What.
+    pub message: AccountMessage,
+}
+
+/// What a [`SendToAccount`] sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountMessage {
+    /// A text.
+    Text(String),
+    /// The file at this path, streamed to each device (no copy to this
+    /// account's other devices: a file is sent once per device that shows
+    /// it, and those are the recipient's).
+    File(PathBuf),
 }
 
 /// One copy of a [`SendToAccount`] text.
@@ -395,7 +409,7 @@ impl<T: Transport> Node<T> {
                 installation,
                 peer: self.address_of(installation),
                 account,
-                content: Content::Text { text },
+                content: CopyBody::Content(Content::Text { text }),
                 own_device: false,
                 known: self.knows(installation),
             };
@@ -715,10 +729,10 @@ impl<T: Transport> Handler<SendToAccount> for Node<T> {
     fn handle(&mut self, msg: SendToAccount, ctx: &mut Self::Context) -> Self::Result {
         let request_id = msg.request_id;
         let plan = self.fan_out_plan(&msg);
-        if let Ok(plan) = &plan {
+        if let (Ok(plan), AccountMessage::Text(text)) = (&plan, &msg.message) {
             let theirs: Vec<InstallationId> = plan.iter().filter(|c| !c.own_device).map(|c| c.installation).collect();
             if let Some(first) = plan.iter().find(|c| !c.own_device) {
-                self.remember_text(&first.account, &msg.text, &theirs);
+                self.remember_text(&first.account, text, &theirs);
             }
         }
         let node = ctx.address();
@@ -747,10 +761,17 @@ struct Copy {
     installation: InstallationId,
     peer: PeerAddr,
     account: IdentityKey,
-    content: Content,
+    content: CopyBody,
     own_device: bool,
     /// The node knows the installation at that address: send at once.
     known: bool,
+}
+
+/// What one copy carries.
+#[derive(Clone)]
+enum CopyBody {
+    Content(Content),
+    File(PathBuf),
 }
 
 impl<T: Transport> Node<T> {
@@ -773,14 +794,20 @@ impl<T: Transport> Node<T> {
             .targets(&account, &pinned, max)
             .into_iter()
             .map(|i| (i, account, false));
-        let text = Content::Text { text: msg.text.clone() };
-        let copy = Content::SentCopy {
-            to: msg.account.clone(),
-            text: msg.text.clone(),
+        let (theirs_get, ours_get) = match &msg.message {
+            AccountMessage::Text(text) => (
+                CopyBody::Content(Content::Text { text: text.clone() }),
+                Some(CopyBody::Content(Content::SentCopy {
+                    to: msg.account.clone(),
+                    text: text.clone(),
+                })),
+            ),
+            AccountMessage::File(path) => (CopyBody::File(path.clone()), None),
         };
         let ours = book
             .targets(&own_account, &[], max)
             .into_iter()
+            .filter(|_| ours_get.is_some())
             .map(|i| (i, own_account, true));
         let plan: Vec<Copy> = theirs
             .chain(ours)
@@ -789,7 +816,10 @@ impl<T: Transport> Node<T> {
                 peer: self.address_of(installation),
                 known: self.knows(installation),
                 account,
-                content: if own_device { copy.clone() } else { text.clone() },
+                content: match (&ours_get, own_device) {
+                    (Some(copy), true) => copy.clone(),
+                    _ => theirs_get.clone(),
+                },
                 own_device,
             })
             .collect();
@@ -840,7 +870,10 @@ async fn deliver_copy<T: Transport>(node: Addr<Node<T>>, copy: Copy, wait: Durat
         node.send(PeerRequest {
             request_id: 0,
             peer: copy.peer.clone(),
-            request: SessionRequest::Command(Command::Send(copy.content.clone())),
+            request: match &copy.content {
+                CopyBody::Content(content) => SessionRequest::Command(Command::Send(content.clone())),
+                CopyBody::File(path) => SessionRequest::SendFile(path.clone()),
+            },
         })
         .await
         .map_err(|_| SessionError::Unavailable("node"))?

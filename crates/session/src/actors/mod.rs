@@ -463,7 +463,8 @@ pub use groups::{
 };
 
 pub use devices::{
-    ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, OfferPairing, PairingOffer, SendToAccount,
+    AccountMessage, ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, OfferPairing, PairingOffer,
+    SendToAccount,
 };
 pub use node::Node;
 pub use session::PeerSession;
