@@ -1427,11 +1427,7 @@ fn a_second_device_pairs_and_gets_what_is_sent_to_the_account() {
     let sent = json_of(&bob.ok(&["send", &a_peer, "--file", file.to_str().unwrap(), "--json"]));
     let copies = sent["copies"].as_array().unwrap();
     assert_eq!(copies.len(), 2, "{sent}");
-    for (device, copy) in [&alice, &alice2]
-        .into_iter()
-        .zip(copies.iter().rev().chain(copies.iter()).take(2))
-    {
-        let _ = copy;
+    for device in [&alice, &alice2] {
         eventually("the file on the device", || {
             std::fs::read_dir(device.dir().join("downloads"))
                 .map(|d| {
