@@ -91,6 +91,22 @@ pub(crate) struct NodeSessions {
     requests: AtomicU64,
 }
 
+/// Waits until message `id` (or file `id`) is acknowledged by `peer`.
+async fn acknowledged(
+    live: &mut broadcast::Receiver<Arc<Observed>>,
+    id: &str,
+    is_file: bool,
+    peer: &(dyn std::fmt::Display + Sync),
+) -> Result<()> {
+    let acked = wait_for(live, WAIT, |o| match &o.event.kind {
+        NodeEventKind::FileSent { file_id } => is_file && file_id == id,
+        NodeEventKind::Session(Event::Delivered { message_id }) => !is_file && message_id == id,
+        _ => false,
+    })
+    .await;
+    if acked { Ok(()) } else { Err(not_acknowledged(id, peer)) }
+}
+
 /// The file to send cannot be read.
 fn unreadable(path: &std::path::Path, e: &std::io::Error) -> AppError {
     AppError::new(ErrorKind::NotFound, format!("cannot read {}: {e}", path.display()))
@@ -560,16 +576,7 @@ impl NodeSessions {
             set(&mut result, "file", json!({"path": path, "size": size}));
         }
         if wait_ack {
-            let is_file = file.is_some();
-            let acked = wait_for(&mut live, WAIT, |o| match &o.event.kind {
-                NodeEventKind::FileSent { file_id } => is_file && *file_id == id,
-                NodeEventKind::Session(Event::Delivered { message_id }) => !is_file && *message_id == id,
-                _ => false,
-            })
-            .await;
-            if !acked {
-                return Err(not_acknowledged(&id, &peer));
-            }
+            acknowledged(&mut live, &id, file.is_some(), &peer).await?;
             set(&mut result, "acknowledged", json!(true));
         }
         Ok(result)
@@ -626,16 +633,7 @@ impl NodeSessions {
             set(&mut result, "file", json!({"path": path, "size": size}));
         }
         if wait_ack {
-            let is_file = file.is_some();
-            let acked = wait_for(&mut live, WAIT, |o| match &o.event.kind {
-                NodeEventKind::FileSent { file_id } => is_file && *file_id == id,
-                NodeEventKind::Session(Event::Delivered { message_id }) => !is_file && *message_id == id,
-                _ => false,
-            })
-            .await;
-            if !acked {
-                return Err(not_acknowledged(&id, &peer));
-            }
+            acknowledged(&mut live, &id, file.is_some(), &peer).await?;
             set(&mut result, "acknowledged", json!(true));
         }
         Ok(result)
