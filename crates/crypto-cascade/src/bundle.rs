@@ -4,7 +4,7 @@
 //! [`sign_bundle`] signs what an installation broadcasts — its Signal
 //! signed pre-key and Kyber pre-key, one MLS KeyPackage, its
 //! identity-signed ML-KEM-768 key, a version, a timestamp and its paired
-//! installations (the node lists none: pairing is planned, issue #18) —
+//! installations (the account's other devices, from its device list) —
 //! with the account identity key (XEdDSA, libsignal), after checking that
 //! every part really belongs to this installation.
 //! [`verify_bundle`] is the only way received bundle bytes become a

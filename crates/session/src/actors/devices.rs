@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use strata_cascade::devices::verify_device_list;
+use strata_cascade::devices::{VerifiedDeviceList, verify_device_list};
 use strata_cascade::{IdentityKey, InstallationId};
 
 use super::*;
@@ -176,17 +176,8 @@ impl<T: Transport> Node<T> {
     /// Where the session with `installation` is, or would be: Strata's
     /// transports name an installation by its id.
     fn address_of(&self, installation: InstallationId) -> PeerAddr {
-        self.stored
-            .iter()
-            .find(|(_, i)| **i == installation)
-            .map(|(p, _)| p.clone())
-            .or_else(|| {
-                let hex = installation.to_hex();
-                self.status
-                    .iter()
-                    .find(|(_, s)| s.installation.as_deref() == Some(hex.as_str()))
-                    .map(|(p, _)| p.clone())
-            })
+        self.addresses()
+            .remove(&installation)
             .unwrap_or_else(|| PeerAddr::new(installation.to_hex()))
     }
 
@@ -219,8 +210,7 @@ impl<T: Transport> Node<T> {
         if let Some(account) = self.devices.accounts.get(peer) {
             return Some(*account);
         }
-        let installation = self.status.get(peer)?.installation.clone()?;
-        self.pinned_account(&installation)
+        self.pinned_account(&self.installation_at(peer)?.to_hex())
     }
 
     /// The account `installation` (hex) is pinned to in the store.
@@ -280,7 +270,9 @@ impl<T: Transport> Node<T> {
                 if let Some(account) = self.pinned_account(installation) {
                     self.devices.accounts.insert(peer.clone(), account);
                 }
-                self.touch(installation);
+                if let Ok(id) = installation.parse() {
+                    self.touch(id);
+                }
                 if let Ok(id) = installation.parse()
                     && self.devices.new_devices.remove(&id)
                 {
@@ -294,8 +286,8 @@ impl<T: Transport> Node<T> {
                 false
             }
             Event::Received { content, .. } => {
-                if let Some(installation) = self.status.get(peer).and_then(|s| s.installation.clone()) {
-                    self.touch(&installation);
+                if let Some(installation) = self.installation_at(peer) {
+                    self.touch(installation);
                 }
                 match content {
                     Content::Devices { list } => {
@@ -320,10 +312,24 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    fn touch(&mut self, installation: &str) {
-        if let (Some(book), Ok(installation)) = (&mut self.devices.book, installation.parse()) {
+    fn touch(&mut self, installation: InstallationId) {
+        if let Some(book) = &mut self.devices.book {
             book.touch(installation, now().unix_ms);
         }
+    }
+
+    /// Tells subscribers that `list` is now the list of its account
+    /// (`from`: where it came from, this installation for our own change).
+    fn list_changed(&mut self, from: PeerAddr, list: &VerifiedDeviceList, ctx: &mut Context<Self>) {
+        let event = NodeEvent {
+            peer: from,
+            kind: NodeEventKind::DevicesChanged {
+                account: list.identity_key().serialize().to_vec(),
+                version: list.version(),
+                installations: list.installations().to_vec(),
+            },
+        };
+        self.publish(event, ctx);
     }
 
     /// A partitioned device (one its account's list does not name) answers
@@ -359,15 +365,7 @@ impl<T: Transport> Node<T> {
         }
         let own = *list.identity_key() == self.own_account();
         tracing::info!(%peer, version = list.version(), own, ?added, ?removed, "device list updated");
-        let event = NodeEvent {
-            peer: peer.clone(),
-            kind: NodeEventKind::DevicesChanged {
-                account: list.identity_key().serialize().to_vec(),
-                version: list.version(),
-                installations: list.installations().to_vec(),
-            },
-        };
-        self.publish(event, ctx);
+        self.list_changed(peer.clone(), &list, ctx);
         if !own {
             self.send_missed(&list, ctx);
         }
@@ -428,9 +426,7 @@ impl<T: Transport> Node<T> {
     /// Whether the node knows the session with `installation` (stored or
     /// named by a handshake), so a copy can be queued at once.
     fn knows(&self, installation: InstallationId) -> bool {
-        let peer = self.address_of(installation);
-        self.stored.get(&peer) == Some(&installation)
-            || self.status.get(&peer).and_then(|s| s.installation.as_deref()) == Some(installation.to_hex().as_str())
+        self.addresses().contains_key(&installation)
     }
 
     /// Remembers a text sent to `account`'s `installations`.
@@ -573,15 +569,7 @@ impl<T: Transport> Node<T> {
             .offers
             .grant(offer, installation, &grant, &mut rand::rng())?;
         tracing::info!(%installation, "a new device paired");
-        let event = NodeEvent {
-            peer: PeerAddr::new(local.installation_id().to_hex()),
-            kind: NodeEventKind::DevicesChanged {
-                account: own.to_vec(),
-                version: list.version(),
-                installations: list.installations().to_vec(),
-            },
-        };
-        self.publish(event, ctx);
+        self.list_changed(PeerAddr::new(local.installation_id().to_hex()), &list, ctx);
         self.open_own_device(installation, ctx);
         self.spread_list(ctx);
         if self.devices.new_devices.len() < crate::devices::MAX_ACCOUNTS {
@@ -660,15 +648,7 @@ impl<T: Transport> Handler<ChangeDevices> for Node<T> {
             Ok(list)
         })();
         let result = result.map(|list| {
-            let event = NodeEvent {
-                peer: PeerAddr::new(local.installation_id().to_hex()),
-                kind: NodeEventKind::DevicesChanged {
-                    account: list.identity_key().serialize().to_vec(),
-                    version: list.version(),
-                    installations: list.installations().to_vec(),
-                },
-            };
-            self.publish(event, ctx);
+            self.list_changed(PeerAddr::new(local.installation_id().to_hex()), &list, ctx);
             for installation in msg.add.iter().filter(|i| **i != local.installation_id()) {
                 self.open_own_device(*installation, ctx);
             }

@@ -471,7 +471,7 @@ impl<T: Transport> Node<T> {
     }
 
     /// The installation of the established session at `peer`.
-    fn installation_at(&self, peer: &PeerAddr) -> Option<strata_cascade::InstallationId> {
+    pub(super) fn installation_at(&self, peer: &PeerAddr) -> Option<strata_cascade::InstallationId> {
         self.stored.get(peer).copied().or_else(|| {
             self.status
                 .get(peer)
@@ -482,7 +482,7 @@ impl<T: Transport> Node<T> {
 
     /// Where the session with each installation is (built once per batch
     /// of a group's outputs, not once per member).
-    fn addresses(&self) -> BTreeMap<strata_cascade::InstallationId, PeerAddr> {
+    pub(super) fn addresses(&self) -> BTreeMap<strata_cascade::InstallationId, PeerAddr> {
         let mut map: BTreeMap<_, _> = self
             .status
             .iter()
