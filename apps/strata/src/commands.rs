@@ -513,6 +513,7 @@ pub(crate) async fn inbox(ctx: &Ctx, args: InboxArgs) -> Result<()> {
 const INBOX_EVENTS: &[&str] = &[
     "message",
     "message-sent-copy",
+    "file-sent-copy",
     "devices-changed",
     "file-received",
     "delivered",
@@ -562,6 +563,11 @@ fn print_inbox_item(ctx: &Ctx, kind: &str, data: &serde_json::Value) -> Result<(
         )),
         "file-received" => output::line(format!(
             "{peer}: file {}",
+            at(data, "path").as_str().unwrap_or_default()
+        )),
+        "file-sent-copy" => output::line(format!(
+            "you (on {peer}) to {}: file {}",
+            at(data, "to").as_str().unwrap_or_default(),
             at(data, "path").as_str().unwrap_or_default()
         )),
         "identity-changed" => output::line(format!(

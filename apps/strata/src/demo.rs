@@ -348,6 +348,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
             index,
             total,
             data: data.to_vec(),
+            sent_to: None,
         };
         ids.push(alice.machine(&bob_addr)?.send(chunk, now())?);
     }

@@ -10,7 +10,7 @@
 //! | `type` | fields | stored, acknowledged |
 //! |---|---|---|
 //! | `text` | `text` | yes |
-//! | `file-chunk` | `fileId`, `name`, `size`, `index`, `total`, `data` | yes |
+//! | `file-chunk` | `fileId`, `name`, `size`, `index`, `total`, `data`; `sentTo` on a sent copy | yes |
 //! | `group-pdu` | `data`: one encoded group PDU (`strata_proto`), detached, ≤ 1 MiB | yes |
 //! | `devices` | `list`: the sender's account's signed device list (`strata_proto::devices`), ≤ 1 KiB | yes |
 //! | `sent-copy` | `to` (an account's identity key), `text` | yes |
@@ -44,7 +44,8 @@
 //! its own devices, and to a contact that sends to an installation the
 //! list no longer names; a `sent-copy` tells the sender's other devices of
 //! a text it sent to an account, and is taken only from a device of the
-//! same account.
+//! same account. A file's sent copy is its chunks with `sentTo` (the
+//! account's identity key, base64), taken on the same terms.
 //!
 //! `text` and `file-chunk` are [`Content`]: the application's payload, kept
 //! in the outbox until acknowledged and in the inbox once received.
@@ -112,6 +113,11 @@ pub enum Content {
         /// `index × FILE_CHUNK_BYTES`.
         #[serde(with = "b64")]
         data: Vec<u8>,
+        /// On a copy of a file this account sent to another account from
+        /// another of its devices: that account's identity key. Taken only
+        /// from a device of the same account, like a `sent-copy`.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_key")]
+        sent_to: Option<Vec<u8>>,
     },
     /// A group chat's PDU for this peer (a Welcome, a commit with its
     /// group secret, a proposal, a catch-up): carried like any message,
@@ -140,6 +146,9 @@ pub enum Content {
         text: String,
     },
 }
+
+/// Most bytes of the account key a sent copy names.
+const MAX_KEY_BYTES: usize = 64;
 
 /// Most bytes of a [`Content::Devices`] list.
 pub const MAX_DEVICE_LIST_BYTES: usize = strata_proto::devices::MAX_DEVICE_LIST_BYTES;
@@ -186,6 +195,7 @@ impl Content {
                 size,
                 index,
                 total,
+                sent_to,
                 ..
             } => Self::FileChunk {
                 file_id: file_id.clone(),
@@ -194,6 +204,7 @@ impl Content {
                 index: *index,
                 total: *total,
                 data: Vec::new(),
+                sent_to: sent_to.clone(),
             },
             Self::GroupPdu { .. } => Self::GroupPdu { data: Vec::new() },
             Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => self.clone(),
@@ -224,7 +235,9 @@ impl Content {
         match self {
             Self::Text { text } | Self::SentCopy { text, .. } if text.len() > MAX_TEXT_BYTES => Err("text over 1 MiB"),
             Self::Devices { list } if list.len() > MAX_DEVICE_LIST_BYTES => Err("device list over 1 KiB"),
-            Self::SentCopy { to, .. } if to.len() > 64 => Err("sent copy to a key over 64 bytes"),
+            Self::SentCopy { to, .. } | Self::FileChunk { sent_to: Some(to), .. } if to.len() > MAX_KEY_BYTES => {
+                Err("sent copy to a key over 64 bytes")
+            }
             Self::FileChunk { data, .. } if data.len() > FILE_CHUNK_BYTES => Err("file chunk over 48 KiB"),
             Self::FileChunk { index, total, .. } if index >= total => Err("file chunk index out of range"),
             Self::GroupPdu { data } if data.len() > MAX_GROUP_PDU_BYTES => Err("group PDU over 1 MiB"),
@@ -364,6 +377,31 @@ mod b64 {
     }
 }
 
+/// An optional account key, base64, at most [`MAX_KEY_BYTES`].
+mod b64_key {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(key: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(k) => s.serialize_str(&STANDARD.encode(k)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let Some(s) = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)? else {
+            return Ok(None);
+        };
+        if s.len() > MAX_KEY_BYTES.div_ceil(3) * 4 {
+            return Err(serde::de::Error::custom("sent copy to a key over 64 bytes"));
+        }
+        STANDARD
+            .decode(s.as_bytes())
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -426,6 +464,7 @@ mod tests {
             index: 0,
             total: 1,
             data: vec![1, 2, 3],
+            sent_to: None,
         };
         let header = br#"{"type":"file-chunk","fileId":"f","name":"a.bin","size":3,"index":0,"total":1,"data":""}"#;
         assert_eq!(chunk.to_bytes(), [&header[..], b"\0\x01\x02\x03"].concat());
@@ -451,9 +490,27 @@ mod tests {
             index: 0,
             total: 1,
             data: Vec::new(),
+            sent_to: None,
         };
         assert!(!empty.to_bytes().contains(&0));
         assert_eq!(Content::from_bytes(&empty.to_bytes()).unwrap(), empty);
+        // A sent copy names the account it went to.
+        let copy = Content::FileChunk {
+            file_id: "f".into(),
+            name: "a.bin".into(),
+            size: 3,
+            index: 0,
+            total: 1,
+            data: vec![1, 2, 3],
+            sent_to: Some(vec![5; 33]),
+        };
+        assert!(copy.to_bytes().windows(10).any(|w| w == b"\"sentTo\":\""));
+        assert_eq!(Content::from_bytes(&copy.to_bytes()).unwrap(), copy);
+        let too_long = format!(
+            r#"{{"type":"file-chunk","fileId":"f","name":"n","size":0,"index":0,"total":1,"data":"","sentTo":"{}"}}"#,
+            "A".repeat(100)
+        );
+        assert!(Content::from_bytes(too_long.as_bytes()).is_err());
     }
 
     #[test]
@@ -465,6 +522,7 @@ mod tests {
             index: 7,
             total: 21846,
             data: vec![0xa5; FILE_CHUNK_BYTES],
+            sent_to: None,
         };
         let overhead = chunk.to_bytes().len() - FILE_CHUNK_BYTES;
         assert!(overhead < 160, "{overhead} bytes around {FILE_CHUNK_BYTES}");

@@ -22,8 +22,8 @@
 //!   default, as 54 recommends); while no list of the account is known, to
 //!   the installations pinned to it. A `sent-copy` of it goes to this
 //!   account's other listed devices, so each device shows the whole
-//!   conversation. A `sent-copy` is taken only from a device of the same
-//!   account.
+//!   conversation; a file's copy is its chunks marked `sentTo`. Either
+//!   copy is taken only from a device of the same account.
 //! - **Partitioned devices.** A device whose own account's list does not
 //!   name it (removed, or a stale copy of the account) answers each
 //!   contact that sends it a message with that list, once per list

@@ -52,6 +52,10 @@ struct Manifest {
     size: u64,
     total: u32,
     next: u32,
+    /// A sent copy for this account's other device: the account the file
+    /// went to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_to: Option<Vec<u8>>,
 }
 
 struct OutgoingFile {
@@ -67,6 +71,7 @@ struct IncomingFile {
     name: String,
     received: BTreeSet<u32>,
     total: u32,
+    sent_to: Option<Vec<u8>>,
     /// The inbox rows of the chunks, removed once the file is whole.
     rows: Vec<String>,
 }
@@ -91,13 +96,20 @@ pub(crate) struct Progress {
 pub(crate) enum FileEvent {
     /// The peer acknowledged one more chunk of a file we send.
     Progress(Progress),
-    /// A whole file arrived and was written to `path`.
-    Received {
-        /// The transfer id.
-        file_id: String,
-        /// Where it is.
-        path: PathBuf,
-    },
+    /// A whole file arrived.
+    Received(ReceivedFile),
+}
+
+/// A whole file received and written out.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ReceivedFile {
+    /// The transfer id.
+    pub(crate) file_id: String,
+    /// Where it is.
+    pub(crate) path: PathBuf,
+    /// A sent copy from this account's other device: the account it went
+    /// to.
+    pub(crate) sent_to: Option<Vec<u8>>,
 }
 
 /// The file transfers of one peer session.
@@ -124,26 +136,25 @@ impl Transfers {
     }
 
     /// Follows the machine event `e`: an acknowledged chunk of ours, or a
-    /// chunk of the peer's (`installation`) written to its file.
+    /// chunk of the peer's (`installation`) written to its file. A sent
+    /// copy is taken only from a device of this account (`own_device`).
     pub(crate) fn on_event(
         &mut self,
         store: &dyn Durable,
         installation: Option<InstallationId>,
+        own_device: bool,
         e: &Event,
     ) -> Option<FileEvent> {
         match e {
             Event::Delivered { message_id } => self.delivered(message_id).map(FileEvent::Progress),
             Event::Received {
                 message_id,
-                content: chunk @ Content::FileChunk { file_id, .. },
+                content: chunk @ Content::FileChunk { .. },
                 ..
             } => {
                 let installation = installation.map(|i| i.to_string());
-                match self.received(store, installation.as_deref(), message_id, chunk) {
-                    Ok(Some(path)) => Some(FileEvent::Received {
-                        file_id: file_id.clone(),
-                        path,
-                    }),
+                match self.received(store, installation.as_deref(), own_device, message_id, chunk) {
+                    Ok(Some(file)) => Some(FileEvent::Received(file)),
                     Ok(None) => None,
                     Err(e) => {
                         tracing::warn!(peer = %self.peer, error = %e, "cannot write a received file");
@@ -186,8 +197,10 @@ impl Transfers {
         self.manifests().join(format!("out-{}.json", safe(file_id)))
     }
 
-    /// Starts sending the file at `path`; returns its transfer id.
-    pub(crate) fn start(&mut self, path: &Path) -> Result<String, SessionError> {
+    /// Starts sending the file at `path` (as a sent copy of a file sent to
+    /// account `sent_to`, for a device of this account); returns its
+    /// transfer id.
+    pub(crate) fn start(&mut self, path: &Path, sent_to: Option<Vec<u8>>) -> Result<String, SessionError> {
         let io = |e: std::io::Error| SessionError::Internal(format!("file {}: {e}", path.display()));
         let file = std::fs::File::open(path).map_err(io)?;
         let size = file.metadata().map_err(io)?.len();
@@ -205,6 +218,7 @@ impl Transfers {
             size,
             total,
             next: 0,
+            sent_to,
         };
         self.save(&manifest).map_err(io)?;
         let file_id = manifest.file_id.clone();
@@ -256,6 +270,7 @@ impl Transfers {
                     index,
                     total: m.total,
                     data,
+                    sent_to: m.sent_to.clone(),
                 });
             }
         }
@@ -320,15 +335,17 @@ impl Transfers {
         Some(progress)
     }
 
-    /// A chunk arrived (committed to the inbox as `message_id`). Returns
-    /// the file's final path when it is whole.
+    /// A chunk arrived (committed to the inbox as `message_id`) from a
+    /// device of this account or not (`own_device`). Returns the file
+    /// when it is whole.
     pub(crate) fn received(
         &mut self,
         store: &dyn Durable,
         installation: Option<&str>,
+        own_device: bool,
         message_id: &str,
         chunk: &Content,
-    ) -> std::io::Result<Option<PathBuf>> {
+    ) -> std::io::Result<Option<ReceivedFile>> {
         let Content::FileChunk {
             file_id,
             name,
@@ -336,17 +353,25 @@ impl Transfers {
             index,
             total,
             data,
+            sent_to,
         } = chunk
         else {
             return Ok(None);
         };
         let refused =
             |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("file chunk refused: {why}"));
+        if sent_to.is_some() && !own_device {
+            return Err(refused("a sent copy from another account"));
+        }
         if !chunk_fits(*size, *index, *total, data.len()) {
             return Err(refused("its size, count, index or length do not add up"));
         }
-        if self.receiving.get(file_id).is_some_and(|f| f.total != *total) {
-            return Err(refused("its count differs from the file's first chunk"));
+        if self
+            .receiving
+            .get(file_id)
+            .is_some_and(|f| f.total != *total || f.sent_to != *sent_to)
+        {
+            return Err(refused("its count or copy differs from the file's first chunk"));
         }
         if self.done.contains(file_id) {
             self.clear_rows(store, installation, &[message_id.to_owned()]);
@@ -368,6 +393,7 @@ impl Transfers {
                     name: safe(name),
                     received: BTreeSet::new(),
                     total: *total,
+                    sent_to: sent_to.clone(),
                     rows: Vec::new(),
                 },
             );
@@ -393,7 +419,11 @@ impl Transfers {
         self.done.insert(file_id.clone());
         // The file is whole on disk: its chunks may leave the inbox.
         self.clear_rows(store, installation, &f.rows);
-        Ok(Some(path))
+        Ok(Some(ReceivedFile {
+            file_id: file_id.clone(),
+            path,
+            sent_to: f.sent_to,
+        }))
     }
 
     fn clear_rows(&self, store: &dyn Durable, installation: Option<&str>, rows: &[String]) {
@@ -412,7 +442,7 @@ impl Transfers {
     /// Picks up the transfers with this peer that a restart interrupted:
     /// outgoing ones from their manifests and the outbox, incoming ones
     /// from the inbox. Returns the files that the inbox completes.
-    pub(crate) fn recover(&mut self, store: &dyn Durable, installation: &str) -> Vec<(String, PathBuf)> {
+    pub(crate) fn recover(&mut self, store: &dyn Durable, installation: &str, own_device: bool) -> Vec<ReceivedFile> {
         let mut completed = Vec::new();
         let (inbox, outbox) = match durable::read(store, |r| Ok((r.inbox(installation)?, r.outbox(installation)?))) {
             Ok(rows) => rows,
@@ -425,12 +455,8 @@ impl Transfers {
             let Ok(chunk @ Content::FileChunk { .. }) = Content::from_bytes(&row.body) else {
                 continue;
             };
-            let Content::FileChunk { file_id, .. } = &chunk else {
-                continue;
-            };
-            let file_id = file_id.clone();
-            match self.received(store, Some(installation), &row.message_id, &chunk) {
-                Ok(Some(path)) => completed.push((file_id, path)),
+            match self.received(store, Some(installation), own_device, &row.message_id, &chunk) {
+                Ok(Some(file)) => completed.push(file),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot resume a received file"),
             }
@@ -523,6 +549,7 @@ mod tests {
             index,
             total,
             data: vec![1; len],
+            sent_to: None,
         };
         let chunk_bytes = FILE_CHUNK_BYTES as u64;
         for bad in [
@@ -531,24 +558,64 @@ mod tests {
             chunk(10, 0, 1, 11),
             chunk(chunk_bytes + 1, 1, 2, 2),
         ] {
-            assert!(files.received(&store, None, "m", &bad).is_err(), "{bad:?}");
+            assert!(files.received(&store, None, false, "m", &bad).is_err(), "{bad:?}");
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
         assert!(
             files
-                .received(&store, None, "m1", &chunk(chunk_bytes + 1, 0, 2, FILE_CHUNK_BYTES))
+                .received(
+                    &store,
+                    None,
+                    false,
+                    "m1",
+                    &chunk(chunk_bytes + 1, 0, 2, FILE_CHUNK_BYTES)
+                )
                 .unwrap()
                 .is_none()
         );
         assert!(
             files
-                .received(&store, None, "m2", &chunk(chunk_bytes * 3, 1, 3, FILE_CHUNK_BYTES))
+                .received(
+                    &store,
+                    None,
+                    false,
+                    "m2",
+                    &chunk(chunk_bytes * 3, 1, 3, FILE_CHUNK_BYTES)
+                )
                 .is_err()
         );
         let path = files
-            .received(&store, None, "m3", &chunk(chunk_bytes + 1, 1, 2, 1))
+            .received(&store, None, false, "m3", &chunk(chunk_bytes + 1, 1, 2, 1))
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .path;
         assert_eq!(std::fs::metadata(path).unwrap().len(), chunk_bytes + 1);
+    }
+
+    /// A sent copy (a file this account sent from another device) is taken
+    /// from a device of this account only, and says where it went.
+    #[test]
+    fn a_sent_copy_of_a_file_is_taken_from_own_devices_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            MemoryBackend::new(),
+            KeySource::Key(strata_cascade::at_rest::StorageKey::generate(&mut rand::rng())),
+        )
+        .unwrap();
+        let mut files = Transfers::new(dir.path().to_owned(), PeerAddr::new("alice-laptop"));
+        let copy = Content::FileChunk {
+            file_id: "f".into(),
+            name: "n".into(),
+            size: 3,
+            index: 0,
+            total: 1,
+            data: vec![1, 2, 3],
+            sent_to: Some(vec![7; 33]),
+        };
+        assert!(files.received(&store, None, false, "m1", &copy).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+        let file = files.received(&store, None, true, "m1", &copy).unwrap().unwrap();
+        assert_eq!(file.sent_to, Some(vec![7; 33]));
+        assert_eq!(std::fs::read(file.path).unwrap(), [1, 2, 3]);
     }
 }

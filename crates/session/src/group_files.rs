@@ -69,6 +69,7 @@ pub fn chunks(path: &Path) -> Result<(String, Vec<Content>), SessionError> {
             index,
             total,
             data: data.to_vec(),
+            sent_to: None,
         })
         .collect();
     Ok((file_id, chunks))
@@ -146,6 +147,7 @@ impl GroupFiles {
             index,
             total,
             data,
+            ..
         } = chunk
         else {
             return Ok(None);
@@ -262,6 +264,7 @@ mod tests {
             index,
             total,
             data: vec![7; len],
+            sent_to: None,
         };
         let bad = [
             chunk("../x", 10, 0, 1, 10),

@@ -286,8 +286,8 @@
 //! # Multi-device
 //!
 //! An account's installations are named by its signed device list; texts
-//! to an account fan out to its devices, with sent copies to this
-//! account's own; a new device pairs through a one-time secret. The rules
+//! and files to an account fan out to its devices, with sent copies to
+//! this account's own; a new device pairs through a one-time secret. The rules
 //! are in [`devices`] and [`pairing`].
 //!
 //! # KeyPackage pool

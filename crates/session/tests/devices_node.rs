@@ -97,15 +97,27 @@ fn a_sent_copy_from_another_account_is_dropped() {
             strata_session::actors::SessionRequest::Command(strata_session::Command::Send(forged)),
         )
         .await;
+        // A file "you sent", from Mallory's own device.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("forged.bin");
+        std::fs::write(&file, b"not yours").unwrap();
+        nm.request(
+            na.name,
+            strata_session::actors::SessionRequest::SendFileCopy {
+                path: file,
+                to: mallory.identity_key().serialize().to_vec(),
+            },
+        )
+        .await;
         nm.send_text(na.name, "after").await;
         na.wait_text("after").await;
         let copied = |e: &strata_session::actors::NodeEvent| {
             matches!(
                 &e.kind,
                 NodeEventKind::Session(Event::Received {
-                    content: Content::SentCopy { .. },
+                    content: Content::SentCopy { .. } | Content::FileChunk { .. },
                     ..
-                })
+                }) | NodeEventKind::FileReceived { .. }
             )
         };
         assert!(

@@ -91,6 +91,7 @@ fn a_file_chunk_costs_under_one_and_a_half_times_its_size_on_the_wire() {
         index: 0,
         total: 1,
         data,
+        sent_to: None,
     };
     let now = sim.now();
     let id = sim.nodes[0].machine().send(chunk, now).unwrap();

@@ -80,12 +80,21 @@ pub async fn send_to<T: Transport + Unpin + 'static>(
     account: &AccountIdentity,
     text: &str,
 ) -> Vec<FannedOut> {
+    send_message(node, account, AccountMessage::Text(text.into())).await
+}
+
+/// Sends `message` to `account` from `node`; every copy must be queued.
+pub async fn send_message<T: Transport + Unpin + 'static>(
+    node: &mut TestNode<T>,
+    account: &AccountIdentity,
+    message: AccountMessage,
+) -> Vec<FannedOut> {
     let reply = node
         .addr
         .send(SendToAccount {
             request_id: 1,
             account: account.identity_key().serialize().to_vec(),
-            message: AccountMessage::Text(text.into()),
+            message,
         })
         .await
         .unwrap();
@@ -119,6 +128,26 @@ pub async fn wait_text<T: Transport + Unpin + 'static>(node: &mut TestNode<T>, t
 /// Waits until `node` received a sent copy of `text`.
 pub async fn wait_copy<T: Transport + Unpin + 'static>(node: &mut TestNode<T>, text: &str) {
     node.wait_for(text, |e| is_copy(e, text)).await;
+}
+
+/// Waits until `node` has the whole file `name`, received (`sent_to`
+/// `None`) or as a copy of a file its account sent to `sent_to`; its bytes.
+pub async fn wait_file<T: Transport + Unpin + 'static>(
+    node: &mut TestNode<T>,
+    name: &str,
+    sent_to: Option<&AccountIdentity>,
+) -> Vec<u8> {
+    let want = sent_to.map(|a| a.identity_key().serialize().to_vec());
+    let got = node
+        .wait_for(name, |e| {
+            matches!(&e.kind, NodeEventKind::FileReceived { path, sent_to, .. }
+                if *sent_to == want && path.to_string_lossy().ends_with(name))
+        })
+        .await;
+    match got.kind {
+        NodeEventKind::FileReceived { path, .. } => std::fs::read(path).unwrap(),
+        _ => unreachable!("the wait matched FileReceived"),
+    }
 }
 
 /// Waits until `node`'s session with `peer` is ready (a node also opens
@@ -177,8 +206,8 @@ pub async fn got_after<T: Transport + Unpin + 'static>(node: &mut TestNode<T>, t
 ///    the text is sent again to the two devices the list names, and
 ///    Alice's second device gets a sent copy.
 /// 2. The next text goes to Bob's two listed devices only.
-/// 3. Bob answers from his second device: both of Alice's get it, his
-///    first gets a copy.
+/// 3. Bob answers from his second device, a text and a file: both of
+///    Alice's get them, his first gets copies.
 /// 4. The stale device got nothing after its answer.
 /// 5. Bob removes his second device; Alice hears of it and her next text
 ///    reaches his first device only.
@@ -235,6 +264,18 @@ pub async fn two_and_three<T: Transport + Unpin + 'static>(
     wait_text(a1, "hi-back").await;
     wait_text(a2, "hi-back").await;
     wait_copy(b1, "hi-back").await;
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| i.to_le_bytes()[0] ^ 0x5a).collect();
+    let dir = std::env::temp_dir().join(format!("strata-outgoing-{}", b2.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("photo.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let sent = send_message(b2, alice, AccountMessage::File(file.clone())).await;
+    assert_eq!(theirs(&sent), alices);
+    assert!(sent.iter().any(|c| c.own_device), "{sent:?}");
+    assert_eq!(wait_file(a1, "photo.bin", None).await, bytes);
+    assert_eq!(wait_file(a2, "photo.bin", None).await, bytes);
+    assert_eq!(wait_file(b1, "photo.bin", Some(alice)).await, bytes);
+    let _ = std::fs::remove_dir_all(dir);
 
     assert!(
         !got_after(b3, "hello-2", quiet).await,

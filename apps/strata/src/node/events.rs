@@ -13,7 +13,19 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
     match kind {
         NodeEventKind::Connected => ("connected", json!({})),
         NodeEventKind::Disconnected => ("disconnected", json!({})),
-        NodeEventKind::FileReceived { file_id, path } => ("file-received", json!({"fileId": file_id, "path": path})),
+        NodeEventKind::FileReceived {
+            file_id,
+            path,
+            sent_to: None,
+        } => ("file-received", json!({"fileId": file_id, "path": path})),
+        NodeEventKind::FileReceived {
+            file_id,
+            path,
+            sent_to: Some(to),
+        } => (
+            "file-sent-copy",
+            json!({"fileId": file_id, "path": path, "to": peer_id(to)}),
+        ),
         NodeEventKind::FileProgress {
             file_id,
             acked,
@@ -81,11 +93,16 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
                     size,
                     index,
                     total,
+                    sent_to,
                     ..
-                } => (
-                    "file-chunk",
-                    json!({"fileId": file_id, "name": name, "size": size, "index": index, "total": total}),
-                ),
+                } => {
+                    let data = json!({"fileId": file_id, "name": name, "size": size, "index": index, "total": total});
+                    match sent_to {
+                        // A chunk of a file this account sent from another device.
+                        Some(to) => ("file-chunk", with(data, "to", json!(peer_id(to)))),
+                        None => ("file-chunk", data),
+                    }
+                }
                 Content::SentCopy { to, text } => (
                     "message-sent-copy",
                     json!({"messageId": message_id, "seq": seq, "to": peer_id(to), "text": text}),
@@ -201,6 +218,7 @@ mod tests {
             index: 0,
             total: 1,
             data: vec![1, 2, 3],
+            sent_to: None,
         }
     }
 
@@ -213,6 +231,12 @@ mod tests {
             NodeEventKind::FileReceived {
                 file_id: "f".into(),
                 path: "downloads/f-n".into(),
+                sent_to: None,
+            },
+            NodeEventKind::FileReceived {
+                file_id: "f".into(),
+                path: "downloads/f-n".into(),
+                sent_to: Some(vec![5; 33]),
             },
             NodeEventKind::FileProgress {
                 file_id: "f".into(),
@@ -480,6 +504,7 @@ mod tests {
                 index: 0,
                 total: 1,
                 data: b"secret-bytes".to_vec(),
+                sent_to: None,
             },
         }));
         assert_eq!(kind, "file-chunk");

@@ -11,8 +11,8 @@ use super::*;
 use crate::content::Content;
 use crate::devices::{Admitted, DeviceBook};
 
-/// Send a text or a file to an account: to its devices and, for a text,
-/// as a `sent-copy` to this account's other devices (see
+/// Send a text or a file to an account: to its devices and, as a sent
+/// copy, to this account's other devices (see
 /// [`crate::devices`]). Answered once every copy is queued (a file: once
 /// its chunks are on their way), or could not be.
 #[derive(Debug, Message)]
@@ -31,9 +31,8 @@ pub struct SendToAccount {
 pub enum AccountMessage {
     /// A text.
     Text(String),
-    /// The file at this path, streamed to each device (no copy to this
-    /// account's other devices: a file is sent once per device that shows
-    /// it, and those are the recipient's).
+    /// The file at this path, streamed to each device of the account and,
+    /// as a sent copy, to this account's other devices.
     File(PathBuf),
 }
 
@@ -294,7 +293,7 @@ impl<T: Transport> Node<T> {
                         self.take_list(peer, list, ctx);
                         true
                     }
-                    Content::SentCopy { .. } => {
+                    Content::SentCopy { .. } | Content::FileChunk { sent_to: Some(_), .. } => {
                         let own = self.account_at(peer) == Some(self.own_account());
                         if !own {
                             tracing::warn!(%peer, "a sent copy from another account: dropped");
@@ -752,6 +751,8 @@ struct Copy {
 enum CopyBody {
     Content(Content),
     File(PathBuf),
+    /// A file's sent copy: the account it went to.
+    FileCopy(PathBuf, Vec<u8>),
 }
 
 impl<T: Transport> Node<T> {
@@ -777,17 +778,19 @@ impl<T: Transport> Node<T> {
         let (theirs_get, ours_get) = match &msg.message {
             AccountMessage::Text(text) => (
                 CopyBody::Content(Content::Text { text: text.clone() }),
-                Some(CopyBody::Content(Content::SentCopy {
+                CopyBody::Content(Content::SentCopy {
                     to: msg.account.clone(),
                     text: text.clone(),
-                })),
+                }),
             ),
-            AccountMessage::File(path) => (CopyBody::File(path.clone()), None),
+            AccountMessage::File(path) => (
+                CopyBody::File(path.clone()),
+                CopyBody::FileCopy(path.clone(), msg.account.clone()),
+            ),
         };
         let ours = book
             .targets(&own_account, &[], max)
             .into_iter()
-            .filter(|_| ours_get.is_some())
             .map(|i| (i, own_account, true));
         let plan: Vec<Copy> = theirs
             .chain(ours)
@@ -796,9 +799,10 @@ impl<T: Transport> Node<T> {
                 peer: self.address_of(installation),
                 known: self.knows(installation),
                 account,
-                content: match (&ours_get, own_device) {
-                    (Some(copy), true) => copy.clone(),
-                    _ => theirs_get.clone(),
+                content: if own_device {
+                    ours_get.clone()
+                } else {
+                    theirs_get.clone()
                 },
                 own_device,
             })
@@ -853,6 +857,10 @@ async fn deliver_copy<T: Transport>(node: Addr<Node<T>>, copy: Copy, wait: Durat
             request: match &copy.content {
                 CopyBody::Content(content) => SessionRequest::Command(Command::Send(content.clone())),
                 CopyBody::File(path) => SessionRequest::SendFile(path.clone()),
+                CopyBody::FileCopy(path, to) => SessionRequest::SendFileCopy {
+                    path: path.clone(),
+                    to: to.clone(),
+                },
             },
         })
         .await

@@ -124,6 +124,9 @@ pub enum NodeEventKind {
         file_id: String,
         /// Where it is.
         path: PathBuf,
+        /// A copy of a file this account sent from another of its devices:
+        /// the identity key of the account it went to.
+        sent_to: Option<Vec<u8>>,
     },
     /// The peer acknowledged one more chunk of a file we send.
     FileProgress {
@@ -264,6 +267,14 @@ pub enum SessionRequest {
     Command(Command),
     /// Stream a file to the peer.
     SendFile(PathBuf),
+    /// Stream a copy of a file this account sends to account `to` (an
+    /// identity key) to the peer, a device of this account.
+    SendFileCopy {
+        /// The file.
+        path: PathBuf,
+        /// The account it is sent to.
+        to: Vec<u8>,
+    },
     /// The safety number with this peer (60 digits, grouped).
     SafetyNumber,
     /// Open the session from the peer's verified bundle (one round trip;

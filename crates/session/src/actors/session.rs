@@ -153,7 +153,8 @@ impl PeerSession {
     /// Follows the file transfers a machine event concerns.
     fn on_event(&mut self, e: &Event, ctx: &mut Context<Self>) {
         let store = Arc::clone(&self.setup.store);
-        match self.files.on_event(&*store, self.machine.peer(), e) {
+        let own_device = self.own_device();
+        match self.files.on_event(&*store, self.machine.peer(), own_device, e) {
             Some(FileEvent::Progress(p)) => {
                 let file_id = p.file_id.clone();
                 self.publish(
@@ -169,8 +170,8 @@ impl PeerSession {
                     self.publish(NodeEventKind::FileSent { file_id }, ctx);
                 }
             }
-            Some(FileEvent::Received { file_id, path }) => {
-                self.publish(NodeEventKind::FileReceived { file_id, path }, ctx);
+            Some(FileEvent::Received(file)) => {
+                self.publish(received(file), ctx);
             }
             None => {}
         }
@@ -191,9 +192,26 @@ impl PeerSession {
             return;
         };
         let store = Arc::clone(&self.setup.store);
-        for (file_id, path) in self.files.recover(&*store, &installation.to_string()) {
-            self.publish(NodeEventKind::FileReceived { file_id, path }, ctx);
+        let own_device = self.own_device();
+        for file in self.files.recover(&*store, &installation.to_string(), own_device) {
+            self.publish(received(file), ctx);
         }
+    }
+
+    /// Whether the peer is a device of this account (it may send copies of
+    /// what this account sent).
+    fn own_device(&self) -> bool {
+        self.machine
+            .peer_identity()
+            .is_some_and(|p| p.identity_key == *self.setup.local.account().identity_key())
+    }
+}
+
+fn received(file: crate::files::ReceivedFile) -> NodeEventKind {
+    NodeEventKind::FileReceived {
+        file_id: file.file_id,
+        path: file.path,
+        sent_to: file.sent_to,
     }
 }
 
@@ -249,7 +267,8 @@ impl Handler<SessionRequest> for PeerSession {
         let result = match msg {
             SessionRequest::Command(Command::Send(content)) => self.machine.send(content, now()).map(Some),
             SessionRequest::Command(c) => self.machine.handle(Input::Command(c), now()).map(|()| None),
-            SessionRequest::SendFile(path) => self.files.start(&path).map(Some),
+            SessionRequest::SendFile(path) => self.files.start(&path, None).map(Some),
+            SessionRequest::SendFileCopy { path, to } => self.files.start(&path, Some(to)).map(Some),
             SessionRequest::OpenFromBundle(bundle) => self.machine.open_from_bundle(&bundle, now()).map(|()| None),
             SessionRequest::Expire(bundle) => {
                 self.machine.expire(*bundle);

@@ -35,7 +35,7 @@ fn unframe(plain: &[u8]) -> Option<(u64, &[u8])> {
 impl GroupMachine {
     /// Seals `content` for the group and broadcasts it to the others.
     pub(super) fn send(&mut self, content: &Content) -> Result<(), SessionError> {
-        if !matches!(content, Content::Text { .. } | Content::FileChunk { .. }) {
+        if !matches!(content, Content::Text { .. } | Content::FileChunk { sent_to: None, .. }) {
             return Err(SessionError::Misuse("a group message is a text or a file chunk"));
         }
         let key = self
@@ -133,7 +133,7 @@ impl GroupMachine {
         }
         // Group PDUs, device lists and sent copies travel pairwise, never
         // as a group's message.
-        if !matches!(content, Content::Text { .. } | Content::FileChunk { .. }) {
+        if !matches!(content, Content::Text { .. } | Content::FileChunk { sent_to: None, .. }) {
             self.refuse(None, "a group message is a text or a file chunk");
             return Ok(());
         }
