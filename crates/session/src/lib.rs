@@ -287,8 +287,10 @@
 //!
 //! An account's installations are named by its signed device list; texts
 //! and files to an account fan out to its devices, with sent copies to
-//! this account's own; a new device pairs through a one-time secret. The rules
-//! are in [`devices`] and [`pairing`].
+//! this account's own; a new device pairs through a one-time secret and
+//! joins the account's groups (the sequencer of each adds a device the
+//! asking member's list names: `actors/device_groups.rs`). The rules are
+//! in [`devices`] and [`pairing`].
 //!
 //! # KeyPackage pool
 //!

@@ -151,6 +151,12 @@ fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
         na1.add_to_group(&group, nc1.name).await;
         nc1.wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
             .await;
+        // And Carol's group with Alice: Carol sequences it.
+        strata_session::keep_stocked(&na1.store(), &a1, &pool, strata_test_support::now_s()).unwrap();
+        let carols = nc1.create_group("carols").await;
+        nc1.add_to_group(&carols, na1.name).await;
+        na1.wait_group(&carols, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
 
         let offer = na1
             .addr
@@ -211,6 +217,23 @@ fn a_device_pairs_over_the_network_and_receives_what_the_account_gets() {
         nc1.group_send(&group, "hello both of you").await;
         na2.wait_group_text(&group, "hello both of you").await;
         na1.wait_group_text(&group, "hello both of you").await;
+        // Carol sequences her group: Alice's first device asks her node to
+        // add the new one, a device Alice's list names, and it does so
+        // without asking Carol.
+        na2.wait_group(&carols, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
+        nc1.group_send(&carols, "welcome, second device").await;
+        na2.wait_group_text(&carols, "welcome, second device").await;
+        assert!(
+            !nc1.seen.iter().any(|e| matches!(
+                &e.kind,
+                NodeEventKind::Group {
+                    event: GroupEvent::AddRequested { .. },
+                    ..
+                }
+            )),
+            "Carol's user was not asked"
+        );
     });
 }
 
@@ -301,5 +324,59 @@ fn a_newer_bundle_re_keys_the_session_at_the_next_send() {
         na.wait_text("on the new session").await;
         na.send_text(nb.name, "and back").await;
         nb.wait_text("and back").await;
+    });
+}
+
+/// A member asks the sequencer to add an installation that its account's
+/// list does not name (a device holding its account key, but not listed):
+/// the sequencer's node does not add it on its own, it asks its user.
+#[test]
+fn a_member_cannot_have_another_accounts_device_added_unasked() {
+    use strata_session::group::GroupCommand;
+
+    run(async {
+        let net = MemoryNetwork::new(75);
+        let mut rng = ChaCha20Rng::seed_from_u64(75);
+        let (carol, mallory) = (AccountIdentity::generate(&mut rng), AccountIdentity::generate(&mut rng));
+        let (c1, m1, m2, m3) = (
+            device(&carol, 53),
+            device(&mallory, 54),
+            device(&mallory, 55),
+            device(&mallory, 56),
+        );
+        // Mallory's list names two devices (so Carol holds it), not m2.
+        let list = account_list(&mallory, 5, &[&m1, &m3]);
+        let mut nc1 = start(&net, c1.clone(), &account_list(&carol, 5, &[&c1]), 53);
+        let mut nm1 = start(&net, m1.clone(), &list, 54);
+        let nm2 = start(&net, m2.clone(), &list, 55);
+        let pool = strata_session::Config::default().key_package_pool;
+        strata_session::keep_stocked(&nm2.store(), &m2, &pool, strata_test_support::now_s()).unwrap();
+        nc1.connect(nm1.name).await;
+        wait_ready_with(&mut nc1, nm1.name).await;
+        wait_list(&mut nc1, &mallory, 5).await;
+        strata_session::keep_stocked(&nm1.store(), &m1, &pool, strata_test_support::now_s()).unwrap();
+        let group = nc1.create_group("carols").await;
+        nc1.add_to_group(&group, nm1.name).await;
+        nm1.wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
+
+        let target = m2.installation_id();
+        nm1.group_command(
+            &group,
+            GroupCommand::AskToAdd {
+                member: target,
+                address: target.to_hex(),
+            },
+        )
+        .await;
+        nc1.wait_group(
+            &group,
+            "the request, for the user",
+            |e| matches!(e, GroupEvent::AddRequested { member, .. } if *member == target.to_hex()),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let info = nc1.group_info(&group).await;
+        assert!(!info.members.contains(&target.to_hex()), "{info:?}");
     });
 }

@@ -112,7 +112,7 @@ pub struct PairingOffer {
 #[derive(Default)]
 pub(super) struct Devices {
     /// Made at start, from the store.
-    book: Option<DeviceBook>,
+    pub(super) book: Option<DeviceBook>,
     /// The account each peer's session is pinned to, learnt when it
     /// became ready.
     accounts: BTreeMap<PeerAddr, IdentityKey>,
@@ -124,6 +124,9 @@ pub(super) struct Devices {
     bundle_versions: BTreeMap<InstallationId, u64>,
     /// Devices paired here whose groups wait for their session.
     new_devices: BTreeSet<InstallationId>,
+    /// Requests to add a device of the asker's account to a group this
+    /// installation sequences, waiting for a list that names it.
+    pub(super) pending_adds: VecDeque<super::device_groups::PendingAdd>,
     /// The last texts sent to each account, and the installations each
     /// went to: when the account's list names one it missed (the list
     /// held was older, or none was), it is sent again (Sesame's retry).
@@ -174,13 +177,13 @@ impl<T: Transport> Node<T> {
 
     /// Where the session with `installation` is, or would be: Strata's
     /// transports name an installation by its id.
-    fn address_of(&self, installation: InstallationId) -> PeerAddr {
+    pub(super) fn address_of(&self, installation: InstallationId) -> PeerAddr {
         self.addresses()
             .remove(&installation)
             .unwrap_or_else(|| PeerAddr::new(installation.to_hex()))
     }
 
-    fn own_account(&self) -> IdentityKey {
+    pub(super) fn own_account(&self) -> IdentityKey {
         *self.setup.local.account().identity_key()
     }
 
@@ -213,7 +216,7 @@ impl<T: Transport> Node<T> {
     }
 
     /// The account `installation` (hex) is pinned to in the store.
-    fn pinned_account(&self, installation: &str) -> Option<IdentityKey> {
+    pub(super) fn pinned_account(&self, installation: &str) -> Option<IdentityKey> {
         let contact = durable::read(&*self.setup.store, |r| r.contact(installation)).ok()??;
         IdentityKey::decode(&contact.identity_key).ok()
     }
@@ -275,7 +278,7 @@ impl<T: Transport> Node<T> {
                 if let Ok(id) = installation.parse()
                     && self.devices.new_devices.remove(&id)
                 {
-                    self.add_to_our_groups(peer.clone(), ctx);
+                    self.add_to_our_groups(peer.clone(), id, ctx);
                 }
                 // A device the list no longer names does not speak for
                 // the account: it answers messages, below, and nothing else.
@@ -329,6 +332,7 @@ impl<T: Transport> Node<T> {
             },
         };
         self.publish(event, ctx);
+        self.retry_pending_adds(list.identity_key(), ctx);
     }
 
     /// A partitioned device (one its account's list does not name) answers
@@ -577,45 +581,6 @@ impl<T: Transport> Node<T> {
         Ok(frame)
     }
 
-    /// A device paired here, its session now ready, joins the groups this
-    /// installation sequences (only the first admin adds members): each
-    /// claims one of its KeyPackages and commits its add. Groups another
-    /// admin sequences are left to that admin.
-    fn add_to_our_groups(&mut self, peer: PeerAddr, ctx: &mut Context<Self>) {
-        let local = self.setup.local.installation_id().to_hex();
-        let groups: Vec<(String, Addr<super::GroupActor>)> = self
-            .groups
-            .actors
-            .iter()
-            .map(|(id, (addr, _))| (id.clone(), addr.clone()))
-            .collect();
-        let node = ctx.address();
-        let add = async move {
-            for (group, actor) in groups {
-                let sequencer = matches!(
-                    actor.send(super::DescribeGroup).await,
-                    Ok(Ok(summary)) if summary.admins.first() == Some(&local)
-                );
-                if !sequencer {
-                    continue;
-                }
-                let added = node
-                    .send(super::AddToGroup {
-                        request_id: 0,
-                        group: group.clone(),
-                        peer: peer.clone(),
-                    })
-                    .await;
-                match added.map(|r| r.result) {
-                    Ok(Ok(())) => tracing::info!(%group, %peer, "our new device added to the group"),
-                    Ok(Err(e)) => tracing::warn!(%group, %peer, error = %e, "our new device not added to the group"),
-                    Err(_) => return,
-                }
-            }
-        };
-        ctx.spawn(add.into_actor(self));
-    }
-
     /// Sends our list to every peer with a ready session.
     fn spread_list(&mut self, ctx: &mut Context<Self>) {
         let ready: Vec<PeerAddr> = self
@@ -832,24 +797,7 @@ fn pinned_to(store: &dyn Durable, account: &IdentityKey) -> Result<Vec<Installat
 async fn deliver_copy<T: Transport>(node: Addr<Node<T>>, copy: Copy, wait: Duration) -> FannedOut {
     let outcome = async {
         if !copy.known {
-            let connect = Connect {
-                request_id: 0,
-                peer: copy.peer.clone(),
-                expect_identity: Some(copy.account.serialize().to_vec()),
-            };
-            node.send(connect)
-                .await
-                .map_err(|_| SessionError::Unavailable("node"))?
-                .result?;
-            let ready = node.send(AwaitReady {
-                request_id: 0,
-                peer: copy.peer.clone(),
-            });
-            tokio::time::timeout(wait, ready)
-                .await
-                .map_err(|_| SessionError::Unavailable("no session with the device in time"))?
-                .map_err(|_| SessionError::Unavailable("node"))?
-                .result?;
+            super::device_groups::open_session(&node, &copy.peer, &copy.account, wait).await?;
         }
         node.send(PeerRequest {
             request_id: 0,

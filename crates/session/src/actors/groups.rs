@@ -679,6 +679,10 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                     if let GroupEvent::AddAgain { member } = &event {
                         self.add_again(&group, *member, addresses.get(member).cloned(), ctx);
                     }
+                    // A member's own new device: the node adds it.
+                    if self.add_requested(&group, &event, ctx) {
+                        continue;
+                    }
                     if event == GroupEvent::Removed
                         && let Some((actor, _)) = self.groups.actors.remove(&group)
                     {

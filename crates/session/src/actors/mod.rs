@@ -462,6 +462,7 @@ pub struct ListPeers;
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+mod device_groups;
 mod devices;
 mod groups;
 mod node;

@@ -74,7 +74,7 @@ impl GroupMachine {
     pub(super) fn remove(&mut self, members: &[InstallationId]) -> Result<(), SessionError> {
         if !self.is_sequencer()? {
             for member in members {
-                self.propose(ProposalKind::Remove, Some(member.to_hex()), None)?;
+                self.propose(ProposalKind::Remove, Some(member.to_hex()), None, None)?;
             }
             return Ok(());
         }
@@ -89,7 +89,7 @@ impl GroupMachine {
         if self.group.is_admin(self.local)? {
             return Err(SessionError::Misuse("an admin hands its role over before leaving"));
         }
-        self.propose(ProposalKind::Leave, None, None)
+        self.propose(ProposalKind::Leave, None, None, None)
     }
 
     /// The sequencer commits a fresh leaf key for itself; anyone else
@@ -101,7 +101,7 @@ impl GroupMachine {
             return self.committed(commit, &[], &[], &[]);
         }
         let proposal = self.group.propose_update()?;
-        self.propose(ProposalKind::Update, None, Some(proposal))
+        self.propose(ProposalKind::Update, None, None, Some(proposal))
     }
 
     /// Whether this member is the sequencer: the first admin of the list,
@@ -110,10 +110,24 @@ impl GroupMachine {
         Ok(self.group.admins()?.first() == Some(&self.local))
     }
 
+    /// A member that does not sequence asks the sequencer to add
+    /// `member`, reachable at `address` (its owner's device: the
+    /// sequencer's owner decides).
+    pub(super) fn ask_to_add(&mut self, member: InstallationId, address: String) -> Result<(), SessionError> {
+        if self.is_sequencer()? {
+            return Err(SessionError::Misuse("the sequencer adds members itself"));
+        }
+        if self.members()?.contains(&member) {
+            return Err(SessionError::Misuse("already a member"));
+        }
+        self.propose(ProposalKind::Add, Some(member.to_hex()), Some(address), None)
+    }
+
     fn propose(
         &mut self,
         kind: ProposalKind,
         member: Option<String>,
+        address: Option<String>,
         proposal: Option<Vec<u8>>,
     ) -> Result<(), SessionError> {
         let sequencer = *self
@@ -126,7 +140,10 @@ impl GroupMachine {
             epoch: self.epoch(),
             kind,
             member: member.and_then(|m| Text::new(m).ok()),
-            address: None,
+            address: address
+                .map(Text::new)
+                .transpose()
+                .map_err(|_| SessionError::Misuse("an address over the field cap"))?,
             proposal: proposal.map(|p| blob(p, "proposal")).transpose()?,
         };
         self.out.push_back(GroupOutput::Pairwise {
@@ -344,7 +361,7 @@ impl GroupMachine {
                     Some(from),
                     "a member behind beyond the commit log: the sequencer is asked to add it again",
                 );
-                self.propose(ProposalKind::Add, Some(from.to_hex()), None)?;
+                self.propose(ProposalKind::Add, Some(from.to_hex()), None, None)?;
             }
         }
         let commits: Vec<GroupCommit> = self

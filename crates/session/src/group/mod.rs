@@ -136,6 +136,14 @@ pub enum GroupCommand {
     Send(Content),
     /// The sequencer: add these members (one commit).
     Add(Vec<Invitee>),
+    /// Anyone else: ask the sequencer to add `member`, reachable at
+    /// `address` (raised there as [`GroupEvent::AddRequested`]).
+    AskToAdd {
+        /// The installation to add.
+        member: InstallationId,
+        /// Where it is reached.
+        address: String,
+    },
     /// The sequencer removes these members; anyone else asks it to.
     Remove(Vec<InstallationId>),
     /// Leave the group (asks the sequencer to remove us).
@@ -481,6 +489,7 @@ impl GroupMachine {
         match command {
             GroupCommand::Send(content) => self.send(&content),
             GroupCommand::Add(invitees) => self.add(&invitees),
+            GroupCommand::AskToAdd { member, address } => self.ask_to_add(member, address),
             GroupCommand::Remove(members) => self.remove(&members),
             GroupCommand::Leave => self.leave(),
             GroupCommand::SetAdmins(admins) => {

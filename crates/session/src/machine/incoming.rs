@@ -261,6 +261,30 @@ impl PeerMachine {
         );
     }
 
+    /// Emits `encryptionReady` on the step the session becomes ready: at
+    /// the end of the step, or before the messages that completed the
+    /// handshake, so that the owner learns who the peer is before what it
+    /// said.
+    pub(super) fn announce_ready(&mut self, now: Now) {
+        if self.was_ready || !self.is_ready() {
+            return;
+        }
+        self.was_ready = true;
+        if let Some(s) = &self.session {
+            let (installation, session_id) = (self.peer_hex.clone(), s.id);
+            let resumed = std::mem::take(&mut self.resumed);
+            self.emit(Event::EncryptionReady {
+                installation,
+                session_id,
+                resumed,
+            });
+        }
+        // Everything in flight goes again now.
+        for t in &mut self.outbox {
+            t.next = now.at;
+        }
+    }
+
     /// A message decrypted: its effects wait, in memory, for the commit at
     /// the end of the input ([`PeerMachine::commit_decrypted`]).
     fn on_decrypted(&mut self, id: &str, plaintext: &[u8], now: Now) {
@@ -327,6 +351,9 @@ impl PeerMachine {
         let Some((accepted, delivered)) = committed else {
             return Ok(());
         };
+        if let Some(d) = batch.first() {
+            self.announce_ready(d.now);
+        }
         let mut accepted = accepted.into_iter();
         for d in batch {
             let now = d.now;

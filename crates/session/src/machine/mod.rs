@@ -817,24 +817,12 @@ impl PeerMachine {
     /// After every step: readiness transitions, then sending what may go.
     fn after_step(&mut self, now: Now) -> Step {
         let ready = self.is_ready();
-        if ready && !self.was_ready {
-            if let Some(s) = &self.session {
-                let (installation, session_id) = (self.peer_hex.clone(), s.id);
-                let resumed = std::mem::take(&mut self.resumed);
-                self.emit(Event::EncryptionReady {
-                    installation,
-                    session_id,
-                    resumed,
-                });
-            }
-            // Everything in flight goes again now.
-            for t in &mut self.outbox {
-                t.next = now.at;
-            }
-        } else if !ready && self.was_ready {
+        if ready {
+            self.announce_ready(now);
+        } else if self.was_ready {
+            self.was_ready = false;
             self.emit(Event::NotReady);
         }
-        self.was_ready = ready;
         if ready {
             self.pump(now)?;
             // Counted in messages sent: due as soon as a burst went out.
