@@ -176,7 +176,7 @@ pub use error::{CascadeError, ErrorClass, Result};
 pub use identity::{AccountIdentity, InstallationId, InstallationIdentity, ParseInstallationIdError, PeerIdentity};
 pub use key_packages::{GeneratedKeyPackage, KeyPackageSecrets, generate_key_package};
 pub use layer::{Contribution, Layer, LayerContext, LayerInfo, Sealed};
-pub use layers::aes::AesGcmLayer;
+pub use layers::aes::{AES_ALGORITHM, AesGcmLayer};
 pub use layers::mlkem::{KemKeyPair, MlKemLayer, SignedKemKey};
 pub use layers::mls::{KeyPackageKind, MlsLayer, VerifiedKeyPackage, verify_key_package};
 pub use layers::mock::GoldenMockLayer;

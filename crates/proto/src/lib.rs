@@ -15,7 +15,7 @@
 //!
 //! | step | `type` | struct | carries |
 //! |---|---|---|---|
-//! | 1 | `mls-key-package-request` | [`KeyPackageRequest`] | session id, installation id, identity key, profile |
+//! | 1 | `mls-key-package-request` | [`KeyPackageRequest`] | session id, installation id, identity key, profile; `prior`, the session the sender knows |
 //! | 2 | `mls-key-package` | [`KeyPackage`] | an MLS KeyPackage bound to the identity key |
 //! | 3 | `mls-encryption-sync-request` | [`EncryptionSyncRequest`] | profile and layer list, or a resume probe |
 //! | 4 | `mls-encryption-sync-response` | [`EncryptionSyncResponse`] | agreed layers, or the resume answer |

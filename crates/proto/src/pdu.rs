@@ -41,8 +41,7 @@ pub type LayerName = Text<32>;
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "camelCase")]
 pub struct KeyPackageRequest {
-    /// The new session's id. When both sides open at once, the handshake
-    /// with the lower id (bytewise) survives and the other is abandoned.
+    /// The new session's id.
     pub session_id: SessionId,
     /// The sender's installation id (one per device).
     pub installation_id: Id,
@@ -53,6 +52,13 @@ pub struct KeyPackageRequest {
     pub profile: Id,
     /// Sender's clock, Unix milliseconds; informative.
     pub timestamp: u64,
+    /// The session the sender has with the receiver as it starts this one,
+    /// if any: a start naming the receiver's session replaces it knowingly;
+    /// one that does not, while the receiver's own start is under way or
+    /// just completed, is its twin, and of two twins both sides keep the
+    /// one whose tie-break value (an MLS exporter value) comes first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<SessionId>,
 }
 
 /// Step 2, `mls-key-package`: the answer to step 1.
@@ -101,6 +107,9 @@ pub struct BundleStart {
     pub identity_key: KeyBytes,
     /// The version of the responder's bundle that was used.
     pub version: u64,
+    /// As [`KeyPackageRequest::prior`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<SessionId>,
 }
 
 /// The answer to a [`ResumeProbe`].

@@ -380,6 +380,7 @@ fn a_bundle_started_sync_request_carries_the_initiator() {
             installation_id: common::text("00112233445566778899aabbccddeeff"),
             identity_key: common::blob(16, 33),
             version: 7,
+            prior: Some(FixedBytes([9; 16])),
         }),
     }
     .into();
@@ -388,6 +389,7 @@ fn a_bundle_started_sync_request_carries_the_initiator() {
     assert_eq!(bundle["installationId"], "00112233445566778899aabbccddeeff");
     assert_eq!(bundle["version"], 7);
     assert!(bundle["identityKey"].is_string());
+    assert_eq!(bundle["prior"], "CQkJCQkJCQkJCQkJCQkJCQ==");
     assert_eq!(Pdu::decode(&pdu.encode()).unwrap(), pdu);
     let mut plain = json.clone();
     plain.as_object_mut().unwrap().remove("bundle");
@@ -395,6 +397,26 @@ fn a_bundle_started_sync_request_carries_the_initiator() {
         panic!("not a step 3");
     };
     assert!(req.bundle.is_none());
+}
+
+/// A start names the session its sender already has with the receiver,
+/// or nothing (then the field is absent, as before it existed).
+#[test]
+fn a_start_names_the_session_it_knows() {
+    let start = |prior| KeyPackageRequest {
+        session_id: common::session(),
+        installation_id: common::text("inst-alice"),
+        identity_key: common::blob(6, 33),
+        profile: common::text(PROFILE_V0),
+        timestamp: 1,
+        prior,
+    };
+    let fresh: Pdu = start(None).into();
+    assert!(!String::from_utf8(fresh.encode()).unwrap().contains("prior"));
+    let knowing: Pdu = start(Some(FixedBytes([0xab; 16]))).into();
+    let json: serde_json::Value = serde_json::from_slice(&knowing.encode()).unwrap();
+    assert_eq!(json["prior"], "q6urq6urq6urq6urq6urqw==");
+    assert_eq!(Pdu::decode(&knowing.encode()).unwrap(), knowing);
 }
 
 /// The group PDUs' caps and fixed sizes: a group secret of the wrong

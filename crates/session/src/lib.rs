@@ -99,18 +99,21 @@
 //! - **Stall.** A handshake not finished within 300 s is abandoned
 //!   ([`Event::HandshakeStalled`]); the initiator retries after 5 s,
 //!   doubling up to 300 s. PDUs of abandoned sessions are ignored.
-//! - **Simultaneous open.** When both sides send step 1, the handshake
-//!   with the *lower session id* (bytewise) wins: a side whose own attempt
-//!   has the higher id answers the peer's and parks its own; a side whose
-//!   attempt has the lower id ignores the peer's request (the peer parks
-//!   its own when it sees ours). Both end in the same session. A parked
-//!   attempt is given up once the peer's completes; until then each PDU
-//!   goes to the attempt it names, so a *forged* step 1 with a low id
-//!   (anyone can send one in the peer's name) costs us nothing: the real
-//!   peer answers ours, which completes, and the forged one stalls.
-//!   (54/WAKU2-X3DH-SESSIONS asks instead to keep, of two sessions, the
-//!   one whose key comes first: not built, as each side may see a
-//!   different pair of sessions when starts cross a lossy link.)
+//! - **Simultaneous open** (54/WAKU2-X3DH-SESSIONS). When both sides send
+//!   step 1, both handshakes run to the end (each PDU goes to the attempt
+//!   it names) and the two sessions are *twins*: each side, once it holds
+//!   both, keeps the one whose tie-break value comes first in byte order
+//!   and drops the other. The value is an MLS exporter value of each
+//!   session ([`strata_cascade::MlsLayer::tie_break`]): both sides compute
+//!   the same and no one can choose it, so a *forged* step 1 (anyone can
+//!   send one in the peer's name) picks nothing; it never completes, and
+//!   the session carries on. A start names the session its sender knows
+//!   (`prior`), so a deliberate re-key is never taken for a twin. The twin
+//!   dropped stays aside for the stall time, for a peer that could not
+//!   complete the other: its messages are still taken, and a refusal of
+//!   ours at the outer layer moves us to it. The rules are in
+//!   `machine/twins.rs`; [`PeerMachine::last_tie_break`] tells how the last
+//!   pair was settled.
 //! - **Make before break.** A step 1 (or bundle step 3) while a session is
 //!   established starts a responder attempt *beside* it: the start is
 //!   unauthenticated, so the session keeps working until the new handshake
@@ -381,6 +384,7 @@ pub use content::{Content, FILE_CHUNK_BYTES};
 pub use durable::Durable;
 pub use error::{ErrorKind, SessionError};
 pub use machine::{
-    ClaimedKeyPackage, Command, Event, Footprint, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role, Rotation,
+    ClaimedKeyPackage, Command, Event, Footprint, Input, Now, Output, PeerMachine, Refusal, ResetReason, Role,
+    Rotation, TieBreak,
 };
 pub use pool::{PoolConfig, Restock, keep_stocked};

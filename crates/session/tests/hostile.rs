@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{Faults, Sim, ready_both};
 use strata_cascade::InstallationIdentity;
 use strata_proto::{
-    Blob, EncryptionSyncResponse, FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, ResumeAnswer, ResumeStatus,
-    SignalSessionComplete, Text,
+    Blob, EncryptionSyncResponse, ErrorCode, FixedBytes, KeyBytes, KeyPackageRequest, PROFILE_V0, Pdu, ProtocolError,
+    ResumeAnswer, ResumeStatus, SignalSessionComplete, Text,
 };
 use strata_session::{Command, Config, Durable, Event, Refusal, ResetReason};
 use strata_store::StoreError;
@@ -371,6 +371,7 @@ fn step_one(session_id: [u8; 16], claimed: &InstallationIdentity) -> Vec<u8> {
         identity_key: KeyBytes::new(claimed.account().identity_key().serialize().to_vec()).unwrap(),
         profile: Text::new(PROFILE_V0).unwrap(),
         timestamp: 0,
+        prior: None,
     })
     .encode()
 }
@@ -510,4 +511,45 @@ fn open_until_bob_answers(sim: &mut Sim) {
             .iter()
             .any(|(_, e)| matches!(e, Event::HandshakeStarted { .. }))
     }));
+}
+
+/// After a simultaneous open the twin not kept stays aside for a while. A
+/// forged refusal of one of our messages "at the outer layer" (protocol
+/// errors are not authenticated) moves Alice to it; the peer's next message,
+/// under the twin that came first, moves her back: both end in the same
+/// session and every message arrives.
+#[test]
+fn a_forged_refusal_does_not_split_settled_twins() {
+    let mut sim = Sim::new(33, Faults::NONE, Config::default());
+    sim.connect();
+    sim.command(0, Command::Open);
+    sim.command(1, Command::Open);
+    let settled = |s: &Sim| {
+        ready_both(s)
+            && s.nodes.iter().all(|n| n.view().last_tie_break().is_some())
+            && s.nodes[0].view().session_id() == s.nodes[1].view().session_id()
+    };
+    assert!(sim.run_while(Duration::from_secs(30), settled));
+    let kept = sim.nodes[0].view().last_tie_break().unwrap().kept.0;
+    let id = sim.send_text(0, "refused, says someone");
+    let forged = Pdu::from(ProtocolError {
+        code: ErrorCode::DecryptFailed,
+        reason: Text::new("authentication failed in the AES-GCM-256 layer").unwrap(),
+        ref_type: Some(Text::new("message").unwrap()),
+        ref_id: Some(Text::new(id.clone()).unwrap()),
+    })
+    .encode();
+    sim.inject(0, forged);
+    let limit = sim.t + Duration::from_secs(1);
+    assert!(
+        sim.run_while(limit, |s| s.nodes[0].view().session_id() != Some(kept)),
+        "the refusal moves Alice to the other twin"
+    );
+    let back = sim.send_text(1, "under the one kept");
+    let limit = sim.t + Duration::from_secs(10);
+    assert!(sim.run_while(limit, |s| s.nodes[1].received.contains_key(&id)
+        && s.nodes[0].received.contains_key(&back)
+        && s.nodes[0].view().session_id() == Some(kept)));
+    assert_eq!(sim.nodes[1].view().session_id(), Some(kept));
+    sim.exchange(2);
 }

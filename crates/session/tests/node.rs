@@ -373,6 +373,7 @@ fn stranger_step_one(id: [u8; 16], identity_key: &[u8]) -> bytes::Bytes {
             identity_key: KeyBytes::new(identity_key.to_vec()).unwrap(),
             profile: Text::new(PROFILE_V0).unwrap(),
             timestamp: 0,
+            prior: None,
         })
         .encode(),
     )

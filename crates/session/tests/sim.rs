@@ -110,17 +110,26 @@ fn a_file_chunk_costs_under_one_and_a_half_times_its_size_on_the_wire() {
     assert!(ratio < 1.5, "{wire} bytes on the wire: {ratio:.3}× the chunk");
 }
 
+/// Both sides open at once: both handshakes run to the end, and both
+/// sides keep the same one of the two sessions, the one whose tie-break
+/// value (an MLS exporter value both compute) comes first.
 #[test]
-fn simultaneous_open_converges_on_the_lower_session_id() {
+fn simultaneous_open_keeps_the_twin_whose_tie_break_comes_first() {
     for seed in 0..8 {
         let mut sim = Sim::new(100 + seed, Faults::NONE, Config::default());
         sim.connect();
         sim.command(0, Command::Open);
         sim.command(1, Command::Open);
-        assert!(sim.run_while(Duration::from_secs(30), ready_both), "seed {seed}");
-        let started: Vec<[u8; 16]> = sim.nodes[0]
-            .events
+        let settled = |s: &Sim| {
+            ready_both(s)
+                && s.nodes.iter().all(|n| n.view().last_tie_break().is_some())
+                && s.nodes[0].view().session_id() == s.nodes[1].view().session_id()
+        };
+        assert!(sim.run_while(Duration::from_secs(30), settled), "seed {seed}");
+        let started: Vec<[u8; 16]> = sim
+            .nodes
             .iter()
+            .flat_map(|n| &n.events)
             .filter_map(|(_, e)| match e {
                 Event::HandshakeStarted {
                     session_id,
@@ -129,19 +138,22 @@ fn simultaneous_open_converges_on_the_lower_session_id() {
                 } => Some(*session_id),
                 _ => None,
             })
-            .chain(sim.nodes[1].events.iter().filter_map(|(_, e)| match e {
-                Event::HandshakeStarted {
-                    session_id,
-                    role: Role::Initiator,
-                    ..
-                } => Some(*session_id),
-                _ => None,
-            }))
             .collect();
         assert_eq!(started.len(), 2);
-        let winner = started.iter().min().copied();
-        assert_eq!(sim.nodes[0].machine().session_id(), winner, "seed {seed}");
-        assert_eq!(sim.nodes[1].machine().session_id(), winner, "seed {seed}");
+        let (a, b) = (
+            sim.nodes[0].machine().last_tie_break(),
+            sim.nodes[1].machine().last_tie_break(),
+        );
+        assert_eq!(a, b, "seed {seed}: both sides saw the same pair and values");
+        let tie = a.unwrap();
+        assert!(tie.kept.1 < tie.dropped.1, "seed {seed}");
+        let mut pair = vec![tie.kept.0, tie.dropped.0];
+        pair.sort_unstable();
+        let mut both = started.clone();
+        both.sort_unstable();
+        assert_eq!(pair, both, "seed {seed}");
+        assert_eq!(sim.nodes[0].machine().session_id(), Some(tie.kept.0), "seed {seed}");
+        sim.exchange(2);
     }
 }
 

@@ -48,6 +48,8 @@ pub const DEFAULT_KEY_PACKAGE_LIFETIME_SECS: u64 = 28 * 24 * 3600;
 pub const MAX_KEY_PACKAGE_LIFETIME_SECS: u64 = 84 * 24 * 3600 + 3600;
 /// The label of the MLS exporter secret the AES-GCM layer is keyed from.
 const EXPORTER_LABEL: &str = "strata/v1/cascade/aes-256-gcm";
+/// The label of the value that settles two pair sessions made at once.
+const TIE_BREAK_LABEL: &str = "strata/v1/pair/tie-break";
 const STATE_MAGIC: &[u8] = b"strata-mls-layer-v1";
 /// Storage entries accepted on import.
 const MAX_STORAGE_ENTRIES: usize = 4096;
@@ -501,6 +503,21 @@ impl MlsLayer {
         let secret = Secret32::from_slice(&bytes).ok_or_else(|| internal("exporter length"));
         zeroize::Zeroize::zeroize(&mut bytes);
         Ok((group.epoch().as_u64(), secret?))
+    }
+
+    /// The tie-break value of this pair session (54/WAKU2-X3DH-SESSIONS):
+    /// `MLS-Exporter("strata/v1/pair/tie-break", group id, 32)` of the
+    /// current epoch. Both members compute the same value and no one else
+    /// can, nor choose it: of two sessions opened at once between the same
+    /// two installations, both keep the one whose value comes first.
+    /// Taken when the session is established (the epoch then is the same
+    /// on both sides).
+    pub fn tie_break(&self) -> Result<[u8; 32]> {
+        let group = self.group()?;
+        let (_, value) = self.export(TIE_BREAK_LABEL, group.group_id().as_slice())?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(value.expose());
+        Ok(out)
     }
 
     fn storage_map(&self) -> Result<StorageMap> {
@@ -1020,5 +1037,27 @@ mod tests {
             Err(CascadeError::UntrustedIdentity)
         ));
         assert!(bob_layer.epoch().is_none());
+    }
+
+    /// Both members of a pair session compute the same tie-break value;
+    /// another session between the same two has another.
+    #[test]
+    fn both_members_share_the_tie_break_value() {
+        let mut rng = ChaCha20Rng::seed_from_u64(24);
+        let (alice, bob) = (install(&mut rng), install(&mut rng));
+        let session = || {
+            let mut a = MlsLayer::new(&alice, bob.peer_identity()).unwrap();
+            let mut b = MlsLayer::new(&bob, alice.peer_identity()).unwrap();
+            let kp = b.key_package(KeyPackageKind::OneTime, 3600).unwrap();
+            let welcome = a.create_group(&kp).unwrap();
+            b.join_group(&welcome).unwrap();
+            (a, b)
+        };
+        let (a1, b1) = session();
+        let (a2, b2) = session();
+        assert!(MlsLayer::new(&alice, bob.peer_identity()).unwrap().tie_break().is_err());
+        assert_eq!(a1.tie_break().unwrap(), b1.tie_break().unwrap());
+        assert_eq!(a2.tie_break().unwrap(), b2.tie_break().unwrap());
+        assert_ne!(a1.tie_break().unwrap(), a2.tie_break().unwrap());
     }
 }

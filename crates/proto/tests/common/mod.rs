@@ -87,6 +87,7 @@ pub fn samples() -> Vec<Pdu> {
             identity_key: blob(6, 33),
             profile: text(PROFILE_V0),
             timestamp: 1_717_000_000_000,
+            prior: None,
         }
         .into(),
         KeyPackage {

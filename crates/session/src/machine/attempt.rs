@@ -39,6 +39,9 @@ pub(super) struct Attempt {
     /// Initiator: opened on the peer's newer bundle while a session runs
     /// (`PeerMachine::expire`): new messages wait for it.
     pub(super) rekey: bool,
+    /// Responder: the attempt or session of ours this one is the twin of
+    /// (see `twins`).
+    pub(super) twin_of: Option<[u8; 16]>,
     /// Initiator: our requests, by type, until answered.
     pub(super) pending: BTreeMap<PduType, Retx>,
     /// Responder: our encoded answer, by the request's type.
@@ -80,6 +83,7 @@ impl Attempt {
             mls_ok: false,
             from_bundle: false,
             rekey: false,
+            twin_of: None,
             pending: BTreeMap::new(),
             replies: BTreeMap::new(),
         }
@@ -101,6 +105,11 @@ impl PeerMachine {
             self.rival = None;
         }
         self.promote_rival();
+        self.forget(id);
+    }
+
+    /// Remembers `id` as given up: late copies of its PDUs are ignored.
+    pub(super) fn forget(&mut self, id: [u8; 16]) {
         self.abandoned.push_back(id);
         while self.abandoned.len() > MAX_ABANDONED {
             self.abandoned.pop_front();
@@ -118,8 +127,7 @@ impl PeerMachine {
         }
     }
 
-    /// Room for a new start of the peer's (with a lower session id than
-    /// ours, or while we run none): our own attempt, if one runs, is parked
+    /// Room for a new start of the peer's: our own attempt, if one runs, is parked
     /// as the rival rather than given up, so a start that never completes
     /// cannot cost us ours; an earlier start of theirs is given up (a newer
     /// one replaces it).

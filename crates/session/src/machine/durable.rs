@@ -189,6 +189,7 @@ impl Session {
             owe_kem_ack: None,
             peer_kem_key: record.peer_kem_key,
             address: record.address,
+            fresh: None,
         })
     }
 }

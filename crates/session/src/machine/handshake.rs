@@ -120,12 +120,14 @@ impl PeerMachine {
     pub(super) fn start_attempt(&mut self, now: Now) -> Step {
         let id = self.random_id();
         let (installation_id, identity_key) = self.own_identity_fields();
+        let prior = self.session.as_ref().map(|s| s.id);
         let pdu = KeyPackageRequest {
             session_id: FixedBytes(id),
             installation_id,
             identity_key,
             profile: Text::new(PROFILE_V0).unwrap_or_default(),
             timestamp: now.unix_ms,
+            prior: prior.map(FixedBytes),
         };
         let frame = self.transmit_pdu(pdu.into());
         let mut attempt = Attempt::new(id, Role::Initiator, now.at);
@@ -194,10 +196,12 @@ impl PeerMachine {
         let (installation_id, identity_key) = self.own_identity_fields();
         let session_id = FixedBytes(id);
         let mut start = sync_request(id, None);
+        let prior = self.session.as_ref().map(|s| s.id);
         start.bundle = Some(BundleStart {
             installation_id,
             identity_key,
             version: bundle.header().version,
+            prior: prior.map(FixedBytes),
         });
         let pdus: [Pdu; 4] = [
             start.into(),
@@ -248,19 +252,8 @@ impl PeerMachine {
             );
             return Ok(());
         }
-        // Simultaneous open: the handshake with the lower session id wins
-        // (the peer applies the same rule to ours). A lower id that never
-        // completes (anyone can send a step 1 in the peer's name) does not
-        // cost us ours: see `make_room_for_theirs`.
-        if let Some(a) = self
-            .attempt
-            .iter()
-            .chain(&self.rival)
-            .find(|a| a.role == Role::Initiator)
-            && a.id < id
-        {
-            return Ok(());
-        }
+        // Simultaneous open: both handshakes run, and the twins are settled
+        // once both are done (`twins`).
         let stored = durable::read(&*self.store, |r| r.pre_keys())?;
         let pre_keys = match stored.map(|b| InstallationPreKeys::import(&b)).transpose()? {
             Some(p) if p.version() == start.version => p,
@@ -278,6 +271,7 @@ impl PeerMachine {
         let Some(peer) = self.check_identity(&start.installation_id, start.identity_key.as_bytes(), ty, now)? else {
             return Ok(());
         };
+        let twin_of = self.twin_for(start.prior.map(|p| p.0), now);
         self.make_room_for_theirs();
         let mls = pre_keys.mls_layer(&self.local, peer)?;
         let signal = pre_keys.signal_layer(&self.local, peer)?;
@@ -287,6 +281,7 @@ impl PeerMachine {
         attempt.sync_ok = true;
         attempt.from_bundle = true;
         attempt.replacing = self.session.is_some();
+        attempt.twin_of = twin_of;
         self.begin(attempt);
         self.answer(ty, sync_response(id, None).into());
         self.try_complete(now)
@@ -307,22 +302,12 @@ impl PeerMachine {
             self.refuse(Refusal::Unexpected, "unknown profile", Some(ty), None, now);
             return Ok(());
         }
-        // Simultaneous open: the handshake with the lower session id wins
-        // (the peer applies the same rule to ours). A lower id that never
-        // completes (anyone can send a step 1 in the peer's name) does not
-        // cost us ours: see `make_room_for_theirs`.
-        if let Some(a) = self
-            .attempt
-            .iter()
-            .chain(&self.rival)
-            .find(|a| a.role == Role::Initiator)
-            && a.id < id
-        {
-            return Ok(());
-        }
+        // Simultaneous open: both handshakes run, and the twins are settled
+        // once both are done (`twins`).
         let Some(peer) = self.check_identity(&req.installation_id, req.identity_key.as_bytes(), ty, now)? else {
             return Ok(());
         };
+        let twin_of = self.twin_for(req.prior.map(|p| p.0), now);
         self.make_room_for_theirs();
         let (mls, key_package, last_resort) = self.step_two_key_package(peer, now)?;
         let layers = self.fresh_layers(peer)?;
@@ -340,6 +325,7 @@ impl PeerMachine {
         attempt.set_layers(peer, mls, layers);
         attempt.replies.insert(ty, frame);
         attempt.replacing = self.session.is_some();
+        attempt.twin_of = twin_of;
         self.begin(attempt);
         Ok(())
     }
@@ -760,20 +746,10 @@ impl PeerMachine {
     }
 
     fn establish(&mut self, a: Attempt, cascade: PairCascade, peer: PeerIdentity, now: Now) -> Step {
-        let old = self.session.take();
-        if a.replacing && old.is_some() {
-            // Ours, from the peer's newer bundle: re-keyed. Theirs: the
-            // peer proved its identity in this handshake, so it did
-            // restart (or re-keyed). Ready again, under the new session.
-            let reason = if a.rekey {
-                ResetReason::Rekeyed
-            } else {
-                ResetReason::PeerRestarted
-            };
-            self.emit(Event::SessionReset { reason });
-            self.was_ready = false;
-        }
-        let next_seq = old
+        let value = cascade.mls().tie_break().ok();
+        let twin = self.settle_twins(&a, value);
+        let next_seq = self
+            .session
             .as_ref()
             .map_or(1, |s| s.next_seq)
             .max(self.outbox.iter().map(|t| t.seq + 1).max().unwrap_or(1));
@@ -796,7 +772,39 @@ impl PeerMachine {
             owe_kem_ack: None,
             peer_kem_key: 1,
             address: self.address.clone(),
+            fresh: Some(super::twins::Fresh {
+                twin_of: a.twin_of,
+                tie_break: value,
+                at: now.at,
+            }),
         };
+        if twin == Some(false) {
+            // Its twin, established before, comes first: this one is
+            // dropped (see `twins`).
+            return self.drop_twin(session, now);
+        }
+        let old = self.session.take();
+        if twin == Some(true) {
+            // Its twin comes second: this one replaces it, quietly (nothing
+            // was lost); a new encryptionReady names it.
+            self.was_ready = false;
+            if let Some(o) = &old {
+                self.forget(o.id);
+            }
+        } else if a.replacing && old.is_some() {
+            // Ours, from the peer's newer bundle: re-keyed. Theirs: the
+            // peer proved its identity in this handshake, so it did
+            // restart (or re-keyed). Ready again, under the new session.
+            let reason = if a.rekey {
+                ResetReason::Rekeyed
+            } else {
+                ResetReason::PeerRestarted
+            };
+            self.emit(Event::SessionReset { reason });
+            self.was_ready = false;
+        }
+        let replaced = old.is_some();
+        self.spare = old.filter(|_| twin == Some(true));
         let welcome_ack = session.replies.get(&PduType::MlsWelcome).cloned();
         let epoch = session.mls_epoch();
         self.session = Some(session);
@@ -822,17 +830,10 @@ impl PeerMachine {
         if let Some(f) = welcome_ack {
             self.transmit(f);
         }
-        tracing::debug!(peer = %self.peer_hex, replaced = old.is_some(), "session established");
-        match self.rival.take() {
-            // The peer's start, lower than ours, was genuine: it completed,
-            // and the peer ignores ours (the same rule). Ours goes, before
-            // its step 1, sent again, reads as a new start to the peer.
-            Some(ours) if a.role == Role::Responder => self.abandon(ours.id),
-            rival => {
-                self.rival = rival;
-                self.promote_rival();
-            }
-        }
+        tracing::debug!(peer = %self.peer_hex, replaced, "session established");
+        // A parked attempt runs on beside the session: a twin, settled when
+        // it completes, or a forged start, which stalls.
+        self.promote_rival();
         Ok(())
     }
 }

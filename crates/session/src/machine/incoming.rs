@@ -195,37 +195,76 @@ impl PeerMachine {
                 .attempt
                 .as_ref()
                 .is_some_and(|a| a.cascade.is_some() && a.role == Role::Initiator);
-        let result = if via_attempt {
-            match self.attempt.as_mut().and_then(|a| a.cascade.as_mut()) {
-                Some(c) => c.decrypt(payload, &mut self.rng),
+        // Which session (or attempt) opens it.
+        let mut under: Option<[u8; 16]>;
+        let mut result = if via_attempt {
+            match self.attempt.as_mut().and_then(|a| Some(a.id).zip(a.cascade.as_mut())) {
+                Some((id, c)) => {
+                    under = Some(id);
+                    c.decrypt(payload, &mut self.rng)
+                }
                 None => return Ok(()),
             }
         } else {
             match self.session.as_mut() {
-                Some(s) => s.cascade.decrypt(payload, &mut self.rng),
+                Some(s) => {
+                    under = Some(s.id);
+                    s.cascade.decrypt(payload, &mut self.rng)
+                }
                 None => return Ok(()),
             }
         };
+        // Not the attempt's: a message under the session held beside it (a
+        // twin's, or one sent before the peer saw a re-key). A wrong
+        // session fails at the outer layer and changes nothing.
+        if via_attempt
+            && result.is_err()
+            && let Some(s) = self.session.as_mut()
+            && let Ok(p) = s.cascade.decrypt(payload, &mut self.rng)
+        {
+            result = Ok(p);
+            under = Some(s.id);
+        }
+        // Under the twin given up (`twins`): the peer may hold only that.
+        if result.is_err()
+            && let Some((p, id)) = self.open_with_spare(payload, now)
+        {
+            result = Ok(p);
+            under = Some(id);
+        }
         let plaintext = match result {
             Ok(p) => p,
             Err(e) => {
-                self.on_undecryptable(&e, &id, via_attempt, now);
+                // A twin under way may be what it came under: not refused.
+                let twin_of_session = self
+                    .session
+                    .as_ref()
+                    .and_then(|s| s.fresh.as_ref())
+                    .and_then(|f| f.twin_of);
+                let twin_pending = self
+                    .attempt
+                    .as_ref()
+                    .is_some_and(|a| a.twin_of.is_some() || twin_of_session == Some(a.id));
+                self.on_undecryptable(&e, &id, via_attempt || twin_pending, now);
                 return Ok(());
             }
         };
         // Queued before anything below saves the state that decrypted it:
         // `save_session` commits it in the same transaction.
         self.on_decrypted(&id, &plaintext, now);
-        if via_attempt {
+        if let Some(a) = self.attempt.as_mut().filter(|a| Some(a.id) == under) {
             // The peer could only encrypt this with the finished session:
             // it is the implicit step 11.
-            if let Some(a) = &mut self.attempt {
-                a.mls_ok = true;
-                a.pending.clear();
-            }
+            a.mls_ok = true;
+            a.pending.clear();
             self.try_complete(now)?;
         }
-        if let Some(s) = &mut self.session {
+        // The peer holds the session the message came under: our answers
+        // kept for its handshake are no longer needed. Not so for another
+        // (a twin given up: the peer may still need them for the one kept).
+        if let Some(s) = &mut self.session
+            && Some(s.id) == under
+        {
             s.confirmed = true;
             if !s.replies.is_empty() {
                 s.replies.clear();
@@ -437,6 +476,16 @@ impl PeerMachine {
             self.abandon(id);
             self.emit(Event::HandshakeStalled { session_id: id });
             self.schedule_retry(now);
+        }
+        if e.code == ErrorCode::DecryptFailed
+            && super::twins::refused_at_outer_layer(e.reason.as_str())
+            && let Some(id) = &e.ref_id
+            && self.outbox.iter().any(|t| t.id == id.as_str() && t.frames.is_some())
+            && self.spare_on_refusal(now)
+        {
+            // The peer holds only the twin we gave up (`twins`): all that
+            // is queued goes again under it.
+            self.save_session()?;
         }
         if e.code == ErrorCode::DecryptFailed
             && let Some(id) = &e.ref_id

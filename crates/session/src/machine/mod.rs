@@ -45,6 +45,7 @@ mod ratelimit;
 mod resume;
 mod retransmission;
 mod rotation;
+mod twins;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -66,6 +67,7 @@ use self::outgoing::Tracked;
 use self::ratelimit::RateLimit;
 pub(crate) use self::retransmission::Retx;
 use self::retransmission::RoundTrip;
+pub use self::twins::TieBreak;
 use crate::config::Config;
 use crate::content::Content;
 use crate::durable::Durable;
@@ -437,6 +439,8 @@ pub(crate) struct Session {
     pub(crate) owe_kem_ack: Option<u32>,
     pub(crate) peer_kem_key: u32,
     pub(crate) address: Option<String>,
+    /// Set when this node made the session, to settle a twin.
+    pub(crate) fresh: Option<twins::Fresh>,
 }
 
 impl Session {
@@ -477,13 +481,15 @@ pub struct PeerMachine {
     /// ([`Command::OpenExpecting`]); any other is refused.
     expected_identity: Option<Vec<u8>>,
     attempt: Option<Attempt>,
-    /// Our own attempt, parked while we answer a start of the peer's with
-    /// a lower session id (`make_room_for_theirs`): each PDU goes to the
-    /// attempt it names. If the start was the peer's, it ignores ours
-    /// (the same rule), and ours stalls beside the session; if it was
-    /// forged (anyone can send a step 1 in the peer's name), the peer
-    /// answers ours and ours completes.
+    /// Our own attempt, parked while we answer a start of the peer's
+    /// (`make_room_for_theirs`): each PDU goes to the attempt it names, and
+    /// both run to the end. Twins are settled by their tie-break values
+    /// (`twins`); a forged start never completes.
     rival: Option<Attempt>,
+    /// How the last twins were settled.
+    tie_break: Option<TieBreak>,
+    /// The twin not kept, for a while (`twins`).
+    spare: Option<Session>,
     session: Option<Session>,
     abandoned: VecDeque<[u8; 16]>,
     retry_at: Option<Instant>,
@@ -560,6 +566,8 @@ impl PeerMachine {
             expected_identity: None,
             attempt: None,
             rival: None,
+            tie_break: None,
+            spare: None,
             session: None,
             abandoned: VecDeque::new(),
             retry_at: None,

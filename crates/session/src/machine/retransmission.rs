@@ -128,18 +128,17 @@ impl PeerMachine {
     /// requests, a resume probe, or a new handshake the user asked for).
     pub(super) fn on_connected(&mut self, now: Now) -> Step {
         self.link_up = true;
-        if self.attempt.is_some() {
-            for a in self.attempt.iter_mut().chain(self.rival.iter_mut()) {
-                a.pending.values_mut().for_each(|r| r.next = now.at);
-            }
-            return Ok(());
+        for a in self.attempt.iter_mut().chain(self.rival.iter_mut()) {
+            a.pending.values_mut().for_each(|r| r.next = now.at);
         }
         if self.blocked {
             return Ok(());
         }
-        if self.session.is_some() {
+        // A session is probed again even with an attempt beside it (a
+        // twin, a re-key, a forged start): it must not wait for that.
+        if self.session.is_some() && self.attempt.as_ref().is_none_or(|a| a.replacing) {
             self.send_probe(now)?;
-        } else if self.wants_session {
+        } else if self.attempt.is_none() && self.wants_session {
             self.start_attempt(now)?;
         }
         Ok(())

@@ -76,6 +76,11 @@ impl Node {
     pub fn is_ready(&self) -> bool {
         self.machine.as_ref().is_some_and(PeerMachine::is_ready)
     }
+
+    /// The running machine, to look at.
+    pub fn view(&self) -> &PeerMachine {
+        self.machine.as_ref().expect("node is running")
+    }
 }
 
 pub struct Sim {
