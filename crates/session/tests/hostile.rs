@@ -524,12 +524,7 @@ fn a_forged_refusal_does_not_split_settled_twins() {
     sim.connect();
     sim.command(0, Command::Open);
     sim.command(1, Command::Open);
-    let settled = |s: &Sim| {
-        ready_both(s)
-            && s.nodes.iter().all(|n| n.view().last_tie_break().is_some())
-            && s.nodes[0].view().session_id() == s.nodes[1].view().session_id()
-    };
-    assert!(sim.run_while(Duration::from_secs(30), settled));
+    assert!(sim.run_while(Duration::from_secs(30), common::twins_settled));
     let kept = sim.nodes[0].view().last_tie_break().unwrap().kept.0;
     let id = sim.send_text(0, "refused, says someone");
     let forged = Pdu::from(ProtocolError {

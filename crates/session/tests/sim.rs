@@ -120,12 +120,10 @@ fn simultaneous_open_keeps_the_twin_whose_tie_break_comes_first() {
         sim.connect();
         sim.command(0, Command::Open);
         sim.command(1, Command::Open);
-        let settled = |s: &Sim| {
-            ready_both(s)
-                && s.nodes.iter().all(|n| n.view().last_tie_break().is_some())
-                && s.nodes[0].view().session_id() == s.nodes[1].view().session_id()
-        };
-        assert!(sim.run_while(Duration::from_secs(30), settled), "seed {seed}");
+        assert!(
+            sim.run_while(Duration::from_secs(30), common::twins_settled),
+            "seed {seed}"
+        );
         let started: Vec<[u8; 16]> = sim
             .nodes
             .iter()

@@ -443,6 +443,13 @@ pub fn ready_both(sim: &Sim) -> bool {
     sim.nodes.iter().all(Node::is_ready)
 }
 
+/// Both ready, in the same session, after settling twins.
+pub fn twins_settled(sim: &Sim) -> bool {
+    ready_both(sim)
+        && sim.nodes.iter().all(|n| n.view().last_tie_break().is_some())
+        && sim.nodes[0].view().session_id() == sim.nodes[1].view().session_id()
+}
+
 fn describe(input: &Input<'_>) -> String {
     match input {
         Input::Frame(f) => {
