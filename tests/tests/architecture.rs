@@ -174,6 +174,9 @@ const PRIMITIVES: &[&str] = &[
     "libsignal-protocol-syft",
     "signal-crypto-syft",
     "sha2",
+    "sntrup761",
+    "crypto_secretbox",
+    "blake-hash",
 ];
 const NAMING_HASH_ALLOWED: &[&str] = &["strata-transport-libp2p"];
 

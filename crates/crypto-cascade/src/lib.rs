@@ -160,6 +160,7 @@ mod error;
 pub mod group;
 pub mod identity;
 mod key_packages;
+pub mod kx;
 mod layer;
 pub mod layers;
 mod pair;

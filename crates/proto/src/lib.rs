@@ -84,6 +84,7 @@ pub mod chunk;
 pub mod codec;
 pub mod devices;
 pub mod error;
+pub mod kx;
 pub mod limits;
 pub mod pdu;
 pub mod waku;
