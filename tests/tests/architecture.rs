@@ -177,6 +177,8 @@ const PRIMITIVES: &[&str] = &[
     "sntrup761",
     "crypto_secretbox",
     "blake-hash",
+    "hmac",
+    "x25519-dalek",
 ];
 const NAMING_HASH_ALLOWED: &[&str] = &["strata-transport-libp2p"];
 

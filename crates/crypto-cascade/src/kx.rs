@@ -16,21 +16,32 @@
 //!   random nonce). Only the holder of the KEM secret key opens it.
 //! - **Rendezvous points** ([`rendezvous`]): `BLAKE-256(header key ‖ LE32
 //!   count)`, the full 32-byte digest (Decred's BLAKE-256, not BLAKE2).
+//! - **Key exchange** ([`fill_key_exchange`], [`complete_key_exchange`]),
+//!   BisonRelay's `FillKeyExchange`/`CompleteKeyExchange`: each side
+//!   encapsulates to the other's KEM key (its *half*) and sends an X25519
+//!   public key sealed under that half. Completing decapsulates the other's
+//!   half, opens and checks its X25519 key, and hashes both halves in role
+//!   order. One deviation: the X25519 agreement of the two sealed keys is
+//!   hashed in too (BisonRelay keeps them for its ratchet, which Strata does
+//!   not run), so the secret holds if either the KEM or X25519 holds. The
+//!   header keys of the rendezvous points come from it by HMAC-SHA-256 with
+//!   BisonRelay's labels ([`KxSecret`]).
 //!
-//! Not built yet (issue #19 stays open): the half and full KX key
-//! exchange itself, the KX state machine and its transport over gossip
-//! topics, reset and introductions.
+//! Not built yet (issue #19 stays open): the KX state machine and its
+//! transport over gossip topics, the CLI, reset and introductions.
 
 use blake_hash::Digest as _;
 use crypto_secretbox::aead::{Aead, KeyInit};
 use crypto_secretbox::{Key, Nonce, XSalsa20Poly1305};
+use hmac::{Hmac, Mac as _};
 use libsignal_protocol_syft::IdentityKey;
 use rand::{CryptoRng, Rng};
 use sha2::Sha256;
 use strata_proto::kx::{
-    ID_BYTES, Invite, KEM_CIPHERTEXT_BYTES, KEM_PUBLIC_KEY_BYTES, MAX_NAME_BYTES, MAX_RMO_BYTES, PublicIdentity,
-    SIG_KEY_BYTES, SIGNATURE_BYTES,
+    ID_BYTES, Invite, KEM_CIPHERTEXT_BYTES, KEM_PUBLIC_KEY_BYTES, KeyExchange, MAX_NAME_BYTES, MAX_RMO_BYTES,
+    PublicIdentity, SIG_KEY_BYTES, SIGNATURE_BYTES,
 };
+use zeroize::Zeroize as _;
 
 use crate::identity::{AccountIdentity, verify_signed};
 use crate::secret::SecretBytes;
@@ -262,6 +273,148 @@ pub fn open(kem: &KxKeyPair, sealed: &[u8]) -> std::result::Result<Vec<u8>, KxEr
         .map_err(|_| KxError::Unsealed)
 }
 
+/// One side's secret part of a key exchange, kept from sending its half
+/// until completing with the other's.
+pub struct KxHalf {
+    /// The KEM shared key this side encapsulated to the peer.
+    my_half: [u8; 32],
+    /// The X25519 secret whose public key the half carries.
+    dh: x25519_dalek::StaticSecret,
+}
+
+impl Drop for KxHalf {
+    fn drop(&mut self) {
+        self.my_half.zeroize();
+    }
+}
+
+impl KxHalf {
+    /// To persist between the two messages (sealed at rest by the store).
+    pub fn export(&self) -> SecretBytes {
+        SecretBytes::new([&self.my_half[..], self.dh.as_bytes()].concat())
+    }
+
+    /// Reads back what [`KxHalf::export`] wrote.
+    pub fn import(bytes: &[u8]) -> Result<Self> {
+        let corrupt = || CascadeError::CorruptState("KX half");
+        let (my_half, dh) = bytes.split_at_checked(32).ok_or_else(corrupt)?;
+        Ok(Self {
+            my_half: my_half.try_into().map_err(|_| corrupt())?,
+            dh: x25519_dalek::StaticSecret::from(<[u8; 32]>::try_from(dh).map_err(|_| corrupt())?),
+        })
+    }
+}
+
+/// This side's half of a key exchange with the holder of `their_key`: the
+/// [`KeyExchange`] to send and the secret part to keep.
+pub fn fill_key_exchange<R: Rng + CryptoRng>(
+    their_key: &[u8; KEM_PUBLIC_KEY_BYTES],
+    rng: &mut R,
+) -> Result<(KeyExchange, KxHalf)> {
+    let (cipher, my_half) = sntrup761::EncapsulationKey::from(*their_key).encapsulate_deterministic(rng.random());
+    let dh = x25519_dalek::StaticSecret::from(rng.random::<[u8; 32]>());
+    let public = x25519_dalek::PublicKey::from(&dh);
+    let nonce: [u8; NONCE_BYTES] = rng.random();
+    let sealed = XSalsa20Poly1305::new(Key::from_slice(my_half.as_ref()))
+        .encrypt(Nonce::from_slice(&nonce), public.as_bytes().as_slice())
+        .map_err(|_| CascadeError::internal("kx", "secretbox"))?;
+    let mut cipher_bytes = [0u8; KEM_CIPHERTEXT_BYTES];
+    cipher_bytes.copy_from_slice(cipher.as_ref());
+    let mut half = [0u8; 32];
+    half.copy_from_slice(my_half.as_ref());
+    Ok((
+        KeyExchange {
+            public: [&nonce[..], &sealed].concat(),
+            cipher: cipher_bytes,
+        },
+        KxHalf { my_half: half, dh },
+    ))
+}
+
+/// Completes a key exchange: `theirs` is the peer's half, `mine` ours.
+/// `accepted` is true on the side that accepted the invite (BisonRelay's
+/// `alice`): the halves are hashed in role order, so both sides agree.
+pub fn complete_key_exchange(
+    kem: &KxKeyPair,
+    mine: &KxHalf,
+    theirs: &KeyExchange,
+    accepted: bool,
+) -> std::result::Result<KxSecret, KxError> {
+    let their_half = kem.secret.decapsulate(&sntrup761::Ciphertext::from(theirs.cipher));
+    let (nonce, boxed) = theirs.public.split_at_checked(NONCE_BYTES).ok_or(KxError::Malformed)?;
+    let mut their_public = XSalsa20Poly1305::new(Key::from_slice(their_half.as_ref()))
+        .decrypt(Nonce::from_slice(nonce), boxed)
+        .map_err(|_| KxError::Unsealed)?;
+    let point = <[u8; 32]>::try_from(their_public.as_slice()).map_err(|_| KxError::Malformed)?;
+    their_public.zeroize();
+    let dh = mine.dh.diffie_hellman(&x25519_dalek::PublicKey::from(point));
+    if !dh.was_contributory() {
+        // A low-order point: the agreement would be known to anyone.
+        return Err(KxError::BadKey);
+    }
+    let their_half: &[u8] = their_half.as_ref();
+    let (first, second) = if accepted {
+        (&mine.my_half[..], their_half)
+    } else {
+        (their_half, &mine.my_half[..])
+    };
+    Ok(KxSecret {
+        shared: sha256(&[first, second, dh.as_bytes()]),
+        accepted,
+    })
+}
+
+/// What a completed key exchange leaves both sides with.
+pub struct KxSecret {
+    shared: [u8; 32],
+    accepted: bool,
+}
+
+impl Drop for KxSecret {
+    fn drop(&mut self) {
+        self.shared.zeroize();
+    }
+}
+
+impl KxSecret {
+    fn derive(&self, label: &str) -> [u8; 32] {
+        let Ok(mut h) = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&self.shared) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        h.update(label.as_bytes());
+        h.finalize().into_bytes().into()
+    }
+
+    /// The rendezvous point of this side's `count`th message after the
+    /// exchange (BisonRelay's `send_rv`: `header key` for the inviter,
+    /// `next send header key` for the side that accepted).
+    pub fn send_rendezvous(&self, count: u32) -> [u8; ID_BYTES] {
+        let label = if self.accepted {
+            "next send header key"
+        } else {
+            "header key"
+        };
+        rendezvous(&self.derive(label), count)
+    }
+
+    /// The rendezvous point of the peer's `count`th message: the other
+    /// side's [`KxSecret::send_rendezvous`].
+    pub fn recv_rendezvous(&self, count: u32) -> [u8; ID_BYTES] {
+        let label = if self.accepted {
+            "header key"
+        } else {
+            "next send header key"
+        };
+        rendezvous(&self.derive(label), count)
+    }
+
+    /// A value both sides hold and no one else can compute, to confirm the
+    /// exchange and to bind what follows to it.
+    pub fn confirmation(&self) -> [u8; 32] {
+        self.derive("root key")
+    }
+}
+
 /// The rendezvous point of message `count` under `header_key`:
 /// `BLAKE-256(header_key ‖ LE32(count))`.
 pub fn rendezvous(header_key: &[u8; 32], count: u32) -> [u8; ID_BYTES] {
@@ -410,6 +563,75 @@ mod tests {
         let sealed = seal(&kem.public_key(), b"x", &mut rng).unwrap();
         assert_eq!(open(&back, &sealed).unwrap(), b"x");
         assert!(KxKeyPair::import(b"strata-kx-sntrup761-v1short").is_err());
+    }
+
+    /// Invitee and inviter each send a half and complete with the other's:
+    /// both hold the same secret, and each one's sending rendezvous points
+    /// are the other's receiving ones.
+    #[test]
+    fn both_sides_of_a_key_exchange_agree() {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let alice = KxKeyPair::generate(&mut rng);
+        let bob = KxKeyPair::generate(&mut rng);
+        // Bob accepted Alice's invite: his half first, then hers.
+        let (bob_kx, bob_half) = fill_key_exchange(&alice.public_key(), &mut rng).unwrap();
+        let (alice_kx, alice_half) = fill_key_exchange(&bob.public_key(), &mut rng).unwrap();
+        let at_alice = complete_key_exchange(&alice, &alice_half, &bob_kx, false).unwrap();
+        let at_bob = complete_key_exchange(&bob, &bob_half, &alice_kx, true).unwrap();
+        assert_eq!(at_alice.confirmation(), at_bob.confirmation());
+        for n in [0, 1, 80] {
+            assert_eq!(at_alice.send_rendezvous(n), at_bob.recv_rendezvous(n));
+            assert_eq!(at_bob.send_rendezvous(n), at_alice.recv_rendezvous(n));
+            assert_ne!(at_alice.send_rendezvous(n), at_alice.recv_rendezvous(n));
+        }
+        // A half kept across a restart completes the same way.
+        let kept = KxHalf::import(alice_half.export().as_bytes()).unwrap();
+        let again = complete_key_exchange(&alice, &kept, &bob_kx, false).unwrap();
+        assert_eq!(again.confirmation(), at_alice.confirmation());
+        // Roles swapped do not agree.
+        let wrong = complete_key_exchange(&bob, &bob_half, &alice_kx, false).unwrap();
+        assert_ne!(wrong.confirmation(), at_alice.confirmation());
+    }
+
+    #[test]
+    fn a_bad_half_is_refused() {
+        let mut rng = ChaCha20Rng::seed_from_u64(6);
+        let alice = KxKeyPair::generate(&mut rng);
+        let bob = KxKeyPair::generate(&mut rng);
+        let (bob_kx, _) = fill_key_exchange(&alice.public_key(), &mut rng).unwrap();
+        let (_, alice_half) = fill_key_exchange(&bob.public_key(), &mut rng).unwrap();
+        // Not for Alice's key.
+        let (to_bob, _) = fill_key_exchange(&bob.public_key(), &mut rng).unwrap();
+        assert_eq!(
+            complete_key_exchange(&alice, &alice_half, &to_bob, false).err(),
+            Some(KxError::Unsealed)
+        );
+        let mut bad = bob_kx.clone();
+        bad.cipher[3] ^= 1;
+        assert_eq!(
+            complete_key_exchange(&alice, &alice_half, &bad, false).err(),
+            Some(KxError::Unsealed)
+        );
+        let mut bad = bob_kx.clone();
+        bad.public.truncate(10);
+        assert_eq!(
+            complete_key_exchange(&alice, &alice_half, &bad, false).err(),
+            Some(KxError::Malformed)
+        );
+        // A sealed low-order point (all zeros) gives a known agreement.
+        let (cipher, k) = sntrup761::EncapsulationKey::from(alice.public_key()).encapsulate_deterministic([9; 32]);
+        let nonce = [1u8; NONCE_BYTES];
+        let sealed = XSalsa20Poly1305::new(Key::from_slice(k.as_ref()))
+            .encrypt(Nonce::from_slice(&nonce), [0u8; 32].as_slice())
+            .unwrap();
+        let low = KeyExchange {
+            public: [&nonce[..], &sealed].concat(),
+            cipher: <[u8; KEM_CIPHERTEXT_BYTES]>::try_from(cipher.as_ref()).unwrap(),
+        };
+        assert_eq!(
+            complete_key_exchange(&alice, &alice_half, &low, false).err(),
+            Some(KxError::BadKey)
+        );
     }
 
     /// BLAKE-256 (Decred's, the SHA-3 finalist, not BLAKE2): the empty
