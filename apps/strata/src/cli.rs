@@ -59,6 +59,15 @@ pub(crate) enum Command {
     Keys,
     /// Show the safety number with a peer; record that you compared it
     Verify(VerifyArgs),
+    /// Make an invite: a URI (and QR code) one person accepts to start a
+    /// conversation with you, both identities pinned (over libp2p)
+    Invite(InviteArgs),
+    /// Accept an invite: run the key exchange with its maker and open a
+    /// session, its identity pinned from the invite
+    Accept(AcceptArgs),
+    /// Run the key exchange again with a peer met by invite, when a side
+    /// lost its session: a fresh invite goes, sealed, to its reset point
+    Reset(PeerArgs),
     /// Group chats: create, add, remove, leave, send, list
     Group {
         #[command(subcommand)]
@@ -83,6 +92,28 @@ pub(crate) enum Command {
     Broker(BrokerArgs),
     /// Run the node's main job on embedded defaults.
     Demo,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InviteArgs {
+    /// How long the invite holds: a number and s, m, h or d (at most 30d)
+    #[arg(long, default_value = "7d", value_parser = crate::invite::parse_ttl)]
+    pub(crate) expires: std::time::Duration,
+    /// The name the invite shows
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Also draw the invite as a QR code
+    #[arg(long)]
+    pub(crate) qr: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AcceptArgs {
+    /// The invite (`strata-invite:…`), or a file holding it
+    pub(crate) invite: String,
+    /// The name the inviter sees
+    #[arg(long)]
+    pub(crate) name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -772,6 +772,8 @@ pub(crate) async fn peers(ctx: &Ctx) -> Result<()> {
             at(p, "transport").as_str().unwrap_or_default(),
             if at(p, "verified") == true {
                 "verified"
+            } else if at(p, "verifiedByInvite") == true {
+                "verified-by-invite"
             } else {
                 "unverified"
             },
@@ -796,6 +798,7 @@ fn stored_peers(store: &storage::NodeStore) -> Result<serde_json::Value> {
                 "connected": false,
                 "transport": "none",
                 "verified": c.verified,
+                "verifiedByInvite": c.invited,
                 "identityChangePending": c.offered_key.is_some(),
             })
         })
@@ -852,7 +855,7 @@ fn span(secs: u64) -> String {
     }
 }
 
-async fn require_daemon(ctx: &Ctx, command: &str) -> Result<ControlClient> {
+pub(crate) async fn require_daemon(ctx: &Ctx, command: &str) -> Result<ControlClient> {
     ControlClient::discover(&ctx.dir)
         .await?
         .ok_or_else(|| no_daemon(command))
@@ -864,7 +867,7 @@ fn no_daemon(command: &str) -> AppError {
 }
 
 /// One session call over the control API.
-async fn session_rpc(daemon: &ControlClient, call: &SessionCall) -> Result<serde_json::Value> {
+pub(crate) async fn session_rpc(daemon: &ControlClient, call: &SessionCall) -> Result<serde_json::Value> {
     let params = serde_json::to_value(call)
         .map_err(|e| AppError::internal(e.to_string()))?
         .get("params")

@@ -17,6 +17,7 @@ mod demo;
 mod error;
 mod identity;
 mod inbox;
+mod invite;
 mod json;
 mod node;
 mod ops;
@@ -134,6 +135,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Peers => commands::peers(&ctx).await?,
         Command::Keys => commands::keys(&ctx).await?,
         Command::Verify(args) => commands::verify(&ctx, args).await?,
+        Command::Invite(args) => invite::invite(&ctx, args).await?,
+        Command::Accept(args) => invite::accept(&ctx, args).await?,
+        Command::Reset(args) => invite::reset(&ctx, args).await?,
         Command::Group { command } => commands::group(&ctx, command).await?,
         Command::Devices { command } => commands::devices(&ctx, command).await?,
         Command::Account { command } => commands::account(&ctx, command).await?,

@@ -7,15 +7,19 @@ use qrcode::{EcLevel, QrCode};
 
 use crate::error::{AppError, ErrorKind, Result};
 
-/// Renders `data` as a QR code for the terminal.
+/// Renders `data` as a QR code for the terminal: medium error correction,
+/// or low when the data does not fit otherwise (an invite, ~2.3 KB).
 pub(crate) fn render(data: &[u8]) -> Result<String> {
-    let code = QrCode::with_error_correction_level(data, EcLevel::M).map_err(|e| {
-        AppError::new(
-            ErrorKind::Usage,
-            format!("cannot make a QR code of {} bytes: {e}", data.len()),
-        )
-        .hint("share the text form instead")
-    })?;
+    let code = QrCode::with_error_correction_level(data, EcLevel::M);
+    let code = code
+        .or_else(|_| QrCode::with_error_correction_level(data, EcLevel::L))
+        .map_err(|e| {
+            AppError::new(
+                ErrorKind::Usage,
+                format!("cannot make a QR code of {} bytes: {e}", data.len()),
+            )
+            .hint("share the text form instead")
+        })?;
     Ok(code
         .render::<Dense1x2>()
         .dark_color(Dense1x2::Light)

@@ -54,6 +54,25 @@ pub(crate) enum SessionCall {
         /// What.
         action: DeviceAction,
     },
+    /// Make an invite; returns its URI.
+    Invite {
+        /// How long it holds, seconds.
+        expires_s: u64,
+        /// The name it shows.
+        name: String,
+    },
+    /// Run the key exchange again with a peer met by invite.
+    Reset {
+        /// The peer.
+        peer: String,
+    },
+    /// Accept an invite and open a session with its maker.
+    Accept {
+        /// The invite URI.
+        invite: String,
+        /// The name the inviter sees.
+        name: String,
+    },
 }
 
 /// What `strata devices` asks: the CLI's subcommands and the API's
@@ -160,6 +179,9 @@ impl SessionCall {
             Self::Peers => "peers",
             Self::Group { .. } => "group",
             Self::Devices { .. } => "devices",
+            Self::Invite { .. } => "invite",
+            Self::Accept { .. } => "accept",
+            Self::Reset { .. } => "reset",
         }
     }
 }

@@ -1523,3 +1523,49 @@ fn a_restored_account_is_a_new_device_of_the_same_account() {
         json_of(&restored.ok(&["verify", &b_peer, "--json"]))["safetyNumber"]
     );
 }
+
+/// `invite` and `accept` over libp2p alone: the invite URI carries where
+/// Alice listens, Bob's `accept` runs the key exchange and returns once
+/// the session is ready, and both see the other verified by invite. Bad,
+/// own and spent invites are refused with their exit codes.
+#[test]
+fn an_invite_accepted_over_libp2p_opens_a_session_verified_by_invite() {
+    let (alice, bob) = (Node::new(), Node::new());
+    let a_init = alice.init();
+    bob.init();
+    alice.fails(&["invite"], exit::NO_DAEMON);
+    let gossip_only = [("STRATA_PEERJS__ENABLED", "false")];
+    let _a_daemon = alice.daemon_with(&gossip_only);
+    let _b_daemon = bob.daemon_with(&gossip_only);
+    // clap refuses a lifetime over 30 days, with its usage code.
+    let over = alice.cmd().args(["invite", "--expires", "45d"]).output().unwrap();
+    assert_eq!(over.status.code(), Some(exit::USAGE), "{}", describe(&over));
+    let invite = json_of(&alice.ok(&["invite", "--expires", "1h", "--name", "alice", "--json"]));
+    let uri = invite["uri"].as_str().unwrap().to_owned();
+    assert!(uri.starts_with("strata-invite:") && uri.contains("addr="), "{uri}");
+
+    bob.fails(&["accept", "strata-invite:AAAA"], exit::USAGE);
+    bob.fails(&["accept", "no-such-file"], exit::USAGE);
+    alice.fails(&["accept", &uri], exit::USAGE);
+
+    // From a file, as an invite often travels.
+    let file = bob.tmp.path().join("invite.txt");
+    std::fs::write(&file, format!("{uri}\n")).unwrap();
+    let accepted = json_of(&bob.ok(&["accept", file.to_str().unwrap(), "--name", "bob", "--json"]));
+    assert_eq!(accepted["state"], "ready", "{accepted}");
+    assert_eq!(accepted["peerId"], a_init["peerId"], "{accepted}");
+    assert_eq!(accepted["installation"], a_init["installationId"], "{accepted}");
+    assert_eq!(accepted["name"], "alice", "{accepted}");
+
+    let a_installation = a_init["installationId"].as_str().unwrap();
+    send_acked(&bob, a_installation, "hello from your invite");
+    assert_eq!(inbox_texts(&alice), ["hello from your invite"]);
+    for node in [&alice, &bob] {
+        let peers = json_of(&node.ok(&["peers", "--json"]));
+        assert_eq!(peers["peers"][0]["verifiedByInvite"], true, "{peers}");
+        assert!(node.ok(&["peers"]).contains("verified-by-invite"));
+    }
+    let completed = wait_event(&alice, "kx-completed", |d| d["name"] == "bob");
+    assert_eq!(completed["accepted"], false, "{completed}");
+    bob.fails(&["accept", &uri], exit::USAGE);
+}

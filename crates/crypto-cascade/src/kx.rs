@@ -8,8 +8,13 @@
 //!   `identity = SHA-256(key)`, `digest = SHA-256(sigKey ‖ key ‖ identity)`
 //!   and the account key's XEdDSA signature over `digest`: whoever checks it
 //!   knows the KEM key belongs to that account.
-//! - **Invite.** An [`Invite`] adds two random rendezvous points and an
-//!   expiry, all signed by the account key ([`Invite::signed_bytes`]).
+//! - **Invite.** An [`Invite`] adds the inviter's installation, two random
+//!   rendezvous points and an expiry, all signed by the account key
+//!   ([`Invite::signed_bytes`]).
+//! - **Half KX.** The invitee's answer ([`make_half_kx`]) carries its own
+//!   identity, installation and rendezvous points, signed by its account
+//!   key together with the invite's initial rendezvous point
+//!   ([`HalfKx::signed_bytes`]); [`verify_half_kx`] checks both.
 //! - **Sealing** ([`seal`], [`open`]), BisonRelay's `EncryptRMO`:
 //!   `(c, k) = sntrup761.Encapsulate(their key)`, then
 //!   `c ‖ nonce(24) ‖ secretbox(rmo, k)` (NaCl secretbox, XSalsa20-Poly1305,
@@ -27,8 +32,8 @@
 //!   header keys of the rendezvous points come from it by HMAC-SHA-256 with
 //!   BisonRelay's labels ([`KxSecret`]).
 //!
-//! Not built yet (issue #19 stays open): the KX state machine and its
-//! transport over gossip topics, the CLI, reset and introductions.
+//! The KX state machine, its rendezvous topics and persistence are
+//! `strata_session::kx`.
 
 use blake_hash::Digest as _;
 use crypto_secretbox::aead::{Aead, KeyInit};
@@ -38,12 +43,12 @@ use libsignal_protocol_syft::IdentityKey;
 use rand::{CryptoRng, Rng};
 use sha2::Sha256;
 use strata_proto::kx::{
-    ID_BYTES, Invite, KEM_CIPHERTEXT_BYTES, KEM_PUBLIC_KEY_BYTES, KeyExchange, MAX_NAME_BYTES, MAX_RMO_BYTES,
+    HalfKx, ID_BYTES, Invite, KEM_CIPHERTEXT_BYTES, KEM_PUBLIC_KEY_BYTES, KeyExchange, MAX_NAME_BYTES, MAX_RMO_BYTES,
     PublicIdentity, SIG_KEY_BYTES, SIGNATURE_BYTES,
 };
 use zeroize::Zeroize as _;
 
-use crate::identity::{AccountIdentity, verify_signed};
+use crate::identity::{AccountIdentity, InstallationId, verify_signed};
 use crate::secret::SecretBytes;
 use crate::{CascadeError, Result};
 
@@ -189,27 +194,33 @@ pub fn verify_identity(p: &PublicIdentity) -> std::result::Result<VerifiedIdenti
     })
 }
 
-/// A new invite of `account` (fresh random rendezvous points), valid until
+/// Who makes an invite or answers one: the account, its KX key pair, the
+/// name it shows and the installation the Strata handshake reaches.
+#[derive(Clone, Copy, Debug)]
+pub struct KxSelf<'a> {
+    /// The account.
+    pub account: &'a AccountIdentity,
+    /// Its KX key pair.
+    pub kem: &'a KxKeyPair,
+    /// The name it gives.
+    pub name: &'a str,
+    /// This installation.
+    pub installation: InstallationId,
+}
+
+/// A new invite of `me` (fresh random rendezvous points), valid until
 /// `expires` (Unix seconds), signed.
-pub fn make_invite<R: Rng + CryptoRng>(
-    account: &AccountIdentity,
-    kem: &KxKeyPair,
-    name: &str,
-    expires: u64,
-    rng: &mut R,
-) -> Result<Invite> {
-    let public = public_identity(account, kem, name, rng)?;
-    let initial_rendezvous: [u8; ID_BYTES] = rng.random();
-    let reset_rendezvous: [u8; ID_BYTES] = rng.random();
-    let signed = Invite::bytes_to_sign(&public.digest, &initial_rendezvous, &reset_rendezvous, expires);
-    let signature = signature(account.sign(&[&signed], rng)?)?;
-    Ok(Invite {
-        public,
-        initial_rendezvous,
-        reset_rendezvous,
+pub fn make_invite<R: Rng + CryptoRng>(me: KxSelf<'_>, expires: u64, rng: &mut R) -> Result<Invite> {
+    let mut invite = Invite {
+        public: public_identity(me.account, me.kem, me.name, rng)?,
+        initial_rendezvous: rng.random(),
+        reset_rendezvous: rng.random(),
         expires,
-        signature,
-    })
+        installation: *me.installation.as_bytes(),
+        signature: [0; SIGNATURE_BYTES],
+    };
+    invite.signature = signature(me.account.sign(&[&invite.signed_bytes()], rng)?)?;
+    Ok(invite)
 }
 
 /// An [`Invite`] that checks out at the time it was checked.
@@ -217,6 +228,8 @@ pub fn make_invite<R: Rng + CryptoRng>(
 pub struct VerifiedInvite {
     /// The inviter.
     pub inviter: VerifiedIdentity,
+    /// The inviter's installation.
+    pub installation: InstallationId,
     /// Where the inviter waits for the half KX.
     pub initial_rendezvous: [u8; ID_BYTES],
     /// Where the inviter waits for a reset.
@@ -237,10 +250,43 @@ pub fn verify_invite(invite: &Invite, now_s: u64) -> std::result::Result<Verifie
     }
     Ok(VerifiedInvite {
         inviter,
+        installation: InstallationId::from_bytes(invite.installation),
         initial_rendezvous: invite.initial_rendezvous,
         reset_rendezvous: invite.reset_rendezvous,
         expires: invite.expires,
     })
+}
+
+/// `me`'s answer to the invite `invite`: a [`HalfKx`] with fresh random
+/// rendezvous points (where `me` then waits for the full KX, and for a
+/// reset), signed, and the secret part of the half to keep.
+pub fn make_half_kx<R: Rng + CryptoRng>(
+    me: KxSelf<'_>,
+    invite: &VerifiedInvite,
+    rng: &mut R,
+) -> Result<(HalfKx, KxHalf)> {
+    let (half_kx, secret) = fill_key_exchange(&invite.inviter.kem_key, rng)?;
+    let mut half = HalfKx {
+        public: public_identity(me.account, me.kem, me.name, rng)?,
+        half_kx,
+        initial_rendezvous: rng.random(),
+        reset_rendezvous: rng.random(),
+        installation: *me.installation.as_bytes(),
+        signature: [0; SIGNATURE_BYTES],
+    };
+    let signed = half.signed_bytes(&invite.initial_rendezvous);
+    half.signature = signature(me.account.sign(&[&signed], rng)?)?;
+    Ok((half, secret))
+}
+
+/// Checks a half KX that arrived on the invite rendezvous point `invite`:
+/// the invitee's identity and its signature over the half. The invitee.
+pub fn verify_half_kx(half: &HalfKx, invite: &[u8; ID_BYTES]) -> std::result::Result<VerifiedIdentity, KxError> {
+    let invitee = verify_identity(&half.public)?;
+    if !verify_signed(&invitee.identity_key, &[&half.signed_bytes(invite)], &half.signature) {
+        return Err(KxError::BadSignature);
+    }
+    Ok(invitee)
 }
 
 /// Seals `rmo` (an `RMO`, `strata_proto::kx::Rmo::compose`) to the holder
@@ -452,14 +498,24 @@ mod tests {
         (AccountIdentity::generate(rng), KxKeyPair::generate(rng))
     }
 
+    fn me<'a>(account: &'a AccountIdentity, kem: &'a KxKeyPair) -> KxSelf<'a> {
+        KxSelf {
+            account,
+            kem,
+            name: "alice",
+            installation: InstallationId::from_bytes([0x11; 16]),
+        }
+    }
+
     #[test]
     fn an_invite_checks_out_and_names_its_account() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let (account, kem) = alice(&mut rng);
-        let invite = make_invite(&account, &kem, "alice", 1_000, &mut rng).unwrap();
+        let invite = make_invite(me(&account, &kem), 1_000, &mut rng).unwrap();
         let ok = verify_invite(&invite, 999).unwrap();
         assert_eq!(ok.inviter.identity_key, *account.identity_key());
         assert_eq!(ok.inviter.kem_key, kem.public_key());
+        assert_eq!(ok.installation, InstallationId::from_bytes([0x11; 16]));
         assert_eq!(verify_invite(&invite, 1_001), Err(KxError::Expired));
         // Through its JSON and back.
         let (_, back) = Rmo::decompose(&Rmo::Invite(Box::new(invite.clone())).compose(5)).unwrap();
@@ -474,7 +530,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let (account, kem) = alice(&mut rng);
         let (mallory, _) = alice(&mut rng);
-        let invite = make_invite(&account, &kem, "alice", 1_000, &mut rng).unwrap();
+        let invite = make_invite(me(&account, &kem), 1_000, &mut rng).unwrap();
         let altered: Vec<(Invite, KxError)> = vec![
             {
                 let mut i = invite.clone();
@@ -494,6 +550,11 @@ mod tests {
             {
                 let mut i = invite.clone();
                 i.expires += 1;
+                (i, KxError::BadSignature)
+            },
+            {
+                let mut i = invite.clone();
+                i.installation[0] ^= 1;
                 (i, KxError::BadSignature)
             },
             {
@@ -518,6 +579,40 @@ mod tests {
         ];
         for (i, why) in altered {
             assert_eq!(verify_invite(&i, 0), Err(why));
+        }
+    }
+
+    /// A half KX checks out only on the invite it answers, with every
+    /// field as signed.
+    #[test]
+    fn a_half_kx_is_bound_to_its_invitee_and_invite() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let (alice_account, alice_kem) = alice(&mut rng);
+        let (bob_account, bob_kem) = alice(&mut rng);
+        let invite = make_invite(me(&alice_account, &alice_kem), 1_000, &mut rng).unwrap();
+        let verified = verify_invite(&invite, 0).unwrap();
+        let bob = KxSelf {
+            name: "bob",
+            installation: InstallationId::from_bytes([0x22; 16]),
+            ..me(&bob_account, &bob_kem)
+        };
+        let (half, _) = make_half_kx(bob, &verified, &mut rng).unwrap();
+        let invitee = verify_half_kx(&half, &invite.initial_rendezvous).unwrap();
+        assert_eq!(invitee.identity_key, *bob_account.identity_key());
+        assert_eq!(invitee.name, "bob");
+        assert_eq!(verify_half_kx(&half, &[0; ID_BYTES]), Err(KxError::BadSignature));
+        for field in 0..3 {
+            let mut bad = half.clone();
+            match field {
+                0 => bad.installation[0] ^= 1,
+                1 => bad.initial_rendezvous[0] ^= 1,
+                _ => bad.reset_rendezvous[0] ^= 1,
+            }
+            assert_eq!(
+                verify_half_kx(&bad, &invite.initial_rendezvous),
+                Err(KxError::BadSignature),
+                "field {field}"
+            );
         }
     }
 

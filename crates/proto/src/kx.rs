@@ -32,6 +32,13 @@
 //!   [`Invite::signed_bytes`]) and carries an expiry (`expires`, Unix
 //!   seconds), so its rendezvous points and lifetime cannot be altered on
 //!   the way. BisonRelay's invite has neither.
+//! - The invite and the half KX name the sender's Strata installation
+//!   (`installation`, 16 bytes hex): the address the Strata handshake runs
+//!   to once the KX completes. The half KX is signed too
+//!   (`halfSignature`, over [`HalfKx::signed_bytes`], which also covers the
+//!   invite's initial rendezvous point it answers), so no one who saw the
+//!   invite can answer it with another's identity and their own
+//!   installation or rendezvous points.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -49,6 +56,8 @@ pub const SIG_KEY_BYTES: usize = 33;
 pub const SIGNATURE_BYTES: usize = 64;
 /// Bytes of a rendezvous point, an identity and a digest.
 pub const ID_BYTES: usize = 32;
+/// Bytes of a Strata installation id.
+pub const INSTALLATION_BYTES: usize = 16;
 /// Most bytes of a `name` or `nick`.
 pub const MAX_NAME_BYTES: usize = 64;
 /// Most bytes of a [`KeyExchange::public`]: a sealed X25519 public key
@@ -66,6 +75,8 @@ pub const HALF_KX_COMMAND: &str = "ohalfkx";
 pub const FULL_KX_COMMAND: &str = "ofullkx";
 /// The domain of an invite's signature.
 const INVITE_DOMAIN: &[u8] = b"strata/v1/kx/invite\0";
+/// The domain of a half KX's signature.
+const HALF_KX_DOMAIN: &[u8] = b"strata/v1/kx/half\0";
 
 /// A public identity (BisonRelay `zkidentity.PublicIdentity`): who, with the
 /// KEM key others seal to, bound together by the account key's signature.
@@ -108,6 +119,9 @@ pub struct Invite {
     pub reset_rendezvous: [u8; ID_BYTES],
     /// Unix seconds after which the invite is refused (Strata).
     pub expires: u64,
+    /// The inviter's installation (Strata).
+    #[serde(with = "hex_array")]
+    pub installation: [u8; INSTALLATION_BYTES],
     /// The account key's XEdDSA signature over [`Invite::signed_bytes`]
     /// (Strata).
     #[serde(rename = "inviteSignature", with = "hex_array")]
@@ -116,24 +130,17 @@ pub struct Invite {
 
 impl Invite {
     /// What the invite's signature covers: a domain, the identity's
-    /// digest, both rendezvous points and the expiry.
+    /// digest, the installation, both rendezvous points and the expiry.
     pub fn signed_bytes(&self) -> Vec<u8> {
-        Self::bytes_to_sign(
+        [
+            INVITE_DOMAIN,
             &self.public.digest,
+            &self.installation,
             &self.initial_rendezvous,
             &self.reset_rendezvous,
-            self.expires,
-        )
-    }
-
-    /// [`Invite::signed_bytes`] of an invite being made.
-    pub fn bytes_to_sign(
-        digest: &[u8; ID_BYTES],
-        initial: &[u8; ID_BYTES],
-        reset: &[u8; ID_BYTES],
-        expires: u64,
-    ) -> Vec<u8> {
-        [INVITE_DOMAIN, digest, initial, reset, &expires.to_be_bytes()].concat()
+            &self.expires.to_be_bytes(),
+        ]
+        .concat()
     }
 }
 
@@ -164,6 +171,30 @@ pub struct HalfKx {
     /// Where the invitee waits for a reset.
     #[serde(rename = "resetrendezvous", with = "hex_array")]
     pub reset_rendezvous: [u8; ID_BYTES],
+    /// The invitee's installation (Strata).
+    #[serde(with = "hex_array")]
+    pub installation: [u8; INSTALLATION_BYTES],
+    /// The invitee's account key's XEdDSA signature over
+    /// [`HalfKx::signed_bytes`] (Strata).
+    #[serde(rename = "halfSignature", with = "hex_array")]
+    pub signature: [u8; SIGNATURE_BYTES],
+}
+
+impl HalfKx {
+    /// What the half KX's signature covers: a domain, the invitee's digest,
+    /// its installation, its rendezvous points and the initial rendezvous
+    /// point of the invite it answers (`invite`).
+    pub fn signed_bytes(&self, invite: &[u8; ID_BYTES]) -> Vec<u8> {
+        [
+            HALF_KX_DOMAIN,
+            &self.public.digest,
+            &self.installation,
+            &self.initial_rendezvous,
+            &self.reset_rendezvous,
+            invite,
+        ]
+        .concat()
+    }
 }
 
 /// `ofullkx`: the inviter's answer, sent to the half KX's rendezvous point.
@@ -351,6 +382,7 @@ mod tests {
             initial_rendezvous: [0xaa; ID_BYTES],
             reset_rendezvous: [0xbb; ID_BYTES],
             expires: 1_800_000_000,
+            installation: [0x11; INSTALLATION_BYTES],
             signature: [4; SIGNATURE_BYTES],
         }
     }
@@ -371,6 +403,8 @@ mod tests {
                 half_kx: kx(),
                 initial_rendezvous: [0xcc; ID_BYTES],
                 reset_rendezvous: [0xdd; ID_BYTES],
+                installation: [0x22; INSTALLATION_BYTES],
+                signature: [6; SIGNATURE_BYTES],
             })),
             Rmo::FullKx(Box::new(FullKx { full_kx: kx() })),
         ];
@@ -459,8 +493,11 @@ mod tests {
         b.reset_rendezvous[0] ^= 1;
         let mut c = invite();
         c.expires += 1;
+        let mut d = invite();
+        d.installation[0] ^= 1;
         assert_ne!(a.signed_bytes(), b.signed_bytes());
         assert_ne!(a.signed_bytes(), c.signed_bytes());
+        assert_ne!(a.signed_bytes(), d.signed_bytes());
         assert!(a.signed_bytes().starts_with(INVITE_DOMAIN));
     }
 }

@@ -42,6 +42,9 @@ pub enum SessionError {
         /// Messages queued to the peer.
         queued: usize,
     },
+    /// An invite or key-exchange message was refused; nothing changed.
+    #[error("key exchange refused: {0}")]
+    Kx(#[from] crate::kx::KxRefusal),
     /// A bug or a broken invariant.
     #[error("internal: {0}")]
     Internal(String),
@@ -79,6 +82,8 @@ impl SessionError {
             Self::Misuse(_) | Self::UnknownPeer(_) => ErrorKind::Misuse,
             Self::Unavailable(_) | Self::ClaimFailed(_) | Self::Busy { .. } => ErrorKind::Transient,
             Self::IdentityMismatch => ErrorKind::Verification,
+            Self::Kx(crate::kx::KxRefusal::TooMany) => ErrorKind::Transient,
+            Self::Kx(_) => ErrorKind::Verification,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -50,11 +50,13 @@
 //! | files to a group: chunks out, checked and written in, resuming after a restart | `group_files.rs` |
 //! | multi-device: device lists, fan-out, partitioned devices | `devices.rs` (the rules), `actors/devices.rs` (the node's side) |
 //! | pairing a new device | `pairing.rs` |
+//! | out-of-band key exchange: invites, half and full KX, rendezvous topics | `kx.rs` (the node's side: `actors/kx.rs`) |
 //!
 //! The group machine sits beside it, in `group/` (its rules in
 //! [`group`]'s docs), run by a Group actor per group (`actors/groups.rs`:
-//! how group PDUs and messages reach it); a key-exchange machine (issue
-//! #19) will sit there too.
+//! how group PDUs and messages reach it). The out-of-band key exchange
+//! (BisonRelay's invites, half and full KX over rendezvous topics) is the
+//! sans-I/O [`kx::KxBook`], run by the node (`actors/kx.rs`).
 //!
 //! # The handshake (P3), as Strata runs it
 //!
@@ -374,6 +376,7 @@ pub mod error;
 mod files;
 pub mod group;
 pub mod group_files;
+pub mod kx;
 pub mod machine;
 pub mod pairing;
 pub mod pool;

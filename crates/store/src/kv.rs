@@ -42,6 +42,10 @@ pub enum Table {
     /// Accounts' signed device lists, by identity key (this account's
     /// own too).
     Devices,
+    /// Out-of-band key exchanges: this account's KX key pair, open
+    /// invites, answers awaiting the full KX, and the peers met that way
+    /// (`strata_session::kx`), by the keys that module gives them.
+    Kx,
 }
 
 impl Table {
@@ -62,6 +66,7 @@ impl Table {
         Table::Groups,
         Table::GroupMessages,
         Table::Devices,
+        Table::Kx,
     ];
 
     /// The table's on-disk name.
@@ -82,6 +87,7 @@ impl Table {
             Table::Groups => "groups",
             Table::GroupMessages => "group_messages",
             Table::Devices => "devices",
+            Table::Kx => "kx",
         }
     }
 }

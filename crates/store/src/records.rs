@@ -112,6 +112,10 @@ pub struct Contact {
     pub first_seen_ms: u64,
     /// Whether the user compared safety numbers for the pinned key.
     pub verified: bool,
+    /// Whether the pinned key came from a completed out-of-band key
+    /// exchange (an invite): verified by invite, with no first-use window.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invited: bool,
     /// A different identity key the peer presented, awaiting the user's
     /// decision. While set, nothing is sent to this peer.
     #[serde(default, with = "b64::option", skip_serializing_if = "Option::is_none")]

@@ -172,6 +172,27 @@ macro_rules! reads {
                     .collect()
             }
 
+            /// The KX entry under `key` (`strata_session::kx` names them).
+            pub fn kx(&self, key: &str) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+                self.get_blob(Table::Kx, key.as_bytes())
+            }
+
+            /// Every KX entry whose key starts with `prefix`, in key order.
+            pub fn kx_entries(&self, prefix: &str) -> Result<Vec<(String, zeroize::Zeroizing<Vec<u8>>)>, StoreError> {
+                self.tx
+                    .scan(Table::Kx, prefix.as_bytes(), usize::MAX)?
+                    .into_iter()
+                    .map(|(k, sealed)| {
+                        let value = open_value(self.key, Table::Kx, &k, &sealed)?;
+                        let key = String::from_utf8(k).map_err(|_| StoreError::Corrupt {
+                            table: Table::Kx.name(),
+                            reason: "a key that is not UTF-8".into(),
+                        })?;
+                        Ok((key, value))
+                    })
+                    .collect()
+            }
+
             /// The messages group `group` keeps to send again, by key order.
             pub fn group_messages(&self, group: &str) -> Result<Vec<zeroize::Zeroizing<Vec<u8>>>, StoreError> {
                 let prefix = group_message_key(group, "");
@@ -317,6 +338,43 @@ impl Writer<'_> {
         self.tx.delete(Table::GroupMessages, &group_message_key(group, key))
     }
 
+    /// Stores the KX entry `key` (sealed), replacing it.
+    pub fn set_kx(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        put_sealed(self.tx, self.key, Table::Kx, key.as_bytes(), value)
+    }
+
+    /// Forgets the KX entry `key`.
+    pub fn delete_kx(&mut self, key: &str) -> Result<bool, StoreError> {
+        self.tx.delete(Table::Kx, key.as_bytes())
+    }
+
+    /// Pins `identity_key` for `peer` as learned from a completed
+    /// out-of-band key exchange: a new contact starts verified by invite;
+    /// a contact with the same key becomes so. A contact pinned to another
+    /// key is left as it is ([`IdentityCheck::Changed`]: the caller refuses
+    /// the exchange).
+    pub fn pin_invited(&mut self, peer: &str, identity_key: &[u8], now_ms: u64) -> Result<IdentityCheck, StoreError> {
+        let (mut contact, check) = match self.contact(peer)? {
+            None => (
+                Contact {
+                    installation_id: peer.to_owned(),
+                    identity_key: identity_key.to_vec(),
+                    first_seen_ms: now_ms,
+                    verified: false,
+                    invited: false,
+                    offered_key: None,
+                    key_history: Vec::new(),
+                },
+                IdentityCheck::Pinned,
+            ),
+            Some(c) if c.identity_key == identity_key && c.offered_key.is_none() => (c, IdentityCheck::Same),
+            Some(_) => return Ok(IdentityCheck::Changed),
+        };
+        contact.invited = true;
+        self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
+        Ok(check)
+    }
+
     /// Forgets handshake progress with `peer`.
     pub fn clear_handshake(&mut self, peer: &str) -> Result<bool, StoreError> {
         self.tx.delete(Table::Handshakes, peer.as_bytes())
@@ -337,6 +395,7 @@ impl Writer<'_> {
                 identity_key: identity_key.to_vec(),
                 first_seen_ms: now_ms,
                 verified: false,
+                invited: false,
                 offered_key: None,
                 key_history: Vec::new(),
             };
@@ -371,6 +430,7 @@ impl Writer<'_> {
             accepted_ms: now_ms,
         });
         contact.verified = false;
+        contact.invited = false;
         self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
         Ok(contact)
     }

@@ -44,6 +44,7 @@ fn contact_encoding() {
         identity_key: vec![5, 1],
         first_seen_ms: 1,
         verified: true,
+        invited: false,
         offered_key: Some(vec![5, 2]),
         key_history: vec![KeyChange {
             old_key: vec![5, 0],

@@ -39,6 +39,15 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
         NodeEventKind::Failed { reason } => ("session-failed", json!({"reason": reason})),
         NodeEventKind::Lagged { dropped } => ("lagged", json!({"dropped": dropped})),
         NodeEventKind::Group { group, event } => describe_group(group, event),
+        NodeEventKind::KeyExchanged {
+            account,
+            name,
+            accepted,
+            reset,
+        } => (
+            "kx-completed",
+            json!({"peerId": peer_id(account), "name": name, "accepted": accepted, "reset": reset}),
+        ),
         NodeEventKind::DevicesChanged {
             account,
             version,
@@ -398,6 +407,12 @@ mod tests {
                 reason: "r".into(),
             }),
         ]);
+        all.push(NodeEventKind::KeyExchanged {
+            account: vec![5; 33],
+            name: "n".into(),
+            accepted: true,
+            reset: false,
+        });
         all.push(NodeEventKind::GroupFile {
             group: "ab".into(),
             sender: id(2),
@@ -435,6 +450,7 @@ mod tests {
             | NodeEventKind::Failed { .. }
             | NodeEventKind::Lagged { .. }
             | NodeEventKind::GroupFile { .. }
+            | NodeEventKind::KeyExchanged { .. }
             | NodeEventKind::DevicesChanged { .. } => true,
             NodeEventKind::Group { event, .. } => match event {
                 GroupEvent::Joined { .. }

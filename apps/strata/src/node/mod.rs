@@ -17,6 +17,7 @@ mod actors;
 mod devices;
 mod events;
 mod groups;
+mod kx;
 mod transports;
 
 use std::sync::Arc;
@@ -669,6 +670,7 @@ impl NodeSessions {
                     "transport": self.transport_of(&peer),
                     "lastActivityMs": status.last_activity_ms,
                     "verified": contact.is_some_and(|c| c.verified),
+                    "verifiedByInvite": contact.is_some_and(|c| c.invited),
                     "identityChangePending": contact.is_some_and(|c| c.offered_key.is_some()),
                 })
             })
@@ -702,6 +704,9 @@ impl Sessions for NodeSessions {
             SessionCall::Peers => self.peers().await,
             SessionCall::Group { action } => self.group(action).await,
             SessionCall::Devices { action } => self.devices(action).await,
+            SessionCall::Invite { expires_s, name } => self.invite(expires_s, name).await,
+            SessionCall::Accept { invite, name } => self.accept(&invite, name).await,
+            SessionCall::Reset { peer } => self.reset(&peer).await,
         }
     }
 }

@@ -190,21 +190,9 @@ impl<T: Transport> Node<T> {
     /// Opens the session with one of this account's devices, expecting
     /// this account's key.
     fn open_own_device(&mut self, installation: InstallationId, ctx: &mut Context<Self>) {
-        let connect = Connect {
-            request_id: 0,
-            peer: self.address_of(installation),
-            expect_identity: Some(self.own_account().serialize().to_vec()),
-        };
-        ctx.spawn(
-            ctx.address()
-                .send(connect)
-                .into_actor(self)
-                .map(move |reply, _, _| match reply.map(|r| r.result) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(%installation, error = %e, "cannot open a session with our device"),
-                    Err(_) => {}
-                }),
-        );
+        let peer = self.address_of(installation);
+        let account = self.own_account().serialize().to_vec();
+        self.open_expecting(peer, account, ctx);
     }
 
     /// The account the session with `peer` is pinned to.

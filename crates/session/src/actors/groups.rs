@@ -417,7 +417,7 @@ impl<T: Transport> Node<T> {
     /// Sends `msg` to `addr` without waiting for it (the node never
     /// waits) and without dropping it on a full mailbox: what a group is
     /// handed was acknowledged to its sender already.
-    fn forward<A, M>(&self, addr: Addr<A>, msg: M, ctx: &mut Context<Self>)
+    pub(super) fn forward<A, M>(&self, addr: Addr<A>, msg: M, ctx: &mut Context<Self>)
     where
         A: Actor<Context = Context<A>> + Handler<M>,
         M: Message + Send + 'static,

@@ -176,6 +176,20 @@ pub enum NodeEventKind {
         /// Its installations.
         installations: Vec<strata_cascade::InstallationId>,
     },
+    /// An out-of-band key exchange completed with the installation the
+    /// event's `peer` names: its account key is pinned, verified by
+    /// invite. On the side that accepted the invite, the Strata handshake
+    /// to it follows.
+    KeyExchanged {
+        /// The peer's account identity key (serialized).
+        account: Vec<u8>,
+        /// The name it gave.
+        name: String,
+        /// This side accepted the invite (and opens the handshake).
+        accepted: bool,
+        /// It replaced an earlier exchange with the installation (a reset).
+        reset: bool,
+    },
     /// A whole file sent to a group chat arrived and was written to `path`
     /// (its chunks were [`crate::group::GroupEvent::Received`] events).
     GroupFile {
@@ -465,6 +479,7 @@ pub struct Shutdown;
 mod device_groups;
 mod devices;
 mod groups;
+mod kx;
 mod node;
 mod session;
 mod transport;
@@ -478,6 +493,7 @@ pub use devices::{
     AccountMessage, ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, OfferPairing, PairingOffer,
     SendToAccount,
 };
+pub use kx::{AcceptInvite, MakeInvite, ResetExchange};
 pub use node::Node;
 pub use session::PeerSession;
 pub use transport::TransportActor;

@@ -46,6 +46,8 @@ pub struct Node<T: Transport> {
     pub(super) groups: super::groups::Groups,
     /// Device lists, fan-out, sent copies.
     pub(super) devices: super::devices::Devices,
+    /// Out-of-band key exchanges.
+    pub(super) exchanges: super::kx::Exchanges,
     /// A refill of the KeyPackage pool is running (one at a time).
     refilling: bool,
     span: tracing::Span,
@@ -77,6 +79,7 @@ impl<T: Transport> Node<T> {
             claims: BTreeMap::new(),
             groups: super::groups::Groups::default(),
             devices: super::devices::Devices::default(),
+            exchanges: super::kx::Exchanges::default(),
             refilling: false,
             span,
         })
@@ -298,6 +301,21 @@ impl<T: Transport> Node<T> {
         }));
     }
 
+    /// Opens (or resumes) the session with `peer`, expecting the account
+    /// key `identity_key` (see [`Connect`]); failures are logged.
+    pub(super) fn open_expecting(&mut self, peer: PeerAddr, identity_key: Vec<u8>, ctx: &mut Context<Self>) {
+        let connect = Connect {
+            request_id: 0,
+            peer: peer.clone(),
+            expect_identity: Some(identity_key),
+        };
+        ctx.spawn(ctx.address().send(connect).into_actor(self).map(move |reply, _, _| {
+            if let Ok(Err(e)) = reply.map(|r| r.result) {
+                tracing::debug!(%peer, error = %e, "cannot open the session");
+            }
+        }));
+    }
+
     fn dial(&mut self, peer: PeerAddr, ctx: &mut Context<Self>) {
         let Some(transport) = self.transport_actor.clone() else {
             return;
@@ -350,6 +368,7 @@ impl<T: Transport> Actor for Node<T> {
         ctx.run_interval(SWEEP, |act, ctx| act.sweep(ctx));
         self.restore_groups(ctx);
         self.restore_devices(ctx);
+        self.restore_exchanges(ctx);
         // Stored sessions come back and resume once their peers connect.
         let stored: Vec<PeerAddr> = self.stored.keys().cloned().collect();
         for peer in stored {
@@ -380,10 +399,6 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                     self.pairing_frame(from, &bytes, ctx);
                     continue;
                 }
-                TransportEvent::Published { from, bytes, .. } if super::groups::is_group_message(&bytes) => {
-                    self.group_message(from.as_ref(), &bytes);
-                    continue;
-                }
                 TransportEvent::Frame { from, bytes } => {
                     match &mut frames {
                         Some((peer, burst)) if *peer == from => burst.push(bytes),
@@ -408,8 +423,15 @@ impl<T: Transport> Handler<FromTransport> for Node<T> {
                     }
                     (peer, Deliver::Disconnected, NodeEventKind::Disconnected)
                 }
-                TransportEvent::Published { bytes, .. } => {
-                    self.bundle_published(&bytes, ctx);
+                TransportEvent::Published { topic, from, bytes } => {
+                    if self.rendezvous_frame(&topic, &bytes, ctx) {
+                        continue;
+                    }
+                    if super::groups::is_group_message(&bytes) {
+                        self.group_message(from.as_ref(), &bytes);
+                    } else {
+                        self.bundle_published(&bytes, ctx);
+                    }
                     continue;
                 }
             };

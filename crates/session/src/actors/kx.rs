@@ -1,0 +1,222 @@
+//! The node's side of the out-of-band key exchange: the [`KxBook`] loaded
+//! at start, invites made and accepted on request, rendezvous frames from
+//! the transport, the book's outputs carried out (subscriptions,
+//! publications, completions), its timer.
+//!
+//! A completed exchange is published as [`NodeEventKind::KeyExchanged`]
+//! for the peer's installation; on the side that accepted the invite, the
+//! node then opens the Strata handshake to it, expecting the account key
+//! the exchange pinned. The key exchange needs a transport that publishes
+//! to topics (libp2p); without one, invites are refused as unavailable.
+
+use strata_proto::kx::Invite;
+
+use super::*;
+use crate::kx::{AcceptedInvite, KxBook, KxOutput, topic_rendezvous};
+
+/// Make an invite (`strata invite`): valid for `ttl`, showing `name`.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<Invite>")]
+pub struct MakeInvite {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// How long it holds (capped by [`crate::kx::MAX_INVITE_TTL`]).
+    pub ttl: Duration,
+    /// The name it shows.
+    pub name: String,
+}
+
+/// Accept an invite (`strata accept`): the half KX goes out; the exchange
+/// completes when the inviter answers ([`NodeEventKind::KeyExchanged`]),
+/// and the Strata handshake to the inviter follows.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<AcceptedInvite>")]
+pub struct AcceptInvite {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The invite.
+    pub invite: Box<Invite>,
+    /// The name this side shows.
+    pub name: String,
+}
+
+/// Reset the key exchange with the peer at an installation met through one
+/// (`strata reset`): a fresh invite goes, sealed, to its reset point; the
+/// exchange runs again ([`NodeEventKind::KeyExchanged`] with `reset`), and
+/// the session with it after.
+#[derive(Debug, Message)]
+#[rtype(result = "Reply<()>")]
+pub struct ResetExchange {
+    /// Correlates the reply.
+    pub request_id: RequestId,
+    /// The peer's installation.
+    pub installation: strata_cascade::InstallationId,
+}
+
+/// The node's key-exchange state.
+#[derive(Default)]
+pub(super) struct Exchanges {
+    book: Option<KxBook>,
+    timer: Option<SpawnHandle>,
+}
+
+impl<T: Transport> Node<T> {
+    /// Loads the book and subscribes to its rendezvous points; off when the
+    /// transport cannot publish to topics.
+    pub(super) fn restore_exchanges(&mut self, ctx: &mut Context<Self>) {
+        if !self.broadcast {
+            return;
+        }
+        let loaded = KxBook::load(
+            Arc::clone(&self.setup.store),
+            Arc::clone(&self.setup.local),
+            rand::random(),
+            now().unix_ms,
+        );
+        match loaded {
+            Ok(mut book) => {
+                // Peers met by invite whose session is gone: the exchange
+                // runs again, so the handshake meets a pinned key.
+                match book.reset_lost("", now().unix_ms) {
+                    Ok(reset) if !reset.is_empty() => {
+                        tracing::info!(peers = reset.len(), "sessions lost with peers met by invite: reset");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot reset the exchanges of lost sessions"),
+                }
+                self.exchanges.book = Some(book);
+                self.drain_exchanges(ctx);
+            }
+            Err(e) => tracing::error!(error = %e, "key exchanges are off: cannot load them"),
+        }
+    }
+
+    fn book(&mut self) -> Result<&mut KxBook, SessionError> {
+        if !self.broadcast {
+            return Err(SessionError::Unavailable(
+                "a key exchange needs a transport that publishes to topics (libp2p)",
+            ));
+        }
+        self.exchanges
+            .book
+            .as_mut()
+            .ok_or(SessionError::Unavailable("key exchanges"))
+    }
+
+    /// A frame published on `topic`, if it is a rendezvous point: true
+    /// when it was taken.
+    pub(super) fn rendezvous_frame(&mut self, topic: &Topic, frame: &[u8], ctx: &mut Context<Self>) -> bool {
+        let Some(rv) = topic_rendezvous(topic) else {
+            return false;
+        };
+        let Some(book) = self.exchanges.book.as_mut() else {
+            return true;
+        };
+        if let Err(e) = book.on_frame(&rv, frame, now().unix_ms) {
+            // Anyone can publish there: a refusal is logged, not answered.
+            tracing::info!(error = %e, "a key-exchange message refused");
+        }
+        self.drain_exchanges(ctx);
+        true
+    }
+
+    /// Carries out the book's outputs and sets its timer.
+    fn drain_exchanges(&mut self, ctx: &mut Context<Self>) {
+        let Some(book) = self.exchanges.book.as_mut() else {
+            return;
+        };
+        let mut outputs = Vec::new();
+        while let Some(o) = book.poll_output() {
+            outputs.push(o);
+        }
+        let deadline = book.next_deadline();
+        let transport = self.transport_actor.clone();
+        for output in outputs {
+            match (output, transport.clone()) {
+                (KxOutput::Subscribe(topic), Some(t)) => self.forward(t, SubscribeTopic(topic), ctx),
+                (KxOutput::Unsubscribe(topic), Some(t)) => self.forward(t, UnsubscribeTopic(topic), ctx),
+                (KxOutput::Publish { topic, frame }, Some(t)) => self.forward(t, Publish { topic, frame }, ctx),
+                (KxOutput::Completed(done), _) => {
+                    let peer = self.address_of(done.installation);
+                    tracing::info!(%peer, accepted = done.accepted, reset = done.reset, "key exchange completed");
+                    if done.accepted {
+                        self.open_expecting(peer.clone(), done.identity_key.clone(), ctx);
+                    }
+                    self.publish(
+                        NodeEvent {
+                            peer,
+                            kind: NodeEventKind::KeyExchanged {
+                                account: done.identity_key,
+                                name: done.name,
+                                accepted: done.accepted,
+                                reset: done.reset,
+                            },
+                        },
+                        ctx,
+                    );
+                }
+                (_, None) => tracing::debug!("a key-exchange output with no transport"),
+            }
+        }
+        if let Some(timer) = self.exchanges.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        if let Some(at) = deadline {
+            let delay = Duration::from_millis(at.saturating_sub(now().unix_ms));
+            self.exchanges.timer = Some(ctx.run_later(delay, |act, ctx| {
+                act.exchanges.timer = None;
+                if let Some(book) = act.exchanges.book.as_mut()
+                    && let Err(e) = book.tick(now().unix_ms)
+                {
+                    tracing::warn!(error = %e, "key-exchange upkeep failed");
+                }
+                act.drain_exchanges(ctx);
+            }));
+        }
+    }
+}
+
+impl<T: Transport> Handler<MakeInvite> for Node<T> {
+    type Result = MessageResult<MakeInvite>;
+
+    fn handle(&mut self, msg: MakeInvite, ctx: &mut Self::Context) -> Self::Result {
+        let result = self
+            .book()
+            .and_then(|book| book.invite(&msg.name, msg.ttl, now().unix_ms));
+        self.drain_exchanges(ctx);
+        MessageResult(Reply {
+            request_id: msg.request_id,
+            result,
+        })
+    }
+}
+
+impl<T: Transport> Handler<ResetExchange> for Node<T> {
+    type Result = MessageResult<ResetExchange>;
+
+    fn handle(&mut self, msg: ResetExchange, ctx: &mut Self::Context) -> Self::Result {
+        let result = self
+            .book()
+            .and_then(|book| book.reset(msg.installation, "", now().unix_ms));
+        self.drain_exchanges(ctx);
+        MessageResult(Reply {
+            request_id: msg.request_id,
+            result,
+        })
+    }
+}
+
+impl<T: Transport> Handler<AcceptInvite> for Node<T> {
+    type Result = MessageResult<AcceptInvite>;
+
+    fn handle(&mut self, msg: AcceptInvite, ctx: &mut Self::Context) -> Self::Result {
+        let result = self
+            .book()
+            .and_then(|book| book.accept(&msg.invite, &msg.name, now().unix_ms));
+        self.drain_exchanges(ctx);
+        MessageResult(Reply {
+            request_id: msg.request_id,
+            result,
+        })
+    }
+}
