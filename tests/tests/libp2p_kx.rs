@@ -15,6 +15,7 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use strata_cascade::{AccountIdentity, InstallationIdentity};
 use strata_session::actors::{AcceptInvite, MakeInvite, NodeEventKind};
+use strata_session::group::GroupEvent;
 use strata_session::kx::{KxRefusal, rendezvous_topic};
 use strata_session::{Event, SessionError};
 use strata_store::KeySource;
@@ -154,6 +155,103 @@ fn an_invite_over_libp2p_opens_a_session_pinned_on_both_sides() {
 
         alice.stop().await;
         bob.stop().await;
+        relay.shutdown().await;
+    });
+}
+
+/// Starts an installation with its KeyPackage pool stocked (group adds
+/// claim from it), as the daemon does at start.
+async fn stocked(inst: &Installation) -> Running {
+    let identity = Arc::clone(&inst.identity);
+    inst.start_with(move |_, store| {
+        strata_session::keep_stocked(
+            store,
+            &identity,
+            &strata_session::Config::default().key_package_pool,
+            strata_test_support::now_s(),
+        )
+        .unwrap();
+    })
+    .await
+}
+
+/// A group's admin introduces a new member to the others (BisonRelay's
+/// auto-KX): Bob, the admin, has sessions with Alice and Carol, who have
+/// none with each other. Carol joins first, then Alice; Alice, joining,
+/// asks Bob to introduce her to Carol, Carol's invite reaches her sealed
+/// through Bob, they run the key exchange over gossip and the handshake,
+/// and talk directly, each pinned by the exchange.
+#[test]
+fn a_new_group_member_is_introduced_to_the_others_through_the_admin() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (relay, _relay_events) = start_relay().await;
+        let relay_addr = tcp_addr(&relay).await;
+        let ids = [identity(51), identity(52), identity(53)];
+        let insts: Vec<Installation> = ids
+            .iter()
+            .map(|id| Installation::of(Arc::clone(id), dir.path(), relay_addr.clone()))
+            .collect();
+        let mut bob = stocked(&insts[0]).await;
+        let mut alice = stocked(&insts[1]).await;
+        let mut carol = stocked(&insts[2]).await;
+        let [_, alice_addr, carol_addr] = ids.each_ref().map(|i| PeerAddr::new(i.installation_id().to_hex()));
+
+        bob.connect(alice_addr.clone()).await;
+        bob.connect(carol_addr.clone()).await;
+        for _ in 0..2 {
+            bob.wait_ready().await;
+        }
+        alice.wait_ready().await;
+        carol.wait_ready().await;
+
+        let group = bob.create_group("introductions").await;
+        bob.add_to_group(&group, carol_addr.clone()).await;
+        carol
+            .wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
+        bob.add_to_group(&group, alice_addr.clone()).await;
+        alice
+            .wait_group(&group, "joined", |e| matches!(e, GroupEvent::Joined { .. }))
+            .await;
+
+        let at_alice = alice
+            .wait_for("the introduction's key exchange", |e| {
+                matches!(e.kind, NodeEventKind::KeyExchanged { accepted: true, .. })
+            })
+            .await;
+        assert_eq!(at_alice.peer, carol_addr);
+        let at_carol = carol
+            .wait_for("the introduction's key exchange", |e| {
+                matches!(e.kind, NodeEventKind::KeyExchanged { accepted: false, .. })
+            })
+            .await;
+        assert_eq!(at_carol.peer, alice_addr);
+        let ready_with = |peer: &PeerAddr| {
+            let peer = peer.clone();
+            move |e: &strata_session::actors::NodeEvent| {
+                e.peer == peer && matches!(e.kind, NodeEventKind::Session(Event::EncryptionReady { .. }))
+            }
+        };
+        alice.wait_for("a session with Carol", ready_with(&carol_addr)).await;
+        carol.wait_for("a session with Alice", ready_with(&alice_addr)).await;
+
+        alice
+            .send_text(carol_addr.clone(), "hello carol, bob introduced us")
+            .await;
+        carol.wait_text("hello carol, bob introduced us").await;
+        carol.send_text(alice_addr.clone(), "hello alice").await;
+        alice.wait_text("hello alice").await;
+        // Bob mediated, and met nobody new.
+        assert!(
+            !bob.all_events()
+                .iter()
+                .any(|e| matches!(e.kind, NodeEventKind::KeyExchanged { .. }))
+        );
+
+        for node in [alice, bob, carol] {
+            node.stop().await;
+        }
         relay.shutdown().await;
     });
 }

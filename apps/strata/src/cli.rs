@@ -1,5 +1,7 @@
 //! The command line.
 
+use std::time::Duration;
+
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -68,6 +70,10 @@ pub(crate) enum Command {
     /// Run the key exchange again with a peer met by invite, when a side
     /// lost its session: a fresh invite goes, sealed, to its reset point
     Reset(PeerArgs),
+    /// Introduce two of your contacts: the first is asked to meet the
+    /// second, through you; they then run the key exchange and talk
+    /// directly
+    Introduce(IntroduceArgs),
     /// Group chats: create, add, remove, leave, send, list
     Group {
         #[command(subcommand)]
@@ -97,14 +103,23 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct InviteArgs {
     /// How long the invite holds: a number and s, m, h or d (at most 30d)
-    #[arg(long, default_value = "7d", value_parser = crate::invite::parse_ttl)]
-    pub(crate) expires: std::time::Duration,
+    #[arg(long, default_value = "7d", value_parser = parse_ttl)]
+    pub(crate) expires: Duration,
     /// The name the invite shows
     #[arg(long)]
     pub(crate) name: Option<String>,
     /// Also draw the invite as a QR code
     #[arg(long)]
     pub(crate) qr: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IntroduceArgs {
+    /// The contact told to meet the other: contact URI, peer id or
+    /// installation id
+    pub(crate) to: String,
+    /// The contact to meet
+    pub(crate) target: String,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +239,28 @@ pub(crate) struct BrokerArgs {
     pub(crate) tls_key: Option<PathBuf>,
 }
 
+/// Parses an invite's lifetime: a number and a unit, `s`, `m`, `h` or `d`
+/// (`7d`, `12h`).
+fn parse_ttl(text: &str) -> std::result::Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a lifetime like 7d or 12h"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" | "" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
+    };
+    let max = strata_session::kx::MAX_INVITE_TTL;
+    match n.checked_mul(unit).map(Duration::from_secs) {
+        Some(d) if d > Duration::ZERO && d <= max => Ok(d),
+        _ => Err(format!("an invite lives from 1s to {} days", max.as_secs() / 86_400)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -251,5 +288,16 @@ mod tests {
         assert!(Cli::try_parse_from(["strata", "id", "--qr", "--json"]).is_err());
         let cli = Cli::try_parse_from(["strata", "daemon"]).unwrap();
         assert!(matches!(cli.command, Command::Run));
+    }
+
+    #[test]
+    fn lifetimes_take_a_unit_and_stay_in_bounds() {
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_ttl("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("3"), Ok(Duration::from_secs(3 * 86_400)));
+        for bad in ["", "d", "0d", "31d", "5w", "-1d", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
     }
 }

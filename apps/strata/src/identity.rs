@@ -1,5 +1,6 @@
 //! This node's identity as the CLI shows it: peer id, installation id,
-//! identity key, the own half of the safety number, and the contact URI.
+//! identity key, the own half of the safety number, and the URIs that
+//! carry them: contact, pairing and invite URIs.
 //!
 //! # Peer id
 //!
@@ -40,6 +41,24 @@
 //! registers with, `addr` a libp2p address it listens on. Whoever holds the
 //! URI until it expires can pair a device with the account: show it only
 //! to the new device.
+//!
+//! # Invite URI
+//!
+//! ```text
+//! strata-invite:<base64url RMO>[?addr=<multiaddr>]...
+//! ```
+//!
+//! The path is the invite as BisonRelay writes one out of band: its `RMO`
+//! (zlib of the JSON header and the signed `oobpublicidentityinvite`),
+//! unpadded base64url. `addr` is a libp2p address the inviter listens on
+//! (repeatable): the invitee dials it to join the gossip network the
+//! exchange runs over. Addresses are hints, not signed; everything that
+//! matters — the account key, the KEM key, the installation, the
+//! rendezvous points, the expiry — is inside the signed invite.
+//!
+//! Whoever holds an invite until it expires can start a conversation with
+//! the inviter as themselves (once: the first answer uses it); it reveals
+//! the inviter's account key and installation.
 
 use std::fmt;
 
@@ -48,6 +67,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use data_encoding::BASE32_NOPAD;
 use strata_cascade::pairing::PairingSecret;
 use strata_cascade::{AccountIdentity, IdentityKey, InstallationId, InstallationIdentity, SafetyNumber};
+use strata_proto::kx::{Invite, MAX_RMO_BYTES, Rmo};
 use strata_store::{Backend, Store};
 
 use crate::error::{AppError, ErrorKind, Result};
@@ -455,6 +475,73 @@ impl fmt::Display for PairingUri {
     }
 }
 
+/// The invite URI scheme.
+pub(crate) const INVITE_SCHEME: &str = "strata-invite";
+
+/// A parsed invite URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InviteUri {
+    /// The invite, as signed.
+    pub(crate) invite: Invite,
+    /// libp2p addresses the inviter listens on.
+    pub(crate) addrs: Vec<libp2p::Multiaddr>,
+}
+
+impl InviteUri {
+    /// Parses `strata-invite:…`.
+    pub(crate) fn parse(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        let rest = text
+            .strip_prefix(INVITE_SCHEME)
+            .and_then(|r| r.strip_prefix(':'))
+            .ok_or_else(|| format!("an invite starts with `{INVITE_SCHEME}:`"))?;
+        let (body, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if body.len() > MAX_RMO_BYTES.div_ceil(3) * 4 {
+            return Err("the invite is too long".to_owned());
+        }
+        let rmo = URL_SAFE_NO_PAD
+            .decode(body.as_bytes())
+            .map_err(|_| "the invite is not base64url".to_owned())?;
+        let invite = match Rmo::decompose(&rmo).map_err(|e| format!("not an invite: {e}"))? {
+            (_, Rmo::Invite(invite)) => *invite,
+            _ => return Err("not an invite: another KX message".to_owned()),
+        };
+        let mut addrs = Vec::new();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if key == "addr" {
+                addrs.push(
+                    value
+                        .parse()
+                        .map_err(|e| format!("bad libp2p address {value:?}: {e}"))?,
+                );
+            }
+        }
+        Ok(Self { invite, addrs })
+    }
+}
+
+impl fmt::Display for InviteUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rmo = Rmo::Invite(Box::new(self.invite.clone())).compose(0);
+        write!(f, "{INVITE_SCHEME}:{}", URL_SAFE_NO_PAD.encode(rmo))?;
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for addr in &self.addrs {
+            query.append_pair("addr", &addr.to_string());
+        }
+        let query = query.finish();
+        if !query.is_empty() {
+            write!(f, "?{query}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An invite that does not parse.
+pub(crate) fn bad_invite(why: String) -> AppError {
+    AppError::new(ErrorKind::Usage, format!("bad invite: {why}"))
+        .hint("copy the whole invite, `strata-invite:` and all, or ask its maker to send it again")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,6 +683,60 @@ mod tests {
         ] {
             let err = PairingUri::parse(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    fn sample() -> InviteUri {
+        let mut rng = rand::rng();
+        let account = strata_cascade::AccountIdentity::generate(&mut rng);
+        let kem = strata_cascade::kx::KxKeyPair::generate(&mut rng);
+        let me = strata_cascade::kx::KxSelf {
+            account: &account,
+            kem: &kem,
+            name: "alice",
+            installation: strata_cascade::InstallationId::from_bytes([7; 16]),
+        };
+        InviteUri {
+            invite: strata_cascade::kx::make_invite(me, 1_900_000_000, &mut rng).unwrap(),
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn an_invite_uri_goes_round_and_fits_a_qr_code() {
+        let uri = sample();
+        let text = uri.to_string();
+        assert!(text.starts_with("strata-invite:"));
+        assert_eq!(InviteUri::parse(&text).unwrap(), uri);
+        assert_eq!(InviteUri::parse(&format!("  {text}\n")).unwrap(), uri);
+        crate::qr::render(text.as_bytes()).unwrap();
+        let bare = InviteUri {
+            addrs: Vec::new(),
+            ..uri
+        };
+        assert!(!bare.to_string().contains('?'));
+        assert_eq!(InviteUri::parse(&bare.to_string()).unwrap(), bare);
+    }
+
+    #[test]
+    fn bad_invite_uris_say_why() {
+        let good = sample().to_string();
+        let body = good
+            .strip_prefix("strata-invite:")
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        for (bad, why) in [
+            ("strata:abc".to_owned(), "starts with"),
+            ("strata-invite:!!".to_owned(), "base64url"),
+            ("strata-invite:AAAA".to_owned(), "not an invite"),
+            (format!("strata-invite:{}", "A".repeat(30_000)), "too long"),
+            (format!("strata-invite:{body}?addr=nope"), "bad libp2p address"),
+        ] {
+            let err = InviteUri::parse(&bad).unwrap_err();
+            assert!(err.contains(why), "{err}");
         }
     }
 }

@@ -47,12 +47,13 @@ pub(crate) fn stored<B: Backend>(store: &Store<B>, account: &[u8]) -> Result<Val
                 ))
             }
             // Files are written out as they arrive; group PDUs are the
-            // groups' and device lists the node's.
+            // groups', device lists and introductions the node's.
             Ok(
                 Content::FileChunk { .. }
                 | Content::GroupPdu { .. }
                 | Content::Devices { .. }
-                | Content::SentCopy { .. },
+                | Content::SentCopy { .. }
+                | Content::Introduction { .. },
             ) => None,
             Err(e) => {
                 tracing::warn!(peer = %m.peer, message_id = %m.message_id, error = %e, "an inbox entry is unreadable");

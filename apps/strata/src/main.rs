@@ -138,6 +138,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Invite(args) => invite::invite(&ctx, args).await?,
         Command::Accept(args) => invite::accept(&ctx, args).await?,
         Command::Reset(args) => invite::reset(&ctx, args).await?,
+        Command::Introduce(args) => invite::introduce(&ctx, args).await?,
         Command::Group { command } => commands::group(&ctx, command).await?,
         Command::Devices { command } => commands::devices(&ctx, command).await?,
         Command::Account { command } => commands::account(&ctx, command).await?,

@@ -61,6 +61,13 @@ pub(crate) enum SessionCall {
         /// The name it shows.
         name: String,
     },
+    /// Introduce two contacts: `to` is asked to meet `target`.
+    Introduce {
+        /// Who is told.
+        to: String,
+        /// Whom it is to meet.
+        target: String,
+    },
     /// Run the key exchange again with a peer met by invite.
     Reset {
         /// The peer.
@@ -182,6 +189,7 @@ impl SessionCall {
             Self::Invite { .. } => "invite",
             Self::Accept { .. } => "accept",
             Self::Reset { .. } => "reset",
+            Self::Introduce { .. } => "introduce",
         }
     }
 }

@@ -1568,4 +1568,10 @@ fn an_invite_accepted_over_libp2p_opens_a_session_verified_by_invite() {
     let completed = wait_event(&alice, "kx-completed", |d| d["name"] == "bob");
     assert_eq!(completed["accepted"], false, "{completed}");
     bob.fails(&["accept", &uri], exit::USAGE);
+
+    // Introductions need two contacts.
+    let b_installation = bob.id()["installationId"].as_str().unwrap().to_owned();
+    let stranger = "0123456789abcdef0123456789abcdef";
+    alice.fails(&["introduce", &b_installation, stranger], exit::NOT_FOUND);
+    alice.fails(&["introduce", &b_installation, &b_installation], exit::USAGE);
 }

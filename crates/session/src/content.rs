@@ -14,6 +14,7 @@
 //! | `group-pdu` | `data`: one encoded group PDU (`strata_proto`), detached, ≤ 1 MiB | yes |
 //! | `devices` | `list`: the sender's account's signed device list (`strata_proto::devices`), ≤ 1 KiB | yes |
 //! | `sent-copy` | `to` (an account's identity key), `text` | yes |
+//! | `introduction` | `step`: one step of an introduction ([`IntroStep`]) | yes |
 //! | `ack` | — | no (it *is* an acknowledgement) |
 //! | `key-package-claim` | `claim` | no (answered) |
 //! | `key-package-grant` | `claim`, `keyPackage` | no (answers a claim) |
@@ -46,6 +47,11 @@
 //! a text it sent to an account, and is taken only from a device of the
 //! same account. A file's sent copy is its chunks with `sentTo` (the
 //! account's identity key, base64), taken on the same terms.
+//!
+//! `introduction` carries BisonRelay's auto-KX between a member, a
+//! mediator (a group's admin, or whoever suggests the introduction) and
+//! another member (see [`crate::kx`]); the node takes it, never the
+//! application.
 //!
 //! `text` and `file-chunk` are [`Content`]: the application's payload, kept
 //! in the outbox until acknowledged and in the inbox once received.
@@ -145,6 +151,89 @@ pub enum Content {
         /// The text.
         text: String,
     },
+    /// One step of an introduction (BisonRelay's auto-KX). The node takes
+    /// it, never the application.
+    Introduction {
+        /// The step.
+        step: IntroStep,
+    },
+}
+
+/// The steps of an introduction, named after BisonRelay's messages.
+/// Installations are hex; identities are a `strata_proto::kx::PublicIdentity`
+/// as JSON; sealed invites are what `strata_cascade::kx::seal` makes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub enum IntroStep {
+    /// `mediateidentity`: the sender asks the receiver (the mediator) to
+    /// introduce it to the installation `target`; `identity` is the
+    /// sender's.
+    MediateIdentity {
+        /// The installation to meet.
+        target: String,
+        /// The sender's public identity.
+        #[serde(with = "b64")]
+        identity: Vec<u8>,
+    },
+    /// `invite`: the mediator asks the receiver to invite the installation
+    /// `installation`, whose account's public identity this is.
+    Invite {
+        /// The installation to invite.
+        installation: String,
+        /// Its public identity.
+        #[serde(with = "b64")]
+        identity: Vec<u8>,
+    },
+    /// `transitivemessage`: an invite sealed to `to`'s KEM key, for the
+    /// mediator to forward.
+    Transitive {
+        /// The installation it is for.
+        to: String,
+        /// The sealed invite.
+        #[serde(with = "b64")]
+        sealed: Vec<u8>,
+    },
+    /// `tmessageforward`: what the installation `from` sealed for the
+    /// receiver, forwarded by the mediator.
+    Forward {
+        /// The installation that sealed it.
+        from: String,
+        /// The sealed invite.
+        #[serde(with = "b64")]
+        sealed: Vec<u8>,
+    },
+    /// `kxsuggestion`: the sender suggests the receiver meet the
+    /// installation `target`, through the sender.
+    Suggestion {
+        /// The installation to meet.
+        target: String,
+    },
+}
+
+/// Most bytes of an identity in an [`IntroStep`].
+pub const MAX_INTRO_IDENTITY_BYTES: usize = 4096;
+/// Most bytes of a sealed invite in an [`IntroStep`].
+pub const MAX_INTRO_SEALED_BYTES: usize = strata_proto::kx::MAX_RMO_BYTES + 2048;
+/// Most bytes of an installation in an [`IntroStep`].
+const MAX_INTRO_ID_BYTES: usize = 64;
+
+impl IntroStep {
+    fn check(&self) -> Result<(), &'static str> {
+        let (ids, bytes, cap): (&[&String], &[u8], usize) = match self {
+            Self::MediateIdentity { target, identity } => (&[target], identity, MAX_INTRO_IDENTITY_BYTES),
+            Self::Invite { installation, identity } => (&[installation], identity, MAX_INTRO_IDENTITY_BYTES),
+            Self::Transitive { to, sealed } => (&[to], sealed, MAX_INTRO_SEALED_BYTES),
+            Self::Forward { from, sealed } => (&[from], sealed, MAX_INTRO_SEALED_BYTES),
+            Self::Suggestion { target } => (&[target], &[], 0),
+        };
+        if ids.iter().any(|id| id.len() > MAX_INTRO_ID_BYTES) {
+            return Err("an introduction's installation over 64 bytes");
+        }
+        if bytes.len() > cap {
+            return Err("an introduction's identity or invite over its cap");
+        }
+        Ok(())
+    }
 }
 
 /// Most bytes of the account key a sent copy names.
@@ -182,7 +271,7 @@ impl Content {
     fn detached_data(&self) -> Option<&[u8]> {
         match self {
             Self::FileChunk { data, .. } | Self::GroupPdu { data } => Some(data),
-            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => None,
+            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } | Self::Introduction { .. } => None,
         }
     }
 
@@ -207,7 +296,9 @@ impl Content {
                 sent_to: sent_to.clone(),
             },
             Self::GroupPdu { .. } => Self::GroupPdu { data: Vec::new() },
-            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => self.clone(),
+            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } | Self::Introduction { .. } => {
+                self.clone()
+            }
         }
     }
 
@@ -226,7 +317,9 @@ impl Content {
                 *data = bytes.to_vec();
                 Ok(())
             }
-            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } => Err("detached bytes after a text"),
+            Self::Text { .. } | Self::Devices { .. } | Self::SentCopy { .. } | Self::Introduction { .. } => {
+                Err("detached bytes after a text")
+            }
         }
     }
 
@@ -241,6 +334,7 @@ impl Content {
             Self::FileChunk { data, .. } if data.len() > FILE_CHUNK_BYTES => Err("file chunk over 48 KiB"),
             Self::FileChunk { index, total, .. } if index >= total => Err("file chunk index out of range"),
             Self::GroupPdu { data } if data.len() > MAX_GROUP_PDU_BYTES => Err("group PDU over 1 MiB"),
+            Self::Introduction { step } => step.check(),
             _ => Ok(()),
         }
     }

@@ -44,7 +44,7 @@ pub enum SessionError {
     },
     /// An invite or key-exchange message was refused; nothing changed.
     #[error("key exchange refused: {0}")]
-    Kx(#[from] crate::kx::KxRefusal),
+    Kx(#[from] KxRefusal),
     /// A bug or a broken invariant.
     #[error("internal: {0}")]
     Internal(String),
@@ -82,9 +82,76 @@ impl SessionError {
             Self::Misuse(_) | Self::UnknownPeer(_) => ErrorKind::Misuse,
             Self::Unavailable(_) | Self::ClaimFailed(_) | Self::Busy { .. } => ErrorKind::Transient,
             Self::IdentityMismatch => ErrorKind::Verification,
-            Self::Kx(crate::kx::KxRefusal::TooMany) => ErrorKind::Transient,
+            Self::Kx(KxRefusal::TooMany) => ErrorKind::Transient,
             Self::Kx(_) => ErrorKind::Verification,
             Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Why an invite or a KX message was refused. Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KxRefusal {
+    /// Not an `RMO`, over its caps, or not the JSON expected.
+    #[error("malformed KX message: {0}")]
+    Format(#[from] strata_proto::kx::KxFormatError),
+    /// A forged or altered identity, invite or half, or a seal that does
+    /// not open with our key.
+    #[error("KX check failed: {0}")]
+    Check(strata_cascade::kx::KxError),
+    /// The invite (or the exchange it started) is past its expiry.
+    #[error("the invite expired")]
+    Expired,
+    /// Our own invite, or a half KX from our own account.
+    #[error("an invite of this account: a key exchange needs two accounts")]
+    SelfAddressed,
+    /// The invite answered another invitee already.
+    #[error("the invite was used")]
+    Used,
+    /// This invite was accepted here before and the exchange completed.
+    #[error("this invite was accepted already")]
+    AlreadyAccepted,
+    /// The installation is pinned to another account key.
+    #[error("the installation is a contact with another identity key")]
+    InstallationClaimed,
+    /// Another kind of message than this rendezvous point waits for.
+    #[error("unexpected KX message here")]
+    Unexpected,
+    /// Over the size a sealed KX message can have.
+    #[error("a KX frame of {0} bytes")]
+    Oversized(usize),
+    /// Nothing waits at this rendezvous point.
+    #[error("nothing waits at this rendezvous point")]
+    Unknown,
+    /// Too many invites open, or too many exchanges under way.
+    #[error("too many key exchanges open")]
+    TooMany,
+    /// No exchange with this installation ever completed: nothing to reset.
+    #[error("no key exchange with this installation to reset")]
+    NotMet,
+    /// A reset, an introduction, or the answer to one, from another
+    /// account or installation than the one it is for.
+    #[error("from another account or installation than the one it is for")]
+    NotThePeer,
+    /// An introduction this side did not ask for (or not through this
+    /// mediator).
+    #[error("an introduction nobody asked for")]
+    Unrequested,
+    /// Introductions crossed: both sides invited each other, and the other
+    /// side's invite goes (BisonRelay's rule: the lower initial rendezvous
+    /// point aborts).
+    #[error("introductions crossed: the other invite goes")]
+    Crossed,
+    /// The installation was met already.
+    #[error("already met")]
+    Met,
+}
+
+impl From<strata_cascade::kx::KxError> for KxRefusal {
+    fn from(e: strata_cascade::kx::KxError) -> Self {
+        match e {
+            strata_cascade::kx::KxError::Expired => Self::Expired,
+            other => Self::Check(other),
         }
     }
 }

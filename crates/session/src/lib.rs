@@ -50,7 +50,7 @@
 //! | files to a group: chunks out, checked and written in, resuming after a restart | `group_files.rs` |
 //! | multi-device: device lists, fan-out, partitioned devices | `devices.rs` (the rules), `actors/devices.rs` (the node's side) |
 //! | pairing a new device | `pairing.rs` |
-//! | out-of-band key exchange: invites, half and full KX, rendezvous topics | `kx.rs` (the node's side: `actors/kx.rs`) |
+//! | out-of-band key exchange: invites, half and full KX, rendezvous topics, resets, introductions | `kx/` (the node's side: `actors/kx.rs`) |
 //!
 //! The group machine sits beside it, in `group/` (its rules in
 //! [`group`]'s docs), run by a Group actor per group (`actors/groups.rs`:
@@ -383,7 +383,7 @@ pub mod pool;
 pub mod prekeys;
 
 pub use config::Config;
-pub use content::{Content, FILE_CHUNK_BYTES};
+pub use content::{Content, FILE_CHUNK_BYTES, IntroStep};
 pub use durable::Durable;
 pub use error::{ErrorKind, SessionError};
 pub use machine::{

@@ -517,3 +517,159 @@ fn peers_whose_session_is_lost_are_reset_once() {
         "still under way"
     );
 }
+
+/// An introduction with its messages passed by hand (the mediator is only
+/// an installation id here): Carol's invite, sealed to Alice, is accepted
+/// only when Alice asked to meet Carol through that mediator; a forward
+/// nobody asked for, through another mediator, or replayed, is refused
+/// and changes nothing.
+#[test]
+fn an_introduction_runs_only_when_asked_for() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let mut alice = Side::new("alice", &mut rng);
+    let mut carol = Side::new("carol", &mut rng);
+    let (mediator, other) = (
+        strata_cascade::InstallationId::from_bytes([0xb0; 16]),
+        strata_cascade::InstallationId::from_bytes([0xb1; 16]),
+    );
+    let (a_id, c_id) = (alice.id.installation_id(), carol.id.installation_id());
+    let identity = alice.book.public_identity("alice").unwrap();
+    let sealed = carol.book.invite_for(&identity, a_id, T0).unwrap();
+    assert_eq!(subscribed(&carol.outputs()).len(), 1);
+
+    let before = alice.snapshot();
+    assert_eq!(
+        refusal(alice.book.on_introduction(c_id, mediator, &sealed, T0)),
+        KxRefusal::Unrequested
+    );
+    assert_eq!(alice.snapshot(), before);
+    assert!(alice.book.ask_introduction(c_id, mediator, T0).unwrap());
+    assert!(
+        !alice.book.ask_introduction(c_id, mediator, T0).unwrap(),
+        "asked already"
+    );
+    assert_eq!(
+        refusal(alice.book.on_introduction(c_id, other, &sealed, T0)),
+        KxRefusal::Unrequested
+    );
+    // Carol's invite named as another installation's.
+    assert_eq!(
+        refusal(alice.book.on_introduction(mediator, mediator, &sealed, T0)),
+        KxRefusal::Unrequested
+    );
+
+    let met = alice.book.on_introduction(c_id, mediator, &sealed, T0).unwrap();
+    assert_eq!(met.installation, c_id);
+    assert_eq!(met.identity_key, carol.account_key());
+    assert_eq!(
+        refusal(alice.book.on_introduction(c_id, mediator, &sealed, T0)),
+        KxRefusal::Unrequested,
+        "replayed"
+    );
+    let half = published(&alice.outputs()).remove(0);
+    carol.book.on_frame(&half.0, &half.1, T0).unwrap();
+    let out = carol.outputs();
+    assert_eq!(completed(&out)[0].identity_key, alice.account_key());
+    let full = published(&out).remove(0);
+    alice.book.on_frame(&full.0, &full.1, T0).unwrap();
+    let done = completed(&alice.outputs());
+    assert!(done[0].accepted, "Alice accepted: she opens the session");
+    assert_eq!(done[0].installation, c_id);
+    // Met: neither asks nor invites again.
+    assert!(!alice.book.ask_introduction(c_id, mediator, T0).unwrap());
+    assert_eq!(refusal(carol.book.invite_for(&identity, a_id, T0)), KxRefusal::Met);
+    // An asked introduction lapses after an hour.
+    let dave = strata_cascade::InstallationId::from_bytes([0xd0; 16]);
+    assert!(alice.book.ask_introduction(dave, mediator, T0).unwrap());
+    assert!(alice.book.ask_introduction(dave, mediator, T0 + 3_601_000).unwrap());
+}
+
+/// Only the account an introduction's invite is for may answer it.
+#[test]
+fn an_introductions_invite_answers_only_its_account() {
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let mut alice = Side::new("alice", &mut rng);
+    let mut carol = Side::new("carol", &mut rng);
+    let mallory = Side::new("mallory", &mut rng);
+    let identity = alice.book.public_identity("alice").unwrap();
+    carol
+        .book
+        .invite_for(&identity, alice.id.installation_id(), T0)
+        .unwrap();
+    let rv = match carol.outputs().remove(0) {
+        KxOutput::Subscribe(topic) => topic_rendezvous(&topic).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    // Mallory answers the point with a half of her own, sealed to Carol
+    // (she learnt Carol's KEM key from a public identity).
+    let carol_identity: strata_proto::kx::PublicIdentity =
+        serde_json::from_slice(&carol.book.public_identity("carol").unwrap()).unwrap();
+    let carol_invite = strata_cascade::kx::VerifiedInvite {
+        inviter: strata_cascade::kx::verify_identity(&carol_identity).unwrap(),
+        installation: carol.id.installation_id(),
+        initial_rendezvous: rv,
+        reset_rendezvous: [0; 32],
+        expires: T0 / 1000 + 60,
+    };
+    let kem = KxKeyPair::generate(&mut rng);
+    let me = KxSelf {
+        account: mallory.id.account(),
+        kem: &kem,
+        name: "alice",
+        installation: alice.id.installation_id(),
+    };
+    let (half, _) = make_half_kx(me, &carol_invite, &mut rng).unwrap();
+    let sealed = seal(&carol_identity.key, &Rmo::HalfKx(Box::new(half)).compose(1), &mut rng).unwrap();
+    let before = carol.snapshot();
+    assert_eq!(refusal(carol.book.on_frame(&rv, &sealed, T0)), KxRefusal::NotThePeer);
+    assert_eq!(carol.snapshot(), before);
+    // A forged identity is refused before any invite is made.
+    let mut forged: strata_proto::kx::PublicIdentity = serde_json::from_slice(&identity).unwrap();
+    forged.key[0] ^= 1;
+    assert_eq!(
+        refusal(
+            carol
+                .book
+                .invite_for(&serde_json::to_vec(&forged).unwrap(), alice.id.installation_id(), T0)
+        ),
+        KxRefusal::Check(KxError::BadIdentity)
+    );
+    assert!(matches!(
+        refusal(carol.book.invite_for(b"{}", alice.id.installation_id(), T0)),
+        KxRefusal::Format(_)
+    ));
+}
+
+/// Alice and Carol asked to meet each other at once and each invited the
+/// other: by BisonRelay's rule exactly one accepts, and that one exchange
+/// runs to the end.
+#[test]
+fn crossed_introductions_converge_to_one_exchange() {
+    for seed in 11..19 {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut alice = Side::new("alice", &mut rng);
+        let mut carol = Side::new("carol", &mut rng);
+        let mediator = strata_cascade::InstallationId::from_bytes([0xb0; 16]);
+        let (a_id, c_id) = (alice.id.installation_id(), carol.id.installation_id());
+        assert!(alice.book.ask_introduction(c_id, mediator, T0).unwrap());
+        assert!(carol.book.ask_introduction(a_id, mediator, T0).unwrap());
+        let a_identity = alice.book.public_identity("alice").unwrap();
+        let c_identity = carol.book.public_identity("carol").unwrap();
+        let from_carol = carol.book.invite_for(&a_identity, a_id, T0).unwrap();
+        let from_alice = alice.book.invite_for(&c_identity, c_id, T0).unwrap();
+        carol.outputs();
+        alice.outputs();
+        let at_alice = alice.book.on_introduction(c_id, mediator, &from_carol, T0);
+        let at_carol = carol.book.on_introduction(a_id, mediator, &from_alice, T0);
+        let (accepter, inviter) = match (at_alice, at_carol) {
+            (Ok(_), Err(SessionError::Kx(KxRefusal::Crossed))) => (&mut alice, &mut carol),
+            (Err(SessionError::Kx(KxRefusal::Crossed)), Ok(_)) => (&mut carol, &mut alice),
+            other => panic!("seed {seed}: not one exchange: {other:?}"),
+        };
+        let half = published(&accepter.outputs()).remove(0);
+        inviter.book.on_frame(&half.0, &half.1, T0).unwrap();
+        let full = published(&inviter.outputs()).remove(0);
+        accepter.book.on_frame(&full.0, &full.1, T0).unwrap();
+        assert_eq!(completed(&accepter.outputs()).len(), 1, "seed {seed}");
+    }
+}

@@ -217,7 +217,7 @@ async fn dispatch(
                     .map_err(|e| AppError::internal(format!("keys task failed: {e}")));
             to_json(info.and_then(|i| i))
         }
-        "connect" | "send" | "inbox" | "peers" | "group" | "devices" | "invite" | "accept" | "reset" => {
+        "connect" | "send" | "inbox" | "peers" | "group" | "devices" | "invite" | "accept" | "reset" | "introduce" => {
             let call: SessionCall = serde_json::from_value(serde_json::json!({"method": method, "params": params}))
                 .map_err(|e| protocol_error(-32602, format!("invalid params for {method}: {e}")))?;
             state.sessions.call(call).await.map_err(RpcError::from)

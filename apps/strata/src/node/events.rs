@@ -120,6 +120,7 @@ pub(crate) fn describe(kind: &NodeEventKind) -> (&'static str, Value) {
                 // lists itself; never published.
                 Content::GroupPdu { .. } => ("group-pdu", json!({"messageId": message_id})),
                 Content::Devices { .. } => ("devices", json!({"messageId": message_id})),
+                Content::Introduction { .. } => ("introduction", json!({"messageId": message_id})),
             },
             Event::Rotated { what } => ("rotated", json!({"what": what.as_str()})),
             Event::PeerError { code, reason } => ("peer-error", json!({"code": code.as_str(), "reason": reason})),
@@ -189,7 +190,10 @@ fn describe_group(group: &str, event: &GroupEvent) -> (&'static str, Value) {
                     with(base, "file", json!({"fileId": file_id, "index": index, "total": total})),
                 ),
                 // The group machine refuses these: never published.
-                Content::GroupPdu { .. } | Content::Devices { .. } | Content::SentCopy { .. } => ("group-pdu", base),
+                Content::GroupPdu { .. }
+                | Content::Devices { .. }
+                | Content::SentCopy { .. }
+                | Content::Introduction { .. } => ("group-pdu", base),
             }
         }
         GroupEvent::AddRequested { by, member, address } => (

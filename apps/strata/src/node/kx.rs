@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use strata_session::SessionError;
-use strata_session::actors::{AcceptInvite, AwaitReady, MakeInvite, NodeEventKind, Ready, ResetExchange};
+use strata_session::actors::{AcceptInvite, AwaitReady, Introduce, MakeInvite, NodeEventKind, Ready, ResetExchange};
 use strata_session::kx::KxRefusal;
 use strata_transport::PeerAddr;
 
 use super::{NodeSessions, WAIT, session_error, stopped, wait_for};
 use crate::error::{AppError, ErrorKind, Result};
+use crate::identity::InviteUri;
 use crate::identity::PeerId;
-use crate::invite::InviteUri;
 
 impl NodeSessions {
     pub(super) async fn invite(&self, expires_s: u64, name: String) -> Result<Value> {
@@ -36,7 +36,7 @@ impl NodeSessions {
     }
 
     pub(super) async fn accept(&self, text: &str, name: String) -> Result<Value> {
-        let uri = InviteUri::parse(text).map_err(crate::invite::bad_invite)?;
+        let uri = InviteUri::parse(text).map_err(crate::identity::bad_invite)?;
         let Some(libp2p) = &self.libp2p else {
             return Err(AppError::new(
                 ErrorKind::NotAvailable,
@@ -108,6 +108,29 @@ impl NodeSessions {
         }
         let ready = self.ready_within(&peer, &peer).await?;
         Ok(json!({"peer": peer.as_str(), "state": "ready", "resumed": ready.resumed}))
+    }
+
+    /// Asks the contact `to` to meet the contact `target` through this node.
+    pub(super) async fn introduce(&self, to: &str, target: &str) -> Result<Value> {
+        let installation = |peer: PeerAddr| {
+            peer.as_str().parse::<strata_cascade::InstallationId>().map_err(|_| {
+                AppError::new(ErrorKind::Usage, format!("{peer} is not an installation"))
+                    .hint("name each contact by its installation id, peer id or contact URI")
+            })
+        };
+        let to = installation(self.resolve(to).await?)?;
+        let target = installation(self.resolve(target).await?)?;
+        let reply = self
+            .node
+            .send(Introduce {
+                request_id: self.request_id(),
+                to,
+                target,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        reply.result.map_err(session_error)?;
+        Ok(json!({"to": to.to_hex(), "target": target.to_hex()}))
     }
 
     /// Waits (at most [`WAIT`]) until the session with `peer` is ready.

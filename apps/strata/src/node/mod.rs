@@ -707,6 +707,7 @@ impl Sessions for NodeSessions {
             SessionCall::Invite { expires_s, name } => self.invite(expires_s, name).await,
             SessionCall::Accept { invite, name } => self.accept(&invite, name).await,
             SessionCall::Reset { peer } => self.reset(&peer).await,
+            SessionCall::Introduce { to, target } => self.introduce(&to, &target).await,
         }
     }
 }

@@ -211,11 +211,13 @@ impl<T: Transport> Node<T> {
 
     /// Sends `content` to `peer` as a message of the node's own (its
     /// queueing and delivery are not the user's events).
-    fn send_internal(&mut self, peer: PeerAddr, content: Content, ctx: &mut Context<Self>) {
+    /// Sends `content`, the node's own business (a device list, an
+    /// introduction), to `peer`: its delivery is not the user's.
+    pub(super) fn send_internal(&mut self, peer: PeerAddr, content: Content, ctx: &mut Context<Self>) {
         let session = match self.session(&peer, ctx) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "no session to send a device list to");
+                tracing::debug!(%peer, error = %e, "no session to send the node's message to");
                 return;
             }
         };
@@ -225,7 +227,7 @@ impl<T: Transport> Node<T> {
                 .into_actor(self)
                 .map(move |reply, act, _| match reply {
                     Ok(Ok(Some(id))) => act.groups.remember(peer, id),
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "device list not queued"),
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "the node's message not queued"),
                     _ => {}
                 }),
         );
@@ -295,7 +297,7 @@ impl<T: Transport> Node<T> {
                         self.answer_if_partitioned(peer, ctx);
                         false
                     }
-                    Content::GroupPdu { .. } => false,
+                    Content::GroupPdu { .. } | Content::Introduction { .. } => false,
                 }
             }
             _ => false,

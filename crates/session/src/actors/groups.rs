@@ -676,6 +676,9 @@ impl<T: Transport> Handler<FromGroup> for Node<T> {
                     {
                         self.group_file_chunk(&group, *sender, chunk, ctx);
                     }
+                    if let GroupEvent::Joined { by, .. } = &event {
+                        self.meet_members(&group, *by, ctx);
+                    }
                     if let GroupEvent::AddAgain { member } = &event {
                         self.add_again(&group, *member, addresses.get(member).cloned(), ctx);
                     }

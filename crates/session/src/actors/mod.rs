@@ -493,7 +493,7 @@ pub use devices::{
     AccountMessage, ChangeDevices, DeviceList, DeviceStatus, FannedOut, ListDevices, OfferPairing, PairingOffer,
     SendToAccount,
 };
-pub use kx::{AcceptInvite, MakeInvite, ResetExchange};
+pub use kx::{AcceptInvite, Introduce, MakeInvite, ResetExchange};
 pub use node::Node;
 pub use session::PeerSession;
 pub use transport::TransportActor;

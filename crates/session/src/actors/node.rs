@@ -482,7 +482,7 @@ impl<T: Transport> Handler<FromSession> for Node<T> {
                     self.group_pdu(&event.peer, pdu, ctx);
                     return;
                 }
-                if self.groups.is_internal(&event) || self.device_event(&event, ctx) {
+                if self.groups.is_internal(&event) || self.kx_event(&event, ctx) || self.device_event(&event, ctx) {
                     return;
                 }
                 self.publish(event, ctx);

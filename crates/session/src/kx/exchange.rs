@@ -7,7 +7,9 @@ use strata_proto::kx::{FullKx, ID_BYTES, Rmo};
 use strata_store::IdentityCheck;
 
 use super::records::{Answered, KxPeer, OpenInvite, peer_at};
-use super::{ACCEPT, INVITE, KxBook, KxCompleted, KxOutput, KxRefusal, PEER, kem_key, rendezvous_topic, to_json};
+use super::{
+    ACCEPT, INVITE, KxBook, KxCompleted, KxOutput, KxRefusal, PEER, kem_key, rendezvous_topic, rv_key, to_json,
+};
 use crate::durable;
 use crate::error::SessionError;
 use strata_cascade::kx::KxHalf;
@@ -35,6 +37,9 @@ impl KxBook {
             if met.is_none_or(|p| p.identity_key != identity_key) {
                 return Err(KxRefusal::NotThePeer.into());
             }
+        }
+        if invite.for_account.as_ref().is_some_and(|a| *a != identity_key) {
+            return Err(KxRefusal::NotThePeer.into());
         }
         if let Some(used) = &invite.used {
             if used.cipher[..] != half.half_kx.cipher[..] || used.their_kem[..] != invitee.kem_key[..] {
@@ -69,7 +74,7 @@ impl KxBook {
             invite_rv: *rv,
             completed_ms: now_ms,
         };
-        let invite_key = format!("{INVITE}{}", hex::encode(rv));
+        let invite_key = rv_key(INVITE, rv);
         let invite_bytes = to_json(&used)?;
         let reset = self.record_peer(installation, &peer, now_ms, |w| w.set_kx(&invite_key, &invite_bytes))?;
         self.invites.insert(*rv, used);
@@ -108,7 +113,7 @@ impl KxBook {
             invite_rv: pending.invite_rv,
             completed_ms: now_ms,
         };
-        let key = format!("{ACCEPT}{}", hex::encode(rv));
+        let key = rv_key(ACCEPT, rv);
         let result = self.record_peer(installation, &peer, now_ms, |w| w.delete_kx(&key).map(drop));
         if matches!(result, Err(SessionError::Kx(KxRefusal::InstallationClaimed))) {
             // Final: the inviter's installation belongs to another key here.

@@ -44,13 +44,19 @@
 //!   every peer met this way whose session it no longer holds
 //!   ([`KxBook::reset_lost`]): the Strata handshake then runs again with
 //!   the key pinned by the exchange, not on first use.
+//! - **Introductions** (BisonRelay's transitive auto-KX): a mediator
+//!   passes a request to meet someone, and that someone's invite — sealed
+//!   to the asker, answerable only by its account — back; see
+//!   `introductions.rs` for the flow, the checks and the rule that settles
+//!   crossed introductions.
 //! - **Bounds.** At most [`MAX_OPEN_INVITES`] open invites and
 //!   [`MAX_PENDING`] answers awaiting a full KX; a frame over
 //!   [`MAX_SEALED_BYTES`] is refused before it is opened, and an `RMO` over
 //!   16 KiB before it is parsed. Refused input changes nothing.
 //! - **Persistence.** Every step writes its records before its outputs
 //!   leave, in the store's `kx` table: `keypair`, `invite/<rv>`,
-//!   `accept/<rv>` and `peer/<installation>`.
+//!   `accept/<rv>`, `peer/<installation>` and `asked/<installation>`
+//!   (introductions asked for).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -61,18 +67,21 @@ use rand::SeedableRng as _;
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use strata_cascade::kx::{
-    KxError, KxKeyPair, KxSelf, MAX_SEALED_BYTES, VerifiedInvite, make_half_kx, make_invite, open, seal, verify_invite,
+    KxKeyPair, KxSelf, MAX_SEALED_BYTES, VerifiedInvite, make_half_kx, make_invite, open, seal, verify_invite,
 };
 use strata_cascade::{InstallationId, InstallationIdentity};
-use strata_proto::kx::{ID_BYTES, Invite, KEM_PUBLIC_KEY_BYTES, KxFormatError, Rmo};
+use strata_proto::kx::{ID_BYTES, Invite, KEM_PUBLIC_KEY_BYTES, Rmo};
 use strata_transport::Topic;
 
 use crate::durable::{self, Durable};
 use crate::error::SessionError;
 
 mod exchange;
+mod introductions;
 mod records;
 mod reset;
+
+pub use introductions::{INTRODUCTION_TTL, MAX_ASKED, MEDIATION_TTL};
 
 pub use records::KxPeer;
 use records::{OpenInvite, Pending};
@@ -96,6 +105,7 @@ const KEY_PAIR: &str = "keypair";
 const INVITE: &str = "invite/";
 const ACCEPT: &str = "accept/";
 const PEER: &str = "peer/";
+const ASKED: &str = "asked/";
 const TOPIC_PREFIX: &str = "/strata/1/rv-";
 const TOPIC_SUFFIX: &str = "/proto";
 
@@ -112,60 +122,7 @@ pub fn topic_rendezvous(topic: &Topic) -> Option<[u8; ID_BYTES]> {
     Some(rv)
 }
 
-/// Why an invite or a KX message was refused. Nothing was changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KxRefusal {
-    /// Not an `RMO`, over its caps, or not the JSON expected.
-    #[error("malformed KX message: {0}")]
-    Format(#[from] KxFormatError),
-    /// A forged or altered identity, invite or half, or a seal that does
-    /// not open with our key.
-    #[error("KX check failed: {0}")]
-    Check(KxError),
-    /// The invite (or the exchange it started) is past its expiry.
-    #[error("the invite expired")]
-    Expired,
-    /// Our own invite, or a half KX from our own account.
-    #[error("an invite of this account: a key exchange needs two accounts")]
-    SelfAddressed,
-    /// The invite answered another invitee already.
-    #[error("the invite was used")]
-    Used,
-    /// This invite was accepted here before and the exchange completed.
-    #[error("this invite was accepted already")]
-    AlreadyAccepted,
-    /// The installation is pinned to another account key.
-    #[error("the installation is a contact with another identity key")]
-    InstallationClaimed,
-    /// Another kind of message than this rendezvous point waits for.
-    #[error("unexpected KX message here")]
-    Unexpected,
-    /// Over the size a sealed KX message can have.
-    #[error("a KX frame of {0} bytes")]
-    Oversized(usize),
-    /// Nothing waits at this rendezvous point.
-    #[error("nothing waits at this rendezvous point")]
-    Unknown,
-    /// Too many invites open, or too many exchanges under way.
-    #[error("too many key exchanges open")]
-    TooMany,
-    /// No exchange with this installation ever completed: nothing to reset.
-    #[error("no key exchange with this installation to reset")]
-    NotMet,
-    /// A reset, or the answer to one, from another account than the peer
-    /// met.
-    #[error("a reset from another account than the peer's")]
-    NotThePeer,
-}
-
-impl From<KxError> for KxRefusal {
-    fn from(e: KxError) -> Self {
-        match e {
-            KxError::Expired => Self::Expired,
-            other => Self::Check(other),
-        }
-    }
-}
+pub use crate::error::KxRefusal;
 
 /// What the book asks of its owner, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,10 +257,23 @@ impl KxBook {
     /// [`MAX_INVITE_TTL`]); its initial rendezvous point is subscribed.
     pub fn invite(&mut self, name: &str, ttl: Duration, now_ms: u64) -> Result<Invite, SessionError> {
         self.tick(now_ms)?;
+        let expires = now_ms / 1000 + ttl.min(MAX_INVITE_TTL).as_secs();
+        self.new_invite(name, expires, None, None)
+    }
+
+    /// Makes an invite of this account valid until `expires` (Unix
+    /// seconds), for anyone or only for the peer or account named, stores
+    /// it and waits on its initial point.
+    fn new_invite(
+        &mut self,
+        name: &str,
+        expires: u64,
+        for_peer: Option<String>,
+        for_account: Option<Vec<u8>>,
+    ) -> Result<Invite, SessionError> {
         if self.invites.len() >= MAX_OPEN_INVITES {
             return Err(KxRefusal::TooMany.into());
         }
-        let expires = now_ms / 1000 + ttl.min(MAX_INVITE_TTL).as_secs();
         let me = KxSelf {
             account: self.local.account(),
             kem: &self.kem,
@@ -314,10 +284,11 @@ impl KxBook {
         let open = OpenInvite {
             reset: invite.reset_rendezvous,
             expires,
-            for_peer: None,
+            for_peer,
+            for_account,
             used: None,
         };
-        let key = format!("{INVITE}{}", hex::encode(invite.initial_rendezvous));
+        let key = rv_key(INVITE, &invite.initial_rendezvous);
         let bytes = to_json(&open)?;
         durable::write(&*self.store, |w| w.set_kx(&key, &bytes))?;
         self.invites.insert(invite.initial_rendezvous, open);
@@ -394,7 +365,7 @@ impl KxBook {
             retry_at_ms: now_ms,
             backoff_ms: duration_ms(HALF_RETRY),
         };
-        let key = format!("{ACCEPT}{}", hex::encode(half.initial_rendezvous));
+        let key = rv_key(ACCEPT, &half.initial_rendezvous);
         let bytes = to_json(&pending)?;
         durable::write(&*self.store, |w| w.set_kx(&key, &bytes))?;
         self.pending.insert(half.initial_rendezvous, pending);
@@ -425,6 +396,7 @@ impl KxBook {
     /// Publishes unanswered halves again and forgets what expired. Call it
     /// at [`KxBook::next_deadline`].
     pub fn tick(&mut self, now_ms: u64) -> Result<(), SessionError> {
+        self.forget_stale_asks(now_ms)?;
         let now_s = now_ms / 1000;
         let lapsed: Vec<[u8; ID_BYTES]> = self
             .invites
@@ -516,7 +488,7 @@ impl KxBook {
     }
 
     fn forget_invite(&mut self, rv: &[u8; ID_BYTES]) -> Result<(), SessionError> {
-        let key = format!("{INVITE}{}", hex::encode(rv));
+        let key = rv_key(INVITE, rv);
         durable::write(&*self.store, |w| w.delete_kx(&key))?;
         self.invites.remove(rv);
         self.outputs.push_back(KxOutput::Unsubscribe(rendezvous_topic(rv)));
@@ -524,12 +496,17 @@ impl KxBook {
     }
 
     fn forget_pending(&mut self, rv: &[u8; ID_BYTES]) -> Result<(), SessionError> {
-        let key = format!("{ACCEPT}{}", hex::encode(rv));
+        let key = rv_key(ACCEPT, rv);
         durable::write(&*self.store, |w| w.delete_kx(&key))?;
         self.pending.remove(rv);
         self.outputs.push_back(KxOutput::Unsubscribe(rendezvous_topic(rv)));
         Ok(())
     }
+}
+
+/// The store key of a row under `prefix` named by rendezvous point `rv`.
+fn rv_key(prefix: &str, rv: &[u8; ID_BYTES]) -> String {
+    format!("{prefix}{}", hex::encode(rv))
 }
 
 fn rv_of(key: &str, prefix: &str) -> Option<[u8; ID_BYTES]> {

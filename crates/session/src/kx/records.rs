@@ -18,6 +18,10 @@ pub(super) struct OpenInvite {
     /// account may answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) for_peer: Option<String>,
+    /// An introduction's invite, sealed to this account: only it may
+    /// answer.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_option")]
+    pub(super) for_account: Option<Vec<u8>>,
     /// The half KX that used it, and the answer, for repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) used: Option<Answered>,
@@ -98,6 +102,33 @@ pub struct KxPeer {
     pub invite_rv: [u8; ID_BYTES],
     /// When it completed, Unix milliseconds.
     pub completed_ms: u64,
+}
+
+/// An introduction this account asked for, by the installation to meet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Asked {
+    /// The mediator asked, an installation.
+    pub(super) via: String,
+    /// When, Unix milliseconds.
+    pub(super) at_ms: u64,
+}
+
+mod hex_option {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_str(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text = Option::<String>::deserialize(d)?;
+        text.map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// The peer met at installation `hex`, if any.

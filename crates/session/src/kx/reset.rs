@@ -3,11 +3,11 @@
 //! the node makes on its own for sessions it lost.
 
 use strata_cascade::InstallationId;
-use strata_cascade::kx::{KxSelf, make_invite, seal, verify_invite};
+use strata_cascade::kx::{seal, verify_invite};
 use strata_proto::kx::Rmo;
 
-use super::records::{OpenInvite, peer_at};
-use super::{INVITE, KxBook, KxOutput, KxRefusal, MAX_OPEN_INVITES, RESET_TTL, kem_key, rendezvous_topic, to_json};
+use super::records::peer_at;
+use super::{KxBook, KxRefusal, RESET_TTL, kem_key};
 use crate::durable;
 use crate::error::SessionError;
 
@@ -19,30 +19,9 @@ impl KxBook {
         self.tick(now_ms)?;
         let hex = installation.to_hex();
         let peer = peer_at(&*self.store, &hex)?.ok_or(KxRefusal::NotMet)?;
-        if self.invites.len() >= MAX_OPEN_INVITES {
-            return Err(KxRefusal::TooMany.into());
-        }
         let their_kem = kem_key(&peer.kem_key)?;
         let expires = now_ms / 1000 + RESET_TTL.as_secs();
-        let me = KxSelf {
-            account: self.local.account(),
-            kem: &self.kem,
-            name,
-            installation: self.local.installation_id(),
-        };
-        let invite = make_invite(me, expires, &mut self.rng)?;
-        let open = OpenInvite {
-            reset: invite.reset_rendezvous,
-            expires,
-            for_peer: Some(hex),
-            used: None,
-        };
-        let key = format!("{INVITE}{}", hex::encode(invite.initial_rendezvous));
-        let bytes = to_json(&open)?;
-        durable::write(&*self.store, |w| w.set_kx(&key, &bytes))?;
-        self.invites.insert(invite.initial_rendezvous, open);
-        self.outputs
-            .push_back(KxOutput::Subscribe(rendezvous_topic(&invite.initial_rendezvous)));
+        let invite = self.new_invite(name, expires, Some(hex), None)?;
         let rmo = Rmo::Invite(Box::new(invite)).compose(now_ms / 1000);
         let sealed = seal(&their_kem, &rmo, &mut self.rng)?;
         self.publish(&peer.their_reset, sealed);
