@@ -42,9 +42,19 @@ async fn pair(dir: &Path, relay: &Multiaddr) -> (Installation, Running, Installa
     (a, ra, b, rb)
 }
 
+/// Bob sends a first text; the ms from `t0` until Alice has it. Both stop.
+async fn first_text(t0: Instant, alice_addr: PeerAddr, mut alice: Running, mut bob: Running) -> f64 {
+    bob.send_text(alice_addr, "first").await;
+    alice.wait_text("first").await;
+    let took = t0.elapsed().as_secs_f64() * 1e3;
+    alice.stop().await;
+    bob.stop().await;
+    took
+}
+
 /// Invite → the first text at Alice, ms.
 async fn invite(dir: &Path, relay: &Multiaddr) -> f64 {
-    let (a, mut alice, _b, mut bob) = pair(dir, relay).await;
+    let (a, alice, _b, mut bob) = pair(dir, relay).await;
     let alice_addr = PeerAddr::new(a.identity.installation_id().to_hex());
     let t0 = Instant::now();
     let invite = alice
@@ -72,27 +82,17 @@ async fn invite(dir: &Path, relay: &Multiaddr) -> f64 {
         matches!(e.kind, NodeEventKind::KeyExchanged { .. })
     })
     .await;
-    bob.send_text(alice_addr, "first").await;
-    alice.wait_text("first").await;
-    let took = t0.elapsed().as_secs_f64() * 1e3;
-    alice.stop().await;
-    bob.stop().await;
-    took
+    first_text(t0, alice_addr, alice, bob).await
 }
 
 /// Connect expecting the account key → the first text at Alice, ms.
 async fn connect(dir: &Path, relay: &Multiaddr) -> f64 {
-    let (a, mut alice, _b, mut bob) = pair(dir, relay).await;
+    let (a, alice, _b, mut bob) = pair(dir, relay).await;
     let alice_addr = PeerAddr::new(a.identity.installation_id().to_hex());
     let key = a.identity.account().identity_key().serialize().to_vec();
     let t0 = Instant::now();
     bob.try_connect(alice_addr.clone(), Some(key)).await.unwrap();
-    bob.send_text(alice_addr, "first").await;
-    alice.wait_text("first").await;
-    let took = t0.elapsed().as_secs_f64() * 1e3;
-    alice.stop().await;
-    bob.stop().await;
-    took
+    first_text(t0, alice_addr, alice, bob).await
 }
 
 fn main() {

@@ -94,35 +94,31 @@ impl Side {
     }
 }
 
+/// What `pick` finds among `outputs`, in order.
+fn among<T>(outputs: &[KxOutput], pick: impl Fn(&KxOutput) -> Option<T>) -> Vec<T> {
+    outputs.iter().filter_map(pick).collect()
+}
+
 /// The frames among `outputs`, with their rendezvous points.
 fn published(outputs: &[KxOutput]) -> Vec<([u8; 32], Vec<u8>)> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            KxOutput::Publish { topic, frame } => Some((topic_rendezvous(topic).unwrap(), frame.to_vec())),
-            _ => None,
-        })
-        .collect()
+    among(outputs, |o| match o {
+        KxOutput::Publish { topic, frame } => Some((topic_rendezvous(topic).unwrap(), frame.to_vec())),
+        _ => None,
+    })
 }
 
 fn completed(outputs: &[KxOutput]) -> Vec<KxCompleted> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            KxOutput::Completed(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
+    among(outputs, |o| match o {
+        KxOutput::Completed(c) => Some(c.clone()),
+        _ => None,
+    })
 }
 
 fn subscribed(outputs: &[KxOutput]) -> Vec<Topic> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            KxOutput::Subscribe(t) => Some(t.clone()),
-            _ => None,
-        })
-        .collect()
+    among(outputs, |o| match o {
+        KxOutput::Subscribe(t) => Some(t.clone()),
+        _ => None,
+    })
 }
 
 fn refusal(result: Result<impl std::fmt::Debug, SessionError>) -> KxRefusal {

@@ -140,6 +140,20 @@ pub struct KeyChange {
 }
 
 impl Contact {
+    /// A contact first seen now, its key pinned, neither verified nor
+    /// invited.
+    pub fn first_seen(installation_id: &str, identity_key: &[u8], now_ms: u64) -> Self {
+        Self {
+            installation_id: installation_id.to_owned(),
+            identity_key: identity_key.to_vec(),
+            first_seen_ms: now_ms,
+            verified: false,
+            invited: false,
+            offered_key: None,
+            key_history: Vec::new(),
+        }
+    }
+
     /// True while an identity change awaits the user: sending is blocked.
     pub fn is_blocked(&self) -> bool {
         self.offered_key.is_some()

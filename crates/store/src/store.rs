@@ -355,18 +355,7 @@ impl Writer<'_> {
     /// the exchange).
     pub fn pin_invited(&mut self, peer: &str, identity_key: &[u8], now_ms: u64) -> Result<IdentityCheck, StoreError> {
         let (mut contact, check) = match self.contact(peer)? {
-            None => (
-                Contact {
-                    installation_id: peer.to_owned(),
-                    identity_key: identity_key.to_vec(),
-                    first_seen_ms: now_ms,
-                    verified: false,
-                    invited: false,
-                    offered_key: None,
-                    key_history: Vec::new(),
-                },
-                IdentityCheck::Pinned,
-            ),
+            None => (Contact::first_seen(peer, identity_key, now_ms), IdentityCheck::Pinned),
             Some(c) if c.identity_key == identity_key && c.offered_key.is_none() => (c, IdentityCheck::Same),
             Some(_) => return Ok(IdentityCheck::Changed),
         };
@@ -390,15 +379,7 @@ impl Writer<'_> {
         now_ms: u64,
     ) -> Result<IdentityCheck, StoreError> {
         let Some(mut contact) = self.contact(peer)? else {
-            let contact = Contact {
-                installation_id: peer.to_owned(),
-                identity_key: identity_key.to_vec(),
-                first_seen_ms: now_ms,
-                verified: false,
-                invited: false,
-                offered_key: None,
-                key_history: Vec::new(),
-            };
+            let contact = Contact::first_seen(peer, identity_key, now_ms);
             self.put_record(Table::Contacts, peer.as_bytes(), &contact)?;
             return Ok(IdentityCheck::Pinned);
         };

@@ -274,13 +274,7 @@ impl KxBook {
         if self.invites.len() >= MAX_OPEN_INVITES {
             return Err(KxRefusal::TooMany.into());
         }
-        let me = KxSelf {
-            account: self.local.account(),
-            kem: &self.kem,
-            name,
-            installation: self.local.installation_id(),
-        };
-        let invite = make_invite(me, expires, &mut self.rng)?;
+        let invite = make_invite(me(&self.local, &self.kem, name), expires, &mut self.rng)?;
         let open = OpenInvite {
             reset: invite.reset_rendezvous,
             expires,
@@ -342,13 +336,7 @@ impl KxBook {
         if self.pending.len() >= MAX_PENDING {
             return Err(KxRefusal::TooMany.into());
         }
-        let me = KxSelf {
-            account: self.local.account(),
-            kem: &self.kem,
-            name,
-            installation: self.local.installation_id(),
-        };
-        let (half, secret) = make_half_kx(me, verified, &mut self.rng)?;
+        let (half, secret) = make_half_kx(me(&self.local, &self.kem, name), verified, &mut self.rng)?;
         let rmo = Rmo::HalfKx(Box::new(half.clone())).compose(now_ms / 1000);
         let pending = Pending {
             invite_rv: verified.initial_rendezvous,
@@ -501,6 +489,16 @@ impl KxBook {
         self.pending.remove(rv);
         self.outputs.push_back(KxOutput::Unsubscribe(rendezvous_topic(rv)));
         Ok(())
+    }
+}
+
+/// This side as the cryptography names it, showing `name`.
+fn me<'a>(local: &'a InstallationIdentity, kem: &'a KxKeyPair, name: &'a str) -> KxSelf<'a> {
+    KxSelf {
+        account: local.account(),
+        kem,
+        name,
+        installation: local.installation_id(),
     }
 }
 
