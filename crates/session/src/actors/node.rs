@@ -535,13 +535,12 @@ impl<T: Transport> Handler<Connect> for Node<T> {
             Some(identity_key) => Command::OpenExpecting { identity_key },
             None => Command::Open,
         };
+        // Into the session's mailbox now, not when the reply is awaited: a
+        // request for the peer that comes after this one finds it opening.
+        let opened = session.map(|s| s.send(SessionRequest::Command(open)));
         Box::pin(
             async move {
-                let session = session?;
-                session
-                    .send(SessionRequest::Command(open))
-                    .await
-                    .map_err(|_| SessionError::Unavailable("session"))??;
+                opened?.await.map_err(|_| SessionError::Unavailable("session"))??;
                 let transport = transport.ok_or(SessionError::Unavailable("transport"))?;
                 transport
                     .send(Dial(peer))
