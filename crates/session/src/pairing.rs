@@ -122,6 +122,9 @@ pub struct GrantedContact {
     pub identity_key: Vec<u8>,
     /// Whether the user verified it (safety numbers compared).
     pub verified: bool,
+    /// Whether its key was pinned by an out-of-band key exchange.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invited: bool,
     /// When it was first seen, Unix ms.
     pub first_seen_ms: u64,
 }
@@ -417,6 +420,9 @@ pub fn store_grant(store: &dyn crate::Durable, grant: &Grant) -> Result<(), Sess
             if c.verified {
                 w.mark_verified(&c.installation_id)?;
             }
+            if c.invited {
+                w.pin_invited(&c.installation_id, &c.identity_key, c.first_seen_ms)?;
+            }
         }
         Ok(())
     })?;
@@ -465,6 +471,7 @@ mod tests {
                 installation_id: "00".repeat(16),
                 identity_key: vec![5; 33],
                 verified: true,
+                invited: true,
                 first_seen_ms: 7,
             }],
             lists: vec![vec![8, 9]],

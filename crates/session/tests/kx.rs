@@ -669,3 +669,25 @@ fn crossed_introductions_converge_to_one_exchange() {
         assert_eq!(completed(&accepter.outputs()).len(), 1, "seed {seed}");
     }
 }
+
+/// Contacts start introductions (a mediator asks this side to invite
+/// someone): they may take only part of the open invites, so they cannot
+/// crowd out the user's own.
+#[test]
+fn introductions_cannot_crowd_out_the_users_invites() {
+    let mut rng = ChaCha20Rng::seed_from_u64(20);
+    let mut alice = Side::new("alice", &mut rng);
+    let mut carol = Side::new("carol", &mut rng);
+    let identity = alice.book.public_identity("alice").unwrap();
+    for i in 0..strata_session::kx::MAX_INTRODUCTIONS {
+        let installation = strata_cascade::InstallationId::from_bytes([i as u8; 16]);
+        carol.book.invite_for(&identity, installation, T0).unwrap();
+    }
+    let one_more = strata_cascade::InstallationId::from_bytes([0xee; 16]);
+    assert_eq!(
+        refusal(carol.book.invite_for(&identity, one_more, T0)),
+        KxRefusal::TooMany
+    );
+    carol.invite(DAY, T0);
+    assert_eq!(carol.book.open_counts().0, strata_session::kx::MAX_INTRODUCTIONS + 1);
+}

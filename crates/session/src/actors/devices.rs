@@ -548,6 +548,7 @@ impl<T: Transport> Node<T> {
                     installation_id: c.installation_id,
                     identity_key: c.identity_key,
                     verified: c.verified,
+                    invited: c.invited,
                     first_seen_ms: c.first_seen_ms,
                 })
                 .collect(),

@@ -33,7 +33,7 @@ use strata_cascade::kx::{public_identity, seal, verify_identity, verify_invite};
 use strata_proto::kx::{PublicIdentity, Rmo};
 
 use super::records::{Asked, peer_at};
-use super::{ASKED, AcceptedInvite, KxBook, KxRefusal, to_json};
+use super::{ASKED, AcceptedInvite, Accepting, KxBook, KxRefusal, to_json};
 use crate::content::MAX_INTRO_IDENTITY_BYTES;
 use crate::durable;
 use crate::error::SessionError;
@@ -149,7 +149,7 @@ impl KxBook {
         if crossed {
             return Err(KxRefusal::Crossed.into());
         }
-        self.accept_verified(&verified, "", false, now_ms)
+        self.accept_verified(&verified, "", Accepting::Introduction, now_ms)
     }
 
     /// Forgets requests for introductions older than [`MEDIATION_TTL`].

@@ -50,7 +50,10 @@
 //!   `introductions.rs` for the flow, the checks and the rule that settles
 //!   crossed introductions.
 //! - **Bounds.** At most [`MAX_OPEN_INVITES`] open invites and
-//!   [`MAX_PENDING`] answers awaiting a full KX; a frame over
+//!   [`MAX_PENDING`] answers awaiting a full KX, of which introductions
+//!   (which contacts start) take at most [`MAX_INTRODUCTIONS`] each; an
+//!   answer waits at most [`MAX_INVITE_TTL`] (an introduction's an hour)
+//!   whatever expiry its invite claims; a frame over
 //!   [`MAX_SEALED_BYTES`] is refused before it is opened, and an `RMO` over
 //!   16 KiB before it is parsed. Refused input changes nothing.
 //! - **Persistence.** Every step writes its records before its outputs
@@ -96,6 +99,9 @@ pub const RESET_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_OPEN_INVITES: usize = 64;
 /// Most accepted invites awaiting their full KX at once.
 pub const MAX_PENDING: usize = 64;
+/// Most of [`MAX_OPEN_INVITES`] and of [`MAX_PENDING`] that introductions
+/// may take: contacts start those, and must not crowd out the user's own.
+pub const MAX_INTRODUCTIONS: usize = 16;
 /// When an unanswered half KX is first published again.
 pub const HALF_RETRY: Duration = Duration::from_secs(5);
 /// The longest wait between two publications of a half KX.
@@ -271,7 +277,8 @@ impl KxBook {
         for_peer: Option<String>,
         for_account: Option<Vec<u8>>,
     ) -> Result<Invite, SessionError> {
-        if self.invites.len() >= MAX_OPEN_INVITES {
+        let introductions = self.invites.values().filter(|i| i.for_account.is_some()).count();
+        if self.invites.len() >= MAX_OPEN_INVITES || (for_account.is_some() && introductions >= MAX_INTRODUCTIONS) {
             return Err(KxRefusal::TooMany.into());
         }
         let invite = make_invite(me(&self.local, &self.kem, name), expires, &mut self.rng)?;
@@ -298,16 +305,17 @@ impl KxBook {
     pub fn accept(&mut self, invite: &Invite, name: &str, now_ms: u64) -> Result<AcceptedInvite, SessionError> {
         self.tick(now_ms)?;
         let verified = verify_invite(invite, now_ms / 1000).map_err(KxRefusal::from)?;
-        self.accept_verified(&verified, name, false, now_ms)
+        self.accept_verified(&verified, name, Accepting::Invite, now_ms)
     }
 
-    /// Accepts an invite that checked out; `reset` when it came on a reset
-    /// point.
+    /// Accepts an invite that checked out, come as `how` says. Waits for
+    /// its full KX until its expiry, at most [`MAX_INVITE_TTL`] (an
+    /// introduction's [`INTRODUCTION_TTL`]) from now.
     fn accept_verified(
         &mut self,
         verified: &VerifiedInvite,
         name: &str,
-        reset: bool,
+        how: Accepting,
         now_ms: u64,
     ) -> Result<AcceptedInvite, SessionError> {
         let identity_key = verified.inviter.identity_key.serialize().to_vec();
@@ -333,9 +341,14 @@ impl KxBook {
         if done {
             return Err(KxRefusal::AlreadyAccepted.into());
         }
-        if self.pending.len() >= MAX_PENDING {
+        let introductions = self.pending.values().filter(|p| p.introduction).count();
+        if self.pending.len() >= MAX_PENDING || (how == Accepting::Introduction && introductions >= MAX_INTRODUCTIONS) {
             return Err(KxRefusal::TooMany.into());
         }
+        let longest = match how {
+            Accepting::Introduction => INTRODUCTION_TTL,
+            Accepting::Invite | Accepting::Reset => MAX_INVITE_TTL,
+        };
         let (half, secret) = make_half_kx(me(&self.local, &self.kem, name), verified, &mut self.rng)?;
         let rmo = Rmo::HalfKx(Box::new(half.clone())).compose(now_ms / 1000);
         let pending = Pending {
@@ -348,8 +361,9 @@ impl KxBook {
             my_reset: half.reset_rendezvous,
             secret: secret.export().as_bytes().to_vec(),
             half: rmo,
-            expires: verified.expires,
-            reset,
+            expires: verified.expires.min(now_ms / 1000 + longest.as_secs()),
+            reset: how == Accepting::Reset,
+            introduction: how == Accepting::Introduction,
             retry_at_ms: now_ms,
             backoff_ms: duration_ms(HALF_RETRY),
         };
@@ -490,6 +504,17 @@ impl KxBook {
         self.outputs.push_back(KxOutput::Unsubscribe(rendezvous_topic(rv)));
         Ok(())
     }
+}
+
+/// How an invite came to be accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accepting {
+    /// Handed over out of band (`strata accept`).
+    Invite,
+    /// On a reset point, from a peer met before.
+    Reset,
+    /// Forwarded by a mediator, asked for.
+    Introduction,
 }
 
 /// This side as the cryptography names it, showing `name`.

@@ -71,6 +71,9 @@ pub(super) struct Pending {
     /// It answers a reset invite.
     #[serde(default)]
     pub(super) reset: bool,
+    /// It answers an introduction's invite.
+    #[serde(default)]
+    pub(super) introduction: bool,
     /// When it is next published again, and the wait after that (not
     /// stored: a restart publishes at once).
     #[serde(skip)]

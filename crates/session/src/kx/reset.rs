@@ -7,7 +7,7 @@ use strata_cascade::kx::{seal, verify_invite};
 use strata_proto::kx::Rmo;
 
 use super::records::peer_at;
-use super::{KxBook, KxRefusal, RESET_TTL, kem_key};
+use super::{Accepting, KxBook, KxRefusal, RESET_TTL, kem_key};
 use crate::durable;
 use crate::error::SessionError;
 
@@ -65,6 +65,6 @@ impl KxBook {
             return Err(KxRefusal::NotThePeer.into());
         }
         tracing::info!(peer = %installation, "a reset from a peer met by invite: the exchange runs again");
-        self.accept_verified(&verified, "", true, now_ms).map(drop)
+        self.accept_verified(&verified, "", Accepting::Reset, now_ms).map(drop)
     }
 }
