@@ -204,7 +204,7 @@ fn a_lost_full_kx_is_answered_again_and_an_invite_is_used_once() {
     let mut alice = Side::new("alice", &mut rng);
     let mut bob = Side::new("bob", &mut rng);
     let mut carol = Side::new("carol", &mut rng);
-    let invite = alice.invite(DAY, T0);
+    let invite = alice.invite(7 * DAY, T0);
     bob.accept(&invite, T0).unwrap();
     let half = published(&bob.outputs()).remove(0);
     alice.book.on_frame(&half.0, &half.1, T0).unwrap();
@@ -228,6 +228,11 @@ fn a_lost_full_kx_is_answered_again_and_an_invite_is_used_once() {
         refusal(bob.book.on_frame(&first.0, &first.1, T0 + 8_000)),
         KxRefusal::Unknown
     );
+
+    // A used invite no longer counts against the open ones, and answers
+    // repeats for a day, not its whole life.
+    assert_eq!(alice.book.open_counts().0, 1);
+    assert_eq!(alice.book.next_deadline(), Some((T0 / 1000 + 24 * 3600 + 1) * 1000));
 
     // Carol got hold of the invite too: it is used.
     let before = alice.snapshot();

@@ -117,8 +117,9 @@ impl<T: Transport> Node<T> {
             return true;
         };
         if let Err(e) = book.on_frame(&rv, frame, now().unix_ms) {
-            // Anyone can publish there: a refusal is logged, not answered.
-            tracing::info!(error = %e, "a key-exchange message refused");
+            // Anyone can publish there: a refusal is logged (quietly: it
+            // costs a stranger nothing), not answered.
+            tracing::debug!(error = %e, "a key-exchange message refused");
         }
         self.drain_exchanges(ctx);
         true
@@ -166,7 +167,8 @@ impl<T: Transport> Node<T> {
             ctx.cancel_future(timer);
         }
         if let Some(at) = deadline {
-            let delay = Duration::from_millis(at.saturating_sub(now().unix_ms));
+            // A floor, so that an upkeep that keeps failing cannot spin.
+            let delay = Duration::from_millis(at.saturating_sub(now().unix_ms)).max(Duration::from_millis(100));
             self.exchanges.timer = Some(ctx.run_later(delay, |act, ctx| {
                 act.exchanges.timer = None;
                 if let Some(book) = act.exchanges.book.as_mut()

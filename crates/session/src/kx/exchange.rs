@@ -8,7 +8,8 @@ use strata_store::IdentityCheck;
 
 use super::records::{Answered, KxPeer, OpenInvite, peer_at};
 use super::{
-    ACCEPT, INVITE, KxBook, KxCompleted, KxOutput, KxRefusal, PEER, kem_key, rendezvous_topic, rv_key, to_json,
+    ACCEPT, INVITE, KxBook, KxCompleted, KxOutput, KxRefusal, PEER, REPEATS_ANSWERED, kem_key, rendezvous_topic,
+    rv_key, to_json,
 };
 use crate::durable;
 use crate::error::SessionError;
@@ -63,6 +64,9 @@ impl KxBook {
                 their_rv: half.initial_rendezvous,
                 full: full.clone(),
             }),
+            // Kept to answer repeats of the half, not for the invite's
+            // whole life.
+            expires: invite.expires.min(now_ms / 1000 + REPEATS_ANSWERED.as_secs()),
             ..invite.clone()
         };
         let peer = KxPeer {

@@ -21,7 +21,8 @@
 //! - **Single use.** An invite is answered once: the first half KX that
 //!   checks out uses it. The same half again (its answer was lost) gets the
 //!   same full KX again; any other half is refused ([`KxRefusal::Used`]).
-//!   A used invite stays until its expiry for those repeats, then goes.
+//!   A used invite stays for those repeats until its expiry, at most
+//!   [`REPEATS_ANSWERED`], then goes.
 //! - **Retries.** The invitee publishes its half again, sealed anew, until
 //!   the full KX arrives: after [`HALF_RETRY`], doubling up to
 //!   [`MAX_HALF_RETRY`], until the invite expires.
@@ -102,6 +103,9 @@ pub const MAX_PENDING: usize = 64;
 /// Most of [`MAX_OPEN_INVITES`] and of [`MAX_PENDING`] that introductions
 /// may take: contacts start those, and must not crowd out the user's own.
 pub const MAX_INTRODUCTIONS: usize = 16;
+/// How long a used invite stays to answer repeats of the half that used
+/// it (its full KX was lost).
+pub const REPEATS_ANSWERED: Duration = Duration::from_secs(24 * 3600);
 /// When an unanswered half KX is first published again.
 pub const HALF_RETRY: Duration = Duration::from_secs(5);
 /// The longest wait between two publications of a half KX.
@@ -277,8 +281,10 @@ impl KxBook {
         for_peer: Option<String>,
         for_account: Option<Vec<u8>>,
     ) -> Result<Invite, SessionError> {
-        let introductions = self.invites.values().filter(|i| i.for_account.is_some()).count();
-        if self.invites.len() >= MAX_OPEN_INVITES || (for_account.is_some() && introductions >= MAX_INTRODUCTIONS) {
+        // Used invites stay a day for repeats; only unused ones count.
+        let open = self.invites.values().filter(|i| i.used.is_none());
+        let (all, introductions) = open.fold((0, 0), |(n, i), o| (n + 1, i + usize::from(o.for_account.is_some())));
+        if all >= MAX_OPEN_INVITES || (for_account.is_some() && introductions >= MAX_INTRODUCTIONS) {
             return Err(KxRefusal::TooMany.into());
         }
         let invite = make_invite(me(&self.local, &self.kem, name), expires, &mut self.rng)?;
