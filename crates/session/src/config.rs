@@ -60,6 +60,11 @@ pub struct Config {
     /// A KeyPackage claim of ours with no answer after this long fails
     /// ([`crate::Event::KeyPackageClaimFailed`]).
     pub claim_timeout: Duration,
+    /// On joining a group, ask the admin that added this installation to
+    /// introduce it to every member it has no session with (BisonRelay's
+    /// auto-KX, [`crate::kx`]): a key exchange and a pair session with
+    /// each, so a group of n costs n − 1 of them per joiner.
+    pub introduce_group_members: bool,
 }
 
 impl Default for Config {
@@ -86,6 +91,7 @@ impl Default for Config {
             key_package_lifetime_secs: 24 * 3600,
             key_package_pool: crate::pool::PoolConfig::default(),
             claim_timeout: Duration::from_secs(60),
+            introduce_group_members: true,
         }
     }
 }

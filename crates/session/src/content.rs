@@ -646,4 +646,69 @@ mod tests {
         let longest = [&header[..], b"\0", &[0; FILE_CHUNK_BYTES]].concat();
         assert!(Plaintext::from_bytes(&longest).is_ok());
     }
+
+    /// Each introduction step in its frozen form, and its caps enforced on
+    /// receipt.
+    #[test]
+    fn introduction_steps_are_frozen_and_capped() {
+        let steps = [
+            (
+                IntroStep::MediateIdentity {
+                    target: "ab".into(),
+                    identity: vec![1],
+                },
+                r#"{"type":"introduction","step":{"kind":"mediate-identity","target":"ab","identity":"AQ=="}}"#,
+            ),
+            (
+                IntroStep::Invite {
+                    installation: "ab".into(),
+                    identity: vec![1],
+                },
+                r#"{"type":"introduction","step":{"kind":"invite","installation":"ab","identity":"AQ=="}}"#,
+            ),
+            (
+                IntroStep::Transitive {
+                    to: "ab".into(),
+                    sealed: vec![2],
+                },
+                r#"{"type":"introduction","step":{"kind":"transitive","to":"ab","sealed":"Ag=="}}"#,
+            ),
+            (
+                IntroStep::Forward {
+                    from: "ab".into(),
+                    sealed: vec![2],
+                },
+                r#"{"type":"introduction","step":{"kind":"forward","from":"ab","sealed":"Ag=="}}"#,
+            ),
+            (
+                IntroStep::Suggestion { target: "ab".into() },
+                r#"{"type":"introduction","step":{"kind":"suggestion","target":"ab"}}"#,
+            ),
+        ];
+        for (step, json) in steps {
+            let content = Content::Introduction { step };
+            assert_eq!(String::from_utf8(content.to_bytes()).unwrap(), json);
+            assert_eq!(Content::from_bytes(json.as_bytes()).unwrap(), content);
+        }
+        let oversized = Content::Introduction {
+            step: IntroStep::Forward {
+                from: "ab".into(),
+                sealed: vec![0; MAX_INTRO_SEALED_BYTES + 1],
+            },
+        };
+        let long_id = Content::Introduction {
+            step: IntroStep::Suggestion { target: "a".repeat(65) },
+        };
+        for bad in [oversized, long_id] {
+            assert!(bad.check().is_err());
+            let received = Plaintext {
+                body: Body::Content(bad),
+                seq: Some(1),
+                sent_ms: None,
+                acks: Vec::new(),
+                kem_key_ack: None,
+            };
+            assert!(Plaintext::from_bytes(&received.to_bytes()).is_err());
+        }
+    }
 }

@@ -121,6 +121,22 @@ fn subscribed(outputs: &[KxOutput]) -> Vec<Topic> {
     })
 }
 
+/// `account` with `kem` as the cryptography names a side, claiming
+/// `installation` (a forger's claim in the tests that use it).
+fn side<'a>(
+    account: &'a AccountIdentity,
+    kem: &'a KxKeyPair,
+    name: &'a str,
+    installation: strata_cascade::InstallationId,
+) -> KxSelf<'a> {
+    KxSelf {
+        account,
+        kem,
+        name,
+        installation,
+    }
+}
+
 fn refusal(result: Result<impl std::fmt::Debug, SessionError>) -> KxRefusal {
     match result {
         Err(SessionError::Kx(r)) => r,
@@ -338,12 +354,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     // own account, one answering another invite.
     let verified = verify_invite(&invite, 0).unwrap();
     let bob_kem = KxKeyPair::generate(&mut rng);
-    let me = KxSelf {
-        account: bob.id.account(),
-        kem: &bob_kem,
-        name: "bob",
-        installation: bob.id.installation_id(),
-    };
+    let me = side(bob.id.account(), &bob_kem, "bob", bob.id.installation_id());
     let (mut forged, _) = make_half_kx(me, &verified, &mut rng).unwrap();
     forged.installation[0] ^= 1;
     let sealed = seal(&kem, &Rmo::HalfKx(Box::new(forged)).compose(1), &mut rng).unwrap();
@@ -352,12 +363,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         KxRefusal::Check(KxError::BadSignature)
     );
     let alice_kem = KxKeyPair::generate(&mut rng);
-    let herself = KxSelf {
-        account: alice.id.account(),
-        kem: &alice_kem,
-        name: "alice",
-        installation: alice.id.installation_id(),
-    };
+    let herself = side(alice.id.account(), &alice_kem, "alice", alice.id.installation_id());
     let (own, _) = make_half_kx(herself, &verified, &mut rng).unwrap();
     let sealed = seal(&kem, &Rmo::HalfKx(Box::new(own)).compose(1), &mut rng).unwrap();
     assert_eq!(refusal(alice.book.on_frame(&rv, &sealed, T0)), KxRefusal::SelfAddressed);
@@ -475,12 +481,7 @@ fn a_reset_from_another_account_is_refused() {
     exchange(&mut alice, &mut bob, T0);
     let bob_seen_by_alice = alice.book.peers().unwrap()[0].1.clone();
     let kem = KxKeyPair::generate(&mut rng);
-    let me = KxSelf {
-        account: mallory.id.account(),
-        kem: &kem,
-        name: "alice",
-        installation: alice.id.installation_id(),
-    };
+    let me = side(mallory.id.account(), &kem, "alice", alice.id.installation_id());
     let forged = strata_cascade::kx::make_invite(me, T0 / 1000 + 3600, &mut rng).unwrap();
     let their_kem: [u8; strata_proto::kx::KEM_PUBLIC_KEY_BYTES] =
         bob_seen_by_alice.kem_key.as_slice().try_into().unwrap();
@@ -613,12 +614,7 @@ fn an_introductions_invite_answers_only_its_account() {
         expires: T0 / 1000 + 60,
     };
     let kem = KxKeyPair::generate(&mut rng);
-    let me = KxSelf {
-        account: mallory.id.account(),
-        kem: &kem,
-        name: "alice",
-        installation: alice.id.installation_id(),
-    };
+    let me = side(mallory.id.account(), &kem, "alice", alice.id.installation_id());
     let (half, _) = make_half_kx(me, &carol_invite, &mut rng).unwrap();
     let sealed = seal(&carol_identity.key, &Rmo::HalfKx(Box::new(half)).compose(1), &mut rng).unwrap();
     let before = carol.snapshot();

@@ -54,6 +54,8 @@ pub struct Installation {
     pub key: StorageKey,
     pub downloads: PathBuf,
     pub relay: Multiaddr,
+    /// The session configuration its node starts with.
+    pub session: strata_session::Config,
 }
 
 /// A started installation: its session node, driven through
@@ -88,6 +90,7 @@ impl Installation {
             key: StorageKey::generate(&mut rng),
             downloads: dir.join(format!("{name}-downloads")),
             relay,
+            session: strata_session::Config::default(),
         }
     }
 
@@ -102,6 +105,7 @@ impl Installation {
             key: StorageKey::generate(&mut rand::rng()),
             downloads: dir.join(format!("{name}-downloads")),
             relay,
+            session: strata_session::Config::default(),
         }
     }
 
@@ -122,7 +126,7 @@ impl Installation {
         customize(&mut config, &store);
         let (transport, stream) = Libp2pTransport::start(config).await.unwrap();
         let setup = SessionSetup {
-            config: strata_session::Config::default(),
+            config: self.session.clone(),
             local: Arc::clone(&self.identity),
             store: Arc::new(store),
             downloads: self.downloads.clone(),

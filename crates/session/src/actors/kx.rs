@@ -373,6 +373,9 @@ impl<T: Transport> Node<T> {
     /// This node joined `group` (added by `by`): it asks `by` to introduce
     /// it to every member it has no session with.
     pub(super) fn meet_members(&mut self, group: &str, by: InstallationId, ctx: &mut Context<Self>) {
+        if !self.setup.config.introduce_group_members {
+            return;
+        }
         let Some((actor, _)) = self.groups.actors.get(group) else {
             return;
         };
