@@ -107,6 +107,17 @@ impl<T: Transport> Node<T> {
             .ok_or(SessionError::Unavailable("key exchanges"))
     }
 
+    /// Runs one request on the book, then carries out what it asks.
+    fn book_step<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        step: impl FnOnce(&mut KxBook, u64) -> Result<R, SessionError>,
+    ) -> Result<R, SessionError> {
+        let result = self.book().and_then(|book| step(book, now().unix_ms));
+        self.drain_exchanges(ctx);
+        result
+    }
+
     /// A frame published on `topic`, if it is a rendezvous point: true
     /// when it was taken.
     pub(super) fn rendezvous_frame(&mut self, topic: &Topic, frame: &[u8], ctx: &mut Context<Self>) -> bool {
@@ -186,10 +197,7 @@ impl<T: Transport> Handler<MakeInvite> for Node<T> {
     type Result = MessageResult<MakeInvite>;
 
     fn handle(&mut self, msg: MakeInvite, ctx: &mut Self::Context) -> Self::Result {
-        let result = self
-            .book()
-            .and_then(|book| book.invite(&msg.name, msg.ttl, now().unix_ms));
-        self.drain_exchanges(ctx);
+        let result = self.book_step(ctx, |book, now_ms| book.invite(&msg.name, msg.ttl, now_ms));
         MessageResult(Reply {
             request_id: msg.request_id,
             result,
@@ -201,10 +209,7 @@ impl<T: Transport> Handler<ResetExchange> for Node<T> {
     type Result = MessageResult<ResetExchange>;
 
     fn handle(&mut self, msg: ResetExchange, ctx: &mut Self::Context) -> Self::Result {
-        let result = self
-            .book()
-            .and_then(|book| book.reset(msg.installation, "", now().unix_ms));
-        self.drain_exchanges(ctx);
+        let result = self.book_step(ctx, |book, now_ms| book.reset(msg.installation, "", now_ms));
         MessageResult(Reply {
             request_id: msg.request_id,
             result,
@@ -216,10 +221,7 @@ impl<T: Transport> Handler<AcceptInvite> for Node<T> {
     type Result = MessageResult<AcceptInvite>;
 
     fn handle(&mut self, msg: AcceptInvite, ctx: &mut Self::Context) -> Self::Result {
-        let result = self
-            .book()
-            .and_then(|book| book.accept(&msg.invite, &msg.name, now().unix_ms));
-        self.drain_exchanges(ctx);
+        let result = self.book_step(ctx, |book, now_ms| book.accept(&msg.invite, &msg.name, now_ms));
         MessageResult(Reply {
             request_id: msg.request_id,
             result,

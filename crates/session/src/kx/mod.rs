@@ -340,11 +340,11 @@ impl KxBook {
         {
             return Ok(accepted);
         }
-        let peers = durable::read(&*self.store, |r| r.kx_entries(PEER))?;
-        let done = peers.iter().any(|(_, bytes)| {
-            serde_json::from_slice::<KxPeer>(bytes).is_ok_and(|p| p.invite_rv == verified.initial_rendezvous)
-        });
-        if done {
+        if self
+            .peers()?
+            .iter()
+            .any(|(_, p)| p.invite_rv == verified.initial_rendezvous)
+        {
             return Err(KxRefusal::AlreadyAccepted.into());
         }
         let introductions = self.pending.values().filter(|p| p.introduction).count();
